@@ -25,6 +25,10 @@ class Outcome:
     verdict: Verdict
     error: str = ""  # why it failed; goes into logs, dead-letter headers and bury reasons
     retry_after: float | None = None  # seconds the app asked us to wait (Retry-After)
+    # False when the app could not be reached at all (connection refused, not ready): the
+    # engine hands the message back without counting an attempt, so an app that is down
+    # burns none of a message's maxAttempts.
+    attempted: bool = True
 
     @classmethod
     def success(cls) -> Outcome:
@@ -37,6 +41,11 @@ class Outcome:
     @classmethod
     def drop(cls, error: str = "") -> Outcome:
         return cls(Verdict.DROP, error)
+
+    @classmethod
+    def unavailable(cls, error: str = "", after: float | None = None) -> Outcome:
+        """The handler's target is down: try again later, without counting this attempt."""
+        return cls(Verdict.RETRY, error, after, attempted=False)
 
 
 @dataclass(frozen=True)
