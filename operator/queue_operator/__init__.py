@@ -1,0 +1,1 @@
+"""The queue-operator Kubernetes operator (kopf): DelayQueue and KafkaQueue resources."""

@@ -1,0 +1,1 @@
+"""The queue-operator sidecar: consumes dq and kq queues, delivers to the app, publishes for it."""

@@ -1,0 +1,1 @@
+"""Generated from proto/queueoperator/v1/queue.proto by scripts/gen-proto.sh; do not edit."""
