@@ -5,6 +5,7 @@ from __future__ import annotations
 import greenstalk
 import pytest
 import redis
+
 from harness.servers import BeanstalkdCluster, RedisServer
 
 
