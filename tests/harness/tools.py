@@ -72,8 +72,10 @@ def tansu() -> str:
 
 
 def moto_server() -> str:
-    path = shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
-    if not Path(path).exists():
+    # The virtualenv's own first: a moto on PATH may belong to another Python.
+    own = Path(sys.executable).parent / "moto_server"
+    path = str(own) if own.exists() else shutil.which("moto_server")
+    if path is None:
         raise ToolMissing("pip install 'moto[server]' (S3 storage for a restartable broker)")
     return path
 
