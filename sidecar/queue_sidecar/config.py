@@ -1,0 +1,333 @@
+"""The sidecar's YAML config (SPEC section 6): parsed strictly, errors name the key path.
+
+``load_config(path)`` and ``parse_config(mapping)`` return a :class:`SidecarConfig`; anything
+wrong raises :class:`ConfigError` whose message lists every problem as
+``queues[1].delivery.maxAtempts: unknown key``. Secrets (Redis URLs, SASL passwords) are held
+as ``SecretStr`` so they never show in a repr or a log line.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+from queue_engine.durations import parse_duration
+from queue_engine.errors import ConfigError as EngineConfigError
+from queue_engine.policy import DeliveryPolicy
+
+if TYPE_CHECKING:
+    from queue_engine.kq import KafkaSecurity
+
+__all__ = [
+    "AppConfig",
+    "ConfigError",
+    "DelayQueueConfig",
+    "DeliveryConfig",
+    "HealthConfig",
+    "KafkaQueueConfig",
+    "PublishConfig",
+    "QueueConfig",
+    "SidecarConfig",
+    "load_config",
+    "parse_config",
+]
+
+DEFAULT_TIMEOUT = 30.0
+
+
+class ConfigError(EngineConfigError):
+    """The config file cannot be used; the message names each offending key and what to fix."""
+
+
+def _duration(value: Any) -> float:
+    return parse_duration(value)
+
+
+Duration = Annotated[float, BeforeValidator(_duration)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class _Model(BaseModel):
+    # camelCase in YAML, snake_case in Python; unknown keys are an error naming the key.
+    model_config = ConfigDict(
+        extra="forbid", alias_generator=to_camel, populate_by_name=True, frozen=True, strict=False
+    )
+
+
+class AppConfig(_Model):
+    protocol: Literal["http", "grpc"] = "http"
+    host: str = "127.0.0.1"
+    port: Port
+    path: str = "/messages"
+    max_concurrency: int = Field(8, ge=1, le=10_000)
+    timeout: Duration = DEFAULT_TIMEOUT  # per attempt, for queues whose delivery does not set one
+
+    @model_validator(mode="after")
+    def _path_is_absolute(self) -> AppConfig:
+        if not self.path.startswith("/"):
+            raise ValueError(f"app.path {self.path!r} must start with '/'")
+        return self
+
+
+class PublishConfig(_Model):
+    port: Port = 3500
+    grpc_port: Port | None = None
+    host: str = "127.0.0.1"  # loopback: only the pod's own containers may publish
+
+
+class HealthConfig(_Model):
+    port: Port = 9464
+    host: str = "0.0.0.0"  # kubelet probes and Prometheus come from outside the pod
+
+
+class BackoffConfig(_Model):
+    initial: Duration | None = None
+    max: Duration | None = None
+    multiplier: float | None = Field(None, ge=1)
+
+
+class DeliveryConfig(_Model):
+    max_attempts: int | None = Field(None, ge=1)
+    backoff: BackoffConfig | None = None
+    timeout: Duration | None = Field(None, gt=0)
+
+    def policy(self, default_timeout: float) -> DeliveryPolicy:
+        data: dict[str, Any] = self.model_dump(by_alias=True, exclude_none=True)
+        data.setdefault("timeout", default_timeout)
+        return DeliveryPolicy.from_mapping(data)
+
+
+class RedisConfig(_Model):
+    url: SecretStr | None = None
+    url_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> RedisConfig:
+        if (self.url is None) == (self.url_file is None):
+            raise ValueError("set exactly one of url or urlFile")
+        return self
+
+    def resolve(self) -> str:
+        if self.url is not None:
+            return self.url.get_secret_value()
+        assert self.url_file is not None
+        return _read_secret_file(self.url_file, "urlFile")
+
+
+class SaslConfig(_Model):
+    mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+    username: str
+    password: SecretStr | None = None
+    password_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SaslConfig:
+        if (self.password is None) == (self.password_file is None):
+            raise ValueError("set exactly one of password or passwordFile")
+        return self
+
+    def resolve_password(self) -> str:
+        if self.password is not None:
+            return self.password.get_secret_value()
+        assert self.password_file is not None
+        return _read_secret_file(self.password_file, "passwordFile")
+
+
+class TlsConfig(_Model):
+    ca_file: Path | None = None
+
+
+class KafkaAuthConfig(_Model):
+    sasl: SaslConfig | None = None
+    tls: TlsConfig | None = None
+
+
+class _QueueBase(_Model):
+    name: str = Field(min_length=1, max_length=253)
+    delivery: DeliveryConfig = Field(default_factory=lambda: DeliveryConfig.model_validate({}))
+    # Filled by SidecarConfig from app.timeout, so policy() needs no arguments.
+    _default_timeout: float = PrivateAttr(DEFAULT_TIMEOUT)
+
+    def policy(self) -> DeliveryPolicy:
+        """The delivery policy: this queue's ``delivery`` over the defaults (timeout from app)."""
+        return self.delivery.policy(self._default_timeout)
+
+
+class DelayQueueConfig(_QueueBase):
+    kind: Literal["DelayQueue"]
+    nodes: list[str] = Field(min_length=1)
+    tube: str = ""  # default: the queue's name
+    redis: RedisConfig
+    max_job_bytes: int = Field(65535, ge=1)
+    _redis_url: SecretStr = PrivateAttr(SecretStr(""))
+
+    @model_validator(mode="after")
+    def _resolve(self) -> DelayQueueConfig:
+        for node in self.nodes:
+            host, sep, port = node.rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ValueError(f"node {node!r} must be host:port")
+        if not self.tube:
+            object.__setattr__(self, "tube", self.name)
+        self._redis_url = SecretStr(self.redis.resolve())
+        return self
+
+    @property
+    def redis_url(self) -> str:
+        return self._redis_url.get_secret_value()
+
+
+class KafkaQueueConfig(_QueueBase):
+    kind: Literal["KafkaQueue"]
+    brokers: list[str] = Field(min_length=1)
+    topic: str = ""  # default: the queue's name
+    group: str = ""  # default: the queue's name
+    offset: Literal["first", "last"] = "last"
+    dead_letter_topic: str = ""  # default: <topic>.dlq
+    auth: KafkaAuthConfig | None = None
+    _password: SecretStr = PrivateAttr(SecretStr(""))
+
+    @model_validator(mode="after")
+    def _defaults(self) -> KafkaQueueConfig:
+        if not self.topic:
+            object.__setattr__(self, "topic", self.name)
+        if not self.group:
+            object.__setattr__(self, "group", self.name)
+        if not self.dead_letter_topic:
+            object.__setattr__(self, "dead_letter_topic", f"{self.topic}.dlq")
+        if self.auth is not None and self.auth.sasl is not None:
+            self._password = SecretStr(self.auth.sasl.resolve_password())
+        return self
+
+    def security(self) -> KafkaSecurity | None:
+        """librdkafka security settings, or None for a plaintext broker."""
+        if self.auth is None or (self.auth.sasl is None and self.auth.tls is None):
+            return None
+        from queue_engine.kq import KafkaSecurity  # noqa: PLC0415 - keeps config importable alone
+
+        sasl, tls = self.auth.sasl, self.auth.tls
+        return KafkaSecurity(
+            sasl_mechanism=sasl.mechanism if sasl else None,
+            username=sasl.username if sasl else None,
+            password=self._password.get_secret_value() if sasl else None,
+            tls=tls is not None,
+            ca_location=str(tls.ca_file) if tls and tls.ca_file else None,
+        )
+
+
+QueueConfig = Annotated[DelayQueueConfig | KafkaQueueConfig, Field(discriminator="kind")]
+
+
+class SidecarConfig(_Model):
+    app: AppConfig
+    publish: PublishConfig = Field(default_factory=PublishConfig)
+    health: HealthConfig = Field(default_factory=HealthConfig)
+    queues: list[QueueConfig] = Field(default_factory=list)
+    shutdown_grace_period: Duration = 20.0
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @model_validator(mode="after")
+    def _check(self) -> SidecarConfig:
+        names = [q.name for q in self.queues]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"queues: name(s) {', '.join(dupes)} used more than once; names must be unique")
+        for queue in self.queues:
+            queue._default_timeout = self.app.timeout
+            try:
+                queue.policy()
+            except ValueError as exc:
+                raise ValueError(f"queue {queue.name}: {exc}") from exc
+        ports = [self.health.port, self.publish.port]
+        if self.publish.grpc_port is not None:
+            ports.append(self.publish.grpc_port)
+        if len(set(ports)) != len(ports):
+            raise ValueError("health.port, publish.port and publish.grpcPort must all differ")
+        return self
+
+    def queue(self, name: str) -> DelayQueueConfig | KafkaQueueConfig:
+        for queue in self.queues:
+            if queue.name == name:
+                return queue
+        raise KeyError(name)
+
+
+def parse_config(data: Any) -> SidecarConfig:
+    """Validate a mapping (parsed YAML) into a :class:`SidecarConfig`, or raise :class:`ConfigError`."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"config: expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        return SidecarConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+
+
+def load_config(path: str | Path) -> SidecarConfig:
+    """Read and validate a YAML config file, or raise :class:`ConfigError`."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: cannot read it ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path}: not valid YAML: {exc}") from None
+    try:
+        return parse_config(data)
+    except ConfigError as exc:
+        raise ConfigError(f"config file {path}:\n{exc}") from None
+
+
+def _read_secret_file(path: Path, key: str) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError as exc:
+        raise ValueError(f"{key} {path}: cannot read it ({exc.strerror})") from None
+
+
+_QUEUE_KINDS = {"DelayQueue", "KafkaQueue"}
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors(include_url=False, include_input=False):
+        path = _path(error["loc"])
+        kind = error["type"]
+        if kind == "extra_forbidden":
+            message = "unknown key"
+        elif kind == "missing":
+            message = "required key missing"
+        elif kind == "union_tag_invalid":
+            message = "kind must be DelayQueue or KafkaQueue"
+        elif kind == "union_tag_not_found":
+            message = "kind missing: set DelayQueue or KafkaQueue"
+        else:
+            message = str(error["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        lines.append(f"{path}: {message}" if path else message)
+    return "\n".join(lines)
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif part in _QUEUE_KINDS:
+            continue  # the discriminated union's tag, not a key the user wrote
+        else:
+            text += f".{part}" if text else str(part)
+    return text

@@ -1,0 +1,138 @@
+"""Delivery over HTTP: ``POST http://<app><path>`` with the message as the body (SPEC section 4)."""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import time
+from collections.abc import Mapping
+from datetime import UTC
+
+import aiohttp
+
+from queue_engine.policy import Outcome
+from queue_sidecar.delivery.envelope import Envelope, header_text
+
+# While the app is down, a refused message comes back after this long (no attempt counted).
+UNAVAILABLE_RETRY_AFTER = 1.0
+_RETRY_STATUSES = {408, 429}
+_ERROR_SNIPPET = 200
+
+
+class HttpTransport:
+    """One long-lived keep-alive session to the app, shared by every queue."""
+
+    def __init__(self, host: str, port: int, path: str, max_connections: int) -> None:
+        self.url = f"http://{host}:{port}{path}"
+        self._max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=None)
+            self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
+        return self._session
+
+    async def send(self, envelope: Envelope, attempt_timeout: float) -> Outcome:
+        try:
+            async with self._client().post(
+                self.url,
+                data=envelope.body,
+                headers=headers_for(envelope),
+                timeout=aiohttp.ClientTimeout(total=attempt_timeout),
+                allow_redirects=False,
+            ) as response:
+                body = await response.read()
+                return outcome_for(response.status, response.headers, body)
+        except aiohttp.ClientConnectorError as exc:
+            # Nothing listening (app starting, restarting or crashed): it never saw the message.
+            return Outcome.unavailable(
+                f"app not reachable at {self.url}: {exc.os_error}", UNAVAILABLE_RETRY_AFTER
+            )
+        except TimeoutError:
+            return Outcome.retry(f"app did not answer within {attempt_timeout:g}s")
+        except aiohttp.ClientError as exc:
+            # The app took the request but the exchange broke (it crashed mid-request, ...).
+            return Outcome.retry(f"delivery to {self.url} failed: {type(exc).__name__}: {exc}")
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+def headers_for(envelope: Envelope) -> dict[str, str]:
+    headers = {
+        "Content-Type": "application/octet-stream",
+        "X-Queue-Kind": envelope.kind,
+        "X-Queue-Name": envelope.queue,
+        "X-Message-Id": envelope.id,
+        "X-Attempt": str(envelope.attempt),
+    }
+    if envelope.due_at is not None:
+        headers["X-Due-At"] = (
+            envelope.due_at.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        )
+    if envelope.kind == "kafka":
+        if envelope.key is not None:
+            headers["X-Kafka-Key"] = header_text(envelope.key)
+        headers["X-Kafka-Partition"] = str(envelope.partition)
+        headers["X-Kafka-Offset"] = str(envelope.offset)
+        for name, value in envelope.headers:
+            # Repeated Kafka header names: the last one wins (HTTP would merge them with commas).
+            headers[f"X-Header-{name}"] = header_text(value or b"")
+    return headers
+
+
+def outcome_for(status: int, headers: Mapping[str, str], body: bytes) -> Outcome:
+    """The SPEC's answer table: 2xx done (a JSON status may override), 408/429/5xx retry, 4xx drop."""
+    retry_after = parse_retry_after(headers.get("Retry-After"))
+    if 200 <= status < 300:
+        return _override(body, retry_after) or Outcome.success()
+    reason = f"HTTP {status}" + (f": {_snippet(body)}" if body else "")
+    if status in _RETRY_STATUSES or status >= 500:
+        return Outcome.retry(reason, retry_after)
+    if 400 <= status < 500:
+        return Outcome.drop(reason)
+    # 1xx/3xx are not answers a handler should give; retrying keeps the message safe.
+    return Outcome.retry(reason, retry_after)
+
+
+def _override(body: bytes, retry_after: float | None) -> Outcome | None:
+    text = body.strip()
+    if not text.startswith(b"{"):
+        return None
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("status"), str):
+        return None
+    status, error = data["status"].upper(), str(data.get("error") or "")
+    if status == "RETRY":
+        return Outcome.retry(error or "app answered RETRY", retry_after)
+    if status == "DROP":
+        return Outcome.drop(error or "app answered DROP")
+    return Outcome.success() if status == "SUCCESS" else None
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """``Retry-After`` as seconds: delta-seconds or an HTTP date; None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _snippet(body: bytes) -> str:
+    return body[:_ERROR_SNIPPET].decode("utf-8", "replace").strip()

@@ -1,0 +1,77 @@
+"""``/healthz``, ``/readyz`` and ``/metrics`` on the health port, and the gauges behind them.
+
+/healthz answers 200 while the process serves at all (kubelet liveness). /readyz answers 200
+only once the app accepts connections and every queue's consumer is healthy, else 503 with the
+reasons. /metrics is the default Prometheus registry, where the engines count deliveries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from typing import Protocol
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+from queue_engine.metrics import DQ_JOBS, KAFKA_LAG
+
+log = logging.getLogger(__name__)
+
+Readiness = Callable[[], list[str]]  # reasons the sidecar is not ready; empty when ready
+
+
+def build_health_app(not_ready_reasons: Readiness) -> web.Application:
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(_: web.Request) -> web.Response:
+        reasons = not_ready_reasons()
+        if reasons:
+            return web.json_response({"ready": False, "reasons": reasons}, status=503)
+        return web.json_response({"ready": True})
+
+    async def metrics(_: web.Request) -> web.Response:
+        body = generate_latest(REGISTRY)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+class HasStats(Protocol):
+    async def stats(self) -> Mapping[str, Mapping[str, int]]: ...
+
+
+class HasLag(Protocol):
+    def lag(self) -> Mapping[int, int]: ...
+
+
+async def refresh_queue_gauges(
+    delay_admins: Mapping[str, HasStats], kafka_consumers: Mapping[str, HasLag], interval: float = 10.0
+) -> None:
+    """Keep the dq job-count and Kafka lag gauges current (cancel to stop)."""
+    while True:
+        for queue, admin in delay_admins.items():
+            try:
+                per_node = await admin.stats()
+            except Exception as exc:  # a node down must not stop the other gauges
+                log.warning("dq stats failed", extra={"queue": queue, "error": str(exc)})
+                continue
+            for node, states in per_node.items():
+                for state in ("ready", "delayed", "reserved", "buried"):
+                    if state in states:
+                        DQ_JOBS.labels(queue, node, state).set(states[state])
+        for queue, consumer in kafka_consumers.items():
+            try:
+                lags = consumer.lag()
+            except Exception as exc:
+                log.warning("kafka lag failed", extra={"queue": queue, "error": str(exc)})
+                continue
+            for partition, lag in lags.items():
+                KAFKA_LAG.labels(queue, str(partition)).set(lag)
+        await asyncio.sleep(interval)

@@ -1,0 +1,225 @@
+"""The sidecar's life: open the queues, serve health and publish, wait for the app, consume, drain.
+
+Order matters. Health and publish start first (publishing needs no app; /readyz must answer
+while waiting). Consumers start only once the app accepts connections, so no message is taken
+from a queue before someone can handle it. On stop, consumers stop taking messages and finish
+(or hand back) what is in flight within the grace period; only then do the app connection and
+the publish API close, since an app may still publish while handling its last messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from typing import Any, Protocol
+
+import grpc
+from aiohttp import web
+
+from queue_engine.dq import DelayAdmin, DelayConsumer, DelayProducer
+from queue_engine.kq import KafkaConsumer, KafkaPusher
+from queue_engine.policy import DeliveryPolicy
+from queue_sidecar.config import DelayQueueConfig, KafkaQueueConfig, SidecarConfig
+from queue_sidecar.delivery import AppDelivery, AppProbe, build_delivery
+from queue_sidecar.health import build_health_app, refresh_queue_gauges
+from queue_sidecar.publish.grpc import start_server as start_publish_grpc
+from queue_sidecar.publish.http import build_app as build_publish_app
+from queue_sidecar.publish.targets import PublishTargets
+
+log = logging.getLogger(__name__)
+
+GAUGE_REFRESH_SECONDS = 10.0
+
+
+class Consumer(Protocol):
+    async def run(self) -> None: ...
+
+    async def stop(self, grace: float) -> None: ...
+
+    def health(self) -> tuple[bool, str]: ...
+
+
+class Sidecar:
+    def __init__(self, config: SidecarConfig) -> None:
+        self.config = config
+        self.probe = AppProbe(config.app.host, config.app.port)
+        self.delivery: AppDelivery = build_delivery(config.app, self.probe)
+        self.targets = PublishTargets()
+        self.consumers: dict[str, Consumer] = {}
+        self.delay_admins: dict[str, DelayAdmin] = {}
+        self.kafka_consumers: dict[str, KafkaConsumer] = {}
+        self._consuming = False
+        self._stop = asyncio.Event()
+        self._runners: list[web.AppRunner] = []
+        self._grpc_server: grpc.aio.Server | None = None
+        for queue in config.queues:
+            if isinstance(queue, DelayQueueConfig):
+                self._open_delay_queue(queue)
+            else:
+                self._open_kafka_queue(queue)
+
+    def _engine_policy(self, policy: DeliveryPolicy) -> DeliveryPolicy:
+        # The per-attempt timeout is enforced by the delivery path from the moment the app gets
+        # the message; the engine's own timer is only a backstop that must also cover waiting
+        # for a free slot behind the other queues' messages.
+        backstop = policy.timeout * max(1, len(self.config.queues)) + 5.0
+        return dataclasses.replace(policy, timeout=backstop)
+
+    def _open_delay_queue(self, queue: DelayQueueConfig) -> None:
+        policy = queue.policy()
+        self.targets.delay[queue.name] = DelayProducer(
+            queue.nodes, queue.tube, queue.redis_url, max_job_bytes=queue.max_job_bytes, name=queue.name
+        )
+        self.consumers[queue.name] = DelayConsumer(
+            queue.nodes,
+            queue.tube,
+            queue.redis_url,
+            self.delivery.delay_handler(policy.timeout),
+            policy=self._engine_policy(policy),
+            concurrency=self.config.app.max_concurrency,
+            name=queue.name,
+        )
+        self.delay_admins[queue.name] = DelayAdmin(queue.nodes, queue.tube, queue.redis_url)
+
+    def _open_kafka_queue(self, queue: KafkaQueueConfig) -> None:
+        policy = queue.policy()
+        security = queue.security()
+        self.targets.kafka[queue.name] = KafkaPusher(
+            queue.brokers, queue.topic, security=security, name=queue.name
+        )
+        consumer = KafkaConsumer(
+            queue.brokers,
+            queue.topic,
+            queue.group,
+            self.delivery.kafka_handler(policy.timeout),
+            offset=queue.offset,
+            concurrency=self.config.app.max_concurrency,
+            policy=self._engine_policy(policy),
+            dead_letter_topic=queue.dead_letter_topic,
+            security=security,
+            name=queue.name,
+        )
+        self.consumers[queue.name] = consumer
+        self.kafka_consumers[queue.name] = consumer
+
+    def not_ready_reasons(self) -> list[str]:
+        reasons = []
+        app = f"{self.config.app.host}:{self.config.app.port}"
+        if not self.probe.up:
+            reasons.append(f"app not accepting connections on {app}")
+        elif not self._consuming:
+            reasons.append("consumers not started yet")
+        if self._stop.is_set():
+            reasons.append("shutting down")
+        for name, consumer in self.consumers.items():
+            ok, why = consumer.health()
+            if not ok:
+                reasons.append(f"queue {name}: {why}")
+        return reasons
+
+    def request_stop(self) -> None:
+        if not self._stop.is_set():
+            log.info("stop requested: draining", extra={"grace_seconds": self.config.shutdown_grace_period})
+        self._stop.set()
+
+    async def run(self) -> None:
+        """Serve until :meth:`request_stop`, then drain and close everything."""
+        background: list[asyncio.Task[Any]] = []
+        consumer_tasks: dict[str, asyncio.Task[None]] = {}
+        try:
+            await self._serve_health()
+            await self._serve_publish()
+            log.info(
+                "sidecar started",
+                extra={
+                    "queues": [q.name for q in self.config.queues],
+                    "app_protocol": self.config.app.protocol,
+                },
+            )
+            if not await self._wait_for_app():
+                return
+            background.append(asyncio.create_task(self.probe.watch(), name="app-probe"))
+            background.append(
+                asyncio.create_task(
+                    refresh_queue_gauges(self.delay_admins, self.kafka_consumers, GAUGE_REFRESH_SECONDS),
+                    name="queue-gauges",
+                )
+            )
+            for name, consumer in self.consumers.items():
+                consumer_tasks[name] = asyncio.create_task(consumer.run(), name=f"consume-{name}")
+            self._consuming = True
+            log.info("consuming", extra={"queues": list(self.consumers)})
+            await self._until_stop_or_crash(consumer_tasks)
+        finally:
+            await self._shutdown(consumer_tasks, background)
+
+    async def _wait_for_app(self) -> bool:
+        """True once the app is up; False if asked to stop first."""
+        waiting = asyncio.create_task(self.probe.wait_until_up())
+        stopping = asyncio.create_task(self._stop.wait())
+        await asyncio.wait({waiting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        for task in (waiting, stopping):
+            task.cancel()
+        return self.probe.up and not self._stop.is_set()
+
+    async def _until_stop_or_crash(self, tasks: dict[str, asyncio.Task[None]]) -> None:
+        stopping = asyncio.create_task(self._stop.wait())
+        done, _ = await asyncio.wait({stopping, *tasks.values()}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        for name, task in tasks.items():
+            if task in done:
+                # A consumer that ends on its own is a fault: report it and stop the sidecar so
+                # that Kubernetes restarts it, rather than run on silently without that queue.
+                exc = task.exception()
+                log.error("consumer stopped unexpectedly", extra={"queue": name, "error": repr(exc)})
+                raise RuntimeError(f"consumer of queue {name} stopped: {exc!r}")
+
+    async def _shutdown(
+        self, consumer_tasks: dict[str, asyncio.Task[None]], background: list[asyncio.Task[Any]]
+    ) -> None:
+        grace = self.config.shutdown_grace_period
+        self._stop.set()
+        for task in background:
+            task.cancel()
+        if consumer_tasks:
+            stops = [consumer.stop(grace) for consumer in self.consumers.values()]
+            try:
+                await asyncio.wait_for(asyncio.gather(*stops, return_exceptions=True), grace + 2.0)
+            except TimeoutError:
+                log.warning("consumers did not stop within the grace period")
+            for task in consumer_tasks.values():
+                if not task.done():
+                    task.cancel()
+            await asyncio.gather(*consumer_tasks.values(), return_exceptions=True)
+        await asyncio.gather(*background, return_exceptions=True)
+        await self.delivery.close()
+        if self._grpc_server is not None:
+            await self._grpc_server.stop(1.0)
+        for runner in reversed(self._runners):
+            await runner.cleanup()
+        with contextlib.suppress(Exception):
+            await self.targets.close()
+        for admin in self.delay_admins.values():
+            close = getattr(admin, "close", None)
+            if close is not None:
+                with contextlib.suppress(Exception):
+                    await close()
+        log.info("sidecar stopped")
+
+    async def _serve_health(self) -> None:
+        health = self.config.health
+        await self._serve(build_health_app(self.not_ready_reasons), health.host, health.port)
+
+    async def _serve_publish(self) -> None:
+        publish = self.config.publish
+        await self._serve(build_publish_app(self.targets), publish.host, publish.port)
+        if publish.grpc_port is not None:
+            self._grpc_server = await start_publish_grpc(self.targets, publish.host, publish.grpc_port)
+
+    async def _serve(self, app: web.Application, host: str, port: int) -> None:
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        self._runners.append(runner)
+        await web.TCPSite(runner, host, port, reuse_address=True).start()
