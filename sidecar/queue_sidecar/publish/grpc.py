@@ -1,0 +1,104 @@
+"""The publish API over gRPC: ``queueoperator.v1.Publisher`` (Delay, Revoke, Push) on loopback.
+
+Same operations and checks as the HTTP API; failures end the call with INVALID_ARGUMENT,
+NOT_FOUND, RESOURCE_EXHAUSTED (over the size limit), UNAVAILABLE (no quorum, broker down) or
+DEADLINE_EXCEEDED, and details that say what to fix.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable
+from datetime import UTC
+from typing import NoReturn, TypeVar
+
+import grpc
+
+from queue_sidecar.proto import queue_pb2, queue_pb2_grpc
+from queue_sidecar.publish import operations
+from queue_sidecar.publish.errors import classify
+from queue_sidecar.publish.targets import PublishTargets
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+# Memory guard, as in the HTTP API; each queue's own limit is checked by its producer.
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+class PublisherService(queue_pb2_grpc.PublisherServicer):  # type: ignore[misc]
+    def __init__(self, targets: PublishTargets) -> None:
+        self.targets = targets
+
+    async def Delay(  # the method names are the RPCs'
+        self, request: queue_pb2.DelayRequest, context: grpc.aio.ServicerContext
+    ) -> queue_pb2.DelayReply:
+        when = request.WhichOneof("when")
+        job_id = await _answer(
+            context,
+            "Delay",
+            operations.delay(
+                self.targets,
+                request.queue,
+                request.body,
+                delay=request.delay.ToTimedelta().total_seconds() if when == "delay" else None,
+                at=request.at.ToDatetime(tzinfo=UTC) if when == "at" else None,
+            ),
+        )
+        return queue_pb2.DelayReply(id=job_id)
+
+    async def Revoke(
+        self, request: queue_pb2.RevokeRequest, context: grpc.aio.ServicerContext
+    ) -> queue_pb2.RevokeReply:
+        await _answer(context, "Revoke", operations.revoke(self.targets, request.queue, request.id))
+        return queue_pb2.RevokeReply()
+
+    async def Push(
+        self, request: queue_pb2.PushRequest, context: grpc.aio.ServicerContext
+    ) -> queue_pb2.PushReply:
+        delivered = await _answer(
+            context,
+            "Push",
+            operations.push(
+                self.targets,
+                request.queue,
+                request.body,
+                key=request.key if request.HasField("key") else None,
+                headers=[(h.key, h.value) for h in request.headers],
+            ),
+        )
+        return queue_pb2.PushReply(partition=delivered.partition, offset=delivered.offset)
+
+
+async def _answer(context: grpc.aio.ServicerContext, rpc: str, call: Awaitable[T]) -> T:
+    try:
+        return await call
+    except Exception as exc:
+        await _abort(context, rpc, exc)
+
+
+async def _abort(context: grpc.aio.ServicerContext, rpc: str, exc: Exception) -> NoReturn:
+    failure = classify(exc)
+    if failure.unexpected:
+        log.error("publish %s failed", rpc, exc_info=exc)
+    else:
+        log.info("publish %s: %s", rpc, failure.message)
+    await context.abort(failure.grpc_code, failure.message)
+    raise AssertionError("context.abort returned")  # it raises; this keeps the type checker honest
+
+
+async def start_server(targets: PublishTargets, host: str, port: int) -> grpc.aio.Server:
+    """Start ``queueoperator.v1.Publisher`` on ``host:port`` (use 127.0.0.1); stop it with ``stop(grace)``."""
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.so_reuseport", 0),  # a second sidecar on the same port must fail, not share it
+        ]
+    )
+    queue_pb2_grpc.add_PublisherServicer_to_server(PublisherService(targets), server)
+    address = f"{host}:{port}"
+    if server.add_insecure_port(address) == 0:
+        raise OSError(f"the gRPC publish API cannot listen on {address}: is the port in use?")
+    await server.start()
+    log.info("gRPC publish API listening on %s", address)
+    return server

@@ -1,0 +1,46 @@
+"""The queues an app may publish to through its sidecar, by name."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from queue_engine.dq import DelayProducer
+from queue_engine.errors import NotFound
+from queue_engine.kq import KafkaPusher
+
+
+@dataclass
+class PublishTargets:
+    """Producers the runtime opened for the queues in the sidecar's config, keyed by queue name."""
+
+    delay: dict[str, DelayProducer] = field(default_factory=dict)
+    kafka: dict[str, KafkaPusher] = field(default_factory=dict)
+
+    def delay_queue(self, name: str) -> DelayProducer:
+        try:
+            return self.delay[name]
+        except KeyError:
+            raise NotFound(_unknown("DelayQueue", name, self.delay, self.kafka, "KafkaQueue")) from None
+
+    def kafka_queue(self, name: str) -> KafkaPusher:
+        try:
+            return self.kafka[name]
+        except KeyError:
+            raise NotFound(_unknown("KafkaQueue", name, self.kafka, self.delay, "DelayQueue")) from None
+
+    async def close(self) -> None:
+        for producer in self.delay.values():
+            await producer.close()
+        for pusher in self.kafka.values():
+            await pusher.close()
+
+
+def _unknown(
+    kind: str, name: str, known: dict[str, object], other: dict[str, object], other_kind: str
+) -> str:
+    names = ", ".join(sorted(known)) or "none"
+    message = f"no {kind} named {name!r} in this sidecar; its {kind}s: {names}"
+    if name in other:
+        # The commonest slip: the right name with the wrong kind of queue.
+        message += f" ({name!r} is a {other_kind}, not a {kind})"
+    return message
