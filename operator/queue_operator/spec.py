@@ -32,6 +32,7 @@ MAX_REPLICAS = 9
 DEFAULT_MAX_JOB_BYTES = 65535
 MAX_MAX_JOB_BYTES = 1073741824  # beanstalkd's own ceiling for -z (JOB_DATA_SIZE_LIMIT_MAX)
 DEFAULT_PERSISTENCE_SIZE = "1Gi"
+MAX_FSYNC_MILLIS = 3_600_000
 # Children are named "<name>-beanstalkd"; a StatefulSet name must leave room for the pods'
 # "-<10 char revision hash>" label value (63 characters), so the resource name is capped.
 MAX_DELAYQUEUE_NAME = 41
@@ -124,7 +125,9 @@ class DelayQueueSpec:
         if not _QUANTITY.match(size):
             raise SpecError(f"spec.persistence.size {size!r}: give a quantity such as 1Gi or 500Mi")
         storage_class = _str(persistence, "storageClassName", "spec.persistence.storageClassName", None)
-        fsync = _int(persistence, "fsyncMillis", "spec.persistence.fsyncMillis", None, low=0, high=None)
+        fsync = _int(
+            persistence, "fsyncMillis", "spec.persistence.fsyncMillis", None, low=0, high=MAX_FSYNC_MILLIS
+        )
         redis_url, redis_secret = _redis(spec)
         return cls(
             replicas=replicas,
