@@ -1,0 +1,80 @@
+"""A scriptable gRPC app (queueoperator.v1.MessageHandler): ``grpc_app.py --port P --script F --record R``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf.duration_pb2 import Duration
+
+from queue_sidecar.proto import queue_pb2, queue_pb2_grpc
+
+try:
+    from apps.script import Script
+except ImportError:  # run as a script: tests/ is not on the path
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from apps.script import Script
+
+
+class Handler(queue_pb2_grpc.MessageHandlerServicer):  # type: ignore[misc]
+    def __init__(self, script: Script) -> None:
+        self.script = script
+
+    async def Handle(self, request: queue_pb2.Message, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        self.script.record(
+            {
+                "kind": request.kind,
+                "queue": request.queue,
+                "id": request.id,
+                "attempt": request.attempt,
+                "body": request.body.decode("utf-8", "replace"),
+                "due_at": request.due_at.ToJsonString() if request.HasField("due_at") else None,
+                "key": request.key.decode("utf-8", "replace") if request.HasField("key") else None,
+                "partition": request.partition,
+                "offset": request.offset,
+                "headers": [[h.key, base64.b64encode(h.value).decode()] for h in request.headers],
+            }
+        )
+        answer = self.script.answer_for(request.body)
+        if answer.get("sleep"):
+            await asyncio.sleep(float(answer["sleep"]))
+        if answer.get("code"):
+            await context.abort(grpc.StatusCode[answer["code"]], answer.get("error", "scripted failure"))
+        ack = queue_pb2.Ack(
+            status=queue_pb2.Ack.Status.Value(answer.get("ack", "SUCCESS")), error=answer.get("error", "")
+        )
+        if "retryAfter" in answer:
+            ack.retry_after.CopyFrom(
+                Duration(
+                    nanos=int(float(answer["retryAfter"]) * 1e9) % 1_000_000_000,
+                    seconds=int(float(answer["retryAfter"])),
+                )
+            )
+        return ack
+
+
+async def serve(port: int, script: Script) -> None:
+    server = grpc.aio.server()
+    queue_pb2_grpc.add_MessageHandlerServicer_to_server(Handler(script), server)
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    await server.wait_for_termination()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--script", type=Path, required=True)
+    parser.add_argument("--record", type=Path, required=True)
+    args = parser.parse_args()
+    asyncio.run(serve(args.port, Script(args.script, args.record)))
+
+
+if __name__ == "__main__":
+    main()

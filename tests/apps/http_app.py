@@ -1,0 +1,61 @@
+"""A scriptable HTTP app: ``http_app.py --port P --script F --record R [--path /messages]``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from pathlib import Path
+
+from aiohttp import web
+
+try:
+    from apps.script import Script
+except ImportError:  # run as a script: tests/ is not on the path
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from apps.script import Script
+
+
+def build(script: Script, path: str) -> web.Application:
+    async def handle(request: web.Request) -> web.Response:
+        body = await request.read()
+        script.record(
+            {
+                "method": request.method,
+                "path": request.path,
+                "body": body.decode("utf-8", "replace"),
+                "headers": dict(request.headers),
+            }
+        )
+        answer = script.answer_for(body)
+        if answer.get("sleep"):
+            await asyncio.sleep(float(answer["sleep"]))
+        text = json.dumps(answer["json"]) if "json" in answer else answer.get("text", "")
+        return web.Response(
+            status=int(answer.get("status", 200)),
+            text=text,
+            headers=answer.get("headers", {}),
+            content_type="application/json" if "json" in answer else "text/plain",
+        )
+
+    app = web.Application()
+    app.router.add_route("*", path, handle)
+    return app
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--script", type=Path, required=True)
+    parser.add_argument("--record", type=Path, required=True)
+    parser.add_argument("--path", default="/messages")
+    args = parser.parse_args()
+    web.run_app(
+        build(Script(args.script, args.record), args.path), host="127.0.0.1", port=args.port, print=None
+    )
+
+
+if __name__ == "__main__":
+    main()
