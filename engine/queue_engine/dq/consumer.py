@@ -1,0 +1,491 @@
+"""Consuming dq jobs: each job reaches the handler once in normal operation, at least once under failures.
+
+Shape: per node, ``concurrency`` workers, each with its own beanstalkd connection (a
+reservation can only be deleted, released or buried by the connection that made it), blocked
+in ``reserve`` so that a job is seen the moment it becomes ready. At most ``concurrency``
+handler calls run at once across all nodes. A worker that reserved a copy:
+
+1. waits until the exact due time (beanstalkd delays are whole seconds, rounded down);
+2. claims the job in Redis (tombstone, done/buried markers, retry time, lease, attempt count:
+   one atomic script, see :mod:`queue_engine.dq.records`);
+3. runs the handler while touching the reservation and renewing the lease;
+4. settles: done (mark done, delete this copy and the other copies), retry (schedule the next
+   attempt for every copy, release with backoff), or bury.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import greenstalk
+from redis.exceptions import RedisError
+
+from queue_engine import metrics
+from queue_engine.dq.envelope import Envelope
+from queue_engine.dq.job import DelayJob
+from queue_engine.dq.nodes import PRIORITY, NodeConnection, NodeDown, check_nodes, check_tube, deleter
+from queue_engine.dq.producer import JOB_TTR
+from queue_engine.dq.records import Claim, JobRecords
+from queue_engine.dq.redis_client import connect_redis, describe_redis_error
+from queue_engine.errors import ConfigError
+from queue_engine.policy import DeliveryPolicy, Outcome, Verdict
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Handler = Callable[[DelayJob], Awaitable[Outcome]]
+
+RESERVE_TIMEOUT = 1  # seconds a worker blocks in reserve before looking at stop and Redis again
+HOLD_LIMIT = 2.0  # a retry due within this many seconds is waited for while holding the copy
+KIND = "delay"
+
+
+@dataclass
+class _Held:
+    """A copy this consumer has reserved."""
+
+    conn: NodeConnection
+    job: greenstalk.Job[bytes]
+    envelope: Envelope
+    token: str
+    claimed: bool = False
+
+    @property
+    def where(self) -> str:
+        return f"{self.conn.address}/{self.job.id}"
+
+
+class DelayConsumer:
+    """Runs ``handler`` for each due job of ``tube``; see the module docs for how."""
+
+    def __init__(
+        self,
+        nodes: Sequence[str],
+        tube: str,
+        redis_url: str,
+        handler: Handler,
+        *,
+        policy: DeliveryPolicy | None = None,
+        concurrency: int = 8,
+        name: str | None = None,
+        lease_ttl: float = 10.0,
+        connect_timeout: float = 3.0,
+    ) -> None:
+        self._nodes = check_nodes(nodes)
+        self._tube = check_tube(tube)
+        if not callable(handler):
+            raise ConfigError("handler must be an async function taking a DelayJob and returning an Outcome")
+        if concurrency < 1:
+            raise ConfigError(f"concurrency is {concurrency}; use 1 or more")
+        if lease_ttl < 1:
+            raise ConfigError(f"lease_ttl is {lease_ttl}s; use 1s or more")
+        self._redis_url = redis_url
+        connect_redis(redis_url, connect_timeout)  # refuse a bad URL now, not when run() starts
+        self._handler = handler
+        self._policy = policy or DeliveryPolicy()
+        self._concurrency = concurrency
+        self.queue = name or tube
+        self._lease_ttl = lease_ttl
+        self._connect_timeout = connect_timeout
+        self._keep_every = min(JOB_TTR / 4, lease_ttl / 3)
+        self._running = False
+        self._stopping = asyncio.Event()
+        self._finished = asyncio.Event()
+        self._deadline = math.inf
+        self._redis_error: str | None = None
+        self._node_errors: dict[str, str] = {}
+        self._inflight: set[asyncio.Task[Outcome]] = set()
+
+    # -- public --------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Consume until :meth:`stop`; node and Redis outages are waited out, not raised."""
+        if self._running:
+            raise RuntimeError("this consumer is already running")
+        self._running = True
+        nodes = len(self._nodes)
+        self._executor = ThreadPoolExecutor(
+            max_workers=nodes * (self._concurrency + 2) + 2, thread_name_prefix=f"dq-{self.queue}"
+        )
+        self._slots = asyncio.Semaphore(self._concurrency)
+        self._redis = connect_redis(self._redis_url, self._connect_timeout)
+        self._records = JobRecords(self._redis, self._tube)
+        self._control = {
+            node: NodeConnection(
+                node, self._tube, connect_timeout=self._connect_timeout, io_timeout=self._connect_timeout
+            )
+            for node in self._nodes
+        }
+        watchdog = asyncio.create_task(self._watch_redis(), name=f"dq-{self.queue}-redis")
+        workers = [
+            asyncio.create_task(self._work(node), name=f"dq-{self.queue}-{node}-{i}")
+            for node in self._nodes
+            for i in range(self._concurrency)
+        ]
+        log.info("dq consumer %s started on %d node(s), concurrency %d", self.queue, nodes, self._concurrency)
+        try:
+            await asyncio.gather(*workers)
+        finally:
+            for task in workers:
+                task.cancel()
+            watchdog.cancel()
+            await asyncio.gather(watchdog, *workers, return_exceptions=True)
+            await self._call(self._close_control)
+            self._executor.shutdown(wait=False)
+            await self._redis.aclose()
+            self._running = False
+            self._finished.set()
+            log.info("dq consumer %s stopped", self.queue)
+
+    async def stop(self, grace: float = 30.0) -> None:
+        """Stop taking jobs; let handlers finish within ``grace`` seconds, hand back the rest."""
+        self._stopping.set()
+        if not self._running:
+            return
+        self._deadline = time.monotonic() + grace
+        if self._inflight:
+            _, late = await asyncio.wait(set(self._inflight), timeout=grace)
+            for task in late:
+                task.cancel()
+        await self._finished.wait()
+
+    def health(self) -> tuple[bool, str]:
+        if not self._running:
+            return False, "consumer not running"
+        if self._redis_error is not None:
+            return False, f"redis unreachable: {self._redis_error}"
+        down = dict(self._node_errors)
+        if len(down) == len(self._nodes):
+            return False, "no beanstalkd node reachable: " + "; ".join(f"{n} ({e})" for n, e in down.items())
+        if down:
+            return True, "ok; unreachable: " + "; ".join(f"{n} ({e})" for n, e in down.items())
+        return True, "ok"
+
+    # -- workers ---------------------------------------------------------------------------
+
+    async def _work(self, node: str) -> None:
+        conn = NodeConnection(
+            node,
+            self._tube,
+            connect_timeout=self._connect_timeout,
+            io_timeout=RESERVE_TIMEOUT + self._connect_timeout,
+        )
+        backoff = 0.1
+        try:
+            while not self._stopping.is_set():
+                if self._redis_error is not None:
+                    await self._pause(0.1)  # never take a job that cannot be de-duplicated
+                    continue
+                try:
+                    job = await self._call(conn.call, _reserve)
+                except NodeDown as exc:
+                    if node not in self._node_errors:
+                        log.warning("dq %s: node %s unreachable: %s", self.queue, node, exc.reason)
+                    self._node_errors[node] = exc.reason
+                    await self._pause(backoff)
+                    backoff = min(2.0, backoff * 2)
+                    continue
+                if self._node_errors.pop(node, None) is not None:
+                    log.info("dq %s: node %s reachable again", self.queue, node)
+                backoff = 0.1
+                if job is None:
+                    continue
+                try:
+                    await self._hold(conn, job)
+                except Exception:
+                    # A bug must not stop the consumer: dropping the connection hands the
+                    # reservation back to beanstalkd, and the lease (if any) expires.
+                    log.exception("dq %s: failed handling a copy on %s; handing it back", self.queue, node)
+                    await self._call(conn.close)
+                    await self._pause(1.0)
+        finally:
+            await asyncio.shield(self._call(conn.close))
+
+    async def _hold(self, conn: NodeConnection, job: greenstalk.Job[bytes]) -> None:
+        envelope = Envelope.decode(job.body)
+        if envelope is None:
+            log.warning(
+                "dq %s: job %s/%s has no dq header; burying it for inspection",
+                self.queue,
+                conn.address,
+                job.id,
+            )
+            await self._quietly(conn, lambda c: c.bury(job, PRIORITY))
+            return
+        held = _Held(conn, job, envelope, token=uuid.uuid4().hex)
+        keeper = asyncio.create_task(self._keep(held))
+        try:
+            await self._process(held, keeper)
+        finally:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+
+    async def _process(self, held: _Held, keeper: asyncio.Task[None]) -> None:
+        due = held.envelope.due
+        while True:
+            if not await self._sleep_until(due):
+                await self._hand_back(held, due)
+                return
+            async with self._slots:
+                if self._stopping.is_set():
+                    await self._hand_back(held, due)
+                    return
+                try:
+                    claim = await self._records.claim(
+                        held.envelope.job_id, held.token, self._lease_ttl, time.time()
+                    )
+                except RedisError as exc:
+                    self._note_redis_error(exc)
+                    await self._hand_back(held, due)
+                    return
+                if claim.action == "go":
+                    held.claimed = True
+                    await self._deliver(held, claim.attempt, keeper)
+                    return
+            if claim.action == "wait" and claim.until - time.time() <= HOLD_LIMIT:
+                due = claim.until  # a retry due soon: wait for it holding the copy
+                continue
+            await self._not_now(held, claim)
+            return
+
+    async def _not_now(self, held: _Held, claim: Claim) -> None:
+        """This copy may not be delivered now: put it where it belongs."""
+        job_id = held.envelope.job_id
+        if claim.action == "wait":
+            await self._release(held, claim.until - time.time())
+        elif claim.action == "busy":
+            # Another copy is being handled; come back when its lease would have run out, so
+            # that this copy takes over if that consumer died.
+            await self._release(held, max(1.0, math.ceil(claim.until)))
+        elif claim.action == "done":
+            if await self._quietly(held.conn, deleter(held.job.id)):
+                metrics.DUPLICATES_SUPPRESSED.labels(queue=self.queue).inc()
+            log.debug("dq %s: copy %s of done job %s deleted", self.queue, held.where, job_id)
+        elif claim.action == "revoked":
+            await self._quietly(held.conn, deleter(held.job.id))
+            log.info("dq %s: job %s was revoked; copy %s deleted", self.queue, job_id, held.where)
+        elif claim.action == "buried":
+            await self._quietly(held.conn, lambda c: c.bury(held.job, PRIORITY))
+        else:
+            log.error("dq %s: unknown claim %r for job %s; releasing it", self.queue, claim.action, job_id)
+            await self._release(held, 1.0)
+
+    # -- delivery --------------------------------------------------------------------------
+
+    async def _deliver(self, held: _Held, attempt: int, keeper: asyncio.Task[None]) -> None:
+        envelope = held.envelope
+        job = DelayJob(envelope.job_id, envelope.body, attempt, envelope.due_at, self.queue)
+        metrics.RECEIVED.labels(kind=KIND, queue=self.queue).inc()
+        if attempt == 1:
+            metrics.DQ_LATENESS.labels(queue=self.queue).observe(max(0.0, time.time() - envelope.due))
+        gauge = metrics.IN_FLIGHT.labels(kind=KIND, queue=self.queue)
+        gauge.inc()
+        started = time.monotonic()
+        task = asyncio.create_task(self._call_handler(job))
+        self._inflight.add(task)
+        try:
+            try:
+                outcome = await task
+            except asyncio.CancelledError:
+                if not task.cancelled() or not self._stopping.is_set():
+                    raise
+                # stop()'s grace ran out: hand the job back without counting this attempt.
+                log.info("dq %s: job %s handed back at stop", self.queue, job.id)
+                keeper.cancel()
+                await self._settle_retry(held, None, attempted=False, error="consumer stopped")
+                return
+        finally:
+            self._inflight.discard(task)
+            gauge.dec()
+        metrics.DELIVERY_LATENCY.labels(kind=KIND, queue=self.queue).observe(time.monotonic() - started)
+        keeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await keeper
+        await self._settle(held, attempt, outcome)
+
+    async def _call_handler(self, job: DelayJob) -> Outcome:
+        try:
+            outcome = await asyncio.wait_for(self._handler(job), self._policy.timeout)
+        except TimeoutError:
+            return Outcome.retry(f"handler took longer than {self._policy.timeout:g}s")
+        except Exception as exc:
+            log.warning("dq %s: handler raised on job %s: %r", self.queue, job.id, exc)
+            return Outcome.retry(f"handler raised {type(exc).__name__}: {exc}")
+        if not isinstance(outcome, Outcome):
+            log.error("dq %s: handler returned %r, not an Outcome; retrying", self.queue, outcome)
+            return Outcome.retry(f"handler returned {type(outcome).__name__}, expected Outcome")
+        return outcome
+
+    async def _settle(self, held: _Held, attempt: int, outcome: Outcome) -> None:
+        result = outcome.verdict.value.lower() if outcome.attempted else "unavailable"
+        metrics.DELIVERED.labels(kind=KIND, queue=self.queue, result=result).inc()
+        job_id = held.envelope.job_id
+        if outcome.verdict is Verdict.SUCCESS:
+            copies = await self._until_redis(held, lambda: self._records.mark_done(job_id, held.token))
+            if copies is None:
+                await self._release(held, 0)  # could not record success: deliver again rather than lose it
+                return
+            await self._quietly(held.conn, deleter(held.job.id))
+            await self._delete_siblings(held, copies)
+            return
+        gave_up = outcome.verdict is Verdict.DROP
+        if gave_up or (outcome.attempted and attempt >= self._policy.max_attempts):
+            await self._bury(held, "drop" if gave_up else "max_attempts", outcome.error, attempt)
+            return
+        delay = self._policy.next_delay(attempt, outcome)
+        metrics.RETRIED.labels(kind=KIND, queue=self.queue).inc()
+        log.info(
+            "dq %s: job %s attempt %d failed (%s); retry in %.2fs",
+            self.queue,
+            job_id,
+            attempt,
+            outcome.error,
+            delay,
+        )
+        await self._settle_retry(held, delay, attempted=outcome.attempted, error=outcome.error)
+
+    async def _settle_retry(self, held: _Held, delay: float | None, *, attempted: bool, error: str) -> None:
+        next_at = None if delay is None else time.time() + delay
+        job_id = held.envelope.job_id
+
+        async def schedule() -> bool:
+            await self._records.schedule_retry(
+                job_id, held.token, next_at=next_at, attempted=attempted, error=error
+            )
+            return True
+
+        if await self._until_redis(held, schedule) is None:
+            log.warning(
+                "dq %s: retry of %s not recorded (redis down); its lease will expire", self.queue, job_id
+            )
+        await self._release(held, delay or 0.0)
+
+    async def _bury(self, held: _Held, reason: str, error: str, attempt: int) -> None:
+        job_id = held.envelope.job_id
+
+        async def mark() -> list[tuple[str, int]]:
+            return await self._records.mark_buried(
+                job_id, held.token, error=error, copy=held.where, now=time.time()
+            )
+
+        copies = await self._until_redis(held, mark)
+        await self._quietly(held.conn, lambda c: c.bury(held.job, PRIORITY))
+        if copies is not None:
+            await self._delete_siblings(held, copies)
+        metrics.DEAD_LETTERED.labels(kind=KIND, queue=self.queue, reason=reason).inc()
+        log.warning(
+            "dq %s: job %s buried after attempt %d (%s): %s", self.queue, job_id, attempt, reason, error
+        )
+
+    async def _delete_siblings(self, held: _Held, copies: list[tuple[str, int]]) -> None:
+        others = [
+            (n, j) for n, j in copies if (n, j) != (held.conn.address, held.job.id) and n in self._control
+        ]
+        results = await asyncio.gather(
+            *(self._quietly(self._control[n], deleter(j)) for n, j in others), return_exceptions=True
+        )
+        suppressed = sum(1 for r in results if r is True)
+        if suppressed:
+            metrics.DUPLICATES_SUPPRESSED.labels(queue=self.queue).inc(suppressed)
+
+    # -- keeping hold ---------------------------------------------------------------------
+
+    async def _keep(self, held: _Held) -> None:
+        """Touch the reservation and renew the lease while the copy is held."""
+        while True:
+            await asyncio.sleep(self._keep_every)
+            await self._quietly(held.conn, lambda c: c.touch(held.job))
+            if held.claimed:
+                with contextlib.suppress(RedisError):
+                    await self._records.renew(held.envelope.job_id, held.token, self._lease_ttl)
+
+    async def _until_redis(self, held: _Held, op: Callable[[], Awaitable[T]]) -> T | None:
+        """Run ``op`` until Redis answers; None if stop's grace ran out first."""
+        last_touch = time.monotonic()
+        while True:
+            try:
+                return await op()
+            except RedisError as exc:
+                self._note_redis_error(exc)
+            if time.monotonic() > self._deadline:
+                return None
+            if time.monotonic() - last_touch > self._keep_every:
+                await self._quietly(held.conn, lambda c: c.touch(held.job))
+                last_touch = time.monotonic()
+            await asyncio.sleep(0.2)
+
+    async def _hand_back(self, held: _Held, due: float) -> None:
+        """Release a copy that was not delivered, for its due time."""
+        await self._release(held, due - time.time())
+
+    async def _release(self, held: _Held, delay: float) -> None:
+        seconds = max(0, math.floor(delay))
+        await self._quietly(held.conn, lambda c: c.release(held.job, PRIORITY, seconds))
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    async def _watch_redis(self) -> None:
+        while True:
+            try:
+                await self._redis.ping()
+            except RedisError as exc:
+                self._note_redis_error(exc)
+            else:
+                if self._redis_error is not None:
+                    log.info("dq %s: redis reachable again; taking jobs", self.queue)
+                self._redis_error = None
+            await asyncio.sleep(0.25 if self._redis_error else 1.0)
+
+    def _note_redis_error(self, exc: BaseException) -> None:
+        if self._redis_error is None:
+            log.warning(
+                "dq %s: redis unreachable, not taking jobs: %s", self.queue, describe_redis_error(exc)
+            )
+        self._redis_error = describe_redis_error(exc)
+
+    async def _sleep_until(self, due: float) -> bool:
+        """Wait until wall-clock ``due`` (never earlier); False if stopping first."""
+        while True:
+            remaining = due - time.time()
+            if remaining <= 0:
+                return True
+            if await self._pause(remaining):
+                return False
+
+    async def _pause(self, seconds: float) -> bool:
+        """Sleep up to ``seconds``; True when stop was asked for."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+        return self._stopping.is_set()
+
+    async def _quietly(self, conn: NodeConnection, op: Callable[[greenstalk.Client[bytes]], Any]) -> Any:
+        """Run ``op`` on ``conn``; node trouble is logged, not raised (None is returned)."""
+        try:
+            return await self._call(conn.call, op)
+        except (NodeDown, greenstalk.Error) as exc:
+            log.debug("dq %s: %s on %s: %r", self.queue, getattr(op, "__name__", "op"), conn.address, exc)
+            return None
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def _close_control(self) -> None:
+        for conn in self._control.values():
+            conn.close()
+
+
+def _reserve(client: greenstalk.Client[bytes]) -> greenstalk.Job[bytes] | None:
+    try:
+        return client.reserve(timeout=RESERVE_TIMEOUT)
+    except (greenstalk.TimedOutError, greenstalk.DeadlineSoonError):
+        return None

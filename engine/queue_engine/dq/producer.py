@@ -1,0 +1,241 @@
+"""Publishing delayed and timed jobs: each to min(3, N) nodes, done when a majority acknowledge."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
+from types import TracebackType
+from typing import Any, TypeVar
+
+import greenstalk
+from redis.exceptions import RedisError
+
+from queue_engine import metrics
+from queue_engine.dq.envelope import HEADER_BYTES, Envelope, check_job_id, new_job_id
+from queue_engine.dq.nodes import PRIORITY, NodeDown, NodePool, check_nodes, check_tube, deleter
+from queue_engine.dq.records import JobRecords
+from queue_engine.dq.redis_client import connect_redis, describe_redis_error
+from queue_engine.errors import ConfigError, InvalidRequest, TooLarge, Unavailable
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Seconds a consumer may hold a reservation between touches (it touches well before this).
+JOB_TTR = 20
+REPLICAS = 3
+
+
+def quorum_of(copies: int) -> int:
+    return copies // 2 + 1
+
+
+class DelayProducer:
+    """Writes jobs to beanstalkd nodes; asyncio-friendly (the blocking client runs in threads)."""
+
+    def __init__(
+        self,
+        nodes: Sequence[str],
+        tube: str,
+        redis_url: str,
+        *,
+        max_job_bytes: int = 65535,
+        connect_timeout: float = 3.0,
+        name: str | None = None,
+    ) -> None:
+        self._nodes = check_nodes(nodes)
+        self._tube = check_tube(tube)
+        self.queue = name or tube
+        if max_job_bytes <= HEADER_BYTES:
+            raise ConfigError(
+                f"maxJobBytes is {max_job_bytes}; it must exceed the {HEADER_BYTES}-byte job header"
+            )
+        self.max_body_bytes = max_job_bytes - HEADER_BYTES
+        self.copies = min(REPLICAS, len(self._nodes))
+        self.quorum = quorum_of(self.copies)
+        self._pools = {
+            node: NodePool(
+                node, self._tube, size=2, connect_timeout=connect_timeout, io_timeout=connect_timeout
+            )
+            for node in self._nodes
+        }
+        self._executor = ThreadPoolExecutor(
+            max_workers=4 * len(self._nodes), thread_name_prefix="dq-producer"
+        )
+        self._redis = connect_redis(redis_url, connect_timeout)
+        self._records = JobRecords(self._redis, self._tube)
+        self._turn = 0
+        self._closed = False
+
+    async def delay(self, body: bytes, delay: float | timedelta) -> str:
+        """Deliver ``body`` after ``delay`` (seconds or a timedelta); returns the job id."""
+        seconds = _seconds(delay)
+        return await self._publish(body, time.time() + seconds)
+
+    async def at(self, body: bytes, when: datetime) -> str:
+        """Deliver ``body`` at ``when`` (a timezone-aware datetime); returns the job id."""
+        if not isinstance(when, datetime):
+            raise InvalidRequest(f"at: expected a datetime, got {type(when).__name__}")
+        if when.tzinfo is None or when.utcoffset() is None:
+            raise InvalidRequest(
+                f"at: {when.isoformat()} has no time zone; pass an aware datetime (e.g. tz=UTC)"
+            )
+        due = when.timestamp()
+        now = time.time()
+        if due < now:
+            raise InvalidRequest(
+                f"at: {when.isoformat()} is {now - due:.3f}s in the past; use a future time or delay(0)"
+            )
+        return await self._publish(body, due)
+
+    async def revoke(self, job_id: str) -> None:
+        """Make sure the job is never delivered (idempotent; unknown ids are accepted)."""
+        check_job_id(job_id)
+        try:
+            copies = await self._records.revoke(job_id)
+        except RedisError as exc:
+            raise Unavailable(
+                f"revoke of {job_id} not recorded: redis unreachable ({describe_redis_error(exc)}); try again"
+            ) from None
+        # The tombstone already holds; deleting copies only saves the consumers the work.
+        deletions = [
+            self._run(self._pools[node].pick().call, deleter(jid))
+            for node, jid in copies
+            if node in self._pools
+        ]
+        for result in await asyncio.gather(*deletions, return_exceptions=True):
+            if isinstance(result, NodeDown):
+                log.info("revoke %s: copy left on %s (down); the tombstone stops it", job_id, result.address)
+        log.debug("revoked %s", job_id)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await self._run(self._close_pools)
+        self._executor.shutdown(wait=False)
+        await self._redis.aclose()
+
+    def _close_pools(self) -> None:
+        for pool in self._pools.values():
+            pool.close()
+
+    async def _publish(self, body: bytes, due: float) -> str:
+        if self._closed:
+            raise InvalidRequest("this producer is closed")
+        if not isinstance(body, bytes | bytearray | memoryview):
+            raise InvalidRequest(f"body must be bytes, got {type(body).__name__}; encode text first")
+        data = bytes(body)
+        if len(data) > self.max_body_bytes:
+            self._count("too_large")
+            raise TooLarge(
+                f"body is {len(data)} bytes; queue {self.queue!r} takes at most {self.max_body_bytes} "
+                f"(maxJobBytes minus a {HEADER_BYTES}-byte header)"
+            )
+        envelope = Envelope(new_job_id(), math.ceil(due * 1_000_000), data)
+        written, failures = await self._write_copies(envelope.encode(), envelope.due)
+        if len(written) < self.quorum:
+            await self._undo(written)
+            self._count("unavailable")
+            failed = ", ".join(f"{node} ({reason})" for node, reason in failures.items())
+            if failures and all("JOB_TOO_BIG" in reason for reason in failures.values()):
+                raise TooLarge(f"nodes refused the job as too big ({failed}); raise beanstalkd -z")
+            raise Unavailable(
+                f"job not stored: {len(written)} of {self.copies} copies acknowledged, "
+                f"{self.quorum} needed; failed: {failed}"
+            )
+        try:
+            await self._records.record_copies(envelope.job_id, written, keep_s=max(0.0, due - time.time()))
+        except RedisError as exc:
+            # The job is stored; without this record revoke cannot delete its copies (the
+            # tombstone still stops them) and a success cannot clean up sibling copies early.
+            log.warning(
+                "job %s stored but its copies not recorded: %s", envelope.job_id, describe_redis_error(exc)
+            )
+        self._count("success")
+        return envelope.job_id
+
+    async def _write_copies(self, data: bytes, due: float) -> tuple[list[tuple[str, int]], dict[str, str]]:
+        order = self._choose()
+        pending, spare = order[: self.copies], order[self.copies :]
+        written: list[tuple[str, int]] = []
+        failures: dict[str, str] = {}
+        while pending:
+            results = await asyncio.gather(
+                *(self._run(self._pools[node].pick().call, _putter(data, due)) for node in pending),
+                return_exceptions=True,
+            )
+            for node, result in zip(pending, results, strict=True):
+                if isinstance(result, int):
+                    written.append((node, result))
+                elif isinstance(result, NodeDown):
+                    failures[node] = result.reason
+                elif isinstance(result, greenstalk.Error | OSError):
+                    failures[node] = type(result).__name__.replace("Error", "").upper() or str(result)
+                    if isinstance(result, greenstalk.JobTooBigError):
+                        failures[node] = "JOB_TOO_BIG"
+                elif isinstance(result, BaseException):
+                    raise result
+            missing = self.copies - len(written)
+            pending, spare = spare[:missing], spare[missing:]
+        return written, failures
+
+    def _choose(self) -> list[str]:
+        """All nodes, in the order to try them: rotate for spread, nodes that just failed last."""
+        self._turn = (self._turn + 1) % len(self._nodes)
+        rotated = self._nodes[self._turn :] + self._nodes[: self._turn]
+        return sorted(rotated, key=lambda node: self._pools[node].backing_off)
+
+    async def _undo(self, written: list[tuple[str, int]]) -> None:
+        results = await asyncio.gather(
+            *(self._run(self._pools[node].pick().call, deleter(jid)) for node, jid in written),
+            return_exceptions=True,
+        )
+        for (node, jid), result in zip(written, results, strict=True):
+            if isinstance(result, BaseException) and not isinstance(result, greenstalk.NotFoundError):
+                log.error("could not undo copy %s/%s of a job that missed quorum: %s", node, jid, result)
+
+    def _count(self, result: str) -> None:
+        metrics.PUBLISHED.labels(kind="delay", queue=self.queue, result=result).inc()
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def __aenter__(self) -> DelayProducer:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+
+def _putter(data: bytes, due: float) -> Callable[[greenstalk.Client[bytes]], int]:
+    def put(client: greenstalk.Client[bytes]) -> int:
+        # Whole seconds, rounded down, computed at the last moment: the copy becomes ready no
+        # later than its due time, and the consumer waits out the rest.
+        delay = max(0, math.floor(due - time.time()))
+        return int(client.put(data, priority=PRIORITY, delay=delay, ttr=JOB_TTR))
+
+    return put
+
+
+def _seconds(delay: float | timedelta) -> float:
+    if isinstance(delay, timedelta):
+        seconds = delay.total_seconds()
+    elif isinstance(delay, int | float) and not isinstance(delay, bool):
+        seconds = float(delay)
+    else:
+        raise InvalidRequest(f"delay: expected seconds or a timedelta, got {type(delay).__name__}")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise InvalidRequest(f"delay is {seconds}s; use 0 or more seconds")
+    if seconds > 2**32 - 1:
+        raise InvalidRequest(
+            f"delay is {seconds}s; beanstalkd accepts at most {2**32 - 1}s (about 136 years)"
+        )
+    return seconds

@@ -1,0 +1,258 @@
+"""Each job's shared record in Redis: what makes several copies act as one job.
+
+Per job id, in the hash ``dq:{tube}:j:{id}``:
+
+- ``copies``: where the producer wrote the copies (``node/beanstalkd-id`` comma-separated), so
+  that revoke and a successful delivery can delete the other copies;
+- ``attempts``: attempts started, counted across copies;
+- ``next``: epoch seconds before which no copy may start another attempt (retry backoff);
+- ``state``: ``done`` or ``buried`` (later copies are deleted or buried on sight);
+- ``revoked``: the tombstone, checked right before every delivery;
+- ``error``, ``buried_copy``: kept for inspecting buried jobs.
+
+The lease ``dq:{tube}:lease:{id}`` (a token, with an expiry renewed while the handler runs) lets
+one copy be handled at a time; if its holder dies the lease expires and another copy takes
+over. ``dq:{tube}:buried`` lists buried job ids by time. Every decision is one Lua script, so
+it is atomic across consumers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, cast
+
+from redis.asyncio import Redis
+
+RETENTION_S = 14 * 24 * 3600  # how long a record outlives its due time (done markers, tombstones)
+
+# Keep the record at least ARGV[n] seconds (never shorten it).
+_KEEP = """
+local function keep(key, seconds)
+  local ttl = redis.call('TTL', key)
+  if ttl >= 0 and ttl < seconds then redis.call('EXPIRE', key, seconds) end
+  if ttl == -1 then redis.call('EXPIRE', key, seconds) end
+end
+"""
+
+_CLAIM = (
+    _KEEP
+    + """
+if redis.call('HGET', KEYS[1], 'revoked') then return {'revoked'} end
+local state = redis.call('HGET', KEYS[1], 'state')
+if state then return {state} end
+local nxt = tonumber(redis.call('HGET', KEYS[1], 'next') or '0')
+if nxt > tonumber(ARGV[3]) then return {'wait', tostring(nxt)} end
+if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return {'busy', tostring(redis.call('PTTL', KEYS[2]))}
+end
+local n = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+keep(KEYS[1], tonumber(ARGV[4]))
+return {'go', tostring(n)}
+"""
+)
+
+_RELEASE_LEASE = """
+local function release_lease(key, token)
+  if redis.call('GET', key) == token then redis.call('DEL', key) end
+end
+"""
+
+_DONE = (
+    _KEEP
+    + _RELEASE_LEASE
+    + """
+redis.call('HSET', KEYS[1], 'state', 'done')
+redis.call('HDEL', KEYS[1], 'next', 'error')
+keep(KEYS[1], tonumber(ARGV[2]))
+release_lease(KEYS[2], ARGV[1])
+return redis.call('HGET', KEYS[1], 'copies') or ''
+"""
+)
+
+_RETRY = (
+    _RELEASE_LEASE
+    + """
+if ARGV[3] == '0' then
+  if tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0') > 0 then
+    redis.call('HINCRBY', KEYS[1], 'attempts', -1)
+  end
+end
+if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], 'next', ARGV[2]) end
+if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[4]) end
+release_lease(KEYS[2], ARGV[1])
+return 1
+"""
+)
+
+_BURY = (
+    _KEEP
+    + _RELEASE_LEASE
+    + """
+redis.call('HSET', KEYS[1], 'state', 'buried', 'error', ARGV[2], 'buried_copy', ARGV[3])
+redis.call('HDEL', KEYS[1], 'next')
+redis.call('PERSIST', KEYS[1])
+redis.call('ZADD', KEYS[3], ARGV[4], ARGV[5])
+release_lease(KEYS[2], ARGV[1])
+return redis.call('HGET', KEYS[1], 'copies') or ''
+"""
+)
+
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) and 1 or 0
+"""
+
+_REVOKE = (
+    _KEEP
+    + """
+redis.call('HSET', KEYS[1], 'revoked', ARGV[1])
+keep(KEYS[1], tonumber(ARGV[2]))
+return redis.call('HGET', KEYS[1], 'copies') or ''
+"""
+)
+
+_UNBURY = (
+    _KEEP
+    + """
+if redis.call('HGET', KEYS[1], 'state') == 'buried' then redis.call('HDEL', KEYS[1], 'state') end
+redis.call('HDEL', KEYS[1], 'attempts', 'next', 'buried_copy')
+keep(KEYS[1], tonumber(ARGV[2]))
+redis.call('ZREM', KEYS[2], ARGV[1])
+return 1
+"""
+)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What a consumer may do with the copy it holds."""
+
+    action: str  # go | busy | wait | done | buried | revoked
+    attempt: int = 0  # for go: this attempt's number, 1-based
+    until: float = 0.0  # for busy: seconds the lease still runs; for wait: epoch seconds
+
+
+@dataclass(frozen=True)
+class BuriedRecord:
+    job_id: str
+    attempts: int
+    error: str
+    copy: str  # node/beanstalkd-id of the buried copy, if known
+    buried_at: float
+
+
+def parse_copies(text: str) -> list[tuple[str, int]]:
+    copies = []
+    for item in filter(None, text.split(",")):
+        node, _, jid = item.rpartition("/")
+        if node and jid.isdigit():
+            copies.append((node, int(jid)))
+    return copies
+
+
+def format_copies(copies: list[tuple[str, int]]) -> str:
+    return ",".join(f"{node}/{jid}" for node, jid in copies)
+
+
+class JobRecords:
+    """The Redis side of one tube."""
+
+    def __init__(self, redis: Redis, tube: str) -> None:
+        self.redis = redis
+        self._prefix = f"dq:{tube}"
+        self._claim = redis.register_script(_CLAIM)
+        self._done = redis.register_script(_DONE)
+        self._retry = redis.register_script(_RETRY)
+        self._bury = redis.register_script(_BURY)
+        self._renew = redis.register_script(_RENEW)
+        self._revoke = redis.register_script(_REVOKE)
+        self._unbury = redis.register_script(_UNBURY)
+
+    def _job(self, job_id: str) -> str:
+        return f"{self._prefix}:j:{job_id}"
+
+    def _lease(self, job_id: str) -> str:
+        return f"{self._prefix}:lease:{job_id}"
+
+    @property
+    def _buried(self) -> str:
+        return f"{self._prefix}:buried"
+
+    async def record_copies(self, job_id: str, copies: list[tuple[str, int]], keep_s: float) -> None:
+        key = self._job(job_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, "copies", format_copies(copies))
+            pipe.expire(key, int(keep_s) + RETENTION_S)
+            await pipe.execute()
+
+    async def claim(self, job_id: str, token: str, lease_s: float, now: float) -> Claim:
+        keys = [self._job(job_id), self._lease(job_id)]
+        reply: list[Any] = await self._claim(keys=keys, args=[token, int(lease_s * 1000), now, RETENTION_S])
+        action = _text(reply[0])
+        if action == "go":
+            return Claim("go", attempt=int(reply[1]))
+        if action == "busy":
+            return Claim("busy", until=max(0, int(reply[1])) / 1000)
+        if action == "wait":
+            return Claim("wait", until=float(reply[1]))
+        return Claim(action)
+
+    async def renew(self, job_id: str, token: str, lease_s: float) -> None:
+        await self._renew(keys=[self._lease(job_id)], args=[token, int(lease_s * 1000)])
+
+    async def mark_done(self, job_id: str, token: str) -> list[tuple[str, int]]:
+        keys = [self._job(job_id), self._lease(job_id)]
+        return parse_copies(_text(await self._done(keys=keys, args=[token, RETENTION_S])))
+
+    async def schedule_retry(
+        self, job_id: str, token: str, *, next_at: float | None, attempted: bool, error: str = ""
+    ) -> None:
+        """Let the lease go; the next attempt may start at ``next_at``; an unattempted try is not counted."""
+        keys = [self._job(job_id), self._lease(job_id)]
+        nxt = "" if next_at is None else repr(next_at)
+        await self._retry(keys=keys, args=[token, nxt, "1" if attempted else "0", error[:1000]])
+
+    async def mark_buried(
+        self, job_id: str, token: str, *, error: str, copy: str, now: float
+    ) -> list[tuple[str, int]]:
+        keys = [self._job(job_id), self._lease(job_id), self._buried]
+        reply = await self._bury(keys=keys, args=[token, error[:1000], copy, now, job_id])
+        return parse_copies(_text(reply))
+
+    async def revoke(self, job_id: str) -> list[tuple[str, int]]:
+        reply = await self._revoke(keys=[self._job(job_id)], args=["1", RETENTION_S])
+        return parse_copies(_text(reply))
+
+    async def unbury(self, job_id: str) -> None:
+        """Before a kick: the job starts over with its attempts reset."""
+        await self._unbury(keys=[self._job(job_id), self._buried], args=[job_id, RETENTION_S])
+
+    async def buried(self, limit: int) -> list[BuriedRecord]:
+        entries = cast(
+            list[tuple[bytes, float]],
+            await self.redis.zrange(self._buried, 0, max(0, limit - 1), withscores=True),
+        )
+        records = []
+        for member, score in entries:
+            job_id = _text(member)
+            data = {_text(k): _text(v) for k, v in (await self.redis.hgetall(self._job(job_id))).items()}
+            records.append(
+                BuriedRecord(
+                    job_id=job_id,
+                    attempts=int(data.get("attempts", "0") or 0),
+                    error=data.get("error", ""),
+                    copy=data.get("buried_copy", ""),
+                    buried_at=float(score),
+                )
+            )
+        return records
+
+    async def record(self, job_id: str) -> dict[str, str]:
+        """The raw record, for inspection and tests."""
+        return {_text(k): _text(v) for k, v in (await self.redis.hgetall(self._job(job_id))).items()}
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return "" if value is None else str(value)
