@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from harness.servers import BeanstalkdCluster, MotoS3, RedisServer, Tansu
 
+pytest_plugins = ["harness.kube_fixtures"]
+
 
 @pytest.fixture
 def unique() -> str:
