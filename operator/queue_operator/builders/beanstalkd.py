@@ -7,6 +7,7 @@ stays the same across restarts and rescheduling. No owner references here: the r
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from typing import Any
 
@@ -120,7 +121,8 @@ def _pod_spec(body: Mapping[str, Any], spec: DelayQueueSpec) -> dict[str, Any]:
             "periodSeconds": 10,
             "failureThreshold": 3,
         },
-        "resources": spec.resources or DEFAULT_RESOURCES,
+        # Copied: callers may patch what they get without changing the next build.
+        "resources": copy.deepcopy(spec.resources or DEFAULT_RESOURCES),
         "securityContext": {
             "allowPrivilegeEscalation": False,
             "readOnlyRootFilesystem": True,
