@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import celpy
-import jsonschema
+import jsonschema  # type: ignore[import-untyped]
 import yaml
+from celpy.adapter import json_to_cel
 
 CRD_DIR = Path(__file__).resolve().parents[2] / "crds"
 CRD_FILES = {
@@ -49,7 +50,7 @@ def openapi_schema(kind: str) -> dict[str, Any]:
 def admit(obj: dict[str, Any], old: dict[str, Any] | None = None) -> dict[str, Any]:
     """The object as stored after create (or update from ``old``), or :class:`Refused`."""
     schema = openapi_schema(obj["kind"])
-    stored = apply_defaults(schema, copy.deepcopy(obj))
+    stored: dict[str, Any] = apply_defaults(schema, copy.deepcopy(obj))
     validator = jsonschema.Draft7Validator(to_jsonschema(schema))
     errors = [
         f"{'.'.join(str(p) for p in error.absolute_path) or '<root>'}: {error.message}"
@@ -80,8 +81,10 @@ def apply_defaults(schema: dict[str, Any], value: Any) -> Any:
     return value
 
 
-_COPIED = ("type", "required", "enum", "minimum", "maximum", "minLength", "maxLength", "pattern")
-_COPIED += ("minItems", "maxItems", "description")
+_COPIED = (
+    *("type", "required", "enum", "minimum", "maximum"),
+    *("minLength", "maxLength", "pattern", "minItems", "maxItems", "description"),
+)
 
 
 def to_jsonschema(node: dict[str, Any]) -> dict[str, Any]:
@@ -132,7 +135,7 @@ def _program(rule: str) -> celpy.Runner:
 
 
 def _evaluate(rule: str, activation: dict[str, Any]) -> bool:
-    result = _program(rule).evaluate({name: celpy.json_to_cel(v) for name, v in activation.items()})
+    result = _program(rule).evaluate({name: json_to_cel(v) for name, v in activation.items()})
     return bool(result)
 
 

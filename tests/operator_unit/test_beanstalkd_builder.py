@@ -32,6 +32,7 @@ def build(spec: dict[str, Any] | None = None, **kwargs: Any) -> dict[str, dict[s
 
 def container(objects: dict[str, dict[str, Any]]) -> dict[str, Any]:
     (only,) = objects["StatefulSet"]["spec"]["template"]["spec"]["containers"]
+    assert isinstance(only, dict)
     return only
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-import jsonschema
+import jsonschema  # type: ignore[import-untyped]
 import kubernetes_validate
 import pytest
 from operator_unit.crd_admission import (
