@@ -1,0 +1,657 @@
+"""go-queue's kq consumer (KqConf: brokers, group, topic, offset, concurrency), made safe.
+
+Threads: librdkafka's Consumer is a blocking client, so one poll thread owns it (consume,
+commit, pause/resume, rebalance callbacks); everything else runs in the event loop. The poll
+thread hands batches of records to the loop with ``call_soon_threadsafe``; the loop hands
+commits and commands back through a lock-guarded dict and a command queue.
+
+Guarantees:
+- an offset is committed only once the handler finished with it (success, or written to the
+  dead-letter topic and acknowledged), and never past an unfinished message of its partition;
+- records with the same key (per partition) reach the handler one at a time in offset order;
+  records without a key have no order and run fully concurrently, as Kafka gives them none;
+- at most ``concurrency`` handler calls run at once; a partition whose uncommitted backlog
+  reaches ``max_uncommitted`` is paused until it halves, so memory stays flat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+import logging
+import queue as thread_queue
+import threading
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+
+from queue_engine import metrics
+from queue_engine.durations import format_duration
+from queue_engine.errors import ConfigError, QueueError, Unavailable
+from queue_engine.kq.config import (
+    FAST_GROUP,
+    check_brokers,
+    check_name,
+    check_offset,
+    client_config,
+    error_from_kafka,
+)
+from queue_engine.kq.dead_letter_headers import dead_letter_headers
+from queue_engine.kq.lag import partition_lag
+from queue_engine.kq.message import KafkaMessage, from_record
+from queue_engine.kq.offsets import OffsetTracker
+from queue_engine.kq.pusher import KafkaPusher
+from queue_engine.kq.security import KafkaSecurity
+from queue_engine.policy import DeliveryPolicy, Outcome, Verdict
+
+log = logging.getLogger("queue_engine.kq.consumer")
+Handler = Callable[[KafkaMessage], Awaitable[Outcome]]
+T = TypeVar("T")
+
+CONSUMER_DEFAULTS: dict[str, Any] = {
+    **FAST_GROUP,
+    # librdkafka prefetches up to 64 MB per consumer by default; our own backlog bound is the buffer.
+    "queued.max.messages.kbytes": 16384,
+}
+POLL_BATCH = 500
+DEFAULT_POLICY = DeliveryPolicy()
+POLL_TIMEOUT = 0.1
+
+
+@dataclasses.dataclass(eq=False)
+class _Partition:
+    number: int
+    tracker: OffsetTracker = dataclasses.field(default_factory=OffsetTracker)
+    lanes: dict[bytes, _Lane] = dataclasses.field(default_factory=dict)
+    revoked: bool = False
+    paused: bool = False
+    running: int = 0  # handler calls and dead-letter writes in progress
+    idle: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+
+
+@dataclasses.dataclass(eq=False)
+class _Lane:
+    """The messages of one key in one partition, handled strictly one after another."""
+
+    partition: _Partition
+    key: bytes | None
+    messages: deque[KafkaMessage]
+    busy: bool = False  # queued for a worker, being handled, or waiting out a backoff
+
+
+class KafkaConsumer:
+    """Consume ``topic`` in consumer group ``group`` and hand each record to ``handler``."""
+
+    def __init__(
+        self,
+        brokers: Sequence[str],
+        topic: str,
+        group: str,
+        handler: Handler,
+        *,
+        offset: str = "last",
+        concurrency: int = 8,
+        policy: DeliveryPolicy = DEFAULT_POLICY,
+        dead_letter_topic: str | None = None,
+        security: KafkaSecurity | None = None,
+        extra: Mapping[str, Any] | None = None,
+        name: str | None = None,
+        max_uncommitted: int = 1000,
+        revoke_grace: float = 10.0,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        self.topic = check_name("topic", topic)
+        self.group = check_name("group", group)
+        self.name = name or topic
+        self.dead_letter_topic = check_name("dead_letter_topic", dead_letter_topic or f"{topic}.dlq")
+        if self.dead_letter_topic == self.topic:
+            raise ConfigError("dead_letter_topic: must differ from topic, or dead letters would loop")
+        if not isinstance(concurrency, int) or concurrency < 1:
+            raise ConfigError(f"concurrency: {concurrency!r}; use a whole number of 1 or more")
+        if max_uncommitted < 1:
+            raise ConfigError(f"max_uncommitted: {max_uncommitted!r}; use 1 or more")
+        self._brokers = check_brokers(brokers)
+        self._security = security
+        self._extra = dict(extra or {})
+        self._config = client_config(
+            self._brokers,
+            security,
+            CONSUMER_DEFAULTS,
+            extra,
+            {
+                "group.id": self.group,
+                "auto.offset.reset": check_offset(offset),
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "error_cb": self._on_kafka_error,
+            },
+        )
+        self._handler = handler
+        self._policy = policy
+        self._concurrency = concurrency
+        self._max_uncommitted = max_uncommitted
+        self._revoke_grace = revoke_grace
+        self._connect_timeout = connect_timeout
+
+        # Event-loop state.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._partitions: dict[int, _Partition] = {}
+        self._ready: asyncio.Queue[_Lane | None] = asyncio.Queue()
+        self._workers: list[asyncio.Task[None]] = []
+        self._dlq: KafkaPusher | None = None
+        self._stopping = False
+        self._stopped: asyncio.Event | None = None
+        self._app_down_until = 0.0
+        self._app_down_streak = 0
+
+        # Shared with the poll thread.
+        self._pending_commits: dict[int, int] = {}
+        self._commit_lock = threading.Lock()
+        self._commands: thread_queue.SimpleQueue[Callable[[Consumer], None]] = thread_queue.SimpleQueue()
+        self._closing = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._thread_done: asyncio.Future[None] | None = None
+        self._brokers_down: str | None = None
+        self._fatal: BaseException | None = None
+        self._subscribed = False
+
+    # ----------------------------------------------------------------- lifecycle
+
+    async def run(self) -> None:
+        """Consume until :meth:`stop`; raises Unavailable if the brokers cannot be reached."""
+        if self._loop is not None:
+            raise RuntimeError("KafkaConsumer.run() can be called once; create a new consumer")
+        loop = self._loop = asyncio.get_running_loop()
+        self._stopped = asyncio.Event()
+        self._thread_done = loop.create_future()
+        self._dlq = KafkaPusher(
+            self._brokers.split(","),
+            self.dead_letter_topic,
+            security=self._security,
+            extra=_producer_extra(self._extra),
+            name=self.name,
+        )
+        self._workers = [asyncio.create_task(self._worker()) for _ in range(self._concurrency)]
+        self._thread = threading.Thread(target=self._poll_main, name=f"kq-consume-{self.name}", daemon=True)
+        self._thread.start()
+        try:
+            await asyncio.shield(self._thread_done)
+        except asyncio.CancelledError:
+            await self.stop(grace=0)
+            raise
+        except BaseException as exc:
+            # The poll thread died on its own (brokers unreachable, fatal error): clean up, report.
+            self._fatal = exc
+            await self._shutdown_workers(0)
+            await self._close_dlq()
+            self._stopped.set()
+            if isinstance(exc, QueueError):
+                raise
+            raise Unavailable(f"kafka consumer for {self.topic}: {exc}") from exc
+        await self._stopped.wait()
+
+    async def stop(self, grace: float = 30.0) -> None:
+        """Stop taking messages, let in-flight ones finish within ``grace``, commit, leave the group.
+
+        Messages still unfinished after ``grace`` (or waiting out a retry backoff) are handed
+        back: not committed, so the group delivers them again.
+        """
+        if self._loop is None or self._stopped is None:
+            return
+        if self._stopping:
+            await self._stopped.wait()
+            return
+        self._stopping = True
+        log.info("stopping consumer %s (grace %s)", self.name, format_duration(grace))
+        self._command(lambda c: c.pause(c.assignment()))
+        await self._shutdown_workers(grace)
+        self._closing.set()
+        if self._thread_done is not None:
+            try:
+                await asyncio.shield(self._thread_done)
+            except BaseException as exc:  # already reported by run()
+                log.debug("poll thread ended with %r", exc)
+        await self._close_dlq()
+        self._stopped.set()
+
+    async def _shutdown_workers(self, grace: float) -> None:
+        for _ in self._workers:
+            self._ready.put_nowait(None)
+        if not self._workers:
+            return
+        _, pending = await asyncio.wait(self._workers, timeout=grace)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+
+    async def _close_dlq(self) -> None:
+        if self._dlq is not None:
+            try:
+                await self._dlq.close(timeout=5)
+            except QueueError as exc:
+                log.warning("dead-letter producer for %s closed with %s", self.name, exc)
+
+    def health(self) -> tuple[bool, str]:
+        """(healthy, why) for readiness probes: started, brokers reachable, not stopping."""
+        if self._fatal is not None:
+            return False, f"stopped on error: {self._fatal}"
+        if self._loop is None:
+            return False, "not started"
+        if self._stopping:
+            return False, "stopping"
+        if not self._subscribed:
+            return False, f"connecting to {self._brokers}"
+        if self._brokers_down:
+            return False, f"brokers unreachable: {self._brokers_down}"
+        if time.monotonic() < self._app_down_until:
+            return True, f"consuming {self.topic}; handler unavailable, holding messages back"
+        return True, f"consuming {self.topic} ({len(self._partitions)} partition(s) assigned)"
+
+    @property
+    def assigned_partitions(self) -> list[int]:
+        """Partitions this member owns right now (empty before the group assigned any)."""
+        return sorted(n for n, state in self._partitions.items() if not state.revoked)
+
+    async def lag(self) -> dict[int, int]:
+        """partition -> high watermark - committed offset, for every partition of the topic."""
+        if self._thread is not None and self._thread.is_alive():
+            lags = await self._on_poll_thread(lambda c: partition_lag(c, self.topic, timeout=10))
+        else:
+            from queue_engine.kq.lag import group_lag  # noqa: PLC0415 - avoid a cycle at import
+
+            lags = await group_lag(self._brokers.split(","), self.topic, self.group, security=self._security)
+        for partition, value in lags.items():
+            metrics.KAFKA_LAG.labels(self.name, str(partition)).set(value)
+        return lags
+
+    # --------------------------------------------------------------- poll thread
+
+    def _poll_main(self) -> None:
+        error: BaseException | None = None
+        try:
+            self._consume_until_closed()
+        except BaseException as exc:
+            error = exc
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._thread_finished, error)
+
+    def _thread_finished(self, error: BaseException | None) -> None:
+        assert self._thread_done is not None
+        if self._thread_done.done():
+            return
+        if error is None:
+            self._thread_done.set_result(None)
+        else:
+            self._thread_done.set_exception(error)
+
+    def _consume_until_closed(self) -> None:
+        try:
+            consumer = Consumer(self._config)
+        except KafkaException as exc:
+            raise error_from_kafka(exc, "kafka consumer config") from exc
+        try:
+            try:
+                consumer.list_topics(self.topic, timeout=self._connect_timeout)
+            except KafkaException as exc:
+                raise Unavailable(
+                    f"brokers {self._brokers} not reachable within {self._connect_timeout}s: "
+                    f"{error_from_kafka(exc, 'metadata')}"
+                ) from exc
+            consumer.subscribe(
+                [self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+            )
+            self._subscribed = True
+            log.info("consumer %s subscribed to %s as group %s", self.name, self.topic, self.group)
+            while not self._closing.is_set():
+                self._run_commands(consumer)
+                self._flush_commits(consumer)
+                records = consumer.consume(POLL_BATCH, POLL_TIMEOUT)
+                if records:
+                    self._brokers_down = None
+                    self._to_loop(self._intake, records)
+            self._run_commands(consumer)
+            self._flush_commits(consumer)
+        finally:
+            # close() revokes our partitions (the revoke callback commits what is finished)
+            # and leaves the group, so the others take over at once instead of after a timeout.
+            try:
+                consumer.close()
+            except KafkaException as exc:
+                log.warning("consumer %s close: %s", self.name, exc)
+
+    def _to_loop(self, fn: Callable[..., Any], *args: Any) -> None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(fn, *args)
+
+    def _wait_loop(self, coro_fn: Callable[[], Awaitable[T]], timeout: float) -> T | None:
+        """Run a coroutine in the loop and wait for it from the poll thread (rebalance callbacks)."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return None
+
+        async def call() -> T:
+            return await coro_fn()
+
+        try:
+            future = asyncio.run_coroutine_threadsafe(call(), loop)
+            return future.result(timeout)
+        except (RuntimeError, concurrent.futures.TimeoutError) as exc:
+            log.warning("consumer %s: event loop did not answer a rebalance in time: %r", self.name, exc)
+            return None
+
+    def _command(self, fn: Callable[[Consumer], None]) -> None:
+        self._commands.put(fn)
+
+    async def _on_poll_thread(self, fn: Callable[[Consumer], T]) -> T:
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+        def command(consumer: Consumer) -> None:
+            try:
+                future.set_result(fn(consumer))
+            except BaseException as exc:
+                future.set_exception(exc)
+
+        self._command(command)
+        return await asyncio.wrap_future(future)
+
+    def _run_commands(self, consumer: Consumer) -> None:
+        while True:
+            try:
+                command = self._commands.get_nowait()
+            except thread_queue.Empty:
+                return
+            try:
+                command(consumer)
+            except KafkaException as exc:
+                log.warning("consumer %s: %s", self.name, exc)
+
+    def _flush_commits(self, consumer: Consumer) -> None:
+        with self._commit_lock:
+            pending, self._pending_commits = self._pending_commits, {}
+        if pending:
+            self._commit(consumer, pending)
+
+    def _commit(self, consumer: Consumer, offsets: dict[int, int]) -> None:
+        tps = [TopicPartition(self.topic, p, o) for p, o in sorted(offsets.items())]
+        try:
+            consumer.commit(offsets=tps, asynchronous=False)
+            log.debug("consumer %s committed %s", self.name, offsets)
+        except KafkaException as exc:
+            log.warning("consumer %s: commit of %s failed, will retry: %s", self.name, offsets, exc)
+            with self._commit_lock:
+                for p, o in offsets.items():
+                    self._pending_commits[p] = max(o, self._pending_commits.get(p, -1))
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        numbers = [tp.partition for tp in partitions]
+        log.info("consumer %s assigned %s partitions %s", self.name, self.topic, numbers)
+        self._to_loop(self._assign, numbers)
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._give_up_partitions(consumer, partitions, commit=True)
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Lost (session expired): another member may own them already, so committing is wrong.
+        self._give_up_partitions(consumer, partitions, commit=False)
+
+    def _give_up_partitions(self, consumer: Consumer, partitions: list[TopicPartition], commit: bool) -> None:
+        numbers = [tp.partition for tp in partitions]
+        log.info("consumer %s %s partitions %s", self.name, "revoked" if commit else "lost", numbers)
+        finished = self._wait_loop(lambda: self._revoke(numbers), self._revoke_grace + 5) or {}
+        with self._commit_lock:
+            for number in numbers:
+                pending = self._pending_commits.pop(number, None)
+                if pending is not None:
+                    finished[number] = max(pending, finished.get(number, -1))
+        if commit and finished:
+            self._commit(consumer, finished)
+            with self._commit_lock:  # a failed final commit is not retried under a new owner
+                for number in numbers:
+                    self._pending_commits.pop(number, None)
+
+    def _on_kafka_error(self, err: KafkaError) -> None:
+        if err.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT):
+            self._brokers_down = err.str()
+        log.warning("consumer %s: kafka: %s", self.name, err.str())
+
+    # ---------------------------------------------------------------- event loop
+
+    def _assign(self, numbers: list[int]) -> None:
+        for number in numbers:
+            old = self._partitions.get(number)
+            if old is not None:  # assigned again without a revoke we saw: start clean
+                old.revoked = True
+            self._partitions[number] = _Partition(number)
+
+    async def _revoke(self, numbers: list[int]) -> dict[int, int]:
+        """Stop dispatching the partitions, let in-flight work finish briefly, return what to commit."""
+        states = [s for n in numbers if (s := self._partitions.get(n)) is not None]
+        for state in states:
+            state.revoked = True  # queued and backing-off messages are abandoned: uncommitted
+        busy = [state.idle.wait() for state in states if state.running]
+        if busy and not self._stopping:
+            await asyncio.wait([asyncio.ensure_future(b) for b in busy], timeout=self._revoke_grace)
+        finished: dict[int, int] = {}
+        for state in states:
+            if state.tracker.committable is not None:
+                finished[state.number] = state.tracker.committable
+            if state.running:
+                log.warning(
+                    "consumer %s: partition %d revoked with %d message(s) still in the handler; "
+                    "they will be delivered again",
+                    self.name,
+                    state.number,
+                    state.running,
+                )
+            if self._partitions.get(state.number) is state:
+                del self._partitions[state.number]
+        return finished
+
+    def _intake(self, records: list[Message]) -> None:
+        for record in records:
+            err = record.error()
+            if err is not None:
+                if err.code() != KafkaError._PARTITION_EOF:
+                    log.warning("consumer %s: %s", self.name, err.str())
+                continue
+            message = from_record(record, self.name)
+            state = self._partitions.get(message.partition)
+            if state is None or state.revoked or self._stopping:
+                continue  # not ours any more: it stays uncommitted for the next owner
+            if not state.tracker.receive(message.offset):
+                continue
+            metrics.RECEIVED.labels("kafka", self.name).inc()
+            self._enqueue(state, message)
+            if not state.paused and state.tracker.uncommitted >= self._max_uncommitted:
+                state.paused = True
+                self._command(_pause(self.topic, state.number))
+
+    def _enqueue(self, state: _Partition, message: KafkaMessage) -> None:
+        key = message.key
+        if key is None:
+            lane = _Lane(state, None, deque([message]))
+        else:
+            lane = state.lanes.setdefault(key, _Lane(state, key, deque()))
+            lane.messages.append(message)
+            if lane.busy:
+                return
+        lane.busy = True
+        self._ready.put_nowait(lane)
+
+    async def _worker(self) -> None:
+        while True:
+            lane = await self._ready.get()
+            if lane is None or self._stopping:
+                return
+            state = lane.partition
+            if state.revoked:
+                continue
+            await self._wait_for_app()
+            if self._stopping:
+                return
+            if state.revoked:
+                continue
+            state.running += 1
+            state.idle.clear()
+            try:
+                await self._deliver(lane)
+            finally:
+                state.running -= 1
+                if not state.running:
+                    state.idle.set()
+
+    async def _wait_for_app(self) -> None:
+        # The deadline can move while we sleep (another worker saw the app down again).
+        while (wait := self._app_down_until - time.monotonic()) > 0:  # noqa: ASYNC110
+            await asyncio.sleep(wait)
+
+    async def _deliver(self, lane: _Lane) -> None:
+        message = lane.messages[0]
+        outcome = await self._attempt(message)
+        state = lane.partition
+        if state.revoked:
+            return  # the partition moved on: the next owner delivers it again
+        if not outcome.attempted:
+            self._app_down(outcome)
+            self._requeue_later(lane, max(0.0, self._app_down_until - time.monotonic()))
+            return
+        self._app_down_streak = 0
+        if outcome.verdict is Verdict.SUCCESS:
+            self._finish(lane)
+        elif outcome.verdict is Verdict.RETRY and message.attempt < self._policy.max_attempts:
+            metrics.RETRIED.labels("kafka", self.name).inc()
+            delay = self._policy.next_delay(message.attempt, outcome)
+            log.info(
+                "consumer %s: %s/%d@%d attempt %d failed (%s); retrying in %s",
+                self.name,
+                message.topic,
+                message.partition,
+                message.offset,
+                message.attempt,
+                outcome.error or "retry",
+                format_duration(delay),
+            )
+            lane.messages[0] = dataclasses.replace(message, attempt=message.attempt + 1)
+            self._requeue_later(lane, delay)
+        else:
+            reason = "drop" if outcome.verdict is Verdict.DROP else "max_attempts"
+            if await self._dead_letter(state, message, reason, outcome.error):
+                self._finish(lane)
+
+    async def _attempt(self, message: KafkaMessage) -> Outcome:
+        in_flight = metrics.IN_FLIGHT.labels("kafka", self.name)
+        in_flight.inc()
+        started = time.perf_counter()
+        try:
+            outcome = await asyncio.wait_for(self._handler(message), self._policy.timeout)
+            if not isinstance(outcome, Outcome):
+                outcome = Outcome.retry(f"handler returned {outcome!r} instead of an Outcome")
+        except TimeoutError:
+            outcome = Outcome.retry(f"handler timed out after {format_duration(self._policy.timeout)}")
+        except Exception as exc:
+            log.warning("consumer %s: handler raised on offset %d: %r", self.name, message.offset, exc)
+            outcome = Outcome.retry(f"{type(exc).__name__}: {exc}")
+        finally:
+            in_flight.dec()
+            metrics.DELIVERY_LATENCY.labels("kafka", self.name).observe(time.perf_counter() - started)
+        result = outcome.verdict.value.lower() if outcome.attempted else "unavailable"
+        metrics.DELIVERED.labels("kafka", self.name, result).inc()
+        return outcome
+
+    def _app_down(self, outcome: Outcome) -> None:
+        """The handler's target is unreachable: hold every worker back until the next probe."""
+        self._app_down_streak += 1
+        delay = outcome.retry_after
+        if delay is None:
+            delay = self._policy.backoff.jittered(self._app_down_streak)
+        until = time.monotonic() + delay
+        if until > self._app_down_until:
+            if self._app_down_streak == 1:
+                log.warning(
+                    "consumer %s: handler unavailable (%s); holding messages", self.name, outcome.error
+                )
+            self._app_down_until = until
+
+    def _requeue_later(self, lane: _Lane, delay: float) -> None:
+        assert self._loop is not None
+        self._loop.call_later(delay, self._requeue, lane)
+
+    def _requeue(self, lane: _Lane) -> None:
+        if not lane.partition.revoked and not self._stopping:
+            self._ready.put_nowait(lane)
+
+    def _finish(self, lane: _Lane) -> None:
+        message = lane.messages.popleft()
+        state = lane.partition
+        committable = state.tracker.finish(message.offset)
+        if committable is not None:
+            with self._commit_lock:
+                self._pending_commits[state.number] = committable
+        if lane.messages:
+            self._ready.put_nowait(lane)
+        else:
+            lane.busy = False
+            if lane.key is not None and state.lanes.get(lane.key) is lane:
+                del state.lanes[lane.key]
+        if state.paused and state.tracker.uncommitted <= self._max_uncommitted // 2:
+            state.paused = False
+            self._command(_resume(self.topic, state.number))
+
+    async def _dead_letter(self, state: _Partition, message: KafkaMessage, reason: str, error: str) -> bool:
+        """Write to the dead-letter topic and wait for its ack; True once it is safely there."""
+        assert self._dlq is not None
+        headers = dead_letter_headers(message, reason, error)
+        failures = 0
+        while not state.revoked and not self._stopping:
+            try:
+                await self._dlq.push(message.value, message.key, headers)
+            except QueueError as exc:
+                failures += 1
+                delay = self._policy.backoff.jittered(failures)
+                log.error(
+                    "consumer %s: dead-letter write of %s/%d@%d failed (%s); not committing, retry in %s",
+                    self.name,
+                    message.topic,
+                    message.partition,
+                    message.offset,
+                    exc,
+                    format_duration(delay),
+                )
+                await asyncio.sleep(delay)
+                continue
+            metrics.DEAD_LETTERED.labels("kafka", self.name, reason).inc()
+            log.warning(
+                "consumer %s: %s/%d@%d dead-lettered to %s after %d attempt(s) (%s): %s",
+                self.name,
+                message.topic,
+                message.partition,
+                message.offset,
+                self.dead_letter_topic,
+                message.attempt,
+                reason,
+                error,
+            )
+            return True
+        return False
+
+
+def _pause(topic: str, partition: int) -> Callable[[Consumer], None]:
+    return lambda consumer: consumer.pause([TopicPartition(topic, partition)])
+
+
+def _resume(topic: str, partition: int) -> Callable[[Consumer], None]:
+    return lambda consumer: consumer.resume([TopicPartition(topic, partition)])
+
+
+_CONSUMER_ONLY_PREFIXES = ("session.", "heartbeat.", "group.", "max.poll.", "fetch.", "queued.", "partition.")
+
+
+def _producer_extra(extra: Mapping[str, Any]) -> dict[str, Any]:
+    """The consumer's ``extra`` minus consumer-only keys, for its dead-letter producer."""
+    return {k: v for k, v in extra.items() if not k.startswith(_CONSUMER_ONLY_PREFIXES)}

@@ -1,0 +1,62 @@
+"""Consumer lag: how far a group's committed offsets trail the end of each partition."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+from queue_engine.errors import NotFound, Unavailable
+from queue_engine.kq.config import check_brokers, check_name, client_config, error_from_kafka
+from queue_engine.kq.security import KafkaSecurity
+
+
+def partition_lag(consumer: Consumer, topic: str, timeout: float) -> dict[int, int]:
+    """partition -> high watermark - committed (or - low watermark when nothing is committed)."""
+    try:
+        metadata = consumer.list_topics(topic, timeout=timeout)
+        described = metadata.topics.get(topic)
+        if described is None or described.error is not None or not described.partitions:
+            raise NotFound(f"topic {topic!r} does not exist")
+        tps = [TopicPartition(topic, p) for p in sorted(described.partitions)]
+        committed = {tp.partition: tp.offset for tp in consumer.committed(tps, timeout=timeout)}
+        lags: dict[int, int] = {}
+        for tp in tps:
+            low, high = consumer.get_watermark_offsets(tp, timeout=timeout, cached=False)
+            position = committed.get(tp.partition, -1)
+            lags[tp.partition] = max(0, high - (position if position >= 0 else low))
+        return lags
+    except KafkaException as exc:
+        raise error_from_kafka(exc, f"lag of {topic}") from exc
+
+
+def _group_lag(config: dict[str, Any], topic: str, timeout: float) -> dict[int, int]:
+    consumer = Consumer(config)
+    try:
+        return partition_lag(consumer, topic, timeout)
+    finally:
+        consumer.close()
+
+
+async def group_lag(
+    brokers: Sequence[str],
+    topic: str,
+    group: str,
+    *,
+    security: KafkaSecurity | None = None,
+    timeout: float = 10.0,  # noqa: ASYNC109 - part of the public API
+) -> dict[int, int]:
+    """Lag of consumer group ``group`` on ``topic``, without joining the group (for queuectl stats)."""
+    config = client_config(
+        check_brokers(brokers),
+        security,
+        {},
+        None,
+        {"group.id": check_name("group", group), "enable.auto.commit": False},
+    )
+    try:
+        return await asyncio.to_thread(_group_lag, config, check_name("topic", topic), timeout)
+    except KafkaException as exc:
+        raise Unavailable(f"lag of {topic}: {exc}") from exc

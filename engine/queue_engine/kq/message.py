@@ -1,0 +1,53 @@
+"""What the pusher returns and what the consumer hands to a handler."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Delivered:
+    """Where the broker stored a pushed message (after acks=all)."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True)
+class KafkaMessage:
+    """One Kafka record as a handler sees it; ``attempt`` is 1 on first delivery."""
+
+    queue: str
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    headers: list[tuple[str, bytes]]
+    timestamp_ms: int
+    attempt: int = 1
+
+    def header(self, name: str) -> bytes | None:
+        """The last value of header ``name``, or None."""
+        for key, value in reversed(self.headers):
+            if key == name:
+                return value
+        return None
+
+
+def from_record(record: Any, queue: str, attempt: int = 1) -> KafkaMessage:
+    """Build from a confluent-kafka ``Message`` (one without an error)."""
+    headers = [(k, v.encode() if isinstance(v, str) else (v or b"")) for k, v in (record.headers() or [])]
+    return KafkaMessage(
+        queue=queue,
+        topic=str(record.topic()),
+        partition=int(record.partition()),
+        offset=int(record.offset()),
+        key=record.key(),
+        value=record.value() or b"",
+        headers=headers,
+        timestamp_ms=int(record.timestamp()[1]),
+        attempt=attempt,
+    )

@@ -1,0 +1,48 @@
+"""Which offset of a partition may be committed: never past a message still being handled."""
+
+from __future__ import annotations
+
+from collections import deque
+
+
+class OffsetTracker:
+    """Offsets received from one partition, in order, and which of them are finished.
+
+    Kafka commits "the next offset to read", so the committable offset is one past the highest
+    offset below which every received message is finished. Offsets need not be contiguous
+    (compaction, transaction markers): only the order of arrival matters.
+    """
+
+    def __init__(self) -> None:
+        self._outstanding: deque[int] = deque()  # received, in offset order, not yet committable
+        self._done: set[int] = set()
+        self._last_received: int | None = None
+        self.committable: int | None = None  # None until something finished
+
+    def receive(self, offset: int) -> bool:
+        """Record a new message; False for one already received (a re-fetch after pause)."""
+        if self._last_received is not None and offset <= self._last_received:
+            return False
+        self._last_received = offset
+        self._outstanding.append(offset)
+        return True
+
+    def finish(self, offset: int) -> int | None:
+        """Mark ``offset`` finished; return the new committable offset if it moved."""
+        self._done.add(offset)
+        moved = False
+        while self._outstanding and self._outstanding[0] in self._done:
+            head = self._outstanding.popleft()
+            self._done.discard(head)
+            self.committable = head + 1
+            moved = True
+        return self.committable if moved else None
+
+    @property
+    def uncommitted(self) -> int:
+        """Messages received and held back from the commit (finished or not): the backlog."""
+        return len(self._outstanding)
+
+    @property
+    def unfinished(self) -> int:
+        return len(self._outstanding) - len(self._done)

@@ -1,0 +1,147 @@
+"""One confluent-kafka Producer driven by a background poll thread.
+
+librdkafka hands delivery reports to whoever calls ``poll``; a dedicated thread polls, gathers
+the reports of one poll call and passes them on as a batch (one hop into the event loop per
+batch, not per message). The async and sync pushers differ only in how they resolve a batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, Producer
+
+from queue_engine.errors import QueueError, Unavailable
+from queue_engine.kq.config import check_brokers, check_name, client_config, error_from_kafka, log
+from queue_engine.kq.message import Delivered
+from queue_engine.kq.security import KafkaSecurity
+
+Headers = Mapping[str, bytes | str] | Sequence[tuple[str, bytes | str]]
+Result = Delivered | QueueError
+Batch = list[tuple[Any, Result]]
+
+PRODUCER_DEFAULTS: dict[str, Any] = {
+    "linger.ms": 5,
+    # librdkafka's default is 5 minutes; a caller waiting on an ack should hear of a dead broker sooner.
+    "message.timeout.ms": 30000,
+}
+# What "the broker acknowledged it" relies on: every in-sync replica, no duplicates on retry.
+PRODUCER_MANAGED: dict[str, Any] = {"enable.idempotence": True, "acks": "all"}
+
+
+def normalize_headers(headers: Headers | None) -> list[tuple[str, str | bytes | None]] | None:
+    if not headers:
+        return None
+    items = headers.items() if isinstance(headers, Mapping) else headers
+    return [(str(k), v.encode() if isinstance(v, str) else bytes(v)) for k, v in items]
+
+
+class ProducerCore:
+    """Produce with a token per message; ``sink`` receives ``[(token, Delivered | error), ...]``."""
+
+    def __init__(
+        self,
+        brokers: Sequence[str] | str,
+        topic: str,
+        sink: Callable[[Batch], None],
+        *,
+        security: KafkaSecurity | None = None,
+        extra: Mapping[str, Any] | None = None,
+        name: str | None = None,
+    ) -> None:
+        self.topic = check_name("topic", topic)
+        self.name = name or topic
+        self._sink = sink
+        config = client_config(check_brokers(brokers), security, PRODUCER_DEFAULTS, extra, PRODUCER_MANAGED)
+        try:
+            self._producer = Producer(config)
+        except KafkaException as exc:
+            raise error_from_kafka(exc, "kafka producer config") from exc
+        self._reports: Batch = []
+        self._reports_lock = threading.Lock()
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._poll_loop, name=f"kq-push-{self.name}", daemon=True)
+        self._thread.start()
+
+    def produce(
+        self,
+        token: Any,
+        value: bytes,
+        key: bytes | str | None = None,
+        headers: Headers | None = None,
+        topic: str | None = None,
+    ) -> QueueError | None:
+        """Queue one message; a local refusal comes back at once, broker results via the sink."""
+        if self._closed.is_set():
+            return Unavailable(f"pusher for {self.topic} is closed")
+        topic = topic or self.topic
+
+        def report(err: KafkaError | None, msg: Any) -> None:
+            result: Result
+            if err is not None:
+                result = error_from_kafka(err, f"push to {topic}")
+            else:
+                result = Delivered(msg.topic(), msg.partition(), msg.offset())
+            with self._reports_lock:
+                self._reports.append((token, result))
+
+        try:
+            self._producer.produce(
+                topic, value=value, key=key, headers=normalize_headers(headers), on_delivery=report
+            )
+        except BufferError:
+            return Unavailable(
+                f"push to {topic}: the local send queue is full; wait for earlier pushes or raise "
+                "queue.buffering.max.messages"
+            )
+        except KafkaException as exc:
+            return error_from_kafka(exc, f"push to {topic}")
+        except (TypeError, ValueError) as exc:
+            return error_from_kafka(exc, f"push to {topic}: bad argument")
+        return None
+
+    def _drain(self) -> None:
+        # Hand over under the lock: a flush that returns has seen its results passed on.
+        with self._reports_lock:
+            batch, self._reports = self._reports, []
+            if batch:
+                self._sink(batch)
+
+    def _poll_loop(self) -> None:
+        while not self._closed.is_set():
+            try:
+                self._producer.poll(0.05)
+            except Exception:  # a raising callback must not kill the thread that serves every push
+                log.exception("kafka producer poll failed")
+            self._drain()
+
+    def outstanding(self) -> int:
+        return len(self._producer)
+
+    def flush(self, timeout: float) -> int:
+        """Block until every queued message has a result or ``timeout``; return how many have none."""
+        try:
+            left = int(self._producer.flush(timeout))
+        finally:
+            self._drain()
+        return left
+
+    def close(self, timeout: float) -> int:
+        """Flush, then fail whatever is left (so no caller waits forever) and stop the thread."""
+        left = self.flush(timeout)
+        if left:
+            self._producer.purge()
+            self._producer.poll(0)
+            self._drain()
+        self._closed.set()
+        self._thread.join()
+        with contextlib.suppress(Exception):
+            self._producer.flush(0)
+            self._drain()
+        return left
+
+    def list_topics(self, timeout: float) -> Any:
+        return self._producer.list_topics(self.topic, timeout=timeout)

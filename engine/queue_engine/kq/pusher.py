@@ -1,0 +1,180 @@
+"""go-queue's kq Pusher: push a message and learn where the broker stored it.
+
+``push`` waits for the broker's acknowledgement (acks=all, idempotent producer) and returns a
+:class:`Delivered`; ``push_nowait`` returns a future at once for high throughput. Every delivery
+error reaches the caller as an engine error (``Unavailable``, ``TooLarge``, ``NotFound``): a
+push is never dropped silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+from typing import Any
+
+from queue_engine import metrics
+from queue_engine.errors import Unavailable
+from queue_engine.kq.message import Delivered
+from queue_engine.kq.producer_core import Batch, Headers, ProducerCore
+from queue_engine.kq.security import KafkaSecurity
+
+
+def _count(queue: str, ok: bool) -> None:
+    metrics.PUBLISHED.labels("kafka", queue, "success" if ok else "error").inc()
+
+
+class KafkaPusher:
+    """Asyncio pusher. Create it inside a running event loop (or before; it binds on first push)."""
+
+    def __init__(
+        self,
+        brokers: Sequence[str],
+        topic: str,
+        *,
+        security: KafkaSecurity | None = None,
+        extra: Mapping[str, Any] | None = None,
+        name: str | None = None,
+    ) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._core = ProducerCore(brokers, topic, self._on_batch, security=security, extra=extra, name=name)
+        self.topic = self._core.topic
+        self.name = self._core.name
+
+    async def push(
+        self, value: bytes, key: bytes | str | None = None, headers: Headers | None = None
+    ) -> Delivered:
+        """Push one message and wait for the broker's ack; raises the delivery error if any."""
+        return await self.push_nowait(value, key, headers)
+
+    def push_nowait(
+        self, value: bytes, key: bytes | str | None = None, headers: Headers | None = None
+    ) -> asyncio.Future[Delivered]:
+        """Queue one message; the future resolves on the broker's ack or fails with its error."""
+        loop = self._loop = self._loop or asyncio.get_running_loop()
+        future: asyncio.Future[Delivered] = loop.create_future()
+        refused = self._core.produce(future, value, key, headers)
+        if refused is not None:
+            _count(self.name, False)
+            future.set_exception(refused)
+        return future
+
+    def _on_batch(self, batch: Batch) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        loop.call_soon_threadsafe(self._resolve, batch)
+
+    def _resolve(self, batch: Batch) -> None:
+        for future, result in batch:
+            ok = isinstance(result, Delivered)
+            _count(self.name, ok)
+            if future.done():  # the caller cancelled its wait; the result still counts above
+                continue
+            if isinstance(result, Delivered):
+                future.set_result(result)
+            else:
+                future.set_exception(result)
+
+    async def flush(self, timeout: float = 30.0) -> None:  # noqa: ASYNC109 - part of the public API
+        """Wait until every pushed message has a result; raises Unavailable if some have none."""
+        left = await asyncio.to_thread(self._core.flush, timeout)
+        await asyncio.sleep(0)  # let the last batch of results reach their futures
+        if left:
+            raise Unavailable(
+                f"push to {self.topic}: {left} message(s) still unacknowledged after {timeout}s"
+            )
+
+    async def close(self, timeout: float = 30.0) -> None:  # noqa: ASYNC109 - part of the public API
+        """Flush and stop; messages still unacknowledged after ``timeout`` fail their futures."""
+        left = await asyncio.to_thread(self._core.close, timeout)
+        await asyncio.sleep(0)
+        if left:
+            raise Unavailable(f"push to {self.topic}: {left} message(s) were not acknowledged before close")
+
+    async def check(self, timeout: float = 10.0) -> None:  # noqa: ASYNC109 - part of the public API
+        """Raise Unavailable unless a broker answers within ``timeout`` seconds."""
+        try:
+            await asyncio.to_thread(self._core.list_topics, timeout)
+        except Exception as exc:
+            raise Unavailable(f"brokers for {self.topic} not reachable within {timeout}s: {exc}") from exc
+
+    async def __aenter__(self) -> KafkaPusher:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+
+class SyncKafkaPusher:
+    """The same pusher for scripts and threads: ``push`` blocks until the broker acknowledged."""
+
+    def __init__(
+        self,
+        brokers: Sequence[str],
+        topic: str,
+        *,
+        security: KafkaSecurity | None = None,
+        extra: Mapping[str, Any] | None = None,
+        name: str | None = None,
+    ) -> None:
+        self._core = ProducerCore(brokers, topic, self._on_batch, security=security, extra=extra, name=name)
+        self.topic = self._core.topic
+        self.name = self._core.name
+
+    def push(
+        self,
+        value: bytes,
+        key: bytes | str | None = None,
+        headers: Headers | None = None,
+        timeout: float | None = None,
+    ) -> Delivered:
+        future = self.push_async(value, key, headers)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            raise Unavailable(f"push to {self.topic}: no acknowledgement within {timeout}s") from None
+
+    def push_async(
+        self, value: bytes, key: bytes | str | None = None, headers: Headers | None = None
+    ) -> concurrent.futures.Future[Delivered]:
+        future: concurrent.futures.Future[Delivered] = concurrent.futures.Future()
+        refused = self._core.produce(future, value, key, headers)
+        if refused is not None:
+            _count(self.name, False)
+            future.set_exception(refused)
+        return future
+
+    def _on_batch(self, batch: Batch) -> None:
+        for future, result in batch:
+            ok = isinstance(result, Delivered)
+            _count(self.name, ok)
+            if not future.set_running_or_notify_cancel():
+                continue
+            if isinstance(result, Delivered):
+                future.set_result(result)
+            else:
+                future.set_exception(result)
+
+    def flush(self, timeout: float = 30.0) -> None:
+        left = self._core.flush(timeout)
+        if left:
+            raise Unavailable(
+                f"push to {self.topic}: {left} message(s) still unacknowledged after {timeout}s"
+            )
+
+    def close(self, timeout: float = 30.0) -> None:
+        left = self._core.close(timeout)
+        if left:
+            raise Unavailable(f"push to {self.topic}: {left} message(s) were not acknowledged before close")
+
+    def __enter__(self) -> SyncKafkaPusher:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
