@@ -26,7 +26,7 @@ T = TypeVar("T")
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
-class PublisherService(queue_pb2_grpc.PublisherServicer):  # type: ignore[misc]
+class PublisherService(queue_pb2_grpc.PublisherServicer):
     def __init__(self, targets: PublishTargets) -> None:
         self.targets = targets
 
@@ -95,7 +95,7 @@ async def start_server(targets: PublishTargets, host: str, port: int) -> grpc.ai
             ("grpc.so_reuseport", 0),  # a second sidecar on the same port must fail, not share it
         ]
     )
-    queue_pb2_grpc.add_PublisherServicer_to_server(PublisherService(targets), server)
+    queue_pb2_grpc.add_PublisherServicer_to_server(PublisherService(targets), server)  # type: ignore[no-untyped-call]
     address = f"{host}:{port}"
     if server.add_insecure_port(address) == 0:
         raise OSError(f"the gRPC publish API cannot listen on {address}: is the port in use?")

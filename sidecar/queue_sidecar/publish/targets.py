@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from queue_engine.dq import DelayProducer
@@ -36,7 +37,7 @@ class PublishTargets:
 
 
 def _unknown(
-    kind: str, name: str, known: dict[str, object], other: dict[str, object], other_kind: str
+    kind: str, name: str, known: Mapping[str, object], other: Mapping[str, object], other_kind: str
 ) -> str:
     names = ", ".join(sorted(known)) or "none"
     message = f"no {kind} named {name!r} in this sidecar; its {kind}s: {names}"
