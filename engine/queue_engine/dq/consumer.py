@@ -46,6 +46,7 @@ Handler = Callable[[DelayJob], Awaitable[Outcome]]
 
 RESERVE_TIMEOUT = 1  # seconds a worker blocks in reserve before looking at stop and Redis again
 HOLD_LIMIT = 2.0  # a retry due within this many seconds is waited for while holding the copy
+BUSY_HOLD = 5.0  # seconds a copy waits, held, for another copy's attempt to end
 KIND = "delay"
 
 
@@ -104,6 +105,7 @@ class DelayConsumer:
         self._redis_error: str | None = None
         self._node_errors: dict[str, str] = {}
         self._inflight: set[asyncio.Task[Outcome]] = set()
+        self._claimed: dict[str, _Held] = {}  # by token: copies whose attempt has not settled
 
     # -- public --------------------------------------------------------------------------
 
@@ -219,7 +221,7 @@ class DelayConsumer:
                 conn.address,
                 job.id,
             )
-            await self._quietly(conn, lambda c: c.bury(job, PRIORITY))
+            await self._quietly(conn, _burier(job))
             return
         held = _Held(conn, job, envelope, token=uuid.uuid4().hex)
         keeper = asyncio.create_task(self._keep(held))
@@ -232,29 +234,34 @@ class DelayConsumer:
 
     async def _process(self, held: _Held, keeper: asyncio.Task[None]) -> None:
         due = held.envelope.due
+        busy_since: float | None = None
         while True:
             if not await self._sleep_until(due):
                 await self._hand_back(held, due)
                 return
-            async with self._slots:
-                if self._stopping.is_set():
-                    await self._hand_back(held, due)
-                    return
-                try:
-                    claim = await self._records.claim(
-                        held.envelope.job_id, held.token, self._lease_ttl, time.time()
-                    )
-                except RedisError as exc:
-                    self._note_redis_error(exc)
-                    await self._hand_back(held, due)
-                    return
-                if claim.action == "go":
-                    held.claimed = True
-                    await self._deliver(held, claim.attempt, keeper)
-                    return
+            try:
+                claim = await self._records.claim(
+                    held.envelope.job_id, held.token, self._lease_ttl, time.time()
+                )
+            except RedisError as exc:
+                self._note_redis_error(exc)
+                # Come back a little later, once holders have re-taken their leases.
+                await self._release(held, max(1.0, due - time.time()))
+                return
+            if claim.action == "go":
+                await self._deliver(held, claim.attempt, keeper)
+                return
             if claim.action == "wait" and claim.until - time.time() <= HOLD_LIMIT:
                 due = claim.until  # a retry due soon: wait for it holding the copy
                 continue
+            if claim.action == "busy":
+                # Another copy is being handled. Holding this one a while lets it see the
+                # outcome (done: delete; retry: wait) instead of coming back later as a stray.
+                busy_since = busy_since or time.monotonic()
+                held_for = time.monotonic() - busy_since
+                if held_for < BUSY_HOLD:
+                    due = time.time() + min(0.5, 0.05 + held_for / 4)
+                    continue
             await self._not_now(held, claim)
             return
 
@@ -275,7 +282,10 @@ class DelayConsumer:
             await self._quietly(held.conn, deleter(held.job.id))
             log.info("dq %s: job %s was revoked; copy %s deleted", self.queue, job_id, held.where)
         elif claim.action == "buried":
-            await self._quietly(held.conn, lambda c: c.bury(held.job, PRIORITY))
+            if claim.kept and claim.kept != held.where:
+                await self._quietly(held.conn, deleter(held.job.id))  # one buried copy is enough
+            else:
+                await self._quietly(held.conn, _burier(held.job))
         else:
             log.error("dq %s: unknown claim %r for job %s; releasing it", self.queue, claim.action, job_id)
             await self._release(held, 1.0)
@@ -284,34 +294,61 @@ class DelayConsumer:
 
     async def _deliver(self, held: _Held, attempt: int, keeper: asyncio.Task[None]) -> None:
         envelope = held.envelope
-        job = DelayJob(envelope.job_id, envelope.body, attempt, envelope.due_at, self.queue)
-        metrics.RECEIVED.labels(kind=KIND, queue=self.queue).inc()
-        if attempt == 1:
-            metrics.DQ_LATENESS.labels(queue=self.queue).observe(max(0.0, time.time() - envelope.due))
-        gauge = metrics.IN_FLIGHT.labels(kind=KIND, queue=self.queue)
-        gauge.inc()
-        started = time.monotonic()
-        task = asyncio.create_task(self._call_handler(job))
-        self._inflight.add(task)
+        held.claimed = True
+        self._claimed[held.token] = held
         try:
+            outcome = await self._run_handler(held, attempt)
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+            if outcome is None:  # not delivered after all: give the attempt back
+                await self._settle_retry(held, None, attempted=False, error="")
+                return
+            await self._settle(held, attempt, outcome)
+        finally:
+            self._claimed.pop(held.token, None)
+            log.debug("dq %s: job %s attempt %d settled", self.queue, envelope.job_id, attempt)
+
+    async def _run_handler(self, held: _Held, attempt: int) -> Outcome | None:
+        """The handler's outcome; None when stopping or revoked before it could run."""
+        envelope = held.envelope
+        waited_from = time.monotonic()
+        async with self._slots:
+            if self._stopping.is_set():
+                return None
+            if time.monotonic() - waited_from > 0.01 and await self._revoked_meanwhile(envelope.job_id):
+                await self._quietly(held.conn, deleter(held.job.id))
+                return None
+            job = DelayJob(envelope.job_id, envelope.body, attempt, envelope.due_at, self.queue)
+            metrics.RECEIVED.labels(kind=KIND, queue=self.queue).inc()
+            if attempt == 1:
+                metrics.DQ_LATENESS.labels(queue=self.queue).observe(max(0.0, time.time() - envelope.due))
+            gauge = metrics.IN_FLIGHT.labels(kind=KIND, queue=self.queue)
+            gauge.inc()
+            started = time.monotonic()
+            task = asyncio.create_task(self._call_handler(job))
+            self._inflight.add(task)
             try:
-                outcome = await task
+                return await task
             except asyncio.CancelledError:
                 if not task.cancelled() or not self._stopping.is_set():
                     raise
                 # stop()'s grace ran out: hand the job back without counting this attempt.
                 log.info("dq %s: job %s handed back at stop", self.queue, job.id)
-                keeper.cancel()
-                await self._settle_retry(held, None, attempted=False, error="consumer stopped")
-                return
-        finally:
-            self._inflight.discard(task)
-            gauge.dec()
-        metrics.DELIVERY_LATENCY.labels(kind=KIND, queue=self.queue).observe(time.monotonic() - started)
-        keeper.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await keeper
-        await self._settle(held, attempt, outcome)
+                return None
+            finally:
+                self._inflight.discard(task)
+                gauge.dec()
+                metrics.DELIVERY_LATENCY.labels(kind=KIND, queue=self.queue).observe(
+                    time.monotonic() - started
+                )
+
+    async def _revoked_meanwhile(self, job_id: str) -> bool:
+        try:
+            return await self._records.is_revoked(job_id)
+        except RedisError as exc:
+            self._note_redis_error(exc)
+            return False  # the claim a moment ago saw no tombstone
 
     async def _call_handler(self, job: DelayJob) -> Outcome:
         try:
@@ -372,15 +409,17 @@ class DelayConsumer:
 
     async def _bury(self, held: _Held, reason: str, error: str, attempt: int) -> None:
         job_id = held.envelope.job_id
+        # Bury first: the record then names a copy that really is kept, and the other copies
+        # may delete themselves. If this node is gone, they bury themselves instead.
+        kept = await self._quietly(held.conn, _burier(held.job))
 
         async def mark() -> list[tuple[str, int]]:
             return await self._records.mark_buried(
-                job_id, held.token, error=error, copy=held.where, now=time.time()
+                job_id, held.token, error=error, copy=held.where if kept else "", now=time.time()
             )
 
         copies = await self._until_redis(held, mark)
-        await self._quietly(held.conn, lambda c: c.bury(held.job, PRIORITY))
-        if copies is not None:
+        if copies is not None and kept:
             await self._delete_siblings(held, copies)
         metrics.DEAD_LETTERED.labels(kind=KIND, queue=self.queue, reason=reason).inc()
         log.warning(
@@ -441,10 +480,20 @@ class DelayConsumer:
             except RedisError as exc:
                 self._note_redis_error(exc)
             else:
-                if self._redis_error is not None:
+                if self._redis_error is not None and await self._retake_leases():
                     log.info("dq %s: redis reachable again; taking jobs", self.queue)
-                self._redis_error = None
+                    self._redis_error = None
             await asyncio.sleep(0.25 if self._redis_error else 1.0)
+
+    async def _retake_leases(self) -> bool:
+        """Before taking jobs again, re-take the leases of attempts in progress (Redis may
+        have restarted empty), so that their other copies are not delivered meanwhile."""
+        try:
+            for held in list(self._claimed.values()):
+                await self._records.renew(held.envelope.job_id, held.token, self._lease_ttl)
+        except RedisError:
+            return False
+        return True
 
     def _note_redis_error(self, exc: BaseException) -> None:
         if self._redis_error is None:
@@ -489,3 +538,11 @@ def _reserve(client: greenstalk.Client[bytes]) -> greenstalk.Job[bytes] | None:
         return client.reserve(timeout=RESERVE_TIMEOUT)
     except (greenstalk.TimedOutError, greenstalk.DeadlineSoonError):
         return None
+
+
+def _burier(job: greenstalk.Job[bytes]) -> Callable[[greenstalk.Client[bytes]], bool]:
+    def bury(client: greenstalk.Client[bytes]) -> bool:
+        client.bury(job, PRIORITY)
+        return True
+
+    return bury

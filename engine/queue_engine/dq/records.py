@@ -39,7 +39,7 @@ _CLAIM = (
     + """
 if redis.call('HGET', KEYS[1], 'revoked') then return {'revoked'} end
 local state = redis.call('HGET', KEYS[1], 'state')
-if state then return {state} end
+if state then return {state, redis.call('HGET', KEYS[1], 'buried_copy') or ''} end
 local nxt = tonumber(redis.call('HGET', KEYS[1], 'next') or '0')
 if nxt > tonumber(ARGV[3]) then return {'wait', tostring(nxt)} end
 if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
@@ -130,6 +130,7 @@ class Claim:
     action: str  # go | busy | wait | done | buried | revoked
     attempt: int = 0  # for go: this attempt's number, 1-based
     until: float = 0.0  # for busy: seconds the lease still runs; for wait: epoch seconds
+    kept: str = ""  # for buried: node/beanstalkd-id of the copy kept buried ("" if unknown)
 
 
 @dataclass(frozen=True)
@@ -195,7 +196,12 @@ class JobRecords:
             return Claim("busy", until=max(0, int(reply[1])) / 1000)
         if action == "wait":
             return Claim("wait", until=float(reply[1]))
+        if action == "buried":
+            return Claim("buried", kept=_text(reply[1]))
         return Claim(action)
+
+    async def is_revoked(self, job_id: str) -> bool:
+        return bool(await self.redis.hexists(self._job(job_id), "revoked"))
 
     async def renew(self, job_id: str, token: str, lease_s: float) -> None:
         await self._renew(keys=[self._lease(job_id)], args=[token, int(lease_s * 1000)])

@@ -1,0 +1,136 @@
+"""What the handler answers decides what happens: retry with backoff, bury, kick back."""
+
+from __future__ import annotations
+
+import asyncio
+
+from queue_engine.dq import DelayAdmin, DelayJob, DeliveryPolicy, Outcome
+from queue_engine.policy import Backoff
+
+from dq.dqkit import FAST, DqEnv, Recorder
+
+
+async def test_failure_then_success_is_retried_with_attempts_counted(dq: DqEnv) -> None:
+    async def fail_first(job: DelayJob) -> Outcome:
+        return Outcome.retry("not yet") if job.attempt == 1 else Outcome.success()
+
+    recorder = Recorder(fail_first)
+    async with dq.producer() as producer, dq.consumer(recorder):
+        job_id = await producer.delay(b"x", 0)
+        await recorder.wait_for(lambda: len(recorder.of(job_id)) >= 2)
+        await asyncio.sleep(0.5)  # room for a wrong third delivery
+    first, second = recorder.of(job_id)
+    assert [first.job.attempt, second.job.attempt] == [1, 2]
+    assert second.at - first.at >= 0.09  # backoff initial 0.1s, -10% jitter
+
+
+async def test_exceptions_and_timeouts_are_retries(dq: DqEnv) -> None:
+    async def misbehave(job: DelayJob) -> Outcome:
+        if job.attempt == 1:
+            raise RuntimeError("boom")
+        if job.attempt == 2:
+            await asyncio.sleep(5)
+        return Outcome.success()
+
+    recorder = Recorder(misbehave)
+    policy = DeliveryPolicy(max_attempts=5, backoff=Backoff(0.05, 0.1, 2), timeout=0.3)
+    async with dq.producer() as producer, dq.consumer(recorder, policy=policy):
+        job_id = await producer.delay(b"x", 0)
+        await recorder.wait_for(lambda: len(recorder.of(job_id)) >= 3)
+        await asyncio.sleep(0.5)
+    assert [d.job.attempt for d in recorder.of(job_id)] == [1, 2, 3]
+
+
+async def test_unavailable_app_burns_no_attempts(dq: DqEnv) -> None:
+    calls = 0
+
+    async def down_then_up(job: DelayJob) -> Outcome:
+        nonlocal calls
+        calls += 1
+        return Outcome.unavailable("connection refused", after=0.05) if calls <= 4 else Outcome.success()
+
+    recorder = Recorder(down_then_up)
+    policy = DeliveryPolicy(max_attempts=2, backoff=Backoff(0.05, 0.1, 2), timeout=5)
+    async with dq.producer() as producer, dq.consumer(recorder, policy=policy):
+        job_id = await producer.delay(b"x", 0)
+        await recorder.wait_for(lambda: len(recorder.of(job_id)) >= 5)
+    # Four hand-backs with max_attempts=2 and still delivered: none of them counted.
+    assert [d.job.attempt for d in recorder.of(job_id)] == [1, 1, 1, 1, 1]
+
+
+async def test_permanent_failure_is_buried_then_kick_delivers_it_again(dq: DqEnv) -> None:
+    give_up = True
+
+    async def failing(job: DelayJob) -> Outcome:
+        return Outcome.retry("still broken") if give_up else Outcome.success()
+
+    recorder = Recorder(failing)
+    admin = DelayAdmin(dq.nodes, dq.tube, dq.redis.url)
+    async with dq.producer() as producer, dq.consumer(recorder):
+        job_id = await producer.delay(b"poison", 0)
+        await recorder.wait_for(lambda: len(recorder.of(job_id)) >= FAST.max_attempts)
+        await _until(lambda: _buried_count(admin), 1)
+        await asyncio.sleep(0.5)
+        assert len(recorder.of(job_id)) == FAST.max_attempts  # no attempt past the limit
+        (buried,) = await admin.buried()
+        assert (buried.id, buried.body, buried.attempts) == (job_id, b"poison", FAST.max_attempts)
+        assert "still broken" in buried.error
+        stats = await admin.stats()
+        assert sum(s.buried for s in stats) == 1  # the other copies are gone, one is kept
+        assert sum(s.ready + s.delayed + s.reserved for s in stats) == 0
+
+        give_up = False
+        assert await admin.kick() == 1
+        await recorder.wait_for(lambda: len(recorder.of(job_id)) == FAST.max_attempts + 1)
+        assert recorder.of(job_id)[-1].job.attempt == 1  # attempts start over
+        assert await admin.buried() == []
+    await admin.close()
+
+
+async def test_drop_buries_at_once(dq: DqEnv) -> None:
+    async def drop(job: DelayJob) -> Outcome:
+        return Outcome.drop("bad payload")
+
+    recorder = Recorder(drop)
+    admin = DelayAdmin(dq.nodes, dq.tube, dq.redis.url)
+    async with dq.producer() as producer, dq.consumer(recorder):
+        job_id = await producer.delay(b"x", 0)
+        await _until(lambda: _buried_count(admin), 1)
+        await asyncio.sleep(0.3)
+    assert len(recorder.of(job_id)) == 1
+    (buried,) = await admin.buried()
+    assert buried.id == job_id and buried.error == "bad payload"
+    await admin.close()
+
+
+async def test_stop_hands_back_a_job_whose_handler_outlives_the_grace(dq: DqEnv) -> None:
+    release = asyncio.Event()
+
+    async def slow(job: DelayJob) -> Outcome:
+        if job.attempt == 1 and not release.is_set():
+            await asyncio.sleep(30)
+        return Outcome.success()
+
+    recorder = Recorder(slow)
+    async with dq.producer() as producer:
+        async with dq.consumer(recorder, lease_ttl=1.0) as consumer:
+            job_id = await producer.delay(b"x", 0)
+            await recorder.wait_for(lambda: len(recorder.of(job_id)) == 1)
+            await consumer.stop(grace=0.2)
+        release.set()
+        async with dq.consumer(recorder):
+            await recorder.wait_for(lambda: len(recorder.of(job_id)) == 2)
+    # Handed back, not failed: the second delivery is still attempt 1.
+    assert [d.job.attempt for d in recorder.of(job_id)] == [1, 1]
+
+
+async def _buried_count(admin: DelayAdmin) -> int:
+    return sum(s.buried for s in await admin.stats())
+
+
+async def _until(probe: object, expected: int, within: float = 15.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while (value := await probe()) != expected:  # type: ignore[operator]
+        assert loop.time() < deadline, f"still {value}, expected {expected}"
+        await asyncio.sleep(0.1)
