@@ -51,7 +51,7 @@ def admit(obj: dict[str, Any], old: dict[str, Any] | None = None) -> dict[str, A
     """The object as stored after create (or update from ``old``), or :class:`Refused`."""
     schema = openapi_schema(obj["kind"])
     stored: dict[str, Any] = apply_defaults(schema, copy.deepcopy(obj))
-    validator = jsonschema.Draft7Validator(to_jsonschema(schema))
+    validator = jsonschema.Draft7Validator(to_jsonschema(schema, root=True))
     errors = [
         f"{'.'.join(str(p) for p in error.absolute_path) or '<root>'}: {error.message}"
         for error in validator.iter_errors(stored)
@@ -87,8 +87,11 @@ _COPIED = (
 )
 
 
-def to_jsonschema(node: dict[str, Any]) -> dict[str, Any]:
-    """The structural schema as JSON Schema, refusing fields the CRD does not declare."""
+def to_jsonschema(node: dict[str, Any], root: bool = False) -> dict[str, Any]:
+    """The structural schema as JSON Schema, refusing fields the CRD does not declare.
+
+    At the root, ``metadata`` is the full ObjectMeta; the CRD may only narrow its name.
+    """
     out = {key: node[key] for key in _COPIED if key in node}
     if node.get("x-kubernetes-int-or-string"):
         out.pop("type", None)
@@ -99,6 +102,8 @@ def to_jsonschema(node: dict[str, Any]) -> dict[str, Any]:
         out["type"] = [out["type"], "null"]
     if "properties" in node:
         out["properties"] = {name: to_jsonschema(sub) for name, sub in node["properties"].items()}
+        if root and "metadata" in out["properties"]:
+            out["properties"]["metadata"].pop("additionalProperties", None)
     if isinstance(node.get("additionalProperties"), dict):
         out["additionalProperties"] = to_jsonschema(node["additionalProperties"])
     elif (
