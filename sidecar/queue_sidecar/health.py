@@ -15,8 +15,6 @@ from typing import Protocol
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-from queue_engine.metrics import DQ_JOBS, KAFKA_LAG
-
 log = logging.getLogger(__name__)
 
 Readiness = Callable[[], list[str]]  # reasons the sidecar is not ready; empty when ready
@@ -44,34 +42,30 @@ def build_health_app(not_ready_reasons: Readiness) -> web.Application:
 
 
 class HasStats(Protocol):
-    async def stats(self) -> Mapping[str, Mapping[str, int]]: ...
+    async def stats(self) -> object: ...
 
 
 class HasLag(Protocol):
-    def lag(self) -> Mapping[int, int]: ...
+    async def lag(self) -> object: ...
 
 
 async def refresh_queue_gauges(
     delay_admins: Mapping[str, HasStats], kafka_consumers: Mapping[str, HasLag], interval: float = 10.0
 ) -> None:
-    """Keep the dq job-count and Kafka lag gauges current (cancel to stop)."""
+    """Keep the dq job-count and Kafka lag gauges current (cancel to stop).
+
+    ``DelayAdmin.stats()`` and ``KafkaConsumer.lag()`` set ``queue_dq_jobs`` and
+    ``queue_kafka_consumer_lag`` themselves; this only asks them on a timer.
+    """
     while True:
         for queue, admin in delay_admins.items():
             try:
-                per_node = await admin.stats()
-            except Exception as exc:  # a node down must not stop the other gauges
+                await admin.stats()
+            except Exception as exc:  # one queue's trouble must not stop the other gauges
                 log.warning("dq stats failed", extra={"queue": queue, "error": str(exc)})
-                continue
-            for node, states in per_node.items():
-                for state in ("ready", "delayed", "reserved", "buried"):
-                    if state in states:
-                        DQ_JOBS.labels(queue, node, state).set(states[state])
         for queue, consumer in kafka_consumers.items():
             try:
-                lags = consumer.lag()
+                await consumer.lag()
             except Exception as exc:
                 log.warning("kafka lag failed", extra={"queue": queue, "error": str(exc)})
-                continue
-            for partition, lag in lags.items():
-                KAFKA_LAG.labels(queue, str(partition)).set(lag)
         await asyncio.sleep(interval)

@@ -81,7 +81,7 @@ class Sidecar:
             concurrency=self.config.app.max_concurrency,
             name=queue.name,
         )
-        self.delay_admins[queue.name] = DelayAdmin(queue.nodes, queue.tube, queue.redis_url)
+        self.delay_admins[queue.name] = DelayAdmin(queue.nodes, queue.tube, queue.redis_url, name=queue.name)
 
     def _open_kafka_queue(self, queue: KafkaQueueConfig) -> None:
         policy = queue.policy()
@@ -202,10 +202,8 @@ class Sidecar:
         with contextlib.suppress(Exception):
             await self.targets.close()
         for admin in self.delay_admins.values():
-            close = getattr(admin, "close", None)
-            if close is not None:
-                with contextlib.suppress(Exception):
-                    await close()
+            with contextlib.suppress(Exception):
+                await admin.close()
         log.info("sidecar stopped")
 
     async def _serve_health(self) -> None:

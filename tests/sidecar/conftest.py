@@ -8,9 +8,7 @@ port; each records every message it receives, which tests read with ``app.wait_f
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
 import sys
 import time
 import urllib.error
@@ -21,6 +19,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from harness.servers import ManagedProcess, free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -28,19 +27,30 @@ APPS = REPO / "tests" / "apps"
 SIDECAR_BIN = Path(sys.executable).parent / "queue-sidecar"
 
 # Fast retries so failure paths take fractions of a second.
-FAST_DELIVERY = {"maxAttempts": 3, "backoff": {"initial": "100ms", "max": "500ms", "multiplier": 2}, "timeout": "5s"}
+FAST_DELIVERY = {
+    "maxAttempts": 3,
+    "backoff": {"initial": "100ms", "max": "500ms", "multiplier": 2},
+    "timeout": "5s",
+}
 # The engine passes these through to librdkafka; tansu joins a group in ~3 s with them.
 FAST_GROUP = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 500}
 
 
-def wait_until(check: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
+def wait_until(
+    check: Callable[[], Any],
+    timeout: float = 20.0,
+    what: str = "condition",
+    show: Callable[[], Any] | None = None,
+) -> Any:
+    """Poll ``check`` until truthy; on timeout fail with ``what`` and what ``show()`` returns then."""
     deadline = time.monotonic() + timeout
     while True:
         value = check()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            seen = f" (now: {show()!r})" if show is not None else ""
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}{seen}")
         time.sleep(0.05)
 
 
@@ -200,5 +210,3 @@ def kafka_queue(name: str, bootstrap: str, **delivery: Any) -> dict[str, Any]:
 
 def app_config(app: App, **extra: Any) -> dict[str, Any]:
     return {"protocol": app.protocol, "port": app.port, "timeout": "5s", **extra}
-
-

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from queue_sidecar.config import ConfigError, DelayQueueConfig, KafkaQueueConfig, load_config, parse_config
 
 from .conftest import SIDECAR_BIN
@@ -62,7 +63,9 @@ def test_defaults_fill_tube_topic_group_and_dead_letter_topic() -> None:
     assert isinstance(r, DelayQueueConfig) and isinstance(o, KafkaQueueConfig)
     assert r.tube == "r" and r.policy().timeout == 2.0  # app.timeout is the default per attempt
     assert (o.topic, o.group, o.dead_letter_topic, o.offset) == ("o", "o", "o.dlq", "last")
-    assert config.app.protocol == "http" and config.app.path == "/messages" and config.app.max_concurrency == 8
+    assert (
+        config.app.protocol == "http" and config.app.path == "/messages" and config.app.max_concurrency == 8
+    )
 
 
 def test_secrets_from_files_and_sasl(tmp_path: Path) -> None:
@@ -72,13 +75,22 @@ def test_secrets_from_files_and_sasl(tmp_path: Path) -> None:
         {
             "app": {"port": 8080},
             "queues": [
-                {"kind": "DelayQueue", "name": "r", "nodes": ["h:1"], "redis": {"urlFile": str(tmp_path / "url")}},
+                {
+                    "kind": "DelayQueue",
+                    "name": "r",
+                    "nodes": ["h:1"],
+                    "redis": {"urlFile": str(tmp_path / "url")},
+                },
                 {
                     "kind": "KafkaQueue",
                     "name": "o",
                     "brokers": ["h:9092"],
                     "auth": {
-                        "sasl": {"mechanism": "SCRAM-SHA-512", "username": "u", "passwordFile": str(tmp_path / "pw")},
+                        "sasl": {
+                            "mechanism": "SCRAM-SHA-512",
+                            "username": "u",
+                            "passwordFile": str(tmp_path / "pw"),
+                        },
                         "tls": {"caFile": "/etc/ca.pem"},
                     },
                 },
@@ -90,7 +102,11 @@ def test_secrets_from_files_and_sasl(tmp_path: Path) -> None:
     assert r.redis_url == "redis://:s3cret@h:6379/0"
     security = o.security()
     assert security is not None
-    assert (security.sasl_mechanism, security.username, security.password) == ("SCRAM-SHA-512", "u", "kafka-pw")
+    assert (security.sasl_mechanism, security.username, security.password) == (
+        "SCRAM-SHA-512",
+        "u",
+        "kafka-pw",
+    )
     assert security.tls and security.ca_location == "/etc/ca.pem"
     assert "s3cret" not in repr(config) and "kafka-pw" not in repr(config)
 
@@ -131,13 +147,19 @@ def test_cli_refuses_a_bad_file_with_exit_2_and_names_the_key(tmp_path: Path) ->
     data["queues"][1]["delivery"]["maxAtempts"] = 3
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(data))
-    done = subprocess.run([str(SIDECAR_BIN), "--config", str(path)], capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [str(SIDECAR_BIN), "--config", str(path)], check=False, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 2
     assert "queues[1].delivery.maxAtempts: unknown key" in done.stderr
     assert "hunter2" not in done.stderr
 
     missing = subprocess.run(
-        [str(SIDECAR_BIN), "--config", str(tmp_path / "nope.yaml")], capture_output=True, text=True, timeout=60
+        [str(SIDECAR_BIN), "--config", str(tmp_path / "nope.yaml")],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert missing.returncode == 2 and "cannot read it" in missing.stderr
 
