@@ -12,6 +12,7 @@ from queue_operator.builders import beanstalkd
 from queue_operator.spec import DEFAULT_BEANSTALKD_IMAGE, DelayQueueSpec
 
 K8S_VERSION = "1.33.0"
+SUPPORTED_VERSIONS = ["1.27.0", K8S_VERSION, "1.35.0"]  # oldest supported, CI default, newest
 
 
 def body(
@@ -55,11 +56,12 @@ FULL_SPEC = {
     ],
     ids=["defaults", "full", "ephemeral", "fsync"],
 )
-def test_every_child_passes_strict_kubernetes_validation(spec: dict[str, Any]) -> None:
+@pytest.mark.parametrize("version", SUPPORTED_VERSIONS)
+def test_every_child_passes_strict_kubernetes_validation(spec: dict[str, Any], version: str) -> None:
     objects = build(spec)
     assert list(objects) == ["Service", "StatefulSet", "PodDisruptionBudget"]
     for obj in objects.values():
-        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+        kubernetes_validate.validate(obj, version, strict=True)
 
 
 def test_strict_validation_would_catch_a_misspelt_field() -> None:

@@ -41,9 +41,10 @@ def kafkaqueue(**spec: Any) -> dict[str, Any]:
     }
 
 
+@pytest.mark.parametrize("version", ["1.27.0", "1.33.0", "1.35.0"])
 @pytest.mark.parametrize("kind", KINDS)
-def test_crd_is_a_valid_custom_resource_definition(kind: str) -> None:
-    kubernetes_validate.validate(load_crd(kind), "1.33.0", strict=True)
+def test_crd_is_a_valid_custom_resource_definition(kind: str, version: str) -> None:
+    kubernetes_validate.validate(load_crd(kind), version, strict=True)
 
 
 def test_strict_crd_validation_catches_a_misspelt_schema_keyword() -> None:
