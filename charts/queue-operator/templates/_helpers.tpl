@@ -1,0 +1,65 @@
+{{- define "queue-operator.name" -}}
+{{- .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "queue-operator.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "queue-operator.labels" -}}
+app.kubernetes.io/name: {{ include "queue-operator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: queue-operator
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{- end -}}
+
+{{- define "queue-operator.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "queue-operator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "queue-operator.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "queue-operator.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The rules the operator needs, shared by the ClusterRole and the per-namespace Roles. */}}
+{{- define "queue-operator.namespacedRules" -}}
+# Its own resources: watch them, add its finalizer, write status.
+- apiGroups: [queue-operator.dev]
+  resources: [delayqueues, kafkaqueues]
+  verbs: [get, list, watch, patch]
+- apiGroups: [queue-operator.dev]
+  resources: [delayqueues/status, kafkaqueues/status]
+  verbs: [get, patch]
+- apiGroups: [queue-operator.dev]
+  resources: [delayqueues/finalizers, kafkaqueues/finalizers]
+  verbs: [update]
+# A DelayQueue's children: the beanstalkd StatefulSet, its headless Service and PDB.
+- apiGroups: [apps]
+  resources: [statefulsets]
+  verbs: [get, list, watch, create, patch, delete]
+- apiGroups: [""]
+  resources: [services]
+  verbs: [get, list, watch, create, patch, delete]
+- apiGroups: [policy]
+  resources: [poddisruptionbudgets]
+  verbs: [get, list, watch, create, patch, delete]
+# Read (never list) the Secrets a resource names: Redis URL, SASL credentials, CA.
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get]
+# kopf posts events about what it did.
+- apiGroups: ["", events.k8s.io]
+  resources: [events]
+  verbs: [create]
+{{- end -}}
