@@ -19,10 +19,21 @@ except ImportError:  # run as a script: tests/ is not on the path
 
 
 def build(script: Script, path: str) -> web.Application:
+    in_flight = 0
+
     async def handle(request: web.Request) -> web.Response:
+        nonlocal in_flight
         body = await request.read()
+        in_flight += 1
+        try:
+            return await respond(request, body, in_flight)
+        finally:
+            in_flight -= 1
+
+    async def respond(request: web.Request, body: bytes, now_in_flight: int) -> web.Response:
         script.record(
             {
+                "in_flight": now_in_flight,
                 "method": request.method,
                 "path": request.path,
                 "body": body.decode("utf-8", "replace"),

@@ -1,0 +1,150 @@
+"""The sidecar under faults: app down, sidecar killed, sidecar stopped, too much at once."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from harness.servers import BeanstalkdCluster, RedisServer, Tansu
+
+from .clients import create_topics, dq_delay, kafka_push, tube_counts
+from .conftest import App, Sidecar, app_config, delay_queue, kafka_queue, wait_until
+
+
+def test_app_down_at_start_then_up_nothing_lost_no_attempt_burned(  # noqa: PLR0917
+    make_sidecar: Callable[..., Sidecar],
+    tmp_path: Path,
+    beanstalk_cluster: BeanstalkdCluster,
+    shared_redis: RedisServer,
+    kafka_broker: Tansu,
+    unique: str,
+) -> None:
+    dq, kq = f"{unique}-d", f"{unique}-k"
+    create_topics(kafka_broker.bootstrap, kq, f"{kq}.dlq")
+    app = App(tmp_path / "late-app", "http")
+    app.script({})
+    sidecar = make_sidecar(
+        {
+            "app": app_config(app),
+            "queues": [
+                delay_queue(dq, beanstalk_cluster.addresses, shared_redis.url),
+                kafka_queue(kq, kafka_broker.bootstrap),
+            ],
+        }
+    )
+    try:
+        dq_delay(beanstalk_cluster.addresses, dq, shared_redis.url, b"early-job", 0)
+        kafka_push(kafka_broker.bootstrap, kq, b"early-order", key=b"k")
+        status, body = sidecar.get("/readyz")
+        assert status == 503 and "app not accepting connections" in body
+        assert sidecar.get("/healthz")[0] == 200
+        time.sleep(2)  # longer than maxAttempts x backoff: nothing may be burned meanwhile
+        assert tube_counts(beanstalk_cluster.addresses, dq)["buried"] == 0
+
+        app.start()
+        [job] = app.wait_for("early-job")
+        [order] = app.wait_for("early-order")
+        assert job["headers"]["X-Attempt"] == "1" and order["headers"]["X-Attempt"] == "1"
+        sidecar.wait_ready()
+
+        # Down again mid-run: messages wait (attempts not counted) and come when it is back.
+        app.kill()
+        wait_until(lambda: sidecar.get("/readyz")[0] == 503, 10, "readyz false while the app is down")
+        dq_delay(beanstalk_cluster.addresses, dq, shared_redis.url, b"while-down", 0)
+        time.sleep(2)
+        app.start()
+        [again] = app.wait_for("while-down")
+        assert again["headers"]["X-Attempt"] == "1"
+        assert tube_counts(beanstalk_cluster.addresses, dq)["buried"] == 0
+    finally:
+        app.kill()
+
+
+def test_sidecar_killed_mid_delivery_delivers_again_after_restart(
+    make_sidecar: Callable[..., Sidecar],
+    http_app: App,
+    beanstalk_cluster: BeanstalkdCluster,
+    shared_redis: RedisServer,
+    unique: str,
+) -> None:
+    http_app.script({"slow": [{"sleep": 60}, {"status": 200}]})
+    sidecar = make_sidecar(
+        {
+            "app": app_config(http_app, timeout="30s"),
+            "queues": [delay_queue(unique, beanstalk_cluster.addresses, shared_redis.url)],
+        }
+    )
+    sidecar.wait_ready()
+    job_id = dq_delay(beanstalk_cluster.addresses, unique, shared_redis.url, b"slow", 0)
+    http_app.wait_for("slow")
+    sidecar.kill()  # SIGKILL while the app holds the message
+
+    sidecar.start()
+    first, second = http_app.wait_for("slow", 2, timeout=30)
+    assert first["headers"]["X-Message-Id"] == second["headers"]["X-Message-Id"] == job_id
+    wait_until(lambda: sum(tube_counts(beanstalk_cluster.addresses, unique).values()) == 0, 10, "job deleted")
+
+
+def test_sigterm_finishes_in_flight_then_exits_0(
+    make_sidecar: Callable[..., Sidecar],
+    http_app: App,
+    beanstalk_cluster: BeanstalkdCluster,
+    shared_redis: RedisServer,
+    unique: str,
+) -> None:
+    http_app.script({"drain-me": [{"sleep": 1.5, "status": 200}]})
+    sidecar = make_sidecar(
+        {
+            "app": app_config(http_app),
+            "queues": [delay_queue(unique, beanstalk_cluster.addresses, shared_redis.url)],
+            "shutdownGracePeriod": "10s",
+        }
+    )
+    sidecar.wait_ready()
+    dq_delay(beanstalk_cluster.addresses, unique, shared_redis.url, b"drain-me", 0)
+    later = dq_delay(beanstalk_cluster.addresses, unique, shared_redis.url, b"after-stop", 3)
+    http_app.wait_for("drain-me")
+
+    assert sidecar.terminate_and_wait() == 0
+    # The in-flight job was answered and acknowledged (deleted); the not-yet-due one (three
+    # copies) is still queued for the next sidecar.
+    assert len(http_app.received("drain-me")) == 1
+    left = {"ready": 0, "delayed": 3, "reserved": 0, "buried": 0}
+    wait_until(
+        lambda: tube_counts(beanstalk_cluster.addresses, unique) == left,
+        5,
+        "only the later job left",
+        lambda: tube_counts(beanstalk_cluster.addresses, unique),
+    )
+    assert later
+    log = (sidecar.workdir / "sidecar.log").read_text()
+    assert '"msg": "sidecar stopped"' in log
+
+
+def test_max_concurrency_caps_messages_in_flight_across_queues(  # noqa: PLR0917
+    make_sidecar: Callable[..., Sidecar],
+    http_app: App,
+    beanstalk_cluster: BeanstalkdCluster,
+    shared_redis: RedisServer,
+    kafka_broker: Tansu,
+    unique: str,
+) -> None:
+    dq, kq = f"{unique}-d", f"{unique}-k"
+    create_topics(kafka_broker.bootstrap, kq, f"{kq}.dlq")
+    http_app.script({}, default={"sleep": 0.3})
+    sidecar = make_sidecar(
+        {
+            "app": app_config(http_app, maxConcurrency=2),
+            "queues": [
+                delay_queue(dq, beanstalk_cluster.addresses, shared_redis.url),
+                kafka_queue(kq, kafka_broker.bootstrap),
+            ],
+        }
+    )
+    sidecar.wait_ready()
+    for i in range(4):
+        dq_delay(beanstalk_cluster.addresses, dq, shared_redis.url, f"job-{i}".encode(), 0)
+        kafka_push(kafka_broker.bootstrap, kq, f"msg-{i}".encode())  # no key: no order, all concurrent
+    wait_until(lambda: len(http_app.received()) >= 8, 30, "8 deliveries")
+    assert max(entry["in_flight"] for entry in http_app.received()) <= 2
