@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
+from dq.dqkit import FAST, DqEnv, Recorder
+
 from queue_engine.dq import DelayAdmin, DelayJob, DeliveryPolicy, Outcome
 from queue_engine.policy import Backoff
-
-from dq.dqkit import FAST, DqEnv, Recorder
 
 
 async def test_failure_then_success_is_retried_with_attempts_counted(dq: DqEnv) -> None:

@@ -16,6 +16,7 @@ handler calls run at once across all nodes. A worker that reserved a copy:
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import math
@@ -47,6 +48,7 @@ Handler = Callable[[DelayJob], Awaitable[Outcome]]
 RESERVE_TIMEOUT = 1  # seconds a worker blocks in reserve before looking at stop and Redis again
 HOLD_LIMIT = 2.0  # a retry due within this many seconds is waited for while holding the copy
 BUSY_HOLD = 5.0  # seconds a copy waits, held, for another copy's attempt to end
+SWEEP_WINDOW = 30.0  # seconds a settled job's undeletable copies are remembered for a sweep
 KIND = "delay"
 
 
@@ -106,6 +108,7 @@ class DelayConsumer:
         self._node_errors: dict[str, str] = {}
         self._inflight: set[asyncio.Task[Outcome]] = set()
         self._claimed: dict[str, _Held] = {}  # by token: copies whose attempt has not settled
+        self._unswept: collections.deque[tuple[float, str, int]] = collections.deque(maxlen=10_000)
 
     # -- public --------------------------------------------------------------------------
 
@@ -427,15 +430,26 @@ class DelayConsumer:
         )
 
     async def _delete_siblings(self, held: _Held, copies: list[tuple[str, int]]) -> None:
-        others = [
-            (n, j) for n, j in copies if (n, j) != (held.conn.address, held.job.id) and n in self._control
-        ]
-        results = await asyncio.gather(
-            *(self._quietly(self._control[n], deleter(j)) for n, j in others), return_exceptions=True
-        )
+        here = (held.conn.address, held.job.id)
+        others = [(n, j) for n, j in copies if (n, j) != here and n in self._control]
+        results = await asyncio.gather(*(self._quietly(self._control[n], deleter(j)) for n, j in others))
         suppressed = sum(1 for r in results if r is True)
         if suppressed:
             metrics.DUPLICATES_SUPPRESSED.labels(queue=self.queue).inc(suppressed)
+        # A copy held elsewhere at this moment normally sees the done marker and deletes itself;
+        # if Redis is lost before it looks, the sweep on Redis' return deletes it instead.
+        expires = time.monotonic() + SWEEP_WINDOW
+        self._unswept.extend((expires, n, j) for (n, j), r in zip(others, results, strict=True) if r is False)
+
+    async def _sweep_settled_copies(self) -> None:
+        now = time.monotonic()
+        while self._unswept and self._unswept[0][0] < now:
+            self._unswept.popleft()
+        pending = list(self._unswept)
+        self._unswept.clear()
+        if pending:
+            await asyncio.gather(*(self._quietly(self._control[n], deleter(j)) for _, n, j in pending))
+            log.info("dq %s: swept %d copies of settled jobs after a redis outage", self.queue, len(pending))
 
     # -- keeping hold ---------------------------------------------------------------------
 
@@ -493,6 +507,9 @@ class DelayConsumer:
                 await self._records.renew(held.envelope.job_id, held.token, self._lease_ttl)
         except RedisError:
             return False
+        # Done markers may be gone with the old Redis: delete the other copies of jobs settled
+        # just before the outage that still were held by someone then.
+        await self._sweep_settled_copies()
         return True
 
     def _note_redis_error(self, exc: BaseException) -> None:

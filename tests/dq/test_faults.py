@@ -1,0 +1,84 @@
+"""Nodes and Redis fail while jobs flow: nothing is lost and nothing is delivered twice."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+
+from dq.dqkit import DqEnv, Recorder
+
+from queue_engine.dq import DelayAdmin, DelayJob, Outcome
+
+
+async def test_node_killed_while_consuming_every_job_delivered_once(dq: DqEnv) -> None:
+    recorder = Recorder()
+    async with dq.producer(connect_timeout=0.5) as producer, dq.consumer(recorder):
+        sent = [await producer.delay(b"%d" % i, 0.1 * (i % 15)) for i in range(30)]
+        await asyncio.sleep(0.6)
+        dq.cluster[0].kill()
+        await recorder.wait_for(lambda: set(recorder.ids()) >= set(sent))
+        await asyncio.sleep(0.5)
+    counts = collections.Counter(recorder.ids())
+    assert {job_id: n for job_id, n in counts.items() if n != 1} == {}
+
+
+async def test_node_dies_mid_handler_and_comes_back_from_its_binlog(dq: DqEnv) -> None:
+    """The copy being handled is on a node that dies; when it returns, the copy is not redelivered."""
+    started = asyncio.Event()
+    proceed = asyncio.Event()
+
+    async def wait_for_kill(job: DelayJob) -> Outcome:
+        started.set()
+        await proceed.wait()
+        return Outcome.success()
+
+    recorder = Recorder(wait_for_kill)
+    admin = DelayAdmin(dq.nodes, dq.tube, dq.redis.url, connect_timeout=0.5)
+    async with dq.producer() as producer, dq.consumer(recorder):
+        job_id = await producer.delay(b"x", 0)
+        await asyncio.wait_for(started.wait(), 10)
+        holding = next(i for i, s in enumerate(await admin.stats()) if s.reserved)
+        dq.cluster[holding].kill()
+        proceed.set()
+        await asyncio.sleep(0.5)
+        dq.cluster[holding].start()  # its copy is back, ready, from the binlog
+        control = await producer.delay(b"control", 1.0)
+        await recorder.wait_for(lambda: control in recorder.ids())
+        await asyncio.sleep(1.0)
+        left = sum(s.ready + s.delayed + s.reserved + s.buried for s in await admin.stats())
+    await admin.close()
+    assert len(recorder.of(job_id)) == 1
+    assert left == 0  # the returning copy was deleted on sight
+
+
+async def test_jobs_written_before_a_node_restart_survive_in_its_binlog(dq: DqEnv) -> None:
+    recorder = Recorder()
+    async with dq.producer() as producer:
+        sent = [await producer.delay(b"%d" % i, 1.5) for i in range(5)]
+    dq.cluster.stop()  # every node goes down: only the binlogs keep the jobs
+    dq.cluster.start()
+    async with dq.consumer(recorder):
+        await recorder.wait_for(lambda: set(recorder.ids()) == set(sent))
+        await asyncio.sleep(0.5)
+    assert sorted(recorder.ids()) == sorted(sent)
+
+
+async def test_redis_outage_pauses_consuming_and_loses_nothing(dq: DqEnv) -> None:
+    recorder = Recorder()
+    async with dq.producer() as producer, dq.consumer(recorder) as consumer:
+        sent = [await producer.delay(b"%d" % i, 0.1 * i) for i in range(30)]
+        await asyncio.sleep(1.0)
+        dq.redis.stop()
+        await asyncio.sleep(0.7)
+        ok, reason = consumer.health()
+        assert not ok and reason.startswith("redis unreachable"), reason
+        during = len(recorder.deliveries)
+        await asyncio.sleep(1.0)
+        assert len(recorder.deliveries) == during  # nothing is taken while jobs cannot be de-duplicated
+        dq.redis.start()  # a fresh, empty Redis: the worst case
+        await recorder.wait_for(lambda: set(recorder.ids()) >= set(sent))
+        await asyncio.sleep(0.5)
+        assert consumer.health() == (True, "ok")
+    counts = collections.Counter(recorder.ids())
+    assert {job_id: n for job_id, n in counts.items() if n != 1} == {}
+    assert set(counts) == set(sent)
