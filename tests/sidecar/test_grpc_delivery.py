@@ -1,0 +1,83 @@
+"""Delivery to a gRPC app (queueoperator.v1.MessageHandler) through the real sidecar process."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+from typing import Any
+
+from harness.servers import BeanstalkdCluster, RedisServer, Tansu
+from queue_engine.durations import parse_rfc3339
+
+from .clients import create_topics, dq_delay, kafka_push, kafka_read_all, tube_counts
+from .conftest import App, Sidecar, app_config, delay_queue, kafka_queue, wait_until
+
+
+def test_grpc_app_gets_messages_and_its_acks_are_honoured(  # noqa: PLR0917
+    make_sidecar: Callable[..., Sidecar],
+    grpc_app: App,
+    beanstalk_cluster: BeanstalkdCluster,
+    shared_redis: RedisServer,
+    kafka_broker: Tansu,
+    unique: str,
+) -> None:
+    dq, kq = f"{unique}-d", f"{unique}-k"
+    create_topics(kafka_broker.bootstrap, kq, f"{kq}.dlq")
+    grpc_app.script(
+        {
+            "g-retry": [{"ack": "RETRY", "retryAfter": 0.5, "error": "later"}, {"ack": "SUCCESS"}],
+            "g-drop": [{"ack": "DROP", "error": "not for us"}],
+            "g-down": [{"code": "UNAVAILABLE"}, {"ack": "SUCCESS"}],
+            "g-fail": [{"code": "INTERNAL", "error": "boom"}, {"ack": "DROP", "error": "bad order"}],
+        }
+    )
+    sidecar = make_sidecar(
+        {
+            "app": app_config(grpc_app),
+            "queues": [
+                delay_queue(dq, beanstalk_cluster.addresses, shared_redis.url),
+                kafka_queue(kq, kafka_broker.bootstrap),
+            ],
+        }
+    )
+    sidecar.wait_ready()
+    job_id = dq_delay(beanstalk_cluster.addresses, dq, shared_redis.url, b"g-hello", 0.2)
+    dq_delay(beanstalk_cluster.addresses, dq, shared_redis.url, b"g-retry", 0)
+    dq_delay(beanstalk_cluster.addresses, dq, shared_redis.url, b"g-drop", 0)
+    partition, offset = kafka_push(
+        kafka_broker.bootstrap, kq, b"g-order", key=b"cust-1", headers=[("h", b"\x00\x01")]
+    )
+    kafka_push(kafka_broker.bootstrap, kq, b"g-down", key=b"cust-2")
+    _, fail_offset = kafka_push(kafka_broker.bootstrap, kq, b"g-fail", key=b"cust-3")
+
+    [hello] = grpc_app.wait_for("g-hello")
+    assert (hello["kind"], hello["queue"], hello["id"], hello["attempt"]) == ("delay", dq, job_id, 1)
+    assert hello["t"] >= parse_rfc3339(hello["due_at"]).timestamp()
+
+    [order] = grpc_app.wait_for("g-order")
+    assert (order["kind"], order["queue"], order["attempt"]) == ("kafka", kq, 1)
+    assert order["id"] == f"{kq}/{partition}/{offset}"
+    assert (order["key"], order["partition"], order["offset"]) == ("cust-1", partition, offset)
+    assert order["headers"] == [["h", base64.b64encode(b"\x00\x01").decode()]]
+    assert order["due_at"] is None
+
+    first, second = grpc_app.wait_for("g-retry", 2)
+    assert (first["attempt"], second["attempt"]) == (1, 2)
+    assert second["t"] - first["t"] >= 0.5, "Ack.retry_after not honoured"
+
+    # UNAVAILABLE from the app means "not serving": handed back without counting the attempt.
+    assert [d["attempt"] for d in grpc_app.wait_for("g-down", 2)] == [1, 1]
+
+    def counts() -> dict[str, int]:
+        return tube_counts(beanstalk_cluster.addresses, dq)
+
+    wait_until(lambda: counts()["buried"] == 1, 10, "g-drop buried", counts)
+    assert len(grpc_app.received("g-drop")) == 1
+
+    [dead] = kafka_read_all(kafka_broker.bootstrap, f"{kq}.dlq", f"{unique}-reader", 1)
+    headers: dict[str, Any] = dict(dead.headers())
+    assert dead.value() == b"g-fail"
+    assert headers["x-original-offset"] == str(fail_offset).encode()
+    assert headers["x-attempts"] == b"2" and headers["x-last-error"] == b"bad order"
+    assert [d["attempt"] for d in grpc_app.received("g-fail")] == [1, 2]
+    assert sidecar.get("/readyz")[0] == 200
