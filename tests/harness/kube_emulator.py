@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import collections
 import contextlib
 import copy
@@ -159,6 +160,14 @@ def parse_route(path: str) -> Route | None:
 def _spec_part(obj: JsonObj) -> JsonObj:
     """What bumps ``generation``: everything but metadata and status."""
     return {key: value for key, value in obj.items() if key not in ("metadata", "status")}
+
+
+def _secret_string_data(kind: Kind, obj: JsonObj) -> JsonObj:
+    """A Secret's write-only ``stringData`` is stored base64-encoded into ``data``."""
+    if (kind.group, kind.plural) == ("", "secrets") and isinstance(obj.get("stringData"), dict):
+        encoded = {k: base64.b64encode(str(v).encode()).decode() for k, v in obj.pop("stringData").items()}
+        obj["data"] = {**(obj.get("data") or {}), **encoded}
+    return obj
 
 
 class Emulator:
@@ -379,7 +388,7 @@ class Emulator:
         obj["apiVersion"], obj["kind"] = kind.api_version, kind.kind
         if kind.status_subresource:
             obj.pop("status", None)
-        obj = self._check_schema(kind, obj)
+        obj = self._check_schema(kind, _secret_string_data(kind, obj))
         for server_set in ("deletionTimestamp", "deletionGracePeriodSeconds", "managedFields"):
             meta.pop(server_set, None)
         meta.update(uid=str(uuid.uuid4()), creationTimestamp=now_rfc3339(), generation=1)
@@ -465,7 +474,7 @@ class Emulator:
                 else:
                     meta.pop(immutable, None)
         result["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"]
-        result = self._check_schema(kind, result)
+        result = self._check_schema(kind, _secret_string_data(kind, result))
         if result == old:
             return old  # a no-op write changes nothing, not even the resourceVersion
         if _spec_part(result) != _spec_part(old):

@@ -1,0 +1,131 @@
+"""DelayQueue: a beanstalkd StatefulSet, its headless Service and a PodDisruptionBudget.
+
+Level-based: ``reconcile`` (on create, update of spec, and resume after an operator restart)
+applies each child in its own sub-handler (stable ids, so a retry redoes only what failed),
+then writes the status it observes; the ``observe`` timer re-applies children that drifted
+or vanished and keeps ``readyReplicas`` and ``Ready`` current. Children carry owner
+references, so Kubernetes deletes them with the DelayQueue.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from queue_operator.builders import beanstalkd
+from queue_operator.handlers.conditions import set_ready, with_ready, write_status
+from queue_operator.handlers.options import GROUP, VERSION, Options, Runtime
+from queue_operator.spec import DelayQueueSpec, SpecError
+
+PLURAL = "delayqueues"
+
+
+def register(registry: kopf.OperatorRegistry, options: Options) -> None:
+    on: dict[str, Any] = {"registry": registry, "backoff": options.retry_delay}
+    kopf.on.create(GROUP, VERSION, PLURAL, id="reconcile", **on)(reconcile)
+    kopf.on.resume(GROUP, VERSION, PLURAL, id="reconcile", **on)(reconcile)
+    kopf.on.update(GROUP, VERSION, PLURAL, id="reconcile", field="spec", **on)(reconcile)
+    kopf.timer(
+        GROUP,
+        VERSION,
+        PLURAL,
+        id="observe",
+        registry=registry,
+        interval=options.reconcile_interval,
+        initial_delay=options.reconcile_interval,
+        backoff=options.retry_delay,
+    )(observe)
+
+
+def parse(body: Mapping[str, Any], patch: kopf.Patch) -> DelayQueueSpec:
+    """The spec, or ``Ready=False`` with what to fix and a permanent failure (no retries)."""
+    try:
+        return DelayQueueSpec.from_body(body)
+    except SpecError as exc:
+        set_ready(body, patch, False, "InvalidSpec", str(exc))
+        raise kopf.PermanentError(f"invalid spec: {exc}") from exc
+
+
+def reconcile(body: kopf.Body, patch: kopf.Patch, memo: Any, **_: Any) -> None:
+    spec = parse(body, patch)
+    backoff = memo.runtime.options.retry_delay
+    for child in beanstalkd.children(body, spec):
+        kopf.register(apply_child, id=child["kind"].lower(), param=child, backoff=backoff)
+    kopf.register(report_status, id="status", backoff=backoff)
+
+
+def apply_child(*, param: Any = None, body: kopf.Body, memo: Any, logger: kopf.Logger, **_: Any) -> None:
+    runtime: Runtime = memo.runtime
+    child = dict(param)
+    kopf.adopt(child, owner=body)
+    runtime.kube.apply(child)
+    logger.info("applied %s %s", child["kind"], child["metadata"]["name"])
+
+
+def report_status(body: kopf.Body, patch: kopf.Patch, memo: Any, **_: Any) -> None:
+    spec = parse(body, patch)
+    statefulset = memo.runtime.kube.read(
+        "apps/v1", "StatefulSet", str(body.metadata.namespace), beanstalkd.child_name(body)
+    )
+    write_status(body, patch, observed_status(body, spec, statefulset))
+
+
+def observe(body: kopf.Body, patch: kopf.Patch, memo: Any, logger: kopf.Logger, **_: Any) -> None:
+    """The periodic check: heal drifted or missing children, then write what is observed."""
+    try:
+        spec = DelayQueueSpec.from_body(body)
+    except SpecError as exc:
+        set_ready(body, patch, False, "InvalidSpec", str(exc))
+        return
+    kube = memo.runtime.kube
+    namespace = str(body.metadata.namespace)
+    for child in beanstalkd.children(body, spec):
+        actual = kube.read(child["apiVersion"], child["kind"], namespace, child["metadata"]["name"])
+        if actual is None or not contains(actual.get("spec"), child["spec"]):
+            logger.info(
+                "%s %s is missing or drifted; re-applying it", child["kind"], child["metadata"]["name"]
+            )
+            kopf.adopt(child, owner=body)
+            kube.apply(child)
+    statefulset = kube.read("apps/v1", "StatefulSet", namespace, beanstalkd.child_name(body))
+    write_status(body, patch, observed_status(body, spec, statefulset))
+
+
+def contains(actual: Any, desired: Any) -> bool:
+    """Whether ``actual`` has everything ``desired`` asks for (the API server adds defaults)."""
+    if isinstance(desired, Mapping):
+        return isinstance(actual, Mapping) and all(contains(actual.get(k), v) for k, v in desired.items())
+    if isinstance(desired, list):
+        return (
+            isinstance(actual, list)
+            and len(actual) == len(desired)
+            and all(contains(a, d) for a, d in zip(actual, desired, strict=True))
+        )
+    return bool(actual == desired)
+
+
+def observed_status(
+    body: Mapping[str, Any], spec: DelayQueueSpec, statefulset: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    name = beanstalkd.child_name(body)
+    endpoints = beanstalkd.endpoints(body, spec)
+    if statefulset is None:
+        return with_ready(
+            body,
+            False,
+            "Provisioning",
+            f"StatefulSet {name} does not exist yet",
+            readyReplicas=0,
+            endpoints=endpoints,
+        )
+    ready = int((statefulset.get("status") or {}).get("readyReplicas") or 0)
+    if ready >= spec.replicas:
+        reason, message = "NodesReady", f"{ready}/{spec.replicas} beanstalkd nodes are ready"
+    else:
+        reason = "NodesNotReady"
+        message = (
+            f"{ready}/{spec.replicas} beanstalkd nodes are ready; waiting for the pods of StatefulSet {name}"
+        )
+    return with_ready(body, ready >= spec.replicas, reason, message, readyReplicas=ready, endpoints=endpoints)

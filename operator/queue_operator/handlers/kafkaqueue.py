@@ -1,0 +1,201 @@
+"""KafkaQueue: the topic and its dead-letter topic on the brokers.
+
+``reconcile`` (create, spec update, resume) ensures each topic in its own sub-handler, then
+reports; the ``observe`` timer re-creates a topic that vanished and keeps the status current.
+An unreachable broker is a transient state: reported in ``Ready`` and retried with backoff.
+A partition decrease (or brokers that cannot add partitions) is reported and not retried
+until the spec changes. ``deletionPolicy: Delete`` removes both topics through the finalizer.
+Credentials come from Secrets at each connection and never reach status, logs or events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from queue_engine.kq.security import KafkaSecurity
+from queue_operator.handlers.conditions import set_ready, with_ready, write_status
+from queue_operator.handlers.options import GROUP, VERSION, Options, Runtime
+from queue_operator.kube import SecretMissing
+from queue_operator.spec import KafkaQueueSpec, SpecError
+from queue_operator.topics import BrokerUnavailable, TopicAdmin
+
+PLURAL = "kafkaqueues"
+TOPIC, DEAD_LETTER = "topic", "dead-letter-topic"
+
+
+def register(registry: kopf.OperatorRegistry, options: Options) -> None:
+    on: dict[str, Any] = {"registry": registry, "backoff": options.retry_delay}
+    kopf.on.create(GROUP, VERSION, PLURAL, id="reconcile", **on)(reconcile)
+    kopf.on.resume(GROUP, VERSION, PLURAL, id="reconcile", **on)(reconcile)
+    kopf.on.update(GROUP, VERSION, PLURAL, id="reconcile", field="spec", **on)(reconcile)
+    kopf.on.delete(GROUP, VERSION, PLURAL, id="delete-topics", retries=options.delete_retries, **on)(
+        delete_topics
+    )
+    kopf.timer(
+        GROUP,
+        VERSION,
+        PLURAL,
+        id="observe",
+        registry=registry,
+        interval=options.reconcile_interval,
+        initial_delay=options.reconcile_interval,
+        backoff=options.retry_delay,
+    )(observe)
+
+
+def parse(body: Mapping[str, Any], patch: kopf.Patch) -> KafkaQueueSpec:
+    try:
+        return KafkaQueueSpec.from_body(body)
+    except SpecError as exc:
+        set_ready(body, patch, False, "InvalidSpec", str(exc))
+        raise kopf.PermanentError(f"invalid spec: {exc}") from exc
+
+
+def admin(runtime: Runtime, spec: KafkaQueueSpec, namespace: str) -> TopicAdmin:
+    """A topic admin for the spec's brokers, authenticated from the referenced Secrets."""
+    security = None
+    if spec.sasl_mechanism and spec.sasl_secret_ref:
+        ref = spec.sasl_secret_ref
+        security = KafkaSecurity(
+            sasl_mechanism=spec.sasl_mechanism,
+            username=runtime.kube.secret_value(namespace, ref.name, ref.username_key),
+            password=runtime.kube.secret_value(namespace, ref.name, ref.password_key),
+            tls=spec.tls,
+        )
+    elif spec.tls:
+        security = KafkaSecurity(tls=True)
+    ca_pem = None
+    if spec.tls_ca_secret_ref is not None:
+        ca_pem = runtime.kube.secret_value(namespace, spec.tls_ca_secret_ref.name, spec.tls_ca_secret_ref.key)
+    return TopicAdmin(spec.brokers, security, timeout=runtime.options.kafka_timeout, ca_pem=ca_pem)
+
+
+def retry_later(
+    body: kopf.Body, patch: kopf.Patch, runtime: Runtime, reason: str, exc: Exception
+) -> kopf.TemporaryError:
+    delay = runtime.options.retry_delay
+    set_ready(body, patch, False, reason, f"{exc}; retrying in {delay:g}s")
+    return kopf.TemporaryError(str(exc), delay=delay)
+
+
+def reconcile(body: kopf.Body, patch: kopf.Patch, memo: Any, **_: Any) -> None:
+    parse(body, patch)
+    backoff = memo.runtime.options.retry_delay
+    kopf.register(ensure_topic, id=TOPIC, param=TOPIC, backoff=backoff)
+    kopf.register(ensure_topic, id=DEAD_LETTER, param=DEAD_LETTER, backoff=backoff)
+    kopf.register(report_status, id="status", backoff=backoff)
+
+
+def ensure_topic(*, param: Any = None, body: kopf.Body, patch: kopf.Patch, memo: Any, **_: Any) -> None:
+    runtime: Runtime = memo.runtime
+    spec = parse(body, patch)
+    problems: dict[str, str | None] = memo.setdefault("problems", {})
+    try:
+        with admin(runtime, spec, str(body.metadata.namespace)) as topics:
+            if param == TOPIC:
+                report = topics.ensure(
+                    spec.topic, spec.partitions, spec.replication_factor, spec.topic_config
+                )
+            else:
+                # Dead letters are rare: the topic is created alike, but never resized.
+                existing = topics.partitions().get(spec.dead_letter_topic)
+                partitions = existing or spec.partitions
+                report = topics.ensure(spec.dead_letter_topic, partitions, spec.replication_factor, {})
+    except SecretMissing as exc:
+        raise retry_later(body, patch, runtime, "SecretMissing", exc) from exc
+    except BrokerUnavailable as exc:
+        raise retry_later(body, patch, runtime, "BrokerUnavailable", exc) from exc
+    problems[param] = report.problem
+    if report.problem:
+        raise kopf.PermanentError(report.problem)
+
+
+def report_status(body: kopf.Body, patch: kopf.Patch, memo: Any, **_: Any) -> None:
+    runtime: Runtime = memo.runtime
+    spec = parse(body, patch)
+    try:
+        with admin(runtime, spec, str(body.metadata.namespace)) as topics:
+            partitions = topics.partitions()
+    except SecretMissing as exc:
+        raise retry_later(body, patch, runtime, "SecretMissing", exc) from exc
+    except BrokerUnavailable as exc:
+        raise retry_later(body, patch, runtime, "BrokerUnavailable", exc) from exc
+    write_status(body, patch, observed_status(body, spec, partitions, memo.get("problems", {})))
+
+
+def observe(body: kopf.Body, patch: kopf.Patch, memo: Any, logger: kopf.Logger, **_: Any) -> None:
+    """The periodic check: re-create vanished topics, then write what is observed."""
+    runtime: Runtime = memo.runtime
+    try:
+        spec = KafkaQueueSpec.from_body(body)
+    except SpecError as exc:
+        set_ready(body, patch, False, "InvalidSpec", str(exc))
+        return
+    try:
+        with admin(runtime, spec, str(body.metadata.namespace)) as topics:
+            partitions = topics.partitions()
+            for name in (spec.topic, spec.dead_letter_topic):
+                if name not in partitions:
+                    logger.warning("topic %s is missing on the brokers; creating it", name)
+                    topics.ensure(name, spec.partitions, spec.replication_factor, spec.topic_config)
+            partitions = topics.partitions()
+    except (SecretMissing, BrokerUnavailable) as exc:
+        reason = "SecretMissing" if isinstance(exc, SecretMissing) else "BrokerUnavailable"
+        set_ready(body, patch, False, reason, f"{exc}; retrying in {runtime.options.reconcile_interval:g}s")
+        return
+    write_status(body, patch, observed_status(body, spec, partitions, memo.get("problems", {})))
+
+
+def observed_status(
+    body: Mapping[str, Any], spec: KafkaQueueSpec, partitions: Mapping[str, int], problems: Mapping[str, Any]
+) -> dict[str, Any]:
+    fields: dict[str, Any] = {"topic": spec.topic, "deadLetterTopic": spec.dead_letter_topic}
+    actual = partitions.get(spec.topic)
+    if actual is None:
+        return with_ready(body, False, "TopicMissing", f"topic {spec.topic} does not exist yet", **fields)
+    fields["partitions"] = actual
+    if actual > spec.partitions:
+        message = problems.get(TOPIC) or (
+            f"topic {spec.topic} has {actual} partitions and spec asks for {spec.partitions}: Kafka cannot "
+            f"remove partitions, so the decrease is refused; set partitions to {actual} or more"
+        )
+        return with_ready(body, False, "PartitionDecreaseRefused", message, **fields)
+    if actual < spec.partitions:
+        message = problems.get(TOPIC) or (
+            f"topic {spec.topic} has {actual} partitions and spec asks for {spec.partitions}; "
+            "the brokers have not added them"
+        )
+        return with_ready(body, False, "PartitionsNotRaised", message, **fields)
+    if spec.dead_letter_topic not in partitions:
+        message = f"dead-letter topic {spec.dead_letter_topic} does not exist yet"
+        return with_ready(body, False, "DeadLetterTopicMissing", message, **fields)
+    message = f"topic {spec.topic} has {actual} partitions; dead letters go to {spec.dead_letter_topic}"
+    return with_ready(body, True, "TopicReady", message, **fields)
+
+
+def delete_topics(body: kopf.Body, memo: Any, logger: kopf.Logger, **_: Any) -> None:
+    runtime: Runtime = memo.runtime
+    try:
+        spec = KafkaQueueSpec.from_body(body)
+    except SpecError:
+        logger.warning("the spec is invalid, so no topic is known to delete; leaving the brokers alone")
+        return
+    if spec.deletion_policy != "Delete":
+        logger.info(
+            "deletionPolicy is %s: keeping topics %s and %s",
+            spec.deletion_policy,
+            spec.topic,
+            spec.dead_letter_topic,
+        )
+        return
+    try:
+        with admin(runtime, spec, str(body.metadata.namespace)) as topics:
+            deleted = topics.delete([spec.topic, spec.dead_letter_topic])
+    except (SecretMissing, BrokerUnavailable) as exc:
+        raise kopf.TemporaryError(
+            f"cannot delete the topics yet: {exc}", delay=runtime.options.retry_delay
+        ) from exc
+    logger.info("deletionPolicy Delete: deleted topics %s", ", ".join(deleted) or "(none were left)")

@@ -1,0 +1,51 @@
+"""The operator's runtime knobs and the kopf settings made from them."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import kopf
+
+GROUP = "queue-operator.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+FINALIZER = f"{GROUP}/finalizer"
+
+
+@dataclass(frozen=True)
+class Options:
+    """Timings in seconds; the defaults suit a cluster, tests shorten them."""
+
+    reconcile_interval: float = 60.0  # the periodic check of actual against desired state
+    retry_delay: float = 10.0  # wait before retrying a step that failed for a transient reason
+    watch_timeout: float = 300.0  # server-side watch timeout; kopf re-lists and re-watches after it
+    kafka_timeout: float = 5.0  # bound of each call to the Kafka brokers
+    delete_retries: int = 30  # tries to delete topics before the finalizer is released anyway
+    workers: int = 8  # threads for the (blocking) handlers
+
+
+def operator_settings(options: Options) -> kopf.OperatorSettings:
+    settings = kopf.OperatorSettings()
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration"
+    )
+    settings.watching.server_timeout = int(options.watch_timeout)
+    settings.watching.client_timeout = int(options.watch_timeout) + 10
+    settings.watching.connect_timeout = 10
+    settings.networking.request_timeout = 30
+    settings.execution.max_workers = options.workers
+    # Handler successes are logged; only warnings and errors become Kubernetes events.
+    settings.posting.level = logging.WARNING
+    return settings
+
+
+class Runtime:
+    """What every handler needs, handed over through kopf's ``memo``."""
+
+    def __init__(self, options: Options, kube: Any) -> None:
+        self.options = options
+        self.kube = kube

@@ -1,0 +1,137 @@
+"""The one thin, idempotent layer between the operator and the Kubernetes API.
+
+Create-or-patch (409 on create means "exists": merge-patch it to the desired state), delete
+(404 means "already gone"), read (404 means ``None``) and Secret values. Objects are plain
+dicts in and out: the requests go through the ``kubernetes`` client's configuration, auth and
+connection pool, but skip its typed models, which the operator does not need.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+log = logging.getLogger("queue_operator.kube")
+
+MERGE_PATCH = "application/merge-patch+json"
+
+# apiVersion, kind -> plural: the kinds this operator reads or writes.
+PLURALS: dict[tuple[str, str], str] = {
+    ("v1", "Service"): "services",
+    ("v1", "Secret"): "secrets",
+    ("v1", "ConfigMap"): "configmaps",
+    ("apps/v1", "StatefulSet"): "statefulsets",
+    ("policy/v1", "PodDisruptionBudget"): "poddisruptionbudgets",
+    ("queue-operator.dev/v1alpha1", "DelayQueue"): "delayqueues",
+    ("queue-operator.dev/v1alpha1", "KafkaQueue"): "kafkaqueues",
+}
+
+
+class KubeError(Exception):
+    """The API answered an error other than the ones this layer absorbs."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(f"{status} {reason}: {message}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+
+class SecretMissing(Exception):
+    """A referenced Secret or key does not exist (the message names it, never its value)."""
+
+
+def object_path(api_version: str, kind: str, namespace: str | None, name: str | None = None) -> str:
+    plural = PLURALS.get((api_version, kind))
+    if plural is None:
+        raise ValueError(f"queue_operator.kube does not know {kind} ({api_version})")
+    root = f"/apis/{api_version}" if "/" in api_version else f"/api/{api_version}"
+    path = f"{root}/namespaces/{namespace}/{plural}" if namespace else f"{root}/{plural}"
+    return f"{path}/{name}" if name else path
+
+
+class Kube:
+    """Idempotent object operations over one ``kubernetes.client.ApiClient``."""
+
+    def __init__(self, api_client: Any) -> None:
+        self._client = api_client
+
+    @classmethod
+    def from_environment(cls) -> Kube:
+        """In-cluster service account credentials, else the kubeconfig (``KUBECONFIG``)."""
+        from kubernetes import client, config  # noqa: PLC0415 - heavy import, only when run
+
+        try:
+            config.load_incluster_config()  # type: ignore[no-untyped-call]
+        except config.ConfigException:
+            config.load_kube_config()  # type: ignore[no-untyped-call]
+        return cls(client.ApiClient())
+
+    def _request(
+        self, method: str, path: str, body: Any = None, content_type: str = "application/json"
+    ) -> tuple[int, dict[str, Any]]:
+        serialized = self._client.param_serialize(
+            method=method,
+            resource_path=path,
+            header_params={"Content-Type": content_type, "Accept": "application/json"},
+            body=body,
+            auth_settings=["BearerToken"],
+        )
+        response = self._client.call_api(*serialized)
+        raw = response.read()
+        try:
+            payload = json.loads(raw) if raw else {}
+        except ValueError:
+            payload = {"message": raw[:200].decode(errors="replace")}
+        return int(response.status), payload if isinstance(payload, dict) else {}
+
+    def _checked(self, status: int, payload: dict[str, Any]) -> dict[str, Any]:
+        if status >= 400:
+            raise KubeError(status, str(payload.get("reason", "")), str(payload.get("message", "")))
+        return payload
+
+    def read(self, api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        status, payload = self._request("GET", object_path(api_version, kind, namespace, name))
+        return None if status == 404 else self._checked(status, payload)
+
+    def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        """Create the object, or merge-patch the existing one to it (409 on create = exists)."""
+        meta = obj["metadata"]
+        api_version, kind, namespace = obj["apiVersion"], obj["kind"], meta.get("namespace")
+        status, payload = self._request("POST", object_path(api_version, kind, namespace), dict(obj))
+        if status != 409:
+            created = self._checked(status, payload)
+            log.debug("created %s %s/%s", kind, namespace, meta["name"])
+            return created
+        status, payload = self._request(
+            "PATCH", object_path(api_version, kind, namespace, meta["name"]), dict(obj), MERGE_PATCH
+        )
+        return self._checked(status, payload)
+
+    def delete(self, api_version: str, kind: str, namespace: str | None, name: str) -> bool:
+        """Delete; ``False`` when it was already gone (404)."""
+        status, payload = self._request("DELETE", object_path(api_version, kind, namespace, name))
+        if status == 404:
+            return False
+        self._checked(status, payload)
+        return True
+
+    def patch_status(
+        self, api_version: str, kind: str, namespace: str, name: str, status_patch: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        path = object_path(api_version, kind, namespace, name) + "/status"
+        status, payload = self._request("PATCH", path, {"status": dict(status_patch)}, MERGE_PATCH)
+        return self._checked(status, payload)
+
+    def secret_value(self, namespace: str, name: str, key: str) -> str:
+        """One decoded value of a Secret in ``namespace``; :class:`SecretMissing` names what is absent."""
+        secret = self.read("v1", "Secret", namespace, name)
+        if secret is None:
+            raise SecretMissing(f"Secret {namespace}/{name} does not exist")
+        data = secret.get("data") or {}
+        if key not in data:
+            raise SecretMissing(f"Secret {namespace}/{name} has no key {key!r}")
+        return base64.b64decode(data[key]).decode()

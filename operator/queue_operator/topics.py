@@ -1,0 +1,220 @@
+"""Kafka topic administration for KafkaQueues: ensure, inspect and delete topics.
+
+The brokers decide what is possible: a topic is created with its partitions, replication
+factor and config; an existing topic gets its config applied and its partitions raised
+(Kafka cannot remove partitions, so a decrease is refused and reported, never attempted).
+Errors come back as values a status condition can show: :class:`BrokerUnavailable` means
+"try again later", a :class:`TopicReport` with a ``problem`` means "a person must act".
+
+Existence is checked with a metadata request for *all* topics: asking for one topic by name
+makes brokers with ``auto.create.topics.enable`` (tansu, Kafka's default) create it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    NewPartitions,
+    NewTopic,
+)
+
+from queue_engine.kq.security import KafkaSecurity
+
+log = logging.getLogger("queue_operator.topics")
+librdkafka_log = logging.getLogger("queue_operator.topics.librdkafka")
+
+
+class BrokerUnavailable(Exception):
+    """The brokers did not answer (or answered a transient error): retry later."""
+
+
+@dataclass(frozen=True)
+class TopicReport:
+    """What a topic looks like on the brokers after ensuring it, and what could not be done."""
+
+    name: str
+    partitions: int
+    created: bool = False
+    problem: str | None = None  # set when the topic differs from the spec and a person must act
+
+
+def _error(exc: KafkaException) -> KafkaError | None:
+    return exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+
+
+def _describe(exc: BaseException) -> str:
+    err = _error(exc) if isinstance(exc, KafkaException) else None
+    return f"{err.str()} ({err.name()})" if err is not None else str(exc)
+
+
+class TopicAdmin:
+    """Topic operations on one cluster; every call is bounded by ``timeout`` seconds."""
+
+    def __init__(
+        self,
+        brokers: Iterable[str],
+        security: KafkaSecurity | None = None,
+        timeout: float = 5.0,
+        ca_pem: str | None = None,
+    ) -> None:
+        self.brokers = ",".join(brokers)
+        self.timeout = timeout
+        self._ca_file: str | None = None
+        if ca_pem is not None:
+            # librdkafka reads the CA bundle from a file; keep it private to this process.
+            fd, self._ca_file = tempfile.mkstemp(prefix="queue-operator-ca-", suffix=".pem")
+            with os.fdopen(fd, "w") as handle:
+                handle.write(ca_pem)
+            base = security or KafkaSecurity()
+            security = KafkaSecurity(
+                sasl_mechanism=base.sasl_mechanism,
+                username=base.username,
+                password=base.password,
+                tls=True,
+                ca_location=self._ca_file,
+            )
+        config: dict[str, Any] = {
+            "bootstrap.servers": self.brokers,
+            "logger": librdkafka_log,
+            "socket.timeout.ms": int(timeout * 1000),
+            "reconnect.backoff.max.ms": 1000,
+        }
+        if security is not None:
+            config.update(security.librdkafka_config())
+        self._admin = AdminClient(config)
+
+    def close(self) -> None:
+        if self._ca_file is not None:
+            os.unlink(self._ca_file)
+            self._ca_file = None
+
+    def __enter__(self) -> TopicAdmin:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def partitions(self) -> dict[str, int]:
+        """Every topic on the cluster with its partition count."""
+        try:
+            metadata = self._admin.list_topics(timeout=self.timeout)
+        except KafkaException as exc:
+            raise BrokerUnavailable(f"brokers {self.brokers} did not answer: {_describe(exc)}") from exc
+        return {name: len(topic.partitions) for name, topic in metadata.topics.items() if topic.error is None}
+
+    def ensure(
+        self, name: str, partitions: int, replication_factor: int, config: Mapping[str, str]
+    ) -> TopicReport:
+        """Create the topic, or bring an existing one as close to the spec as Kafka allows."""
+        existing = self.partitions()
+        if name not in existing:
+            return self._create(name, partitions, replication_factor, config)
+        current = existing[name]
+        self._apply_config(name, config)
+        if current > partitions:
+            return TopicReport(
+                name,
+                current,
+                problem=(
+                    f"topic {name} has {current} partitions and spec asks for {partitions}: Kafka cannot "
+                    f"remove partitions, so the decrease is refused; set partitions to {current} or more"
+                ),
+            )
+        if current < partitions:
+            return self._raise_partitions(name, current, partitions)
+        return TopicReport(name, current)
+
+    def _create(
+        self, name: str, partitions: int, replication_factor: int, config: Mapping[str, str]
+    ) -> TopicReport:
+        topic = NewTopic(
+            name, num_partitions=partitions, replication_factor=replication_factor, config=dict(config)
+        )
+        future = self._admin.create_topics([topic], request_timeout=self.timeout)[name]
+        try:
+            future.result(timeout=self.timeout * 2)
+        except KafkaException as exc:
+            err = _error(exc)
+            if err is not None and err.code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                return TopicReport(name, self.partitions().get(name, partitions))
+            if err is not None and not err.retriable() and err.code() not in _TRANSIENT:
+                return TopicReport(
+                    name, 0, problem=f"the brokers refused to create topic {name}: {_describe(exc)}"
+                )
+            raise BrokerUnavailable(f"creating topic {name} failed: {_describe(exc)}") from exc
+        log.info(
+            "created topic %s (%d partitions, replication factor %d)", name, partitions, replication_factor
+        )
+        return TopicReport(name, partitions, created=True)
+
+    def _raise_partitions(self, name: str, current: int, wanted: int) -> TopicReport:
+        future = self._admin.create_partitions([NewPartitions(name, wanted)], request_timeout=self.timeout)[
+            name
+        ]
+        try:
+            future.result(timeout=self.timeout * 2)
+        except KafkaException as exc:
+            err = _error(exc)
+            if err is not None and err.code() in _TRANSIENT:
+                raise BrokerUnavailable(f"raising partitions of {name} failed: {_describe(exc)}") from exc
+            return TopicReport(
+                name,
+                current,
+                problem=(
+                    f"topic {name} has {current} partitions and spec asks for {wanted}, but the brokers "
+                    f"refused to add partitions: {_describe(exc)}"
+                ),
+            )
+        log.info("raised partitions of topic %s from %d to %d", name, current, wanted)
+        return TopicReport(name, wanted)
+
+    def _apply_config(self, name: str, config: Mapping[str, str]) -> None:
+        if not config:
+            return
+        entries = [
+            ConfigEntry(key, value, incremental_operation=AlterConfigOpType.SET)
+            for key, value in config.items()
+        ]
+        resource = ConfigResource("topic", name, incremental_configs=entries)
+        future = self._admin.incremental_alter_configs([resource], request_timeout=self.timeout)[resource]
+        try:
+            future.result(timeout=self.timeout * 2)
+        except KafkaException as exc:
+            raise BrokerUnavailable(f"applying the config of topic {name} failed: {_describe(exc)}") from exc
+
+    def delete(self, names: Iterable[str]) -> list[str]:
+        """Delete the topics that exist; returns those deleted (absent ones are already gone)."""
+        present = [name for name in names if name in self.partitions()]
+        if not present:
+            return []
+        futures = self._admin.delete_topics(present, request_timeout=self.timeout)
+        for name, future in futures.items():
+            try:
+                future.result(timeout=self.timeout * 2)
+            except KafkaException as exc:
+                err = _error(exc)
+                if err is None or err.code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
+                    raise BrokerUnavailable(f"deleting topic {name} failed: {_describe(exc)}") from exc
+        log.info("deleted topics %s", ", ".join(present))
+        return present
+
+
+_TRANSIENT = {
+    KafkaError._TRANSPORT,
+    KafkaError._TIMED_OUT,
+    KafkaError._ALL_BROKERS_DOWN,
+    KafkaError.REQUEST_TIMED_OUT,
+    KafkaError.NOT_CONTROLLER,
+    KafkaError.LEADER_NOT_AVAILABLE,
+}
