@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from queue_engine.policy import DeliveryPolicy
@@ -88,7 +88,9 @@ class DelayQueueSpec:
     persistence_size: str
     storage_class_name: str | None
     fsync_millis: int | None  # None: beanstalkd's default (fsync at most every 50 ms)
-    redis_url: str | None  # exactly one of redis_url and redis_secret_ref is set
+    # Exactly one of redis_url and redis_secret_ref is set. The URL may carry a password: kept
+    # out of repr() so that logging a spec never shows it.
+    redis_url: str | None = field(repr=False)
     redis_secret_ref: SecretRef | None  # the key holds the Redis URL
     delivery: dict[str, Any]  # camelCase delivery policy as given (checked parseable)
 
@@ -411,11 +413,11 @@ def _auth(spec: Mapping[str, Any]) -> tuple[str | None, SaslSecretRef | None, bo
                 "spec.auth.sasl.secretRef.name is missing; name a Secret with keys username and password"
             )
         keys = []
-        for field, default in (("usernameKey", "username"), ("passwordKey", "password")):
-            key = _str(ref, field, f"spec.auth.sasl.secretRef.{field}", default)
+        for key_field, default in (("usernameKey", "username"), ("passwordKey", "password")):
+            key = _str(ref, key_field, f"spec.auth.sasl.secretRef.{key_field}", default)
             if not _SECRET_KEY.match(key):
                 raise SpecError(
-                    f"spec.auth.sasl.secretRef.{field} {key!r}: a Secret key has only letters, digits, "
+                    f"spec.auth.sasl.secretRef.{key_field} {key!r}: a Secret key has only letters, digits, "
                     "'-', '_' and '.'"
                 )
             keys.append(key)

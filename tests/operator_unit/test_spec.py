@@ -382,3 +382,9 @@ def test_kafkaqueue_errors_name_the_field(spec: dict[str, Any], message: str) ->
 
 def test_spec_error_is_a_value_error() -> None:
     assert issubclass(SpecError, ValueError)
+
+
+def test_a_redis_password_never_shows_in_the_spec_repr() -> None:
+    spec = DelayQueueSpec.from_body(dq_body({"redis": {"url": "redis://:hunter2@redis:6379/0"}}))
+    assert spec.redis_url == "redis://:hunter2@redis:6379/0"
+    assert "hunter2" not in repr(spec)
