@@ -10,7 +10,7 @@ import yaml
 
 from queue_sidecar.config import ConfigError, DelayQueueConfig, KafkaQueueConfig, load_config, parse_config
 
-from .conftest import SIDECAR_BIN
+from .conftest import REPO, SIDECAR_BIN
 
 SPEC_EXAMPLE = """
 app:      {protocol: http, port: 8080, path: /messages, maxConcurrency: 8, timeout: 30s}
@@ -173,3 +173,8 @@ def _merge(base: object, change: object) -> object:
     if isinstance(base, list) and isinstance(change, list):
         return [_merge(b, c) for b, c in zip(base, change, strict=False)] + base[len(change) :]
     return change
+
+
+def test_the_shipped_example_config_is_valid() -> None:
+    config = load_config(REPO / "examples" / "sidecar" / "sidecar.yaml")
+    assert [q.name for q in config.queues] == ["reminders", "orders"]
