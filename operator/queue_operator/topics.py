@@ -39,6 +39,10 @@ class BrokerUnavailable(Exception):
     """The brokers did not answer (or answered a transient error): retry later."""
 
 
+class ClientConfigInvalid(Exception):
+    """librdkafka refused the connection settings (e.g. a CA bundle that is not PEM)."""
+
+
 @dataclass(frozen=True)
 class TopicReport:
     """What a topic looks like on the brokers after ensuring it, and what could not be done."""
@@ -92,7 +96,13 @@ class TopicAdmin:
         }
         if security is not None:
             config.update(security.librdkafka_config())
-        self._admin = AdminClient(config)
+        try:
+            self._admin = AdminClient(config)
+        except KafkaException as exc:
+            self.close()
+            raise ClientConfigInvalid(
+                f"cannot set up a Kafka client for {self.brokers}: {_describe(exc)}"
+            ) from exc
 
     def close(self) -> None:
         if self._ca_file is not None:

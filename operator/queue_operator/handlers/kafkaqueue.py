@@ -20,7 +20,7 @@ from queue_operator.handlers.conditions import set_ready, with_ready, write_stat
 from queue_operator.handlers.options import GROUP, VERSION, Options, Runtime
 from queue_operator.kube import SecretMissing
 from queue_operator.spec import KafkaQueueSpec, SpecError
-from queue_operator.topics import BrokerUnavailable, TopicAdmin
+from queue_operator.topics import BrokerUnavailable, ClientConfigInvalid, TopicAdmin
 
 PLURAL = "kafkaqueues"
 TOPIC, DEAD_LETTER = "topic", "dead-letter-topic"
@@ -55,7 +55,11 @@ def parse(body: Mapping[str, Any], patch: kopf.Patch) -> KafkaQueueSpec:
 
 
 def admin(runtime: Runtime, spec: KafkaQueueSpec, namespace: str) -> TopicAdmin:
-    """A topic admin for the spec's brokers, authenticated from the referenced Secrets."""
+    """A topic admin for the spec's brokers, authenticated from the referenced Secrets.
+
+    Raises :class:`SecretMissing` or :class:`ClientConfigInvalid` (with the Secret to check)
+    for what a person must fix, :class:`BrokerUnavailable` for what may pass by itself.
+    """
     security = None
     if spec.sasl_mechanism and spec.sasl_secret_ref:
         ref = spec.sasl_secret_ref
@@ -70,7 +74,24 @@ def admin(runtime: Runtime, spec: KafkaQueueSpec, namespace: str) -> TopicAdmin:
     ca_pem = None
     if spec.tls_ca_secret_ref is not None:
         ca_pem = runtime.kube.secret_value(namespace, spec.tls_ca_secret_ref.name, spec.tls_ca_secret_ref.key)
-    return TopicAdmin(spec.brokers, security, timeout=runtime.options.kafka_timeout, ca_pem=ca_pem)
+    try:
+        return TopicAdmin(spec.brokers, security, timeout=runtime.options.kafka_timeout, ca_pem=ca_pem)
+    except ClientConfigInvalid as exc:
+        secrets = [ref.name for ref in (spec.sasl_secret_ref, spec.tls_ca_secret_ref) if ref is not None]
+        hint = f"; check Secret {', '.join(secrets)}" if secrets else ""
+        raise ClientConfigInvalid(f"{exc}{hint}") from exc
+
+
+# Failures reported in Ready and retried: (exception, condition reason).
+RETRIED: tuple[tuple[type[Exception], str], ...] = (
+    (SecretMissing, "SecretMissing"),
+    (ClientConfigInvalid, "InvalidClientConfig"),
+    (BrokerUnavailable, "BrokerUnavailable"),
+)
+
+
+def reason_of(exc: Exception) -> str:
+    return next(reason for kind, reason in RETRIED if isinstance(exc, kind))
 
 
 def retry_later(
@@ -104,10 +125,8 @@ def ensure_topic(*, param: Any = None, body: kopf.Body, patch: kopf.Patch, memo:
                 existing = topics.partitions().get(spec.dead_letter_topic)
                 partitions = existing or spec.partitions
                 report = topics.ensure(spec.dead_letter_topic, partitions, spec.replication_factor, {})
-    except SecretMissing as exc:
-        raise retry_later(body, patch, runtime, "SecretMissing", exc) from exc
-    except BrokerUnavailable as exc:
-        raise retry_later(body, patch, runtime, "BrokerUnavailable", exc) from exc
+    except (SecretMissing, ClientConfigInvalid, BrokerUnavailable) as exc:
+        raise retry_later(body, patch, runtime, reason_of(exc), exc) from exc
     problems[param] = report.problem
     if report.problem:
         raise kopf.PermanentError(report.problem)
@@ -119,10 +138,8 @@ def report_status(body: kopf.Body, patch: kopf.Patch, memo: Any, **_: Any) -> No
     try:
         with admin(runtime, spec, str(body.metadata.namespace)) as topics:
             partitions = topics.partitions()
-    except SecretMissing as exc:
-        raise retry_later(body, patch, runtime, "SecretMissing", exc) from exc
-    except BrokerUnavailable as exc:
-        raise retry_later(body, patch, runtime, "BrokerUnavailable", exc) from exc
+    except (SecretMissing, ClientConfigInvalid, BrokerUnavailable) as exc:
+        raise retry_later(body, patch, runtime, reason_of(exc), exc) from exc
     write_status(body, patch, observed_status(body, spec, partitions, memo.get("problems", {})))
 
 
@@ -142,9 +159,9 @@ def observe(body: kopf.Body, patch: kopf.Patch, memo: Any, logger: kopf.Logger, 
                     logger.warning("topic %s is missing on the brokers; creating it", name)
                     topics.ensure(name, spec.partitions, spec.replication_factor, spec.topic_config)
             partitions = topics.partitions()
-    except (SecretMissing, BrokerUnavailable) as exc:
-        reason = "SecretMissing" if isinstance(exc, SecretMissing) else "BrokerUnavailable"
-        set_ready(body, patch, False, reason, f"{exc}; retrying in {runtime.options.reconcile_interval:g}s")
+    except (SecretMissing, ClientConfigInvalid, BrokerUnavailable) as exc:
+        message = f"{exc}; retrying in {runtime.options.reconcile_interval:g}s"
+        set_ready(body, patch, False, reason_of(exc), message)
         return
     write_status(body, patch, observed_status(body, spec, partitions, memo.get("problems", {})))
 
@@ -194,7 +211,7 @@ def delete_topics(body: kopf.Body, memo: Any, logger: kopf.Logger, **_: Any) -> 
     try:
         with admin(runtime, spec, str(body.metadata.namespace)) as topics:
             deleted = topics.delete([spec.topic, spec.dead_letter_topic])
-    except (SecretMissing, BrokerUnavailable) as exc:
+    except (SecretMissing, ClientConfigInvalid, BrokerUnavailable) as exc:
         raise kopf.TemporaryError(
             f"cannot delete the topics yet: {exc}", delay=runtime.options.retry_delay
         ) from exc

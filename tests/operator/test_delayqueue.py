@@ -1,0 +1,152 @@
+"""DelayQueue end to end: the operator process provisions beanstalkd children and reports status."""
+
+from __future__ import annotations
+
+import json
+
+from harness.kube_operator import Cluster, OperatorProcess, eventually, example
+
+PLURAL = "delayqueues"
+
+
+def children_of(cluster: Cluster, name: str) -> tuple[object, object, object]:
+    child = f"{name}-beanstalkd"
+    return (
+        cluster.core.read_namespaced_service(child, cluster.namespace),
+        cluster.apps.read_namespaced_stateful_set(child, cluster.namespace),
+        cluster.policy.read_namespaced_pod_disruption_budget(child, cluster.namespace),
+    )
+
+
+def set_ready_pods(cluster: Cluster, name: str, ready: int) -> None:
+    """The emulator runs no controllers: play the StatefulSet controller reporting pods."""
+    cluster.apps.patch_namespaced_stateful_set_status(
+        f"{name}-beanstalkd", cluster.namespace, {"status": {"replicas": ready, "readyReplicas": ready}}
+    )
+
+
+def test_example_creates_owned_children_and_ready_status(cluster: Cluster, operator: OperatorProcess) -> None:
+    cluster.apply(example("delayqueue.yaml"))
+    service, statefulset, pdb = eventually(lambda: children_of(cluster, "reminders"), what="children")
+    owner = cluster.get(PLURAL, "reminders")
+    for child in (service, statefulset, pdb):
+        refs = child.metadata.owner_references  # type: ignore[attr-defined]
+        assert [(r.kind, r.name, r.uid, r.controller) for r in refs] == [
+            ("DelayQueue", "reminders", owner["metadata"]["uid"], True)
+        ]
+        labels = child.metadata.labels  # type: ignore[attr-defined]
+        assert labels["app.kubernetes.io/instance"] == "reminders"
+        assert labels["app.kubernetes.io/managed-by"] == "queue-operator"
+    assert service.spec.cluster_ip == "None"  # type: ignore[attr-defined]
+    assert statefulset.spec.replicas == 3  # type: ignore[attr-defined]
+    args = statefulset.spec.template.spec.containers[0].args  # type: ignore[attr-defined]
+    assert args[args.index("-z") + 1] == "65535" and "-b" in args
+
+    ready = eventually(lambda: cluster.ready(PLURAL, "reminders"), what="a Ready condition")
+    assert (ready["status"], ready["reason"]) == ("False", "NodesNotReady")
+    assert "0/3" in ready["message"]
+    status = cluster.get(PLURAL, "reminders")["status"]
+    assert status["observedGeneration"] == 1
+    assert status["endpoints"] == [
+        f"reminders-beanstalkd-{i}.reminders-beanstalkd.{cluster.namespace}.svc.cluster.local:11300"
+        for i in range(3)
+    ]
+
+    set_ready_pods(cluster, "reminders", 3)
+    eventually(lambda: cluster.ready(PLURAL, "reminders")["status"] == "True", what="Ready=True")
+    assert cluster.get(PLURAL, "reminders")["status"]["readyReplicas"] == 3
+    assert "Traceback" not in operator.log()
+
+
+def test_full_example_with_persistence_settings(cluster: Cluster, operator: OperatorProcess) -> None:
+    cluster.apply(example("delayqueue-full.yaml"))
+    _, statefulset, _ = eventually(lambda: children_of(cluster, "invoices"), what="children")
+    assert statefulset.spec.replicas == 5  # type: ignore[attr-defined]
+    container = statefulset.spec.template.spec.containers[0]  # type: ignore[attr-defined]
+    assert container.args[container.args.index("-f") + 1] == "0"
+    assert container.args[container.args.index("-z") + 1] == "262144"
+    claim = statefulset.spec.volume_claim_templates[0]  # type: ignore[attr-defined]
+    assert claim.spec.storage_class_name == "standard"
+    assert claim.spec.resources.requests["storage"] == "5Gi"
+    eventually(lambda: len(cluster.get(PLURAL, "invoices")["status"]["endpoints"]) == 5, what="5 endpoints")
+    secret_url = "redis://:change-me@"
+    assert secret_url not in json.dumps(cluster.get(PLURAL, "invoices")["status"])
+    assert secret_url not in operator.log()
+
+
+def test_update_scales_and_changes_image(cluster: Cluster, operator: OperatorProcess) -> None:
+    cluster.apply(example("delayqueue.yaml"))
+    eventually(lambda: children_of(cluster, "reminders"), what="children")
+    cluster.patch(PLURAL, "reminders", {"spec": {"replicas": 5, "image": "example.org/beanstalkd:1.13"}})
+
+    def scaled() -> bool:
+        sts = cluster.apps.read_namespaced_stateful_set("reminders-beanstalkd", cluster.namespace)
+        return bool(
+            sts.spec.replicas == 5
+            and sts.spec.template.spec.containers[0].image == "example.org/beanstalkd:1.13"
+        )
+
+    eventually(scaled, what="StatefulSet scaled to 5 with the new image")
+    eventually(
+        lambda: cluster.get(PLURAL, "reminders")["status"]["observedGeneration"] == 2, what="generation 2"
+    )
+    assert len(cluster.get(PLURAL, "reminders")["status"]["endpoints"]) == 5
+    set_ready_pods(cluster, "reminders", 5)
+    eventually(lambda: cluster.ready(PLURAL, "reminders")["message"].startswith("5/5"), what="5/5 ready")
+
+
+def test_delete_removes_the_resource_and_its_children(cluster: Cluster, operator: OperatorProcess) -> None:
+    cluster.apply(example("delayqueue.yaml"))
+    eventually(lambda: children_of(cluster, "reminders"), what="children")
+    eventually(lambda: cluster.ready(PLURAL, "reminders"), what="status")
+    cluster.delete(PLURAL, "reminders")
+    eventually(lambda: cluster.gone(PLURAL, "reminders"), what="the DelayQueue gone (finalizer released)")
+    assert cluster.apps.list_namespaced_stateful_set(cluster.namespace).items == []
+    assert cluster.core.list_namespaced_service(cluster.namespace).items == []
+    assert cluster.policy.list_namespaced_pod_disruption_budget(cluster.namespace).items == []
+
+
+def test_operator_restart_creates_no_duplicates(cluster: Cluster, operator: OperatorProcess) -> None:
+    doc = example("delayqueue.yaml")[0]
+    cluster.apply([doc, {**doc, "metadata": {"name": "second"}}])
+    eventually(lambda: children_of(cluster, "reminders") and children_of(cluster, "second"), what="children")
+    before = {
+        s.metadata.name: s.metadata.uid
+        for s in cluster.apps.list_namespaced_stateful_set(cluster.namespace).items
+    }
+    operator.restart()
+    eventually(lambda: operator.log().count("Handler 'reconcile' succeeded") >= 4, what="both resumed")
+    after = {
+        s.metadata.name: s.metadata.uid
+        for s in cluster.apps.list_namespaced_stateful_set(cluster.namespace).items
+    }
+    assert after == before, "the same two StatefulSets, not re-created"
+    assert len(cluster.core.list_namespaced_service(cluster.namespace).items) == 2
+    for name in ("reminders", "second"):
+        finalizers = cluster.get(PLURAL, name)["metadata"]["finalizers"]
+        assert finalizers == ["queue-operator.dev/finalizer"]
+
+
+def test_missing_child_is_recreated_by_the_periodic_check(
+    cluster: Cluster, operator: OperatorProcess
+) -> None:
+    cluster.apply(example("delayqueue.yaml"))
+    _, statefulset, _ = eventually(lambda: children_of(cluster, "reminders"), what="children")
+    cluster.apps.delete_namespaced_stateful_set("reminders-beanstalkd", cluster.namespace)
+
+    def recreated() -> bool:
+        sts = cluster.apps.read_namespaced_stateful_set("reminders-beanstalkd", cluster.namespace)
+        return bool(sts.metadata.uid != statefulset.metadata.uid)  # type: ignore[attr-defined]
+
+    eventually(recreated, what="a new StatefulSet")
+
+
+def test_invalid_spec_is_reported_in_the_ready_condition(cluster: Cluster, operator: OperatorProcess) -> None:
+    doc = example("delayqueue.yaml")[0]
+    long_name = "a-delay-queue-name-that-is-far-too-long-for-dns"
+    cluster.create({**doc, "metadata": {"name": long_name}})
+    ready = eventually(lambda: cluster.ready(PLURAL, long_name), what="a Ready condition")
+    assert (ready["status"], ready["reason"]) == ("False", "InvalidSpec")
+    assert "at most 41 characters" in ready["message"]
+    assert cluster.apps.list_namespaced_stateful_set(cluster.namespace).items == []
+    assert operator.running

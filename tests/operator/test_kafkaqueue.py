@@ -1,0 +1,165 @@
+"""KafkaQueue end to end: the operator process manages topics on the real (tansu) broker."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+from confluent_kafka.admin import AdminClient
+
+from harness.kube_operator import Cluster, OperatorProcess, eventually, example
+from harness.servers import Tansu
+
+PLURAL = "kafkaqueues"
+
+
+def topics_on(broker: Tansu) -> dict[str, int]:
+    """Every topic with its partitions (a metadata request for all topics creates none)."""
+    metadata = AdminClient({"bootstrap.servers": broker.bootstrap}).list_topics(timeout=10)
+    return {name: len(topic.partitions) for name, topic in metadata.topics.items() if topic.error is None}
+
+
+def kafkaqueue(
+    broker: Tansu, unique: str, file: str = "kafkaqueue.yaml", **spec: Any
+) -> list[dict[str, Any]]:
+    """An example pointed at the test broker, with topic names no other test uses."""
+    docs = copy.deepcopy(example(file))
+    queue = docs[-1]
+    queue["spec"]["brokers"] = [broker.bootstrap]
+    topic = queue["spec"].setdefault("topic", {})
+    topic["name"] = f"{unique}.{topic.get('name', queue['metadata']['name'])}"
+    if "deadLetterTopic" in queue["spec"]:
+        queue["spec"]["deadLetterTopic"] = f"{unique}.{queue['spec']['deadLetterTopic']}"
+    queue["spec"].update(spec)
+    return docs
+
+
+def test_example_creates_topic_and_dead_letter_topic(
+    cluster: Cluster, operator: OperatorProcess, kafka_broker: Tansu, unique: str
+) -> None:
+    cluster.apply(kafkaqueue(kafka_broker, unique))
+    eventually(lambda: cluster.ready(PLURAL, "orders").get("status") == "True", what="Ready=True")
+    topic = f"{unique}.orders"
+    assert topics_on(kafka_broker)[topic] == 3
+    assert f"{topic}.dlq" in topics_on(kafka_broker)
+    status = cluster.get(PLURAL, "orders")["status"]
+    assert (status["topic"], status["partitions"], status["deadLetterTopic"]) == (topic, 3, f"{topic}.dlq")
+    assert status["observedGeneration"] == 1
+    assert cluster.ready(PLURAL, "orders")["reason"] == "TopicReady"
+    assert "Traceback" not in operator.log()
+
+
+def test_partition_changes_are_reported_not_applied(
+    cluster: Cluster, operator: OperatorProcess, kafka_broker: Tansu, unique: str
+) -> None:
+    cluster.apply(kafkaqueue(kafka_broker, unique))
+    eventually(lambda: cluster.ready(PLURAL, "orders").get("status") == "True", what="Ready=True")
+    topic = f"{unique}.orders"
+
+    cluster.patch(PLURAL, "orders", {"spec": {"topic": {"partitions": 2}}})
+    refused = eventually(
+        lambda: (c := cluster.ready(PLURAL, "orders"))["reason"] == "PartitionDecreaseRefused" and c,
+        what="the decrease refused",
+    )
+    assert refused["status"] == "False"
+    assert (
+        "cannot remove partitions" in refused["message"]
+        and "set partitions to 3 or more" in refused["message"]
+    )
+    assert topics_on(kafka_broker)[topic] == 3
+
+    # tansu cannot add partitions (CreatePartitions is unsupported): the brokers' answer is shown.
+    cluster.patch(PLURAL, "orders", {"spec": {"topic": {"partitions": 4}}})
+    raised = eventually(
+        lambda: (c := cluster.ready(PLURAL, "orders"))["reason"] == "PartitionsNotRaised" and c,
+        what="the raise reported",
+    )
+    assert "CreatePartitions" in raised["message"]
+    assert cluster.get(PLURAL, "orders")["status"]["partitions"] == 3
+    assert operator.running
+
+
+def test_delete_policy_delete_removes_both_topics(
+    cluster: Cluster, operator: OperatorProcess, kafka_broker: Tansu, unique: str
+) -> None:
+    cluster.apply(kafkaqueue(kafka_broker, unique, deletionPolicy="Delete"))
+    eventually(lambda: cluster.ready(PLURAL, "orders").get("status") == "True", what="Ready=True")
+    cluster.delete(PLURAL, "orders")
+    eventually(lambda: cluster.gone(PLURAL, "orders"), what="the KafkaQueue gone")
+    remaining = topics_on(kafka_broker)
+    assert f"{unique}.orders" not in remaining
+    assert f"{unique}.orders.dlq" not in remaining
+
+
+def test_delete_policy_retain_keeps_the_topics(
+    cluster: Cluster, operator: OperatorProcess, kafka_broker: Tansu, unique: str
+) -> None:
+    cluster.apply(kafkaqueue(kafka_broker, unique))
+    eventually(lambda: cluster.ready(PLURAL, "orders").get("status") == "True", what="Ready=True")
+    cluster.delete(PLURAL, "orders")
+    eventually(lambda: cluster.gone(PLURAL, "orders"), what="the KafkaQueue gone")
+    remaining = topics_on(kafka_broker)
+    assert f"{unique}.orders" in remaining
+    assert f"{unique}.orders.dlq" in remaining
+
+
+def test_unreachable_broker_is_reported_and_retried(
+    cluster: Cluster, operator: OperatorProcess, own_kafka_broker: Tansu, unique: str
+) -> None:
+    own_kafka_broker.stop()
+    cluster.apply(kafkaqueue(own_kafka_broker, unique))
+    down = eventually(
+        lambda: (c := cluster.ready(PLURAL, "orders")).get("reason") == "BrokerUnavailable" and c,
+        what="the outage reported",
+    )
+    assert down["status"] == "False"
+    assert own_kafka_broker.bootstrap in down["message"] and "retrying" in down["message"]
+    own_kafka_broker.start()
+    eventually(
+        lambda: cluster.ready(PLURAL, "orders").get("status") == "True", timeout=40, what="Ready once up"
+    )
+    assert topics_on(own_kafka_broker)[f"{unique}.orders"] == 3
+    assert operator.running
+
+
+def test_invalid_spec_is_reported_in_the_ready_condition(
+    cluster: Cluster, operator: OperatorProcess, kafka_broker: Tansu, unique: str
+) -> None:
+    docs = kafkaqueue(kafka_broker, unique)
+    docs[-1]["spec"]["deadLetterTopic"] = docs[-1]["spec"]["topic"]["name"]
+    cluster.apply(docs)
+    ready = eventually(lambda: cluster.ready(PLURAL, "orders"), what="a Ready condition")
+    assert (ready["status"], ready["reason"]) == ("False", "InvalidSpec")
+    assert "spec.deadLetterTopic" in ready["message"] and "is the topic itself" in ready["message"]
+    assert f"{unique}.orders" not in topics_on(kafka_broker)
+
+
+def test_sasl_example_never_exposes_the_secret(
+    cluster: Cluster, operator: OperatorProcess, kafka_broker: Tansu, unique: str
+) -> None:
+    docs = kafkaqueue(kafka_broker, unique, "kafkaqueue-sasl.yaml")
+    password = f"pw-{unique}"
+    docs[0]["stringData"]["password"] = password
+    cluster.apply(docs[2:])  # the KafkaQueue alone first: its Secrets are missing
+    missing = eventually(
+        lambda: (c := cluster.ready(PLURAL, "payments")).get("reason") == "SecretMissing" and c,
+        what="the missing Secret reported",
+    )
+    assert "payments-kafka-user" in missing["message"]
+    cluster.apply(docs[:2])
+    # The example's CA bundle is a placeholder, not PEM: librdkafka refuses it.
+    invalid = eventually(
+        lambda: (c := cluster.ready(PLURAL, "payments")).get("reason") == "InvalidClientConfig" and c,
+        what="the bad CA reported",
+    )
+    assert "kafka-cluster-ca" in invalid["message"]
+    # Without TLS, SASL meets a broker that speaks no SASL: reported and retried.
+    cluster.patch(PLURAL, "payments", {"spec": {"auth": {"tls": None}}})
+    eventually(
+        lambda: cluster.ready(PLURAL, "payments").get("reason") == "BrokerUnavailable", what="broker reported"
+    )
+    assert password not in json.dumps(cluster.get(PLURAL, "payments"))
+    assert password not in operator.log()
+    assert password not in cluster.events_text()
+    assert operator.running
