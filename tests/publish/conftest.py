@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import greenstalk
 import grpc
@@ -57,7 +58,7 @@ class Queues:
             host, port = address.rsplit(":", 1)
             with greenstalk.Client((host, int(port)), use=self.tube, watch=self.tube) as client:
                 try:
-                    stats = client.stats_tube(self.tube)
+                    stats: dict[str, Any] = dict(client.stats_tube(self.tube))
                 except greenstalk.NotFoundError:
                     continue
             for state in ("ready", "delayed", "reserved", "buried"):
@@ -136,7 +137,7 @@ async def _serve_grpc(targets: PublishTargets) -> tuple[grpc.aio.Server, grpc.ai
 @pytest.fixture
 async def grpc_publisher(queues: Queues) -> AsyncIterator[tuple[queue_pb2_grpc.PublisherStub, Queues]]:
     server, channel = await _serve_grpc(queues.targets)
-    yield queue_pb2_grpc.PublisherStub(channel), queues
+    yield queue_pb2_grpc.PublisherStub(channel), queues  # type: ignore[no-untyped-call]
     await channel.close()
     await server.stop(1)
 
@@ -146,6 +147,6 @@ async def own_grpc_publisher(
     own_queues: Queues,
 ) -> AsyncIterator[tuple[queue_pb2_grpc.PublisherStub, Queues]]:
     server, channel = await _serve_grpc(own_queues.targets)
-    yield queue_pb2_grpc.PublisherStub(channel), own_queues
+    yield queue_pb2_grpc.PublisherStub(channel), own_queues  # type: ignore[no-untyped-call]
     await channel.close()
     await server.stop(1)

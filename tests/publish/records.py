@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from typing import cast
 
 from confluent_kafka import Consumer, TopicPartition
 
@@ -26,7 +27,10 @@ def read_at(bootstrap: str, topic: str, partition: int, offset: int, timeout: fl
         assert message is not None, f"nothing at {topic}/{partition}/{offset} after {timeout}s"
         assert message.error() is None, message.error()
         assert (message.partition(), message.offset()) == (partition, offset)
-        return Record(message.value() or b"", message.key(), list(message.headers() or []))
+        # A consumer reads headers as a list of (name, bytes or None); None stays b"" here.
+        raw = cast(list[tuple[str, bytes | None]], message.headers() or [])
+        headers = [(k, v or b"") for k, v in raw]
+        return Record(message.value() or b"", message.key(), headers)
     finally:
         consumer.close()
 

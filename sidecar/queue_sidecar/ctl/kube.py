@@ -32,12 +32,15 @@ DEFAULT_CA_KEY = "ca.crt"
 class KubeSource:
     """Queues of one namespace, through a kubeconfig context (the current one by default)."""
 
-    def __init__(self, context: str | None = None, namespace: str | None = None) -> None:
+    def __init__(
+        self, context: str | None = None, namespace: str | None = None, *, kubeconfig: str | None = None
+    ) -> None:
         from kubernetes import client, config  # noqa: PLC0415 - only kube mode pays for the import
 
         try:
-            self._api_client = config.new_client_from_config(context=context)  # type: ignore[no-untyped-call]
-            contexts, active = config.list_kube_config_contexts()  # type: ignore[no-untyped-call]
+            # No file given: the client's default, $KUBECONFIG (several files merged) or ~/.kube/config.
+            self._api_client = config.new_client_from_config(config_file=kubeconfig, context=context)  # type: ignore[no-untyped-call]
+            contexts, active = config.list_kube_config_contexts(config_file=kubeconfig)  # type: ignore[no-untyped-call]
         except config.ConfigException as exc:
             raise ConfigError(
                 f"no usable kubeconfig ({exc}); set KUBECONFIG, or pass --config FILE to use a sidecar config"

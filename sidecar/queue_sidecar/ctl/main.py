@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     where = common.add_argument_group("where the queues are (one of)")
     where.add_argument("--config", "-c", metavar="FILE", help="a queue-sidecar config file")
     where.add_argument("--context", metavar="CTX", help="kubeconfig context (default: the current one)")
+    where.add_argument(
+        "--kubeconfig", metavar="FILE", help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config)"
+    )
     where.add_argument("--namespace", "-n", metavar="NS", help="namespace (default: the context's)")
     common.add_argument("--output", "-o", choices=["table", "json"], help="output format (default: table)")
     common.add_argument(
@@ -138,6 +141,7 @@ def _defaults(args: argparse.Namespace) -> argparse.Namespace:
     for name, value in {
         "config": None,
         "context": None,
+        "kubeconfig": None,
         "namespace": None,
         "output": "table",
         "timeout": 30.0,
@@ -157,7 +161,7 @@ def _source(args: argparse.Namespace) -> QueueSource:
         return ConfigFileSource(args.config)
     from queue_sidecar.ctl.kube import KubeSource  # noqa: PLC0415 - the kubernetes client is slow to import
 
-    return KubeSource(args.context, args.namespace)
+    return KubeSource(args.context, args.namespace, kubeconfig=args.kubeconfig)
 
 
 async def _run(args: argparse.Namespace) -> Report:
@@ -173,8 +177,10 @@ async def _run(args: argparse.Namespace) -> Report:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = _defaults(parser.parse_args(argv))
-    if args.config is not None and (args.context is not None or args.namespace is not None):
-        parser.error("give either --config or --context/--namespace, not both")
+    if args.config is not None and any(
+        v is not None for v in (args.context, args.namespace, args.kubeconfig)
+    ):
+        parser.error("give either --config or --kubeconfig/--context/--namespace, not both")
     logging.basicConfig(
         stream=sys.stderr,
         level=logging.DEBUG if args.verbose else logging.WARNING,
