@@ -68,7 +68,6 @@ class _Partition:
     tracker: OffsetTracker = dataclasses.field(default_factory=OffsetTracker)
     lanes: dict[bytes, _Lane] = dataclasses.field(default_factory=dict)
     revoked: bool = False
-    paused: bool = False
     running: int = 0  # handler calls and dead-letter writes in progress
     idle: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
 
@@ -150,6 +149,11 @@ class KafkaConsumer:
 
         # Shared with the poll thread.
         self._pending_commits: dict[int, int] = {}
+        # Records handed to the loop and not yet committable, per partition. The poll thread
+        # adds and pauses; the loop subtracts. Pausing must happen in the poll thread: it runs
+        # ahead of the loop and would otherwise fetch the whole topic before the loop noticed.
+        self._backlog: dict[int, int] = {}
+        self._paused: set[int] = set()  # poll thread only
         self._commit_lock = threading.Lock()
         self._commands: thread_queue.SimpleQueue[Callable[[Consumer], None]] = thread_queue.SimpleQueue()
         self._closing = threading.Event()
@@ -310,10 +314,12 @@ class KafkaConsumer:
             while not self._closing.is_set():
                 self._run_commands(consumer)
                 self._flush_commits(consumer)
-                records = consumer.consume(POLL_BATCH, POLL_TIMEOUT)
+                records = _poll_batch(consumer)
                 if records:
                     self._brokers_down = None
+                    self._count_backlog(records)
                     self._to_loop(self._intake, records)
+                self._apply_backpressure(consumer)
             self._run_commands(consumer)
             self._flush_commits(consumer)
         finally:
@@ -388,8 +394,42 @@ class KafkaConsumer:
                 for p, o in offsets.items():
                     self._pending_commits[p] = max(o, self._pending_commits.get(p, -1))
 
+    def _count_backlog(self, records: list[Message]) -> None:
+        with self._commit_lock:
+            for record in records:
+                if record.error() is None:
+                    number = int(record.partition() or 0)
+                    self._backlog[number] = self._backlog.get(number, 0) + 1
+
+    def _apply_backpressure(self, consumer: Consumer) -> None:
+        with self._commit_lock:
+            backlog = dict(self._backlog)
+        pause = [n for n, held in backlog.items() if held >= self._max_uncommitted and n not in self._paused]
+        resume = [n for n in self._paused if backlog.get(n, 0) <= self._max_uncommitted // 2]
+        try:
+            if pause:
+                consumer.pause([TopicPartition(self.topic, n) for n in pause])
+                log.debug("consumer %s paused %s: backlog %s", self.name, pause, backlog)
+            if resume and not self._stopping:
+                consumer.resume([TopicPartition(self.topic, n) for n in resume])
+                log.debug("consumer %s resumed %s", self.name, resume)
+        except KafkaException as exc:
+            log.warning("consumer %s: pause/resume failed: %s", self.name, exc)
+            return
+        self._paused.update(pause)
+        if not self._stopping:
+            self._paused.difference_update(resume)
+
+    def _forget(self, numbers: list[int]) -> None:
+        """Poll thread: partitions assigned afresh or given up start with no backlog, unpaused."""
+        with self._commit_lock:
+            for number in numbers:
+                self._backlog.pop(number, None)
+        self._paused.difference_update(numbers)
+
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         numbers = [tp.partition for tp in partitions]
+        self._forget(numbers)
         log.info("consumer %s assigned %s partitions %s", self.name, self.topic, numbers)
         self._to_loop(self._assign, numbers)
 
@@ -404,6 +444,7 @@ class KafkaConsumer:
         numbers = [tp.partition for tp in partitions]
         log.info("consumer %s %s partitions %s", self.name, "revoked" if commit else "lost", numbers)
         finished = self._wait_loop(lambda: self._revoke(numbers), self._revoke_grace + 5) or {}
+        self._forget(numbers)
         with self._commit_lock:
             for number in numbers:
                 pending = self._pending_commits.pop(number, None)
@@ -465,12 +506,16 @@ class KafkaConsumer:
             if state is None or state.revoked or self._stopping:
                 continue  # not ours any more: it stays uncommitted for the next owner
             if not state.tracker.receive(message.offset):
+                self._release(state, 1)  # a re-fetch of one we already hold
                 continue
             metrics.RECEIVED.labels("kafka", self.name).inc()
             self._enqueue(state, message)
-            if not state.paused and state.tracker.uncommitted >= self._max_uncommitted:
-                state.paused = True
-                self._command(_pause(self.topic, state.number))
+
+    def _release(self, state: _Partition, count: int) -> None:
+        """``count`` records of the partition left the backlog (committable now, or duplicates)."""
+        if count and not state.revoked:
+            with self._commit_lock:
+                self._backlog[state.number] = self._backlog.get(state.number, 0) - count
 
     def _enqueue(self, state: _Partition, message: KafkaMessage) -> None:
         key = message.key
@@ -589,19 +634,18 @@ class KafkaConsumer:
     def _finish(self, lane: _Lane) -> None:
         message = lane.messages.popleft()
         state = lane.partition
+        held = state.tracker.uncommitted
         committable = state.tracker.finish(message.offset)
         if committable is not None:
             with self._commit_lock:
                 self._pending_commits[state.number] = committable
+            self._release(state, held - state.tracker.uncommitted)
         if lane.messages:
             self._ready.put_nowait(lane)
         else:
             lane.busy = False
             if lane.key is not None and state.lanes.get(lane.key) is lane:
                 del state.lanes[lane.key]
-        if state.paused and state.tracker.uncommitted <= self._max_uncommitted // 2:
-            state.paused = False
-            self._command(_resume(self.topic, state.number))
 
     async def _dead_letter(self, state: _Partition, message: KafkaMessage, reason: str, error: str) -> bool:
         """Write to the dead-letter topic and wait for its ack; True once it is safely there."""
@@ -641,12 +685,16 @@ class KafkaConsumer:
         return False
 
 
-def _pause(topic: str, partition: int) -> Callable[[Consumer], None]:
-    return lambda consumer: consumer.pause([TopicPartition(topic, partition)])
+def _poll_batch(consumer: Consumer) -> list[Message]:
+    """Wait up to POLL_TIMEOUT for one record, then take what else is already fetched.
 
-
-def _resume(topic: str, partition: int) -> Callable[[Consumer], None]:
-    return lambda consumer: consumer.resume([TopicPartition(topic, partition)])
+    (``consume(n, timeout)`` alone would hold the first record back until n arrived or the
+    timeout passed, adding up to POLL_TIMEOUT of latency to every quiet-time message.)
+    """
+    first = consumer.poll(POLL_TIMEOUT)
+    if first is None:
+        return []
+    return [first, *consumer.consume(POLL_BATCH - 1, 0)]
 
 
 _CONSUMER_ONLY_PREFIXES = ("session.", "heartbeat.", "group.", "max.poll.", "fetch.", "queued.", "partition.")

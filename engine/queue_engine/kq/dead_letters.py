@@ -13,6 +13,7 @@ import asyncio
 import concurrent.futures
 import dataclasses
 import logging
+import time
 import uuid
 from collections.abc import Sequence
 
@@ -60,10 +61,14 @@ def _read(
     consumer.assign([TopicPartition(topic, p, start) for p, (start, _) in ranges.items()])
     remaining = {p: end for p, (_, end) in ranges.items()}
     messages: list[KafkaMessage] = []
+    deadline = time.monotonic() + READ_TIMEOUT
     while remaining and (limit is None or len(messages) < limit):
-        batch = consumer.consume(500, READ_TIMEOUT)
+        batch = consumer.consume(500, 0.1)
         if not batch:
-            raise Unavailable(f"reading {topic}: no progress within {READ_TIMEOUT}s")
+            if time.monotonic() > deadline:
+                raise Unavailable(f"reading {topic}: no progress within {READ_TIMEOUT}s")
+            continue
+        deadline = time.monotonic() + READ_TIMEOUT
         for record in batch:
             if record.error() is not None:
                 continue
