@@ -27,9 +27,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from harness.kube import KubeApi  # noqa: E402
 from kubernetes import client  # noqa: E402
 
+from harness.kube import KubeApi  # noqa: E402
 from queue_operator.builders import beanstalkd  # noqa: E402
 from queue_operator.kube import Kube  # noqa: E402
 from queue_operator.spec import DelayQueueSpec  # noqa: E402
@@ -155,9 +155,9 @@ def main() -> None:
             rows.append((count, elapsed, raw, rss))
 
     print()
-    print(
-        f"{'DelayQueues':>11} | {'operator s':>10} | {'raw client s':>12} | {'ratio':>5} | {'queues/s':>8} | {'peak RSS MB':>11}"
-    )
+    header = ("DelayQueues", "operator s", "raw client s", "ratio", "queues/s", "peak RSS MB")
+    widths = (11, 10, 12, 5, 8, 11)
+    print(" | ".join(f"{title:>{width}}" for title, width in zip(header, widths, strict=True)))
     print("-" * 74)
     for count, elapsed, raw, rss in rows:
         print(
