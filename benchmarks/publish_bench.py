@@ -1,0 +1,272 @@
+"""What publishing through the sidecar costs, against the engine in-process and the raw clients.
+
+Run: ``.venv/bin/python benchmarks/publish_bench.py [--count N] [--concurrency C]``
+
+Same servers (3 beanstalkd nodes, Redis, tansu), same run, four ways to publish:
+- ``raw client``: greenstalk ``put`` to one node (dq) / a confluent Producer with acks=all,
+  one message at a time awaited (kq): no replication, no de-dup record, no API;
+- ``engine``: ``DelayProducer.delay`` / ``KafkaPusher.push`` called in this process;
+- ``sidecar http``: ``POST /v1/...`` to the publish API served by a child process (as the
+  sidecar serves it), over one keep-alive session;
+- ``sidecar grpc``: ``queueoperator.v1.Publisher`` on one channel.
+
+Measured: latency one at a time (p50, p99, ms) and throughput with ``--concurrency`` requests in
+flight (messages/s). Ratios are against ``engine``: what the publish API adds on top of the
+library an app could import instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+import greenstalk  # noqa: E402
+import grpc  # noqa: E402
+from aiohttp import ClientSession, web  # noqa: E402
+from confluent_kafka import Producer  # noqa: E402
+from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
+from google.protobuf.duration_pb2 import Duration  # noqa: E402
+
+from harness.servers import BeanstalkdCluster, RedisServer, Tansu, free_port, wait_for_port  # noqa: E402
+from queue_engine.dq import DelayProducer  # noqa: E402
+from queue_engine.kq import KafkaPusher  # noqa: E402
+from queue_sidecar.proto import queue_pb2, queue_pb2_grpc  # noqa: E402
+
+BODY = b"x" * 128
+DELAY_S = 3600  # far in the future: the jobs only sit in beanstalkd
+
+Publish = Callable[[], Awaitable[Any]]
+
+
+# ---------------------------------------------------------------- the publish server (child process)
+
+
+async def serve(settings: dict[str, Any]) -> None:
+    from queue_sidecar.publish.grpc import start_server  # noqa: PLC0415
+    from queue_sidecar.publish.http import build_app  # noqa: PLC0415
+    from queue_sidecar.publish.targets import PublishTargets  # noqa: PLC0415
+
+    targets = PublishTargets(
+        delay={"bench": DelayProducer(settings["nodes"], settings["tube"], settings["redis"], name="bench")},
+        kafka={"bench": KafkaPusher([settings["bootstrap"]], settings["topic"], name="bench")},
+    )
+    runner = web.AppRunner(build_app(targets), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", settings["http_port"]).start()
+    server = await start_server(targets, "127.0.0.1", settings["grpc_port"])
+    await server.wait_for_termination()
+
+
+# ---------------------------------------------------------------- measuring
+
+
+async def latencies(publish: Publish, count: int) -> list[float]:
+    for _ in range(20):  # warm up connections and caches
+        await publish()
+    samples = []
+    for _ in range(count):
+        start = time.perf_counter()
+        await publish()
+        samples.append(time.perf_counter() - start)
+    return samples
+
+
+async def throughput(publish: Publish, count: int, concurrency: int) -> float:
+    left = count
+
+    async def worker() -> None:
+        nonlocal left
+        while left > 0:
+            left -= 1
+            await publish()
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return count / (time.perf_counter() - start)
+
+
+def percentile(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+
+# ---------------------------------------------------------------- the four ways, per kind
+
+
+def raw_dq(address: str, tube: str) -> Publish:
+    host, port = address.rsplit(":", 1)
+    client = greenstalk.Client((host, int(port)), use=tube, encoding=None)
+    lock = asyncio.Lock()  # one connection: the raw client is not safe to share across threads
+
+    async def put() -> None:
+        async with lock:
+            await asyncio.to_thread(client.put, BODY, delay=DELAY_S)
+
+    return put
+
+
+def raw_kq(bootstrap: str, topic: str) -> tuple[Publish, Producer]:
+    producer = Producer(
+        {"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True, "linger.ms": 5}
+    )
+    loop = asyncio.get_running_loop()
+    stop = False
+
+    def poll() -> None:
+        while not stop:
+            producer.poll(0.05)
+
+    poller = loop.run_in_executor(None, poll)
+
+    async def push() -> None:
+        done: asyncio.Future[None] = loop.create_future()
+
+        def report(err: Any, _msg: Any) -> None:
+            loop.call_soon_threadsafe(done.set_exception if err else done.set_result, err or None)
+
+        producer.produce(topic, BODY, on_delivery=report)
+        await done
+
+    def close() -> None:
+        nonlocal stop
+        stop = True
+
+    push.close = close  # type: ignore[attr-defined]
+    push.poller = poller  # type: ignore[attr-defined]
+    return push, producer
+
+
+async def run(count: int, concurrency: int) -> list[tuple[str, str, float, float, float]]:
+    work = Path(tempfile.mkdtemp(prefix="publish-bench-"))
+    cluster, redis, broker = (
+        BeanstalkdCluster(work / "bs", 3),
+        RedisServer(work / "redis"),
+        Tansu(work / "tansu"),
+    )
+    child: subprocess.Popen[bytes] | None = None
+    rows: list[tuple[str, str, float, float, float]] = []
+    try:
+        cluster.start()
+        redis.start()
+        broker.start()
+        admin = AdminClient({"bootstrap.servers": broker.bootstrap})  # kept alive until the results
+        for future in admin.create_topics([NewTopic(t, 3, 1) for t in ("raw", "engine", "sidecar")]).values():
+            future.result(15)
+        http_port, grpc_port = free_port(), free_port()
+        settings = {
+            "nodes": cluster.addresses,
+            "tube": "sidecar",
+            "redis": redis.url,
+            "bootstrap": broker.bootstrap,
+            "topic": "sidecar",
+            "http_port": http_port,
+            "grpc_port": grpc_port,
+        }
+        child = subprocess.Popen([sys.executable, __file__, "--serve", json.dumps(settings)])  # noqa: ASYNC220
+        wait_for_port(http_port, 30, child)
+        wait_for_port(grpc_port, 30, child)
+
+        producer = DelayProducer(cluster.addresses, "engine", redis.url, name="engine")
+        pusher = KafkaPusher([broker.bootstrap], "engine", name="engine")
+        raw_push, raw_producer = raw_kq(broker.bootstrap, "raw")
+        session = ClientSession(f"http://127.0.0.1:{http_port}")
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}")
+        stub = queue_pb2_grpc.PublisherStub(channel)  # type: ignore[no-untyped-call]
+        delay = Duration(seconds=DELAY_S)
+
+        async def http_delay() -> None:
+            async with session.post(f"/v1/delayqueues/bench/jobs?delay={DELAY_S}s", data=BODY) as response:
+                assert response.status == 201, await response.text()
+                await response.read()
+
+        async def http_push() -> None:
+            async with session.post("/v1/kafkaqueues/bench/messages", data=BODY) as response:
+                assert response.status == 201, await response.text()
+                await response.read()
+
+        ways: dict[str, list[tuple[str, Publish]]] = {
+            "dq delay": [
+                ("raw client (1 node)", raw_dq(cluster.addresses[0], "raw")),
+                ("engine", lambda: producer.delay(BODY, DELAY_S)),
+                ("sidecar http", http_delay),
+                (
+                    "sidecar grpc",
+                    lambda: stub.Delay(queue_pb2.DelayRequest(queue="bench", body=BODY, delay=delay)),
+                ),
+            ],
+            "kq push": [
+                ("raw client", raw_push),
+                ("engine", lambda: pusher.push(BODY)),
+                ("sidecar http", http_push),
+                ("sidecar grpc", lambda: stub.Push(queue_pb2.PushRequest(queue="bench", body=BODY))),
+            ],
+        }
+        for kind, entries in ways.items():
+            for name, publish in entries:
+                samples = await latencies(publish, count)
+                rate = await throughput(publish, count * 2, concurrency)
+                rows.append((kind, name, percentile(samples, 0.5), percentile(samples, 0.99), rate))
+
+        raw_push.close()  # type: ignore[attr-defined]
+        await raw_push.poller  # type: ignore[attr-defined]
+        raw_producer.flush(5)
+        await session.close()
+        await channel.close()
+        await producer.close()
+        await pusher.close()
+    finally:
+        if child is not None:
+            child.terminate()
+            child.wait(10)
+        broker.stop()
+        redis.stop()
+        cluster.stop()
+    return rows
+
+
+def print_table(rows: list[tuple[str, str, float, float, float]], count: int, concurrency: int) -> None:
+    engine = {kind: (p50, p99, rate) for kind, name, p50, p99, rate in rows if name == "engine"}
+    print(f"\npublish: {count} one at a time (latency), {count * 2} with {concurrency} in flight (rate)")
+    header = (
+        f"{'kind':<9} {'way':<20} {'p50 ms':>8} {'p99 ms':>8} {'msg/s':>8}   "
+        f"{'p50 x':>6} {'p99 x':>6} {'rate x':>6}"
+    )
+    print(header)
+    print("-" * len(header))
+    for kind, name, p50, p99, rate in rows:
+        base = engine[kind]
+        print(
+            f"{kind:<9} {name:<20} {p50:8.2f} {p99:8.2f} {rate:8.0f}   "
+            f"{p50 / base[0]:6.2f} {p99 / base[1]:6.2f} {rate / base[2]:6.2f}"
+        )
+    print("(x: ratio to the engine called in-process; latency above 1 is slower, rate below 1 is slower)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--count", type=int, default=500, help="publishes per way for latency")
+    parser.add_argument("--concurrency", type=int, default=32, help="requests in flight for the rate")
+    parser.add_argument("--serve", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        asyncio.run(serve(json.loads(args.serve)))
+        return
+    rows = asyncio.run(run(args.count, args.concurrency))
+    print_table(rows, args.count, args.concurrency)
+
+
+if __name__ == "__main__":
+    main()
