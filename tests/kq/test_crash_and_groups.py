@@ -35,7 +35,8 @@ async def test_killed_consumer_restarted_redelivers_exactly_the_uncommitted(
     assert len(everything) == total
 
     outfile = tmp_path / "handled.txt"
-    proc = subprocess.Popen([sys.executable, str(CRASH_CONSUMER), bootstrap, unique, unique, str(outfile)])
+    argv = [sys.executable, str(CRASH_CONSUMER), bootstrap, unique, unique, str(outfile)]
+    proc = await asyncio.to_thread(subprocess.Popen, argv)
     try:
         deadline = time.monotonic() + 60
         while len(_lines(outfile)) < 150 and time.monotonic() < deadline:
