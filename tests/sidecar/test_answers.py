@@ -9,9 +9,9 @@ import grpc
 import pytest
 
 from queue_engine.policy import Verdict
-from queue_sidecar.delivery.envelope import header_text
+from queue_sidecar.delivery.envelope import Envelope, header_text
 from queue_sidecar.delivery.grpc import outcome_for_ack, outcome_for_error
-from queue_sidecar.delivery.http import outcome_for, parse_retry_after
+from queue_sidecar.delivery.http import headers_for, outcome_for, parse_retry_after
 from queue_sidecar.proto import queue_pb2
 
 
@@ -79,3 +79,21 @@ def test_binary_kafka_bytes_become_base64_header_values() -> None:
     assert header_text(b"\x00\xff") == "base64:AP8="
     assert header_text("café".encode()) == "base64:Y2Fmw6k="
     assert header_text(b"a\r\nb") == "base64:YQ0KYg=="
+
+
+def test_kafka_headers_become_x_header_and_bad_names_are_left_out() -> None:
+    envelope = Envelope(
+        kind="kafka",
+        queue="orders",
+        id="orders/0/5",
+        attempt=2,
+        body=b"{}",
+        key=None,
+        partition=0,
+        offset=5,
+        headers=(("trace-id", b"t1"), ("bad name", b"x"), ("bin", b"\x01")),
+    )
+    headers = headers_for(envelope)
+    assert headers["X-Header-trace-id"] == "t1" and headers["X-Header-bin"] == "base64:AQ=="
+    assert not any(" " in name for name in headers)
+    assert "X-Kafka-Key" not in headers and headers["X-Attempt"] == "2"

@@ -86,7 +86,8 @@ class AppDelivery:
         answer = "unavailable" if not outcome.attempted else outcome.verdict.value.lower()
         APP_ANSWERS.labels(envelope.kind, envelope.queue, answer).inc()
         if outcome.verdict is not Verdict.SUCCESS:
-            log.info(
+            # The engines log retries and give-ups; this adds the app's side for debugging.
+            log.debug(
                 "app answered %s",
                 answer,
                 extra={

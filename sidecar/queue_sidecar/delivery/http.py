@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import email.utils
 import json
+import logging
+import re
 import time
 from collections.abc import Mapping
 from datetime import UTC
@@ -16,6 +18,9 @@ from queue_sidecar.delivery.envelope import Envelope, header_text
 # While the app is down, a refused message comes back after this long (no attempt counted).
 UNAVAILABLE_RETRY_AFTER = 1.0
 _RETRY_STATUSES = {408, 429}
+# RFC 9110 token characters: a Kafka header name outside them cannot be an HTTP header name.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+log = logging.getLogger(__name__)
 _ERROR_SNIPPET = 200
 
 
@@ -79,6 +84,12 @@ def headers_for(envelope: Envelope) -> dict[str, str]:
         headers["X-Kafka-Partition"] = str(envelope.partition)
         headers["X-Kafka-Offset"] = str(envelope.offset)
         for name, value in envelope.headers:
+            if not _TOKEN.fullmatch(name):
+                log.warning(
+                    "Kafka header left out: its name is not a valid HTTP header name",
+                    extra={"queue": envelope.queue, "message_id": envelope.id, "header": name[:100]},
+                )
+                continue
             # Repeated Kafka header names: the last one wins (HTTP would merge them with commas).
             headers[f"X-Header-{name}"] = header_text(value or b"")
     return headers
