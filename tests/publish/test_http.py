@@ -245,3 +245,21 @@ async def test_redis_down_on_revoke_is_503(own_http: Http) -> None:
     async with session.delete(f"/v1/delayqueues/reminders/jobs/{job_id}") as response:
         message = await _error(response, 503)
     assert "redis" in message.lower()
+
+
+async def test_push_over_the_broker_message_size_is_413(http: Http) -> None:
+    session, _ = http
+    async with session.post("/v1/kafkaqueues/orders/messages", data=b"x" * 2_000_000) as response:
+        message = await _error(response, 413)
+    assert "too large" in message.lower()
+
+
+async def test_empty_body_is_a_valid_job_and_message(http: Http) -> None:
+    session, queues = http
+    async with session.post("/v1/delayqueues/reminders/jobs?delay=1m", data=b"") as response:
+        assert response.status == 201
+    async with session.post("/v1/kafkaqueues/orders/messages", data=b"") as response:
+        assert response.status == 201
+        body = await _json(response)
+    record = await read_at_async(queues.bootstrap, queues.topic, body["partition"], body["offset"])
+    assert record.value == b""

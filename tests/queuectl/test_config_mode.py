@@ -264,6 +264,11 @@ def test_servers_down_are_reported_not_hidden(
     lost = queuectl("--config", str(path), "delay", "reminders", "x", "--in", "1s", "--timeout", "2s")
     assert lost.code == 1 and "2 needed" in lost.err
 
+    beanstalk_cluster[0].kill()
+    nothing = queuectl("--config", str(path), "stats", "reminders", "--timeout", "2s")
+    assert nothing.code == 1 and "no node answered" in nothing.err
+    assert "Connection refused" in nothing.out  # the table still says why, per node
+
     own_kafka_broker.kill()
     push = queuectl("--config", str(path), "push", "orders", "x", "--timeout", "2s")
     assert push.code == 1

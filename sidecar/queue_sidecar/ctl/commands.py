@@ -39,6 +39,7 @@ class Report:
     message: str = ""  # one line for people, printed before the table
     rows: list[dict[str, Any]] = field(default_factory=list)
     columns: list[str] = field(default_factory=list)
+    failure: str = ""  # shown after the output; the exit code is then 1 (e.g. no node answered)
 
 
 Command = Callable[[QueueSettings, argparse.Namespace], Awaitable[Report]]
@@ -75,8 +76,10 @@ def _producer(queue: DelayQueueConfig, args: argparse.Namespace) -> DelayProduce
     )
 
 
-def _admin(queue: DelayQueueConfig) -> DelayAdmin:
-    return DelayAdmin(queue.nodes, queue.tube, queue.redis_url)
+def _admin(queue: DelayQueueConfig, args: argparse.Namespace) -> DelayAdmin:
+    return DelayAdmin(
+        queue.nodes, queue.tube, queue.redis_url, name=queue.name, connect_timeout=min(args.timeout, 5.0)
+    )
 
 
 async def delay(queue: QueueSettings, args: argparse.Namespace) -> Report:
@@ -128,17 +131,19 @@ async def push(queue: QueueSettings, args: argparse.Namespace) -> Report:
 
 async def stats(queue: QueueSettings, args: argparse.Namespace) -> Report:
     if isinstance(queue, DelayQueueConfig):
-        admin = _admin(queue)
+        admin = _admin(queue, args)
         try:
             nodes = await admin.stats()
         finally:
             await admin.close()
         rows = [_node_row(node) for node in nodes]
+        failure = "no node answered; check the addresses and that beanstalkd runs"
         return Report(
             {"queue": queue.name, "kind": "DelayQueue", "tube": queue.tube, "nodes": rows},
             f"DelayQueue {queue.name} (tube {queue.tube}) on {len(rows)} node(s)",
             rows,
             ["node", "ready", "delayed", "reserved", "buried", "error"],
+            failure if all(row["error"] for row in rows) else "",
         )
     lags = await group_lag(
         queue.brokers, queue.topic, queue.group, security=queue.security(), timeout=args.timeout
@@ -165,7 +170,7 @@ def _node_row(node: Any) -> dict[str, Any]:
 
 async def kick(queue: QueueSettings, args: argparse.Namespace) -> Report:
     dq = _delay_queue(queue, "kick")
-    admin = _admin(dq)
+    admin = _admin(dq, args)
     try:
         kicked = await admin.kick(args.count or ALL)
     finally:
@@ -197,7 +202,7 @@ async def dlq(queue: QueueSettings, args: argparse.Namespace) -> Report:
 
 
 async def _buried(queue: DelayQueueConfig, args: argparse.Namespace) -> Report:
-    admin = _admin(queue)
+    admin = _admin(queue, args)
     try:
         records = await admin.buried(args.limit or 100)
     finally:

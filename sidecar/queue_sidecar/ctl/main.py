@@ -206,11 +206,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     if args.output == "json":
         output.as_json(report.data, sys.stdout)
-        return EXIT_OK
-    if report.message:
-        print(report.message)
-    if report.columns:
-        output.table(report.rows, report.columns, sys.stdout)
+    else:
+        if report.message:
+            print(report.message)
+        if report.columns:
+            output.table(report.rows, report.columns, sys.stdout)
+    if report.failure:
+        print(f"queuectl {args.command}: {report.failure}", file=sys.stderr)
+        return EXIT_FAILED
     return EXIT_OK
 
 
