@@ -47,6 +47,8 @@ class OperatorProcess:
         self.namespace = namespace
         self.log_path = workdir / "operator.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.reconcile_interval = 1.0  # change before (re)start to take timers out of a test
+        self.extra_args: list[str] = []
 
     def start(self) -> None:
         log = self.log_path.open("ab")
@@ -56,13 +58,14 @@ class OperatorProcess:
             self.namespace,
             "--verbose",
             "--reconcile-interval",
-            "1",
+            str(self.reconcile_interval),
             "--retry-delay",
             "0.5",
             "--kafka-timeout",
             "2",
             "--watch-timeout",
             "30",
+            *self.extra_args,
         ]
         env = {**os.environ, "KUBECONFIG": str(self.kube.kubeconfig_path)}
         self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)

@@ -150,3 +150,35 @@ def test_invalid_spec_is_reported_in_the_ready_condition(cluster: Cluster, opera
     assert "at most 41 characters" in ready["message"]
     assert cluster.apps.list_namespaced_stateful_set(cluster.namespace).items == []
     assert operator.running
+
+
+def test_ready_follows_pods_without_waiting_for_the_periodic_check(
+    cluster: Cluster, operator: OperatorProcess
+) -> None:
+    operator.stop()
+    operator.reconcile_interval = 3600  # only the StatefulSet watch can update the status now
+    operator.start()
+    cluster.apply(example("delayqueue.yaml"))
+    eventually(lambda: cluster.ready(PLURAL, "reminders").get("reason") == "NodesNotReady", what="not ready")
+    set_ready_pods(cluster, "reminders", 2)
+    eventually(lambda: cluster.get(PLURAL, "reminders")["status"]["readyReplicas"] == 2, what="2 ready")
+    assert cluster.ready(PLURAL, "reminders")["status"] == "False"
+    set_ready_pods(cluster, "reminders", 3)
+    eventually(lambda: cluster.ready(PLURAL, "reminders")["status"] == "True", what="Ready=True")
+
+
+def test_missing_redis_secret_is_reported_until_it_exists(
+    cluster: Cluster, operator: OperatorProcess
+) -> None:
+    secret, queue = example("delayqueue-full.yaml")
+    cluster.apply([queue])
+    missing = eventually(
+        lambda: (c := cluster.ready(PLURAL, "invoices")).get("reason") == "RedisSecretMissing" and c,
+        what="the missing Secret reported",
+    )
+    assert "billing-redis" in missing["message"] and missing["status"] == "False"
+    eventually(lambda: children_of(cluster, "invoices"), what="children are provisioned anyway")
+    cluster.apply([secret])
+    eventually(
+        lambda: cluster.ready(PLURAL, "invoices").get("reason") == "NodesNotReady", what="Secret found"
+    )

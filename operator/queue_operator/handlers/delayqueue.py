@@ -15,8 +15,10 @@ from typing import Any
 import kopf
 
 from queue_operator.builders import beanstalkd
+from queue_operator.builders.labels import MANAGED_BY
 from queue_operator.handlers.conditions import set_ready, with_ready, write_status
-from queue_operator.handlers.options import GROUP, VERSION, Options, Runtime
+from queue_operator.handlers.options import API_VERSION, GROUP, VERSION, Options, Runtime
+from queue_operator.kube import Kube, SecretMissing
 from queue_operator.spec import DelayQueueSpec, SpecError
 
 PLURAL = "delayqueues"
@@ -27,6 +29,14 @@ def register(registry: kopf.OperatorRegistry, options: Options) -> None:
     kopf.on.create(GROUP, VERSION, PLURAL, id="reconcile", **on)(reconcile)
     kopf.on.resume(GROUP, VERSION, PLURAL, id="reconcile", **on)(reconcile)
     kopf.on.update(GROUP, VERSION, PLURAL, id="reconcile", field="spec", **on)(reconcile)
+    kopf.on.event(
+        "apps",
+        "v1",
+        "statefulsets",
+        id="statefulset-status",
+        registry=registry,
+        labels={"app.kubernetes.io/managed-by": MANAGED_BY, "app.kubernetes.io/name": beanstalkd.APP},
+    )(statefulset_changed)
     kopf.timer(
         GROUP,
         VERSION,
@@ -66,10 +76,59 @@ def apply_child(*, param: Any = None, body: kopf.Body, memo: Any, logger: kopf.L
 
 def report_status(body: kopf.Body, patch: kopf.Patch, memo: Any, **_: Any) -> None:
     spec = parse(body, patch)
-    statefulset = memo.runtime.kube.read(
-        "apps/v1", "StatefulSet", str(body.metadata.namespace), beanstalkd.child_name(body)
+    write_status(body, patch, observe_state(memo.runtime.kube, body, spec))
+
+
+def observe_state(kube: Kube, body: Mapping[str, Any], spec: DelayQueueSpec) -> dict[str, Any]:
+    """Read what the status reports on: the StatefulSet, and that the Redis Secret is there."""
+    namespace = str(body["metadata"]["namespace"])
+    statefulset = kube.read("apps/v1", "StatefulSet", namespace, beanstalkd.child_name(body))
+    redis_problem = None
+    if spec.redis_secret_ref is not None:
+        try:
+            kube.secret_value(namespace, spec.redis_secret_ref.name, spec.redis_secret_ref.key)
+        except SecretMissing as exc:
+            redis_problem = (
+                f"spec.redis.secretRef: {exc}; create it, the consumers read the Redis URL from it"
+            )
+    return observed_status(body, spec, statefulset, redis_problem)
+
+
+def statefulset_changed(type: str | None, body: kopf.Body, memo: Any, logger: kopf.Logger, **_: Any) -> None:
+    """Pods became ready (or not): bring the owning DelayQueue's status up to date at once.
+
+    Only the observed fields move; ``observedGeneration`` stays for ``reconcile`` to advance.
+    """
+    owner = next(
+        (ref for ref in body.metadata.get("ownerReferences") or [] if ref.get("kind") == "DelayQueue"), None
     )
-    write_status(body, patch, observed_status(body, spec, statefulset))
+    if owner is None or type == "DELETED":
+        return  # a vanished StatefulSet is noticed and re-created by the periodic check
+    kube: Kube = memo.runtime.kube
+    namespace = str(body.metadata.namespace)
+    queue = kube.read(API_VERSION, "DelayQueue", namespace, owner["name"])
+    if (
+        queue is None
+        or queue["metadata"].get("uid") != owner.get("uid")
+        or queue["metadata"].get("deletionTimestamp")
+    ):
+        return
+    try:
+        spec = DelayQueueSpec.from_body(queue)
+    except SpecError:
+        return
+    current = queue.get("status") or {}
+    observed = current.get("observedGeneration") or queue["metadata"].get("generation")
+    view = {**queue, "metadata": {**queue["metadata"], "generation": observed}}
+    desired = observe_state(kube, view, spec)
+    changes = {
+        key: desired[key] for key in ("readyReplicas", "conditions") if current.get(key) != desired[key]
+    }
+    if changes:
+        kube.patch_status(API_VERSION, "DelayQueue", namespace, owner["name"], changes)
+        logger.debug(
+            "DelayQueue %s: %s/%s nodes ready", owner["name"], desired["readyReplicas"], spec.replicas
+        )
 
 
 def observe(body: kopf.Body, patch: kopf.Patch, memo: Any, logger: kopf.Logger, **_: Any) -> None:
@@ -89,8 +148,7 @@ def observe(body: kopf.Body, patch: kopf.Patch, memo: Any, logger: kopf.Logger, 
             )
             kopf.adopt(child, owner=body)
             kube.apply(child)
-    statefulset = kube.read("apps/v1", "StatefulSet", namespace, beanstalkd.child_name(body))
-    write_status(body, patch, observed_status(body, spec, statefulset))
+    write_status(body, patch, observe_state(kube, body, spec))
 
 
 def contains(actual: Any, desired: Any) -> bool:
@@ -107,10 +165,18 @@ def contains(actual: Any, desired: Any) -> bool:
 
 
 def observed_status(
-    body: Mapping[str, Any], spec: DelayQueueSpec, statefulset: Mapping[str, Any] | None
+    body: Mapping[str, Any],
+    spec: DelayQueueSpec,
+    statefulset: Mapping[str, Any] | None,
+    redis_problem: str | None = None,
 ) -> dict[str, Any]:
     name = beanstalkd.child_name(body)
     endpoints = beanstalkd.endpoints(body, spec)
+    ready = int(((statefulset or {}).get("status") or {}).get("readyReplicas") or 0)
+    if redis_problem is not None:
+        return with_ready(
+            body, False, "RedisSecretMissing", redis_problem, readyReplicas=ready, endpoints=endpoints
+        )
     if statefulset is None:
         return with_ready(
             body,
@@ -120,7 +186,6 @@ def observed_status(
             readyReplicas=0,
             endpoints=endpoints,
         )
-    ready = int((statefulset.get("status") or {}).get("readyReplicas") or 0)
     if ready >= spec.replicas:
         reason, message = "NodesReady", f"{ready}/{spec.replicas} beanstalkd nodes are ready"
     else:
