@@ -220,6 +220,7 @@ async def test_broker_down_is_503_with_the_reason_not_a_silent_drop(own_http: Ht
     queues.broker.kill()
     async with session.post("/v1/kafkaqueues/orders/messages", data=b"lost?") as response:
         message = await _error(response, 503)
+        assert response.headers["Retry-After"] == "1"
     assert "timed out" in message.lower() or "transport" in message.lower() or "broker" in message.lower()
 
 

@@ -30,6 +30,7 @@ TARGETS = web.AppKey("targets", PublishTargets)
 # by its producer, which says which limit it is.
 MAX_REQUEST_BYTES = 16 * 1024 * 1024
 HEADER_PREFIX = "x-header-"
+RETRY_AFTER_S = 1
 ROUTES = (
     "POST /v1/delayqueues/{name}/jobs?delay=5s|at=<RFC 3339>, "
     "DELETE /v1/delayqueues/{name}/jobs/{id}, POST /v1/kafkaqueues/{name}/messages"
@@ -114,7 +115,7 @@ def _when(request: web.Request) -> tuple[float | None, datetime | None]:
         raise InvalidRequest(f"at: {exc} (URL-encode '+' in an offset as %2B)") from None
 
 
-_OFFSET_SPACE = re.compile(r"(\d) (\d\d:?\d\d)$")
+_OFFSET_SPACE = re.compile(r"(:\d\d(?:\.\d+)?) (\d\d:?\d\d)$")
 
 
 def _restore_plus(text: str) -> str:
@@ -142,7 +143,11 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
             log.exception("publish %s %s failed", request.method, request.path)
         else:
             log.info("publish %s %s: %s", request.method, request.path, failure.message)
-        return _error(failure.http_status, failure.message)
+        response = _error(failure.http_status, failure.message)
+        if failure.http_status in (503, 504):
+            # Nothing was stored: the app should try again, and not at once.
+            response.headers["Retry-After"] = str(RETRY_AFTER_S)
+        return response
 
 
 def _error(status: int, message: str) -> web.Response:
