@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from queue_engine.dq import DelayProducer
 from queue_engine.errors import NotFound
 from queue_engine.kq import KafkaPusher
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -30,10 +34,12 @@ class PublishTargets:
             raise NotFound(_unknown("KafkaQueue", name, self.kafka, self.delay, "DelayQueue")) from None
 
     async def close(self) -> None:
-        for producer in self.delay.values():
-            await producer.close()
-        for pusher in self.kafka.values():
-            await pusher.close()
+        """Close every producer, even when one fails (a push still unacknowledged is logged)."""
+        closing = [*(p.close() for p in self.delay.values()), *(p.close() for p in self.kafka.values())]
+        names = [*self.delay, *self.kafka]
+        for name, result in zip(names, await asyncio.gather(*closing, return_exceptions=True), strict=True):
+            if isinstance(result, Exception):
+                log.warning("closing the producer of queue %s: %s", name, result)
 
 
 def _unknown(
