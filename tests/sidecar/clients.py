@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 import greenstalk
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from queue_engine.dq import DelayProducer
@@ -76,6 +76,16 @@ def kafka_push(
     producer.flush(10)
     assert where, "broker did not acknowledge"
     return where[0]
+
+
+def committed_offsets(bootstrap: str, topic: str, group: str, partitions: int = 1) -> dict[int, int]:
+    """The group's committed offset per partition (-1001 when none), without joining the group."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    try:
+        found = consumer.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
+    finally:
+        consumer.close()
+    return {tp.partition: tp.offset for tp in found}
 
 
 def kafka_read_all(bootstrap: str, topic: str, group: str, expect: int, timeout: float = 20.0) -> list[Any]:

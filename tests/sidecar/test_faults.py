@@ -8,7 +8,7 @@ from pathlib import Path
 
 from harness.servers import BeanstalkdCluster, RedisServer, Tansu
 
-from .clients import create_topics, dq_delay, kafka_push, tube_counts
+from .clients import committed_offsets, create_topics, dq_delay, kafka_push, tube_counts
 from .conftest import App, Sidecar, app_config, delay_queue, kafka_queue, wait_until
 
 
@@ -61,63 +61,82 @@ def test_app_down_at_start_then_up_nothing_lost_no_attempt_burned(  # noqa: PLR0
         app.kill()
 
 
-def test_sidecar_killed_mid_delivery_delivers_again_after_restart(
+def test_sidecar_killed_mid_delivery_delivers_again_after_restart(  # noqa: PLR0917
     make_sidecar: Callable[..., Sidecar],
     http_app: App,
     beanstalk_cluster: BeanstalkdCluster,
     shared_redis: RedisServer,
+    kafka_broker: Tansu,
     unique: str,
 ) -> None:
-    http_app.script({"slow": [{"sleep": 60}, {"status": 200}]})
+    dq, kq = f"{unique}-d", f"{unique}-k"
+    create_topics(kafka_broker.bootstrap, kq, f"{kq}.dlq")
+    http_app.script(
+        {"slow-job": [{"sleep": 60}, {"status": 200}], "slow-msg": [{"sleep": 60}, {"status": 200}]}
+    )
     sidecar = make_sidecar(
         {
             "app": app_config(http_app, timeout="30s"),
-            "queues": [delay_queue(unique, beanstalk_cluster.addresses, shared_redis.url)],
+            "queues": [
+                delay_queue(dq, beanstalk_cluster.addresses, shared_redis.url),
+                kafka_queue(kq, kafka_broker.bootstrap),
+            ],
         }
     )
     sidecar.wait_ready()
-    job_id = dq_delay(beanstalk_cluster.addresses, unique, shared_redis.url, b"slow", 0)
-    http_app.wait_for("slow")
-    sidecar.kill()  # SIGKILL while the app holds the message
+    job_id = dq_delay(beanstalk_cluster.addresses, dq, shared_redis.url, b"slow-job", 0)
+    kafka_push(kafka_broker.bootstrap, kq, b"slow-msg", key=b"k")
+    http_app.wait_for("slow-job")
+    http_app.wait_for("slow-msg")
+    sidecar.kill()  # SIGKILL while the app holds both messages
 
     sidecar.start()
-    first, second = http_app.wait_for("slow", 2, timeout=30)
+    first, second = http_app.wait_for("slow-job", 2, timeout=40)
     assert first["headers"]["X-Message-Id"] == second["headers"]["X-Message-Id"] == job_id
-    wait_until(lambda: sum(tube_counts(beanstalk_cluster.addresses, unique).values()) == 0, 10, "job deleted")
+    first, second = http_app.wait_for("slow-msg", 2, timeout=40)
+    assert first["headers"]["X-Message-Id"] == second["headers"]["X-Message-Id"]
+    wait_until(lambda: sum(tube_counts(beanstalk_cluster.addresses, dq).values()) == 0, 10, "job deleted")
 
 
-def test_sigterm_finishes_in_flight_then_exits_0(
+def test_sigterm_finishes_in_flight_then_exits_0(  # noqa: PLR0917
     make_sidecar: Callable[..., Sidecar],
     http_app: App,
     beanstalk_cluster: BeanstalkdCluster,
     shared_redis: RedisServer,
+    kafka_broker: Tansu,
     unique: str,
 ) -> None:
-    http_app.script({"drain-me": [{"sleep": 1.5, "status": 200}]})
+    dq, kq = f"{unique}-d", f"{unique}-k"
+    create_topics(kafka_broker.bootstrap, kq, f"{kq}.dlq")
+    http_app.script({"drain-job": [{"sleep": 1.5}], "drain-msg": [{"sleep": 1.5}]})
     sidecar = make_sidecar(
         {
             "app": app_config(http_app),
-            "queues": [delay_queue(unique, beanstalk_cluster.addresses, shared_redis.url)],
+            "queues": [
+                delay_queue(dq, beanstalk_cluster.addresses, shared_redis.url),
+                kafka_queue(kq, kafka_broker.bootstrap),
+            ],
             "shutdownGracePeriod": "10s",
         }
     )
     sidecar.wait_ready()
-    dq_delay(beanstalk_cluster.addresses, unique, shared_redis.url, b"drain-me", 0)
-    later = dq_delay(beanstalk_cluster.addresses, unique, shared_redis.url, b"after-stop", 3)
-    http_app.wait_for("drain-me")
+    dq_delay(beanstalk_cluster.addresses, dq, shared_redis.url, b"drain-job", 0)
+    dq_delay(beanstalk_cluster.addresses, dq, shared_redis.url, b"after-stop", 60)
+    _, offset = kafka_push(kafka_broker.bootstrap, kq, b"drain-msg", key=b"k")
+    http_app.wait_for("drain-job")
+    http_app.wait_for("drain-msg")
 
     assert sidecar.terminate_and_wait() == 0
-    # The in-flight job was answered and acknowledged (deleted); the not-yet-due one (three
-    # copies) is still queued for the next sidecar.
-    assert len(http_app.received("drain-me")) == 1
+    # Both in-flight messages were answered and acknowledged: the job deleted, the offset
+    # committed. The job not yet due (three copies) is still queued for the next sidecar.
+    assert len(http_app.received("drain-job")) == 1 and len(http_app.received("drain-msg")) == 1
+
+    def counts() -> dict[str, int]:
+        return tube_counts(beanstalk_cluster.addresses, dq)
+
     left = {"ready": 0, "delayed": 3, "reserved": 0, "buried": 0}
-    wait_until(
-        lambda: tube_counts(beanstalk_cluster.addresses, unique) == left,
-        5,
-        "only the later job left",
-        lambda: tube_counts(beanstalk_cluster.addresses, unique),
-    )
-    assert later
+    wait_until(lambda: counts() == left, 5, "only the later job left", counts)
+    assert committed_offsets(kafka_broker.bootstrap, kq, f"{kq}-app") == {0: offset + 1}
     log = (sidecar.workdir / "sidecar.log").read_text()
     assert '"msg": "sidecar stopped"' in log
 
@@ -148,3 +167,32 @@ def test_max_concurrency_caps_messages_in_flight_across_queues(  # noqa: PLR0917
         kafka_push(kafka_broker.bootstrap, kq, f"msg-{i}".encode())  # no key: no order, all concurrent
     wait_until(lambda: len(http_app.received()) >= 8, 30, "8 deliveries")
     assert max(entry["in_flight"] for entry in http_app.received()) <= 2
+
+
+def test_readyz_names_an_unhealthy_queue_and_logs_keep_secrets_out(
+    make_sidecar: Callable[..., Sidecar],
+    http_app: App,
+    beanstalk_cluster: BeanstalkdCluster,
+    redis_server: RedisServer,
+) -> None:
+    # Redis 6+ accepts any password for its default user, so this URL works, and carries a secret.
+    url = f"redis://:hunter2@127.0.0.1:{redis_server.port}/0"
+    queue = delay_queue("reminders", beanstalk_cluster.addresses, url)
+    sidecar = make_sidecar({"app": app_config(http_app), "queues": [queue]})
+    sidecar.wait_ready()
+
+    redis_server.stop()
+
+    def not_ready() -> str | None:
+        status, text = sidecar.get("/readyz")
+        return text if status == 503 and "queue reminders: redis unreachable" in text else None
+
+    reasons = wait_until(not_ready, 20, "readyz naming the queue's trouble", lambda: sidecar.get("/readyz"))
+    assert "hunter2" not in reasons
+    assert sidecar.get("/healthz")[0] == 200
+
+    redis_server.start()
+    sidecar.wait_ready()
+    log = (sidecar.workdir / "sidecar.log").read_text()
+    assert "redis" in log.lower()
+    assert "hunter2" not in log

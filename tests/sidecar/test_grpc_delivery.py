@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from collections.abc import Callable
 from typing import Any
 
-from harness.servers import BeanstalkdCluster, RedisServer, Tansu
+import grpc
+
+from harness.servers import BeanstalkdCluster, RedisServer, Tansu, free_port
 from queue_engine.durations import parse_rfc3339
+from queue_sidecar.proto import queue_pb2, queue_pb2_grpc
 
 from .clients import create_topics, dq_delay, kafka_push, kafka_read_all, tube_counts
 from .conftest import App, Sidecar, app_config, delay_queue, kafka_queue, wait_until
@@ -31,9 +35,11 @@ def test_grpc_app_gets_messages_and_its_acks_are_honoured(  # noqa: PLR0917
             "g-fail": [{"code": "INTERNAL", "error": "boom"}, {"ack": "DROP", "error": "bad order"}],
         }
     )
+    publisher_port = free_port()
     sidecar = make_sidecar(
         {
             "app": app_config(grpc_app),
+            "publish": {"port": free_port(), "grpcPort": publisher_port},
             "queues": [
                 delay_queue(dq, beanstalk_cluster.addresses, shared_redis.url),
                 kafka_queue(kq, kafka_broker.bootstrap),
@@ -81,3 +87,14 @@ def test_grpc_app_gets_messages_and_its_acks_are_honoured(  # noqa: PLR0917
     assert headers["x-attempts"] == b"2" and headers["x-last-error"] == b"bad order"
     assert [d["attempt"] for d in grpc_app.received("g-fail")] == [1, 2]
     assert sidecar.get("/readyz")[0] == 200
+
+    # The app publishes through the sidecar's gRPC Publisher, and gets the message back.
+    async def publish() -> int:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{publisher_port}") as channel:
+            stub = queue_pb2_grpc.PublisherStub(channel)
+            reply = await stub.Push(queue_pb2.PushRequest(queue=kq, body=b"g-published", key=b"cust-9"))
+            return int(reply.offset)
+
+    published_offset = asyncio.run(publish())
+    [published] = grpc_app.wait_for("g-published")
+    assert (published["key"], published["offset"]) == ("cust-9", published_offset)

@@ -61,6 +61,19 @@ def test_delayed_timed_and_kafka_messages_arrive_with_the_documented_headers(  #
     assert abs(parse_rfc3339(timed["headers"]["X-Due-At"]) - when) < timedelta(milliseconds=1)
     assert timed["t"] >= when.timestamp()
 
+    status, pushed = http(
+        "POST",
+        f"{sidecar.publish_url}/v1/kafkaqueues/{kq}/messages",
+        b"order-2",
+        {"X-Kafka-Key": "cust-8", "X-Header-source": "publish-api"},
+    )
+    assert status == 201, pushed
+    [order2] = http_app.wait_for("order-2")
+    sent = {name.lower(): value for name, value in order2["headers"].items()}  # names are case-blind
+    assert sent["x-kafka-key"] == "cust-8"
+    assert sent["x-header-source"] == "publish-api"
+    assert order2["headers"]["X-Kafka-Offset"] == str(pushed["offset"])
+
     [order] = http_app.wait_for("order-1")
     headers = order["headers"]
     assert headers["X-Queue-Kind"] == "kafka"
@@ -81,7 +94,7 @@ def test_delayed_timed_and_kafka_messages_arrive_with_the_documented_headers(  #
             sidecar.metric("queue_messages_delivered_total", kind="delay", queue=dq, result="success") == 2
         )
     )
-    assert sidecar.metric("queue_messages_delivered_total", kind="kafka", queue=kq, result="success") == 1
+    assert sidecar.metric("queue_messages_delivered_total", kind="kafka", queue=kq, result="success") == 2
     assert sidecar.metric("queue_messages_received_total", kind="kafka", queue=kq) >= 1
     assert sidecar.metric("queue_sidecar_app_up") == 1
     _, text = sidecar.get("/metrics")
