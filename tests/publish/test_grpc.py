@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import socket
 from datetime import UTC, datetime, timedelta
 
 import grpc
@@ -14,6 +15,8 @@ from publish.records import read_at_async
 
 from queue_engine.dq import HEADER_BYTES
 from queue_sidecar.proto import queue_pb2, queue_pb2_grpc
+from queue_sidecar.publish.grpc import start_server
+from queue_sidecar.publish.targets import PublishTargets
 
 Publisher = tuple[queue_pb2_grpc.PublisherStub, Queues]
 Code = grpc.StatusCode
@@ -136,3 +139,12 @@ async def test_no_quorum_is_unavailable(own_grpc_publisher: Publisher) -> None:
         Code.UNAVAILABLE,
     )
     assert "2 needed" in details
+
+
+async def test_a_port_in_use_is_a_clear_error() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(OSError, match=f"cannot listen on 127.0.0.1:{port}"):
+            await start_server(PublishTargets(), "127.0.0.1", port)

@@ -97,7 +97,11 @@ async def start_server(targets: PublishTargets, host: str, port: int) -> grpc.ai
     )
     queue_pb2_grpc.add_PublisherServicer_to_server(PublisherService(targets), server)  # type: ignore[no-untyped-call]
     address = f"{host}:{port}"
-    if server.add_insecure_port(address) == 0:
+    try:
+        bound = server.add_insecure_port(address)
+    except RuntimeError:  # grpcio raises on a failed bind; older versions returned 0
+        bound = 0
+    if bound == 0:
         raise OSError(f"the gRPC publish API cannot listen on {address}: is the port in use?")
     await server.start()
     log.info("gRPC publish API listening on %s", address)
