@@ -89,7 +89,7 @@ async def delay(queue: QueueSettings, args: argparse.Namespace) -> Report:
             due = args.at
             job_id = await producer.at(args.body, due)
         else:
-            due = datetime.now(UTC) + timedelta(seconds=args.in_)
+            due = datetime.now(UTC) + timedelta(seconds=args.in_)  # as the producer counts: from now
             job_id = await producer.delay(args.body, args.in_)
     due_text = due.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     return Report(
