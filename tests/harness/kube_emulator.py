@@ -10,8 +10,9 @@ object API itself is served here:
   strategic-merge (as merge) / JSON patch (a failed ``test`` answers 422), DELETE,
   delete-collection; ``labelSelector`` and ``fieldSelector`` (name, namespace);
 - the ``status`` subresource: status writes change only status, main writes keep the status;
-- CRDs: created ones join discovery (kopf scans it), their schema defaults are applied and
-  the common OpenAPI checks enforced (422 with the API server's wording);
+- CRDs: created ones join discovery (kopf scans it), their schema defaults are applied,
+  undeclared fields pruned and the common OpenAPI checks enforced (422 with the API
+  server's wording; CEL rules are not evaluated);
 - finalizers (delete sets ``deletionTimestamp``; the object goes once they are removed),
   owner references with background garbage collection of dependents, namespaces whose
   deletion removes their objects;
@@ -51,6 +52,7 @@ from harness.kube_objects import (
     json_patch,
     label_selector_matches,
     merge_patch,
+    prune,
     validate,
 )
 
@@ -203,7 +205,13 @@ class Emulator:
             if route is None:
                 if len(request.path) > 1 and request.path.endswith("/"):  # the client asks for /apis/
                     request = request.clone(rel_url=request.rel_url.with_path(request.path.rstrip("/")))
-                return await self.discovery(request)
+                response = await self.discovery(request)
+                if request.path == "/api/v1" and isinstance(response, web.Response) and response.body:
+                    # kmock 0.8 answers groupVersion "/v1" for the core group; clients expect "v1".
+                    listing = json.loads(bytes(response.body))  # type: ignore[arg-type]
+                    listing["groupVersion"] = "v1"
+                    return web.json_response(listing)
+                return response
             kind = self.kinds.get((route.group, route.version, route.plural))
             if kind is None or (route.namespace is not None and not kind.namespaced):
                 raise ApiError(404, "NotFound", "the server could not find the requested resource")
@@ -348,7 +356,7 @@ class Emulator:
     def _check_schema(self, kind: Kind, obj: JsonObj) -> JsonObj:
         if kind.schema is None:
             return obj
-        obj = apply_defaults(kind.schema, obj)
+        obj = prune(kind.schema, apply_defaults(kind.schema, obj), root=True)
         errors = validate(
             kind.schema, {k: v for k, v in obj.items() if k not in ("apiVersion", "kind", "metadata")}
         )

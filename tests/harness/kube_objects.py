@@ -224,6 +224,28 @@ def apply_defaults(schema: Mapping[str, Any] | None, value: Any) -> Any:
     return value
 
 
+def prune(schema: Mapping[str, Any] | None, value: Any, root: bool = False) -> Any:
+    """Drop fields a structural schema does not declare, as the API server does on every write."""
+    if not schema:
+        return value
+    if isinstance(value, dict):
+        properties = schema.get("properties") or {}
+        extra = schema.get("additionalProperties")
+        keep_unknown = bool(schema.get("x-kubernetes-preserve-unknown-fields")) or extra is True
+        for key in list(value):
+            if root and key in ("apiVersion", "kind", "metadata"):
+                continue
+            if key in properties:
+                value[key] = prune(properties[key], value[key])
+            elif isinstance(extra, dict):
+                value[key] = prune(extra, value[key])
+            elif not keep_unknown:
+                del value[key]
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        return [prune(schema["items"], item) for item in value]
+    return value
+
+
 _TYPES: dict[str, tuple[type, ...]] = {
     "object": (dict,),
     "array": (list,),

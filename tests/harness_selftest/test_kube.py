@@ -315,3 +315,33 @@ def test_kopf_operator_creates_owned_child_and_releases_finalizer(
         proc.wait(10)
         log.close()
     assert "Traceback" not in (tmp_path / "kopf.log").read_text()
+
+
+def test_watch_resumes_after_a_resource_version(api: client.ApiClient, unique: str) -> None:
+    objects = client.CustomObjectsApi(api)
+    created = objects.create_namespaced_custom_object(GROUP, VERSION, unique, PLURAL, widget("w1"))
+    objects.patch_namespaced_custom_object(GROUP, VERSION, unique, PLURAL, "w1", {"spec": {"size": 6}})
+    events = list(
+        watch.Watch().stream(
+            objects.list_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            unique,
+            PLURAL,
+            resource_version=created["metadata"]["resourceVersion"],
+            timeout_seconds=1,
+        )
+    )
+    assert [(e["type"], e["object"]["spec"]["size"]) for e in events] == [("MODIFIED", 6)]
+
+
+def test_undeclared_fields_are_pruned(api: client.ApiClient, unique: str) -> None:
+    objects = client.CustomObjectsApi(api)
+    body = widget("w1")
+    body["spec"]["unknownField"] = "dropped"
+    created = objects.create_namespaced_custom_object(GROUP, VERSION, unique, PLURAL, body)
+    assert "unknownField" not in created["spec"]
+    patched = objects.patch_namespaced_custom_object_status(
+        GROUP, VERSION, unique, PLURAL, "w1", {"status": {"anything": {"goes": True}}}
+    )
+    assert patched["status"] == {"anything": {"goes": True}}, "preserve-unknown-fields keeps it"
