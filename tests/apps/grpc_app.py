@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from google.protobuf.duration_pb2 import Duration
 
 from queue_sidecar.proto import queue_pb2, queue_pb2_grpc
 
@@ -22,7 +21,7 @@ except ImportError:  # run as a script: tests/ is not on the path
     from apps.script import Script
 
 
-class Handler(queue_pb2_grpc.MessageHandlerServicer):  # type: ignore[misc]
+class Handler(queue_pb2_grpc.MessageHandlerServicer):
     def __init__(self, script: Script) -> None:
         self.script = script
 
@@ -50,18 +49,13 @@ class Handler(queue_pb2_grpc.MessageHandlerServicer):  # type: ignore[misc]
             status=queue_pb2.Ack.Status.Value(answer.get("ack", "SUCCESS")), error=answer.get("error", "")
         )
         if "retryAfter" in answer:
-            ack.retry_after.CopyFrom(
-                Duration(
-                    nanos=int(float(answer["retryAfter"]) * 1e9) % 1_000_000_000,
-                    seconds=int(float(answer["retryAfter"])),
-                )
-            )
+            ack.retry_after.FromNanoseconds(int(float(answer["retryAfter"]) * 1e9))
         return ack
 
 
 async def serve(port: int, script: Script) -> None:
     server = grpc.aio.server()
-    queue_pb2_grpc.add_MessageHandlerServicer_to_server(Handler(script), server)
+    queue_pb2_grpc.add_MessageHandlerServicer_to_server(Handler(script), server)  # type: ignore[no-untyped-call]
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     await server.wait_for_termination()

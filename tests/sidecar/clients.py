@@ -41,7 +41,7 @@ def tube_counts(nodes: Sequence[str], tube: str) -> dict[str, int]:
         host, _, port = node.rpartition(":")
         with greenstalk.Client((host, int(port)), use=tube) as client:
             try:
-                stats = client.stats_tube(tube)
+                stats: dict[str, Any] = dict(client.stats_tube(tube))
             except greenstalk.NotFoundError:
                 continue  # a tube with no jobs and no watchers does not exist
             for state in totals:
@@ -72,7 +72,8 @@ def kafka_push(
         assert err is None, err
         where.append((msg.partition(), msg.offset()))
 
-    producer.produce(topic, value, key=key, headers=headers or [], on_delivery=report)
+    kafka_headers: Any = headers or []
+    producer.produce(topic, value, key=key, headers=kafka_headers, on_delivery=report)
     producer.flush(10)
     assert where, "broker did not acknowledge"
     return where[0]

@@ -91,7 +91,7 @@ def test_grpc_app_gets_messages_and_its_acks_are_honoured(  # noqa: PLR0917
     # The app publishes through the sidecar's gRPC Publisher, and gets the message back.
     async def publish() -> int:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{publisher_port}") as channel:
-            stub = queue_pb2_grpc.PublisherStub(channel)
+            stub = queue_pb2_grpc.PublisherStub(channel)  # type: ignore[no-untyped-call]
             reply = await stub.Push(queue_pb2.PushRequest(queue=kq, body=b"g-published", key=b"cust-9"))
             return int(reply.offset)
 
