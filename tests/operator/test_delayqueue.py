@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 
+import kubernetes_validate
+
 from harness.kube_operator import Cluster, OperatorProcess, eventually, example
+from queue_operator.kube import Kube
 
 PLURAL = "delayqueues"
 
@@ -56,6 +59,23 @@ def test_example_creates_owned_children_and_ready_status(cluster: Cluster, opera
     eventually(lambda: cluster.ready(PLURAL, "reminders")["status"] == "True", what="Ready=True")
     assert cluster.get(PLURAL, "reminders")["status"]["readyReplicas"] == 3
     assert "Traceback" not in operator.log()
+
+
+def test_children_as_stored_pass_strict_schema_validation(
+    cluster: Cluster, operator: OperatorProcess
+) -> None:
+    cluster.apply(example("delayqueue-full.yaml"))
+    eventually(lambda: children_of(cluster, "invoices"), what="children")
+    kube = Kube(cluster.api)
+    for api_version, kind in (
+        ("v1", "Service"),
+        ("apps/v1", "StatefulSet"),
+        ("policy/v1", "PodDisruptionBudget"),
+    ):
+        stored = kube.read(api_version, kind, cluster.namespace, "invoices-beanstalkd")
+        assert stored is not None
+        stored.pop("status", None)  # written by controllers, not by the operator
+        kubernetes_validate.validate(stored, "1.33.0", strict=True)
 
 
 def test_full_example_with_persistence_settings(cluster: Cluster, operator: OperatorProcess) -> None:

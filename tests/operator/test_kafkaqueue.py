@@ -133,6 +133,9 @@ def test_invalid_spec_is_reported_in_the_ready_condition(
     assert (ready["status"], ready["reason"]) == ("False", "InvalidSpec")
     assert "spec.deadLetterTopic" in ready["message"] and "is the topic itself" in ready["message"]
     assert f"{unique}.orders" not in topics_on(kafka_broker)
+    cluster.patch(PLURAL, "orders", {"spec": {"deadLetterTopic": f"{unique}.orders.dead"}})
+    eventually(lambda: cluster.ready(PLURAL, "orders").get("status") == "True", what="Ready once fixed")
+    assert f"{unique}.orders.dead" in topics_on(kafka_broker)
 
 
 def test_sasl_example_never_exposes_the_secret(
@@ -163,3 +166,15 @@ def test_sasl_example_never_exposes_the_secret(
     assert password not in operator.log()
     assert password not in cluster.events_text()
     assert operator.running
+
+
+def test_a_topic_deleted_behind_its_back_is_recreated(
+    cluster: Cluster, operator: OperatorProcess, kafka_broker: Tansu, unique: str
+) -> None:
+    cluster.apply(kafkaqueue(kafka_broker, unique))
+    eventually(lambda: cluster.ready(PLURAL, "orders").get("status") == "True", what="Ready=True")
+    topic = f"{unique}.orders"
+    admin = AdminClient({"bootstrap.servers": kafka_broker.bootstrap})
+    admin.delete_topics([topic])[topic].result(10)
+    eventually(lambda: topic in topics_on(kafka_broker), what="the topic re-created by the periodic check")
+    eventually(lambda: cluster.ready(PLURAL, "orders").get("status") == "True", what="Ready again")
