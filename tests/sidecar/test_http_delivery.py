@@ -39,6 +39,9 @@ def test_delayed_timed_and_kafka_messages_arrive_with_the_documented_headers(  #
     status, created = http("POST", f"{sidecar.publish_url}/v1/delayqueues/{dq}/jobs?delay=500ms", b"in-500ms")
     assert status == 201, created
     published_at = time.time()
+    status, doomed = http("POST", f"{sidecar.publish_url}/v1/delayqueues/{dq}/jobs?delay=500ms", b"revoked")
+    assert status == 201
+    assert http("DELETE", f"{sidecar.publish_url}/v1/delayqueues/{dq}/jobs/{doomed['id']}")[0] == 204
     when = datetime.now(UTC) + timedelta(seconds=1)
     timed_id = dq_at(beanstalk_cluster.addresses, dq, shared_redis.url, b"at-a-time", when)
     partition, offset = kafka_push(
@@ -84,6 +87,8 @@ def test_delayed_timed_and_kafka_messages_arrive_with_the_documented_headers(  #
     assert (headers["X-Kafka-Partition"], headers["X-Kafka-Offset"]) == (str(partition), str(offset))
     assert headers["X-Header-trace"] == "abc"
     assert "X-Due-At" not in headers
+
+    assert time.time() > published_at + 0.5 and http_app.received("revoked") == []
 
     # Health, readiness and metrics on the health port.
     assert sidecar.get("/healthz")[0] == 200
@@ -172,9 +177,13 @@ def test_kafka_retries_then_dead_letters_with_headers(
     )
     sidecar.wait_ready()
     kafka_push(kafka_broker.bootstrap, unique, b"flaky", key=b"k1")
+    kafka_push(kafka_broker.bootstrap, unique, b"after-flaky", key=b"k1")  # same key: must wait
     _, bad_offset = kafka_push(kafka_broker.bootstrap, unique, b"bad", key=b"k2", headers=[("trace", b"t-1")])
 
-    assert [d["headers"]["X-Attempt"] for d in http_app.wait_for("flaky", 2)] == ["1", "2"]
+    flaky = http_app.wait_for("flaky", 2)
+    assert [d["headers"]["X-Attempt"] for d in flaky] == ["1", "2"]
+    [after] = http_app.wait_for("after-flaky")
+    assert after["t"] > flaky[1]["t"], "a later message of the same key overtook a retried one"
     [dead] = kafka_read_all(kafka_broker.bootstrap, f"{unique}.dlq", f"{unique}-reader", 1)
     assert dead.value() == b"bad" and dead.key() == b"k2"
     headers: dict[str, Any] = {k: v for k, v in dead.headers()}
