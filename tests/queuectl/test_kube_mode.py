@@ -18,8 +18,8 @@ from kubernetes import client
 from publish.records import read_at
 from queuectl.conftest import Result, queuectl
 
-from harness.kube import KubeApi
-from harness.servers import BeanstalkdCluster, RedisServer, Tansu
+from harness.kube import KUBECONFIG_TEMPLATE, KubeApi
+from harness.servers import BeanstalkdCluster, RedisServer, Tansu, free_port
 from queue_sidecar.config import KafkaQueueConfig
 from queue_sidecar.ctl.kube import KubeSource
 
@@ -203,3 +203,13 @@ def test_kafka_auth_comes_from_the_secrets_and_the_ca_file_is_removed(kube: Kube
     assert "s3cret" not in repr(queue)
     source.close()
     assert not ca.exists()
+
+
+def test_an_unreachable_api_is_reported_with_its_address(tmp_path: Path) -> None:
+    port = free_port()  # nothing listens there
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(KUBECONFIG_TEMPLATE.format(url=f"http://127.0.0.1:{port}"))
+    result = queuectl("--kubeconfig", str(kubeconfig), "stats", "reminders", "--timeout", "2s")
+    assert result.code == 1
+    assert f"127.0.0.1:{port}" in result.err and "unreachable" in result.err
+    assert "Traceback" not in result.err

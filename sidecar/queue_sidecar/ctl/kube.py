@@ -33,9 +33,15 @@ class KubeSource:
     """Queues of one namespace, through a kubeconfig context (the current one by default)."""
 
     def __init__(
-        self, context: str | None = None, namespace: str | None = None, *, kubeconfig: str | None = None
+        self,
+        context: str | None = None,
+        namespace: str | None = None,
+        *,
+        kubeconfig: str | None = None,
+        timeout: float = 10.0,
     ) -> None:
         from kubernetes import client, config  # noqa: PLC0415 - only kube mode pays for the import
+        from urllib3.exceptions import HTTPError  # noqa: PLC0415
 
         try:
             # No file given: the client's default, $KUBECONFIG (several files merged) or ~/.kube/config.
@@ -51,6 +57,8 @@ class KubeSource:
         self._custom = client.CustomObjectsApi(self._api_client)
         self._core = client.CoreV1Api(self._api_client)
         self._api_exception = client.ApiException
+        self._unreachable = (OSError, HTTPError)
+        self._timeout = timeout
         self._temp_files: list[Path] = []
 
     def find(self, name: str, kind: Kind | None) -> QueueSettings:
@@ -74,31 +82,37 @@ class KubeSource:
             body = cast(
                 dict[str, Any],
                 self._custom.get_namespaced_custom_object(
-                    GROUP, VERSION, self.namespace, PLURALS[kind], name
+                    GROUP, VERSION, self.namespace, PLURALS[kind], name, _request_timeout=self._timeout
                 ),
             )
         except self._api_exception as exc:
             if exc.status == 404:
                 return None
             raise self._error(exc, f"reading {kind} {name}") from None
-        except OSError as exc:
-            raise Unavailable(f"the Kubernetes API is unreachable: {exc}") from None
+        except self._unreachable as exc:
+            host = self._api_client.configuration.host
+            raise Unavailable(
+                f"the Kubernetes API at {host} (context {self.context}) is unreachable: "
+                f"{getattr(exc, 'reason', None) or exc}"
+            ) from None
         return body
 
     def _list(self) -> list[tuple[str, str]]:
         found: list[tuple[str, str]] = []
         for kind, plural in PLURALS.items():
-            with contextlib.suppress(self._api_exception):
+            with contextlib.suppress(self._api_exception, *self._unreachable):
                 items = cast(
                     dict[str, Any],
-                    self._custom.list_namespaced_custom_object(GROUP, VERSION, self.namespace, plural),
+                    self._custom.list_namespaced_custom_object(
+                        GROUP, VERSION, self.namespace, plural, _request_timeout=self._timeout
+                    ),
                 )
                 found += [(kind, item["metadata"]["name"]) for item in items.get("items", [])]
         return found
 
     def _secret(self, name: str, key: str, field: str) -> str:
         try:
-            secret = self._core.read_namespaced_secret(name, self.namespace)
+            secret = self._core.read_namespaced_secret(name, self.namespace, _request_timeout=self._timeout)
         except self._api_exception as exc:
             raise self._error(exc, f"reading Secret {name} ({field})") from None
         data = secret.data or {}

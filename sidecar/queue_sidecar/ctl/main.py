@@ -161,7 +161,7 @@ def _source(args: argparse.Namespace) -> QueueSource:
         return ConfigFileSource(args.config)
     from queue_sidecar.ctl.kube import KubeSource  # noqa: PLC0415 - the kubernetes client is slow to import
 
-    return KubeSource(args.context, args.namespace, kubeconfig=args.kubeconfig)
+    return KubeSource(args.context, args.namespace, kubeconfig=args.kubeconfig, timeout=args.timeout)
 
 
 async def _run(args: argparse.Namespace) -> Report:
@@ -189,6 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.verbose:
         # librdkafka retries a broker that is down loudly; the error we print says it once.
         logging.getLogger("queue_engine.kq.librdkafka").setLevel(logging.CRITICAL)
+        logging.getLogger("urllib3").setLevel(logging.ERROR)  # the kube client's retries
     if hasattr(args, "body"):
         args.body = _body(args.body)
     try:
