@@ -74,6 +74,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="bound of each call to the Kafka brokers (default %(default)s)",
     )
     parser.add_argument(
+        "--delete-retries",
+        type=int,
+        default=defaults.delete_retries,
+        help=(
+            "tries to delete a KafkaQueue's topics (deletionPolicy Delete) while the brokers fail, "
+            "before the resource is released with its topics left in place (default %(default)s)"
+        ),
+    )
+    parser.add_argument(
         "--workers", type=int, default=defaults.workers, help="handler threads (default %(default)s)"
     )
     return parser.parse_args(argv)
@@ -86,6 +95,7 @@ def cli(argv: Sequence[str] | None = None) -> None:
         retry_delay=args.retry_delay,
         watch_timeout=args.watch_timeout,
         kafka_timeout=args.kafka_timeout,
+        delete_retries=args.delete_retries,
         workers=args.workers,
     )
     kopf.configure(verbose=args.verbose, debug=args.debug)

@@ -178,3 +178,20 @@ def test_a_topic_deleted_behind_its_back_is_recreated(
     admin.delete_topics([topic])[topic].result(10)
     eventually(lambda: topic in topics_on(kafka_broker), what="the topic re-created by the periodic check")
     eventually(lambda: cluster.ready(PLURAL, "orders").get("status") == "True", what="Ready again")
+
+
+def test_delete_with_the_broker_down_is_retried_then_released(
+    cluster: Cluster, operator: OperatorProcess, own_kafka_broker: Tansu, unique: str
+) -> None:
+    operator.stop()
+    operator.extra_args = ["--delete-retries", "3"]
+    operator.start()
+    cluster.apply(kafkaqueue(own_kafka_broker, unique, deletionPolicy="Delete"))
+    eventually(lambda: cluster.ready(PLURAL, "orders").get("status") == "True", what="Ready=True")
+    own_kafka_broker.stop()
+    cluster.delete(PLURAL, "orders")
+    held = cluster.get(PLURAL, "orders")
+    assert held["metadata"]["deletionTimestamp"], "held by the finalizer while the topics cannot be deleted"
+    eventually(lambda: cluster.gone(PLURAL, "orders"), timeout=40, what="released after the retries")
+    assert "cannot delete the topics yet" in operator.log()
+    assert operator.running
