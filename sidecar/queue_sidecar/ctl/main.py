@@ -205,6 +205,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # a bug or an error nobody classified: say so without a wall of text
+        log.debug("unexpected failure", exc_info=exc)
+        print(
+            f"queuectl {args.command}: unexpected {type(exc).__name__}: {exc} (-v shows where)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
     if args.output == "json":
         output.as_json(report.data, sys.stdout)
     else:
