@@ -60,6 +60,8 @@ CONSUMER_DEFAULTS: dict[str, Any] = {
 POLL_BATCH = 500
 DEFAULT_POLICY = DeliveryPolicy()
 POLL_TIMEOUT = 0.1
+PAUSED_POLL_TIMEOUT = 0.005
+HOLD_BEFORE_PAUSE = 1.0
 
 
 @dataclasses.dataclass(eq=False)
@@ -130,6 +132,14 @@ class KafkaConsumer:
             },
         )
         self._handler = handler
+        # Metric children looked up once: labels() costs more than the increment itself.
+        self._received = metrics.RECEIVED.labels("kafka", self.name)
+        self._in_flight = metrics.IN_FLIGHT.labels("kafka", self.name)
+        self._latency = metrics.DELIVERY_LATENCY.labels("kafka", self.name)
+        self._delivered = {
+            result: metrics.DELIVERED.labels("kafka", self.name, result)
+            for result in ("success", "retry", "drop", "unavailable")
+        }
         self._policy = policy
         self._concurrency = concurrency
         self._max_uncommitted = max_uncommitted
@@ -154,6 +164,7 @@ class KafkaConsumer:
         # ahead of the loop and would otherwise fetch the whole topic before the loop noticed.
         self._backlog: dict[int, int] = {}
         self._paused: set[int] = set()  # poll thread only
+        self._over_since: float | None = None  # poll thread only
         self._commit_lock = threading.Lock()
         self._commands: thread_queue.SimpleQueue[Callable[[Consumer], None]] = thread_queue.SimpleQueue()
         self._closing = threading.Event()
@@ -314,12 +325,15 @@ class KafkaConsumer:
             while not self._closing.is_set():
                 self._run_commands(consumer)
                 self._flush_commits(consumer)
-                records = _poll_batch(consumer)
+                if self._hold_intake(consumer):
+                    time.sleep(PAUSED_POLL_TIMEOUT)
+                    continue
+                # While partitions are paused, come back soon to resume them once the loop caught up.
+                records = _poll_batch(consumer, PAUSED_POLL_TIMEOUT if self._paused else POLL_TIMEOUT)
                 if records:
                     self._brokers_down = None
                     self._count_backlog(records)
                     self._to_loop(self._intake, records)
-                self._apply_backpressure(consumer)
             self._run_commands(consumer)
             self._flush_commits(consumer)
         finally:
@@ -401,10 +415,28 @@ class KafkaConsumer:
                     number = int(record.partition() or 0)
                     self._backlog[number] = self._backlog.get(number, 0) + 1
 
-    def _apply_backpressure(self, consumer: Consumer) -> None:
+    def _hold_intake(self, consumer: Consumer) -> bool:
+        """Backpressure, decided in the poll thread: True means "do not poll now".
+
+        A partition over ``max_uncommitted`` first holds polling for up to HOLD_BEFORE_PAUSE
+        (usually the loop catches up in milliseconds). Only a backlog that lasts longer pauses
+        the partition in librdkafka: pausing drops its prefetched records, and fetching them
+        again after resume costs a broker round trip, so it is kept for slow handlers.
+        Holding stays short so rebalance callbacks (served by polling) are never late by much.
+        """
         with self._commit_lock:
             backlog = dict(self._backlog)
-        pause = [n for n, held in backlog.items() if held >= self._max_uncommitted and n not in self._paused]
+        over = [n for n, held in backlog.items() if held >= self._max_uncommitted and n not in self._paused]
+        now = time.monotonic()
+        if not over:
+            self._over_since = None
+        elif self._over_since is None:
+            self._over_since = now
+        held = bool(over) and now - (self._over_since or now) < HOLD_BEFORE_PAUSE
+        self._apply_backpressure(consumer, backlog, [] if held else over)
+        return held
+
+    def _apply_backpressure(self, consumer: Consumer, backlog: dict[int, int], pause: list[int]) -> None:
         resume = [n for n in self._paused if backlog.get(n, 0) <= self._max_uncommitted // 2]
         try:
             if pause:
@@ -508,7 +540,7 @@ class KafkaConsumer:
             if not state.tracker.receive(message.offset):
                 self._release(state, 1)  # a re-fetch of one we already hold
                 continue
-            metrics.RECEIVED.labels("kafka", self.name).inc()
+            self._received.inc()
             self._enqueue(state, message)
 
     def _release(self, state: _Partition, count: int) -> None:
@@ -590,11 +622,12 @@ class KafkaConsumer:
                 self._finish(lane)
 
     async def _attempt(self, message: KafkaMessage) -> Outcome:
-        in_flight = metrics.IN_FLIGHT.labels("kafka", self.name)
+        in_flight = self._in_flight
         in_flight.inc()
         started = time.perf_counter()
         try:
-            outcome = await asyncio.wait_for(self._handler(message), self._policy.timeout)
+            async with asyncio.timeout(self._policy.timeout):
+                outcome = await self._handler(message)
             if not isinstance(outcome, Outcome):
                 outcome = Outcome.retry(f"handler returned {outcome!r} instead of an Outcome")
         except TimeoutError:
@@ -604,9 +637,9 @@ class KafkaConsumer:
             outcome = Outcome.retry(f"{type(exc).__name__}: {exc}")
         finally:
             in_flight.dec()
-            metrics.DELIVERY_LATENCY.labels("kafka", self.name).observe(time.perf_counter() - started)
+            self._latency.observe(time.perf_counter() - started)
         result = outcome.verdict.value.lower() if outcome.attempted else "unavailable"
-        metrics.DELIVERED.labels("kafka", self.name, result).inc()
+        self._delivered[result].inc()
         return outcome
 
     def _app_down(self, outcome: Outcome) -> None:
@@ -685,13 +718,13 @@ class KafkaConsumer:
         return False
 
 
-def _poll_batch(consumer: Consumer) -> list[Message]:
+def _poll_batch(consumer: Consumer, timeout: float) -> list[Message]:
     """Wait up to POLL_TIMEOUT for one record, then take what else is already fetched.
 
     (``consume(n, timeout)`` alone would hold the first record back until n arrived or the
     timeout passed, adding up to POLL_TIMEOUT of latency to every quiet-time message.)
     """
-    first = consumer.poll(POLL_TIMEOUT)
+    first = consumer.poll(timeout)
     if first is None:
         return []
     return [first, *consumer.consume(POLL_BATCH - 1, 0)]
