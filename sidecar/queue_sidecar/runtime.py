@@ -13,6 +13,8 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import grpc
@@ -31,6 +33,11 @@ from queue_sidecar.publish.targets import PublishTargets
 log = logging.getLogger(__name__)
 
 GAUGE_REFRESH_SECONDS = 10.0
+# A consumer that fails (brokers unreachable at start, ...) is rebuilt after this backoff, while
+# the health and publish servers keep serving and /readyz says why.
+RESTART_INITIAL_SECONDS = 1.0
+RESTART_MAX_SECONDS = 30.0
+STABLE_RUN_SECONDS = 60.0  # a consumer that ran this long starts its next backoff afresh
 
 
 class Consumer(Protocol):
@@ -47,9 +54,10 @@ class Sidecar:
         self.probe = AppProbe(config.app.host, config.app.port)
         self.delivery: AppDelivery = build_delivery(config.app, self.probe)
         self.targets = PublishTargets()
-        self.consumers: dict[str, Consumer] = {}
+        self.consumers: dict[str, Consumer] = {}  # the current consumer of each queue
         self.delay_admins: dict[str, DelayAdmin] = {}
         self.kafka_consumers: dict[str, KafkaConsumer] = {}
+        self._new_consumer: dict[str, Callable[[], Consumer]] = {}
         self._consuming = False
         self._stop = asyncio.Event()
         self._runners: list[web.AppRunner] = []
@@ -72,15 +80,20 @@ class Sidecar:
         self.targets.delay[queue.name] = DelayProducer(
             queue.nodes, queue.tube, queue.redis_url, max_job_bytes=queue.max_job_bytes, name=queue.name
         )
-        self.consumers[queue.name] = DelayConsumer(
-            queue.nodes,
-            queue.tube,
-            queue.redis_url,
-            self.delivery.delay_handler(policy.timeout),
-            policy=self._engine_policy(policy),
-            concurrency=self.config.app.max_concurrency,
-            name=queue.name,
-        )
+
+        def new_consumer() -> Consumer:
+            return DelayConsumer(
+                queue.nodes,
+                queue.tube,
+                queue.redis_url,
+                self.delivery.delay_handler(policy.timeout),
+                policy=self._engine_policy(policy),
+                concurrency=self.config.app.max_concurrency,
+                name=queue.name,
+            )
+
+        self._new_consumer[queue.name] = new_consumer
+        self.consumers[queue.name] = new_consumer()  # now, so that a bad setting fails at start
         self.delay_admins[queue.name] = DelayAdmin(queue.nodes, queue.tube, queue.redis_url, name=queue.name)
 
     def _open_kafka_queue(self, queue: KafkaQueueConfig) -> None:
@@ -89,20 +102,25 @@ class Sidecar:
         self.targets.kafka[queue.name] = KafkaPusher(
             queue.brokers, queue.topic, security=security, name=queue.name
         )
-        consumer = KafkaConsumer(
-            queue.brokers,
-            queue.topic,
-            queue.group,
-            self.delivery.kafka_handler(policy.timeout),
-            offset=queue.offset,
-            concurrency=self.config.app.max_concurrency,
-            policy=self._engine_policy(policy),
-            dead_letter_topic=queue.dead_letter_topic,
-            security=security,
-            name=queue.name,
-        )
-        self.consumers[queue.name] = consumer
-        self.kafka_consumers[queue.name] = consumer
+
+        def new_consumer() -> Consumer:
+            consumer = KafkaConsumer(
+                queue.brokers,
+                queue.topic,
+                queue.group,
+                self.delivery.kafka_handler(policy.timeout),
+                offset=queue.offset,
+                concurrency=self.config.app.max_concurrency,
+                policy=self._engine_policy(policy),
+                dead_letter_topic=queue.dead_letter_topic,
+                security=security,
+                name=queue.name,
+            )
+            self.kafka_consumers[queue.name] = consumer
+            return consumer
+
+        self._new_consumer[queue.name] = new_consumer
+        self.consumers[queue.name] = new_consumer()
 
     def not_ready_reasons(self) -> list[str]:
         reasons = []
@@ -147,11 +165,11 @@ class Sidecar:
                     name="queue-gauges",
                 )
             )
-            for name, consumer in self.consumers.items():
-                consumer_tasks[name] = asyncio.create_task(consumer.run(), name=f"consume-{name}")
+            for name in self.consumers:
+                consumer_tasks[name] = asyncio.create_task(self._supervise(name), name=f"consume-{name}")
             self._consuming = True
             log.info("consuming", extra={"queues": list(self.consumers)})
-            await self._until_stop_or_crash(consumer_tasks)
+            await self._stop.wait()
         finally:
             await self._shutdown(consumer_tasks, background)
 
@@ -164,17 +182,32 @@ class Sidecar:
             task.cancel()
         return self.probe.up and not self._stop.is_set()
 
-    async def _until_stop_or_crash(self, tasks: dict[str, asyncio.Task[None]]) -> None:
-        stopping = asyncio.create_task(self._stop.wait())
-        done, _ = await asyncio.wait({stopping, *tasks.values()}, return_when=asyncio.FIRST_COMPLETED)
-        stopping.cancel()
-        for name, task in tasks.items():
-            if task in done:
-                # A consumer that ends on its own is a fault: report it and stop the sidecar so
-                # that Kubernetes restarts it, rather than run on silently without that queue.
-                exc = task.exception()
-                log.error("consumer stopped unexpectedly", extra={"queue": name, "error": repr(exc)})
-                raise RuntimeError(f"consumer of queue {name} stopped: {exc!r}")
+    async def _supervise(self, name: str) -> None:
+        """Run the queue's consumer; if it fails on its own, log why and run a new one."""
+        backoff = RESTART_INITIAL_SECONDS
+        consumer = self.consumers[name]
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                await consumer.run()
+                error = "returned without being asked to stop"
+            except Exception as exc:
+                error = str(exc) or type(exc).__name__
+            if self._stop.is_set():
+                return
+            if time.monotonic() - started > STABLE_RUN_SECONDS:
+                backoff = RESTART_INITIAL_SECONDS
+            # Its health() now says why it failed, so /readyz names the queue meanwhile.
+            log.error(
+                "consumer failed; starting a new one",
+                extra={"queue": name, "error": error, "retry_in_seconds": backoff},
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), backoff)
+            if self._stop.is_set():
+                return
+            backoff = min(RESTART_MAX_SECONDS, backoff * 2)
+            consumer = self.consumers[name] = self._new_consumer[name]()
 
     async def _shutdown(
         self, consumer_tasks: dict[str, asyncio.Task[None]], background: list[asyncio.Task[Any]]

@@ -196,3 +196,28 @@ def test_readyz_names_an_unhealthy_queue_and_logs_keep_secrets_out(
     log = (sidecar.workdir / "sidecar.log").read_text()
     assert "redis" in log.lower()
     assert "hunter2" not in log
+
+
+def test_kafka_unreachable_at_start_keeps_serving_and_consumes_once_it_is_up(
+    make_sidecar: Callable[..., Sidecar], http_app: App, own_kafka_broker: Tansu, unique: str
+) -> None:
+    own_kafka_broker.stop()
+    sidecar = make_sidecar(
+        {"app": app_config(http_app), "queues": [kafka_queue(unique, own_kafka_broker.bootstrap)]}
+    )
+    status, body = sidecar.get("/readyz")
+    assert status == 503 and f"queue {unique}" in body
+    # The consumer gives up on the brokers after its connect timeout; the sidecar runs a new one.
+    wait_until(
+        lambda: "consumer failed; starting a new one" in sidecar.log_tail(200),
+        30,
+        "a consumer restart",
+        sidecar.log_tail,
+    )
+    assert sidecar.running and sidecar.get("/healthz")[0] == 200
+
+    own_kafka_broker.start()
+    create_topics(own_kafka_broker.bootstrap, unique, f"{unique}.dlq")
+    sidecar.wait_ready(60)
+    kafka_push(own_kafka_broker.bootstrap, unique, b"after-outage")
+    http_app.wait_for("after-outage", timeout=30)
