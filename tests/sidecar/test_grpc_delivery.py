@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -98,3 +100,31 @@ def test_grpc_app_gets_messages_and_its_acks_are_honoured(  # noqa: PLR0917
     published_offset = asyncio.run(publish())
     [published] = grpc_app.wait_for("g-published")
     assert (published["key"], published["offset"]) == ("cust-9", published_offset)
+
+
+def test_grpc_app_down_then_up_gets_the_message_without_a_burned_attempt(
+    make_sidecar: Callable[..., Sidecar],
+    tmp_path: Path,
+    beanstalk_cluster: BeanstalkdCluster,
+    shared_redis: RedisServer,
+    unique: str,
+) -> None:
+    app = App(tmp_path / "late-grpc-app", "grpc")
+    app.script({})
+    sidecar = make_sidecar(
+        {
+            "app": app_config(app),
+            "queues": [delay_queue(unique, beanstalk_cluster.addresses, shared_redis.url)],
+        }
+    )
+    try:
+        app.start()
+        sidecar.wait_ready()
+        app.kill()  # the channel to it is now broken, not just never opened
+        dq_delay(beanstalk_cluster.addresses, unique, shared_redis.url, b"g-while-down", 0)
+        time.sleep(1.5)  # several rounds of UNAVAILABLE: none may count as an attempt
+        app.start()
+        [delivered] = app.wait_for("g-while-down")
+        assert delivered["attempt"] == 1
+    finally:
+        app.kill()
