@@ -21,12 +21,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from confluent_kafka import Consumer, Producer  # noqa: E402
-from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
-from harness.servers import Tansu  # noqa: E402
+from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
 
-from queue_engine.kq import KafkaConsumer, KafkaMessage, KafkaPusher, SyncKafkaPusher  # noqa: E402
-from queue_engine.policy import Outcome  # noqa: E402
+from harness.servers import Tansu
+from queue_engine.kq import KafkaConsumer, KafkaMessage, KafkaPusher, SyncKafkaPusher
+from queue_engine.policy import Outcome
 
 PARTITIONS = 4
 VALUE = b"x" * 100
@@ -174,7 +174,8 @@ async def engine_consume(bootstrap: str, name: str, n: int) -> float:
 
 def row(label: str, n: int, raw: float, engine: float) -> str:
     raw_rate, engine_rate = n / raw, n / engine
-    return f"| {label:<34} | {n:>7} | {raw_rate:>12,.0f} | {engine_rate:>12,.0f} | {engine_rate / raw_rate:>5.2f} |"
+    ratio = engine_rate / raw_rate
+    return f"| {label:<34} | {n:>7} | {raw_rate:>12,.0f} | {engine_rate:>12,.0f} | {ratio:>5.2f} |"
 
 
 def main() -> None:

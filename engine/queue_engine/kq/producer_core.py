@@ -24,7 +24,9 @@ Result = Delivered | QueueError
 Batch = list[tuple[Any, Result]]
 
 PRODUCER_DEFAULTS: dict[str, Any] = {
-    "linger.ms": 5,
+    # push() waits for each ack, so do not hold messages back; under load librdkafka still
+    # batches whatever queues up while earlier requests are in flight.
+    "linger.ms": 0,
     # librdkafka's default is 5 minutes; a caller waiting on an ack should hear of a dead broker sooner.
     "message.timeout.ms": 30000,
 }
