@@ -59,7 +59,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--retry-delay",
         type=float,
         default=defaults.retry_delay,
-        help="wait before retrying after a transient failure (default %(default)s)",
+        help="first wait before retrying after a transient failure (default %(default)s)",
+    )
+    timing.add_argument(
+        "--retry-delay-max",
+        type=float,
+        default=defaults.retry_delay_max,
+        help="the waits between retries double up to this (default %(default)s)",
     )
     timing.add_argument(
         "--watch-timeout",
@@ -93,6 +99,7 @@ def cli(argv: Sequence[str] | None = None) -> None:
     options = Options(
         reconcile_interval=args.reconcile_interval,
         retry_delay=args.retry_delay,
+        retry_delay_max=args.retry_delay_max,
         watch_timeout=args.watch_timeout,
         kafka_timeout=args.kafka_timeout,
         delete_retries=args.delete_retries,

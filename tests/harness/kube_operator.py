@@ -20,7 +20,7 @@ GROUP, VERSION = "queue-operator.dev", "v1alpha1"
 OPERATOR = Path(sys.executable).parent / "queue-operator"
 
 
-def eventually(check: Callable[[], Any], timeout: float = 20.0, what: str = "") -> Any:
+def eventually(check: Callable[[], Any], timeout: float = 30.0, what: str = "") -> Any:
     """Poll ``check`` until it returns something truthy (assertions and 404s count as 'not yet')."""
     deadline = time.monotonic() + timeout
     last: BaseException | None = None
@@ -61,6 +61,8 @@ class OperatorProcess:
             str(self.reconcile_interval),
             "--retry-delay",
             "0.5",
+            "--retry-delay-max",
+            "2",
             "--kafka-timeout",
             "2",
             "--watch-timeout",

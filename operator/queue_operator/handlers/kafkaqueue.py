@@ -95,10 +95,11 @@ def reason_of(exc: Exception) -> str:
 
 
 def retry_later(
-    body: kopf.Body, patch: kopf.Patch, runtime: Runtime, reason: str, exc: Exception
+    body: kopf.Body, patch: kopf.Patch, runtime: Runtime, retry: int, exc: Exception
 ) -> kopf.TemporaryError:
-    delay = runtime.options.retry_delay
-    set_ready(body, patch, False, reason, f"{exc}; retrying in {delay:g}s")
+    """Report in ``Ready`` and retry after an exponentially growing delay."""
+    delay = runtime.options.backoff(retry)
+    set_ready(body, patch, False, reason_of(exc), f"{exc}; retrying in {delay:g}s")
     return kopf.TemporaryError(str(exc), delay=delay)
 
 
@@ -110,7 +111,9 @@ def reconcile(body: kopf.Body, patch: kopf.Patch, memo: Any, **_: Any) -> None:
     kopf.register(report_status, id="status", backoff=backoff)
 
 
-def ensure_topic(*, param: Any = None, body: kopf.Body, patch: kopf.Patch, memo: Any, **_: Any) -> None:
+def ensure_topic(
+    *, param: Any = None, body: kopf.Body, patch: kopf.Patch, memo: Any, retry: int = 0, **_: Any
+) -> None:
     runtime: Runtime = memo.runtime
     spec = parse(body, patch)
     problems: dict[str, str | None] = memo.setdefault("problems", {})
@@ -126,20 +129,20 @@ def ensure_topic(*, param: Any = None, body: kopf.Body, patch: kopf.Patch, memo:
                 partitions = existing or spec.partitions
                 report = topics.ensure(spec.dead_letter_topic, partitions, spec.replication_factor, {})
     except (SecretMissing, ClientConfigInvalid, BrokerUnavailable) as exc:
-        raise retry_later(body, patch, runtime, reason_of(exc), exc) from exc
+        raise retry_later(body, patch, runtime, retry, exc) from exc
     problems[param] = report.problem
     if report.problem:
         raise kopf.PermanentError(report.problem)
 
 
-def report_status(body: kopf.Body, patch: kopf.Patch, memo: Any, **_: Any) -> None:
+def report_status(body: kopf.Body, patch: kopf.Patch, memo: Any, retry: int = 0, **_: Any) -> None:
     runtime: Runtime = memo.runtime
     spec = parse(body, patch)
     try:
         with admin(runtime, spec, str(body.metadata.namespace)) as topics:
             partitions = topics.partitions()
     except (SecretMissing, ClientConfigInvalid, BrokerUnavailable) as exc:
-        raise retry_later(body, patch, runtime, reason_of(exc), exc) from exc
+        raise retry_later(body, patch, runtime, retry, exc) from exc
     write_status(body, patch, observed_status(body, spec, partitions, memo.get("problems", {})))
 
 
@@ -193,7 +196,7 @@ def observed_status(
     return with_ready(body, True, "TopicReady", message, **fields)
 
 
-def delete_topics(body: kopf.Body, memo: Any, logger: kopf.Logger, **_: Any) -> None:
+def delete_topics(body: kopf.Body, memo: Any, logger: kopf.Logger, retry: int = 0, **_: Any) -> None:
     runtime: Runtime = memo.runtime
     try:
         spec = KafkaQueueSpec.from_body(body)
@@ -213,6 +216,6 @@ def delete_topics(body: kopf.Body, memo: Any, logger: kopf.Logger, **_: Any) -> 
             deleted = topics.delete([spec.topic, spec.dead_letter_topic])
     except (SecretMissing, ClientConfigInvalid, BrokerUnavailable) as exc:
         raise kopf.TemporaryError(
-            f"cannot delete the topics yet: {exc}", delay=runtime.options.retry_delay
+            f"cannot delete the topics yet: {exc}", delay=runtime.options.backoff(retry)
         ) from exc
     logger.info("deletionPolicy Delete: deleted topics %s", ", ".join(deleted) or "(none were left)")

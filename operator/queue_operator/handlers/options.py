@@ -19,11 +19,16 @@ class Options:
     """Timings in seconds; the defaults suit a cluster, tests shorten them."""
 
     reconcile_interval: float = 60.0  # the periodic check of actual against desired state
-    retry_delay: float = 10.0  # wait before retrying a step that failed for a transient reason
+    retry_delay: float = 10.0  # first wait before retrying a step that failed for a transient reason
+    retry_delay_max: float = 300.0  # the waits double up to this
     watch_timeout: float = 300.0  # server-side watch timeout; kopf re-lists and re-watches after it
     kafka_timeout: float = 5.0  # bound of each call to the Kafka brokers
     delete_retries: int = 30  # tries to delete topics before the finalizer is released anyway
     workers: int = 8  # threads for the (blocking) handlers
+
+    def backoff(self, retry: int) -> float:
+        """The wait before retry number ``retry + 1``: doubling from retry_delay, capped."""
+        return float(min(self.retry_delay * 2 ** min(retry, 30), max(self.retry_delay, self.retry_delay_max)))
 
 
 def operator_settings(options: Options) -> kopf.OperatorSettings:
