@@ -226,6 +226,9 @@ class Emulator:
             return web.json_response(payload, status=status, dumps=json.dumps)
         except ApiError as exc:
             return web.json_response(exc.status(), status=exc.code)
+        except Exception as exc:  # an emulator bug: answer like an API server would, and say so
+            log.exception("failed to serve %s %s", request.method, request.path)
+            return web.json_response(ApiError(500, "InternalError", repr(exc)).status(), status=500)
 
     @staticmethod
     async def _body(request: web.Request) -> Any:
