@@ -313,9 +313,11 @@ class KafkaConsumer:
             try:
                 consumer.list_topics(self.topic, timeout=self._connect_timeout)
             except KafkaException as exc:
+                consumer.poll(0)  # serves queued client errors (error_cb): the cause, e.g. auth refused
+                seen = f"; last broker error: {self._brokers_down}" if self._brokers_down else ""
                 raise Unavailable(
                     f"brokers {self._brokers} not reachable within {self._connect_timeout}s: "
-                    f"{error_from_kafka(exc, 'metadata')}"
+                    f"{error_from_kafka(exc, 'metadata')}{seen}"
                 ) from exc
             consumer.subscribe(
                 [self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
@@ -489,8 +491,10 @@ class KafkaConsumer:
                     self._pending_commits.pop(number, None)
 
     def _on_kafka_error(self, err: KafkaError) -> None:
-        if err.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT):
-            self._brokers_down = err.str()
+        if err.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._AUTHENTICATION):
+            # "all brokers down" says less than the transport or auth error before it: keep that.
+            if err.code() != KafkaError._ALL_BROKERS_DOWN or not self._brokers_down:
+                self._brokers_down = err.str()
         log.warning("consumer %s: kafka: %s", self.name, err.str())
 
     # ---------------------------------------------------------------- event loop

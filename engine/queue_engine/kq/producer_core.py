@@ -57,7 +57,9 @@ class ProducerCore:
         self.topic = check_name("topic", topic)
         self.name = name or topic
         self._sink = sink
-        config = client_config(check_brokers(brokers), security, PRODUCER_DEFAULTS, extra, PRODUCER_MANAGED)
+        managed = {**PRODUCER_MANAGED, "error_cb": self._on_client_error}
+        config = client_config(check_brokers(brokers), security, PRODUCER_DEFAULTS, extra, managed)
+        self.last_client_error: str | None = None
         try:
             self._producer = Producer(config)
         except KafkaException as exc:
@@ -85,6 +87,9 @@ class ProducerCore:
             result: Result
             if err is not None:
                 result = error_from_kafka(err, f"push to {topic}")
+                if self.last_client_error and err.code() == KafkaError._MSG_TIMED_OUT:
+                    # "timed out" alone hides why: add what the client last saw (auth refused, ...).
+                    result.args = (f"{result}; last broker error: {self.last_client_error}",)
             else:
                 result = Delivered(msg.topic(), msg.partition(), msg.offset())
             with self._reports_lock:
@@ -104,6 +109,10 @@ class ProducerCore:
         except (TypeError, ValueError) as exc:
             return error_from_kafka(exc, f"push to {topic}: bad argument")
         return None
+
+    def _on_client_error(self, err: KafkaError) -> None:
+        self.last_client_error = err.str()
+        log.warning("kafka producer for %s: %s", self.name, err.str())
 
     def _drain(self) -> None:
         # Hand over under the lock: a flush that returns has seen its results passed on.
