@@ -491,10 +491,12 @@ class KafkaConsumer:
                     self._pending_commits.pop(number, None)
 
     def _on_kafka_error(self, err: KafkaError) -> None:
-        if err.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._AUTHENTICATION):
-            # "all brokers down" says less than the transport or auth error before it: keep that.
-            if err.code() != KafkaError._ALL_BROKERS_DOWN or not self._brokers_down:
-                self._brokers_down = err.str()
+        code = err.code()
+        # "all brokers down" says less than the transport or auth error before it: keep that one.
+        if code in (KafkaError._TRANSPORT, KafkaError._AUTHENTICATION) or (
+            code == KafkaError._ALL_BROKERS_DOWN and not self._brokers_down
+        ):
+            self._brokers_down = err.str()
         log.warning("consumer %s: kafka: %s", self.name, err.str())
 
     # ---------------------------------------------------------------- event loop
