@@ -47,9 +47,10 @@ def delayqueue(name: str) -> dict[str, Any]:
     }
 
 
-def peak_rss_mb(pid: int) -> float:
+def memory_mb(pid: int, field: str = "VmHWM") -> float:
+    """``VmHWM`` is the peak resident set size, ``VmRSS`` the current one."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -74,8 +75,10 @@ def create_all(objects: Any, namespace: str, count: int) -> None:
         )
 
 
-def run_operator(kube: KubeApi, api: Any, namespace: str, count: int, workdir: Path) -> tuple[float, float]:
-    """Seconds until every DelayQueue has children and status; the operator's peak RSS in MB."""
+def run_operator(
+    kube: KubeApi, api: Any, namespace: str, count: int, workdir: Path
+) -> tuple[float, float, float]:
+    """Seconds until every DelayQueue has children and status; the operator's idle and peak RSS."""
     objects, apps = client.CustomObjectsApi(api), client.AppsV1Api(api)
     log = (workdir / f"operator-{count}.log").open("wb")
     operator = subprocess.Popen(
@@ -92,6 +95,7 @@ def run_operator(kube: KubeApi, api: Any, namespace: str, count: int, workdir: P
     )
     try:
         time.sleep(2)  # let it start watching, so its start-up is not in the measurement
+        idle = memory_mb(operator.pid, "VmRSS")
         started = time.monotonic()
         create_all(objects, namespace, count)
 
@@ -106,7 +110,7 @@ def run_operator(kube: KubeApi, api: Any, namespace: str, count: int, workdir: P
         services = client.CoreV1Api(api).list_namespaced_service(namespace).items
         pdbs = client.PolicyV1Api(api).list_namespaced_pod_disruption_budget(namespace).items
         assert len(services) == count and len(pdbs) == count, "every queue has all three children"
-        return elapsed, peak_rss_mb(operator.pid)
+        return elapsed, idle, memory_mb(operator.pid)
     finally:
         operator.terminate()
         operator.wait(30)
@@ -148,21 +152,21 @@ def main() -> None:
                 for namespace in ("bench", "raw"):
                     kube.create_namespace(namespace)
                 with kube.client() as api:
-                    elapsed, rss = run_operator(kube, api, "bench", count, Path(tmp))
+                    elapsed, idle, peak = run_operator(kube, api, "bench", count, Path(tmp))
                     raw = run_raw(kube, api, "raw", count)
             finally:
                 kube.stop()
-            rows.append((count, elapsed, raw, rss))
+            rows.append((count, elapsed, raw, idle, peak))
 
     print()
-    header = ("DelayQueues", "operator s", "raw client s", "ratio", "queues/s", "peak RSS MB")
-    widths = (11, 10, 12, 5, 8, 11)
+    header = ("DelayQueues", "operator s", "raw client s", "ratio", "queues/s", "idle RSS MB", "peak RSS MB")
+    widths = (11, 10, 12, 5, 8, 11, 11)
     print(" | ".join(f"{title:>{width}}" for title, width in zip(header, widths, strict=True)))
-    print("-" * 74)
-    for count, elapsed, raw, rss in rows:
+    print("-" * 88)
+    for count, elapsed, raw, idle, peak in rows:
         print(
             f"{count:>11} | {elapsed:>10.1f} | {raw:>12.1f} | {elapsed / raw:>5.1f} | "
-            f"{count / elapsed:>8.1f} | {rss:>11.1f}"
+            f"{count / elapsed:>8.1f} | {idle:>11.1f} | {peak:>11.1f}"
         )
 
 
