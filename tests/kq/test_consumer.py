@@ -70,6 +70,8 @@ async def test_commit_never_passes_an_unfinished_message(bootstrap: str, unique:
         await wait_for(lambda: len(done) == 19, 30, "the other 19")
         await asyncio.sleep(0.5)  # the poll thread commits every 0.1 s: give it the chance to go wrong
         assert committed(bootstrap, unique, unique, 1)[0] == 3  # stuck at the unfinished offset 3
+        assert await consumer.lag() == {0: 17}
+        assert metrics.KAFKA_LAG.labels(unique, "0")._value.get() == 17
         release.set()
         await wait_for(lambda: committed(bootstrap, unique, unique, 1)[0] == 20, 20, "commit to 20")
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from kq.kq_helpers import Recorder, committed, create_topics, produce_raw, running, wait_for
 
+from harness.servers import Tansu
 from queue_engine.kq import KafkaConsumer, KafkaMessage, SyncKafkaConsumer
 from queue_engine.policy import Outcome
 
@@ -194,3 +195,15 @@ def test_sync_consumer_runs_a_plain_function_until_stopped(bootstrap: str, uniqu
     assert not thread.is_alive()
     assert sorted(got) == [f"{i}".encode() for i in range(5)]
     assert committed(bootstrap, unique, unique, 1) == {0: 5}
+
+
+async def test_health_reports_a_lost_broker_and_recovers(own_kafka_broker: Tansu, unique: str) -> None:
+    create_topics(own_kafka_broker.bootstrap, (unique, 1))
+    consumer = KafkaConsumer([own_kafka_broker.bootstrap], unique, unique, Recorder(), offset="first")
+    async with running(consumer):
+        assert consumer.health()[0]
+        own_kafka_broker.kill()
+        await wait_for(lambda: not consumer.health()[0], 30, "unhealthy")
+        assert "unreachable" in consumer.health()[1]
+        own_kafka_broker.start()
+        await wait_for(lambda: consumer.health()[0], 30, "healthy again")

@@ -62,6 +62,7 @@ DEFAULT_POLICY = DeliveryPolicy()
 POLL_TIMEOUT = 0.1
 PAUSED_POLL_TIMEOUT = 0.005
 HOLD_BEFORE_PAUSE = 1.0
+BROKER_RECHECK = 5.0  # seconds between metadata probes while the brokers look down
 
 
 @dataclasses.dataclass(eq=False)
@@ -171,6 +172,7 @@ class KafkaConsumer:
         self._thread: threading.Thread | None = None
         self._thread_done: asyncio.Future[None] | None = None
         self._brokers_down: str | None = None
+        self._brokers_checked = 0.0
         self._fatal: BaseException | None = None
         self._subscribed = False
 
@@ -325,6 +327,7 @@ class KafkaConsumer:
             self._subscribed = True
             log.info("consumer %s subscribed to %s as group %s", self.name, self.topic, self.group)
             while not self._closing.is_set():
+                self._recheck_brokers(consumer)
                 self._run_commands(consumer)
                 self._flush_commits(consumer)
                 if self._hold_intake(consumer):
@@ -345,6 +348,17 @@ class KafkaConsumer:
                 consumer.close()
             except KafkaException as exc:
                 log.warning("consumer %s close: %s", self.name, exc)
+
+    def _recheck_brokers(self, consumer: Consumer) -> None:
+        """After a broker error, ask for metadata now and then, so health recovers on an idle topic."""
+        if not self._brokers_down or time.monotonic() - self._brokers_checked < BROKER_RECHECK:
+            return
+        self._brokers_checked = time.monotonic()
+        try:
+            consumer.list_topics(self.topic, timeout=2)
+        except KafkaException:
+            return
+        self._brokers_down = None
 
     def _to_loop(self, fn: Callable[..., Any], *args: Any) -> None:
         loop = self._loop

@@ -24,12 +24,25 @@ def partition_lag(consumer: Consumer, topic: str, timeout: float) -> dict[int, i
         committed = {tp.partition: tp.offset for tp in consumer.committed(tps, timeout=timeout)}
         lags: dict[int, int] = {}
         for tp in tps:
-            low, high = consumer.get_watermark_offsets(tp, timeout=timeout, cached=False)
+            low, high = _watermarks(consumer, tp, timeout)
             position = committed.get(tp.partition, -1)
             lags[tp.partition] = max(0, high - (position if position >= 0 else low))
         return lags
     except KafkaException as exc:
         raise error_from_kafka(exc, f"lag of {topic}") from exc
+
+
+def _watermarks(consumer: Consumer, tp: TopicPartition, timeout: float) -> tuple[int, int]:
+    """The watermarks the last fetch saw when this consumer fetches the partition, else ask.
+
+    Besides saving a round trip, fetch responses carry the true high watermark where some
+    brokers' ListOffsets answer is off (tansu 0.6 answers the last batch's base offset + 1).
+    """
+    cached = consumer.get_watermark_offsets(tp, cached=True)
+    if cached is not None and cached[1] >= 0:
+        return int(cached[0]), int(cached[1])
+    low, high = consumer.get_watermark_offsets(tp, timeout=timeout, cached=False)
+    return int(low), int(high)
 
 
 def _group_lag(config: dict[str, Any], topic: str, timeout: float) -> dict[int, int]:
