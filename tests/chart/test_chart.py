@@ -83,12 +83,13 @@ def test_rbac_is_least_privilege() -> None:
 
 
 def test_namespaced_install_uses_roles_not_a_cluster_role() -> None:
-    objects = render("watch.allNamespaces=false", "watch.namespaces={team-a,team-b}")
+    objects = render("watch.allNamespaces=false", "watch.namespaces={team-a,team-b}", "logLevel=debug")
     assert not by_kind(objects, "ClusterRole")
     assert sorted(role["metadata"]["namespace"] for role in by_kind(objects, "Role")) == ["team-a", "team-b"]
     (deployment,) = by_kind(objects, "Deployment")
     args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--namespace=team-a" in args and "--all-namespaces" not in args
+    assert "--debug" in args
 
 
 @pytest.mark.parametrize(
