@@ -289,8 +289,8 @@ class Emulator:
                 except TimeoutError:
                     break
                 await response.write(json.dumps(event).encode() + b"\n")
-        except (ConnectionResetError, asyncio.CancelledError):
-            pass
+        except ConnectionResetError:
+            return response  # the client went away
         finally:
             self.watchers.remove(watcher)
         with contextlib.suppress(ConnectionResetError):
