@@ -57,7 +57,10 @@ async def refresh_queue_gauges(
     ``DelayAdmin.stats()`` and ``KafkaConsumer.lag()`` set ``queue_dq_jobs`` and
     ``queue_kafka_consumer_lag`` themselves; this only asks them on a timer.
     """
+    # Consumers are still joining their groups at first: look again soon, then settle down.
+    pauses = iter((1.0, 2.0))
     while True:
+        await asyncio.sleep(next(pauses, interval))
         for queue, admin in delay_admins.items():
             try:
                 await admin.stats()
@@ -68,4 +71,3 @@ async def refresh_queue_gauges(
                 await consumer.lag()
             except Exception as exc:
                 log.warning("kafka lag failed", extra={"queue": queue, "error": str(exc)})
-        await asyncio.sleep(interval)

@@ -131,15 +131,15 @@ class Sidecar(ManagedProcess):
     def wait_ready(self, timeout: float = 30.0) -> None:
         wait_until(lambda: self.get("/readyz")[0] == 200, timeout, f"sidecar ready\n{self.log_tail(40)}")
 
-    def metric(self, name: str, **labels: str) -> float:
-        """The value of one sample on /metrics (0 when absent)."""
+    def metric(self, name: str, **labels: str) -> float | None:
+        """The value of one sample on /metrics, or None when there is no such sample."""
         _, text = self.get("/metrics")
         for line in text.splitlines():
             if not line.startswith(name + "{") and not line.startswith(name + " "):
                 continue
             if all(f'{k}="{v}"' in line for k, v in labels.items()):
                 return float(line.rsplit(" ", 1)[1])
-        return 0.0
+        return None
 
     def terminate_and_wait(self, timeout: float = 30.0) -> int:
         """SIGTERM, then the exit code (the harness's stop() would hide it)."""
