@@ -207,3 +207,9 @@ async def test_health_reports_a_lost_broker_and_recovers(own_kafka_broker: Tansu
         assert "unreachable" in consumer.health()[1]
         own_kafka_broker.start()
         await wait_for(lambda: consumer.health()[0], 30, "healthy again")
+
+
+async def test_stop_before_run_makes_run_return_at_once(bootstrap: str, unique: str) -> None:
+    consumer = KafkaConsumer([bootstrap], unique, unique, Recorder())
+    await consumer.stop()
+    await asyncio.wait_for(consumer.run(), 5)

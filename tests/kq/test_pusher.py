@@ -9,7 +9,7 @@ from kq.kq_helpers import create_topics, read_raw
 
 from harness.servers import Tansu
 from queue_engine import metrics
-from queue_engine.errors import Unavailable
+from queue_engine.errors import TooLarge, Unavailable
 from queue_engine.kq import Delivered, KafkaPusher, SyncKafkaPusher
 
 FAIL_FAST = {"message.timeout.ms": 3000}  # a dead broker shows up in 3 s instead of 30 s
@@ -98,3 +98,12 @@ def test_sync_push_to_a_killed_broker_raises(own_kafka_broker: Tansu, unique: st
     with pytest.raises(Unavailable):
         pusher.push(b"after")
     pusher.close(timeout=1)
+
+
+async def test_a_message_over_the_size_limit_is_refused_with_too_large(bootstrap: str, unique: str) -> None:
+    create_topics(bootstrap, (unique, 1))
+    pusher = KafkaPusher([bootstrap], unique, extra={"message.max.bytes": 2000})
+    with pytest.raises(TooLarge, match=unique):
+        await pusher.push(b"x" * 5000)
+    assert (await pusher.push(b"small")).offset == 0  # the pusher still works
+    await pusher.close()

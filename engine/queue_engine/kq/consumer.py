@@ -154,6 +154,7 @@ class KafkaConsumer:
         self._workers: list[asyncio.Task[None]] = []
         self._dlq: KafkaPusher | None = None
         self._stopping = False
+        self._stop_before_run = False
         self._stopped: asyncio.Event | None = None
         self._app_down_until = 0.0
         self._app_down_streak = 0
@@ -182,6 +183,8 @@ class KafkaConsumer:
         """Consume until :meth:`stop`; raises Unavailable if the brokers cannot be reached."""
         if self._loop is not None:
             raise RuntimeError("KafkaConsumer.run() can be called once; create a new consumer")
+        if self._stop_before_run:
+            return
         loop = self._loop = asyncio.get_running_loop()
         self._stopped = asyncio.Event()
         self._thread_done = loop.create_future()
@@ -218,6 +221,7 @@ class KafkaConsumer:
         back: not committed, so the group delivers them again.
         """
         if self._loop is None or self._stopped is None:
+            self._stop_before_run = True  # run() will return at once
             return
         if self._stopping:
             await self._stopped.wait()
