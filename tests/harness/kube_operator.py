@@ -49,13 +49,13 @@ class OperatorProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.reconcile_interval = 1.0  # change before (re)start to take timers out of a test
         self.extra_args: list[str] = []
+        self.all_namespaces = False  # watch the whole cluster instead of the test's namespace
 
     def start(self) -> None:
         log = self.log_path.open("ab")
         argv = [
             str(OPERATOR),
-            "--namespace",
-            self.namespace,
+            *(["--all-namespaces"] if self.all_namespaces else ["--namespace", self.namespace]),
             "--verbose",
             "--reconcile-interval",
             str(self.reconcile_interval),

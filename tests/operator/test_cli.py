@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import urllib.request
 
-from harness.kube_operator import OPERATOR, Cluster, OperatorProcess, eventually
+from harness.kube_operator import OPERATOR, Cluster, OperatorProcess, eventually, example
 from harness.servers import free_port
 
 
@@ -41,3 +41,14 @@ def test_liveness_endpoint_answers_while_running(cluster: Cluster, operator: Ope
             return False
 
     eventually(alive, what="the liveness probe answers 200")
+
+
+def test_all_namespaces_mode_reconciles_any_namespace(cluster: Cluster, operator: OperatorProcess) -> None:
+    operator.stop()
+    operator.all_namespaces = True
+    operator.start()
+    cluster.apply(example("delayqueue.yaml"))
+    eventually(
+        lambda: cluster.apps.read_namespaced_stateful_set("reminders-beanstalkd", cluster.namespace),
+        what="the StatefulSet",
+    )
