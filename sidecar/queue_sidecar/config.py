@@ -8,6 +8,7 @@ as ``SecretStr`` so they never show in a repr or a log line.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -111,20 +112,19 @@ class DeliveryConfig(_Model):
 
 
 class RedisConfig(_Model):
+    # Exactly one: the URL itself, a file holding it (a mounted Secret), or an environment
+    # variable holding it (a Secret passed with secretKeyRef).
     url: SecretStr | None = None
     url_file: Path | None = None
+    url_env: str | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> RedisConfig:
-        if (self.url is None) == (self.url_file is None):
-            raise ValueError("set exactly one of url or urlFile")
+        _one_of(self, "url", "urlFile", "urlEnv")
         return self
 
     def resolve(self) -> str:
-        if self.url is not None:
-            return self.url.get_secret_value()
-        assert self.url_file is not None
-        return _read_secret_file(self.url_file, "urlFile")
+        return _secret(self.url, self.url_file, self.url_env, "url")
 
 
 class SaslConfig(_Model):
@@ -132,18 +132,15 @@ class SaslConfig(_Model):
     username: str
     password: SecretStr | None = None
     password_file: Path | None = None
+    password_env: str | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> SaslConfig:
-        if (self.password is None) == (self.password_file is None):
-            raise ValueError("set exactly one of password or passwordFile")
+        _one_of(self, "password", "passwordFile", "passwordEnv")
         return self
 
     def resolve_password(self) -> str:
-        if self.password is not None:
-            return self.password.get_secret_value()
-        assert self.password_file is not None
-        return _read_secret_file(self.password_file, "passwordFile")
+        return _secret(self.password, self.password_file, self.password_env, "password")
 
 
 class TlsConfig(_Model):
@@ -292,11 +289,31 @@ def load_config(path: str | Path) -> SidecarConfig:
         raise ConfigError(f"config file {path}:\n{exc}") from None
 
 
-def _read_secret_file(path: Path, key: str) -> str:
-    try:
-        return path.read_text().strip()
-    except OSError as exc:
-        raise ValueError(f"{key} {path}: cannot read it ({exc.strerror})") from None
+def _one_of(model: BaseModel, *keys: str) -> None:
+    given = [key for key in keys if getattr(model, _snake(key)) is not None]
+    if len(given) != 1:
+        raise ValueError(
+            f"set exactly one of {', '.join(keys)}" + (f" (got {', '.join(given)})" if given else "")
+        )
+
+
+def _snake(camel: str) -> str:
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in camel)
+
+
+def _secret(value: SecretStr | None, file: Path | None, env: str | None, key: str) -> str:
+    if value is not None:
+        return value.get_secret_value()
+    if file is not None:
+        try:
+            return file.read_text().strip()
+        except OSError as exc:
+            raise ValueError(f"{key}File {file}: cannot read it ({exc.strerror})") from None
+    assert env is not None
+    found = os.environ.get(env)
+    if not found:
+        raise ValueError(f"{key}Env: environment variable {env} is not set or empty")
+    return found
 
 
 _QUEUE_KINDS = {"DelayQueue", "KafkaQueue"}

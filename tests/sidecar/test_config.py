@@ -68,6 +68,40 @@ def test_defaults_fill_tube_topic_group_and_dead_letter_topic() -> None:
     )
 
 
+def test_secrets_from_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("T_REDIS_URL", "redis://:env-secret@h:6379/0")
+    monkeypatch.setenv("T_KAFKA_PW", "env-pw")
+    config = parse_config(
+        {
+            "app": {"port": 8080},
+            "queues": [
+                {"kind": "DelayQueue", "name": "r", "nodes": ["h:1"], "redis": {"urlEnv": "T_REDIS_URL"}},
+                {
+                    "kind": "KafkaQueue",
+                    "name": "o",
+                    "brokers": ["h:9092"],
+                    "auth": {"sasl": {"mechanism": "PLAIN", "username": "u", "passwordEnv": "T_KAFKA_PW"}},
+                },
+            ],
+        }
+    )
+    r, o = config.queues
+    assert isinstance(r, DelayQueueConfig) and isinstance(o, KafkaQueueConfig)
+    assert r.redis_url == "redis://:env-secret@h:6379/0"
+    security = o.security()
+    assert security is not None and security.password == "env-pw"
+    assert "env-secret" not in repr(config) and "env-pw" not in repr(config)
+    with pytest.raises(ConfigError, match=r"queues\[0\]: urlEnv: environment variable T_NOPE is not set"):
+        parse_config(
+            {
+                "app": {"port": 8080},
+                "queues": [
+                    {"kind": "DelayQueue", "name": "r", "nodes": ["h:1"], "redis": {"urlEnv": "T_NOPE"}}
+                ],
+            }
+        )
+
+
 def test_secrets_from_files_and_sasl(tmp_path: Path) -> None:
     (tmp_path / "url").write_text("redis://:s3cret@h:6379/0\n")
     (tmp_path / "pw").write_text("kafka-pw\n")
@@ -120,7 +154,10 @@ def test_secrets_from_files_and_sasl(tmp_path: Path) -> None:
         ({"app": {"timeout": "5 parsecs"}}, "app.timeout: duration '5 parsecs'"),
         ({"queues": [{"delivery": {"backoff": {"initial": "1x"}}}]}, "queues[0].delivery.backoff.initial"),
         ({"queues": [{"kind": "RabbitQueue"}]}, "queues[0]: kind must be DelayQueue or KafkaQueue"),
-        ({"queues": [{"redis": {"urlFile": "/x"}}]}, "queues[0].redis: set exactly one of url or urlFile"),
+        (
+            {"queues": [{"redis": {"urlFile": "/x"}}]},
+            "queues[0].redis: set exactly one of url, urlFile, urlEnv (got url, urlFile)",
+        ),
         ({"queues": [{}, {"offset": "middle"}]}, "queues[1].offset"),
         ({"queues": [{}, {"brokers": None}]}, "queues[1].brokers"),
         ({"queues": [{}, {"name": "r"}]}, "name(s) r used more than once"),
