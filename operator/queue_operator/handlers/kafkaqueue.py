@@ -15,6 +15,7 @@ from typing import Any
 
 import kopf
 
+from queue_engine.errors import ConfigError
 from queue_engine.kq.security import KafkaSecurity
 from queue_operator.handlers.conditions import set_ready, with_ready, write_status
 from queue_operator.handlers.options import GROUP, VERSION, Options, Runtime
@@ -63,12 +64,15 @@ def admin(runtime: Runtime, spec: KafkaQueueSpec, namespace: str) -> TopicAdmin:
     security = None
     if spec.sasl_mechanism and spec.sasl_secret_ref:
         ref = spec.sasl_secret_ref
-        security = KafkaSecurity(
-            sasl_mechanism=spec.sasl_mechanism,
-            username=runtime.kube.secret_value(namespace, ref.name, ref.username_key),
-            password=runtime.kube.secret_value(namespace, ref.name, ref.password_key),
-            tls=spec.tls,
-        )
+        try:
+            security = KafkaSecurity(
+                sasl_mechanism=spec.sasl_mechanism,
+                username=runtime.kube.secret_value(namespace, ref.name, ref.username_key),
+                password=runtime.kube.secret_value(namespace, ref.name, ref.password_key),
+                tls=spec.tls,
+            )
+        except ConfigError as exc:  # e.g. an empty username or password in the Secret
+            raise ClientConfigInvalid(f"{exc}; check Secret {namespace}/{ref.name}") from exc
     elif spec.tls:
         security = KafkaSecurity(tls=True)
     ca_pem = None
