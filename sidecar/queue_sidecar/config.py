@@ -129,15 +129,23 @@ class RedisConfig(_Model):
 
 class SaslConfig(_Model):
     mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
-    username: str
+    # The username as is, or from an environment variable (a Secret passed with secretKeyRef).
+    username: str | None = None
+    username_env: str | None = None
     password: SecretStr | None = None
     password_file: Path | None = None
     password_env: str | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> SaslConfig:
+        _one_of(self, "username", "usernameEnv")
         _one_of(self, "password", "passwordFile", "passwordEnv")
         return self
+
+    def resolve_username(self) -> str:
+        if self.username is not None:
+            return self.username
+        return _secret(None, None, self.username_env, "username")
 
     def resolve_password(self) -> str:
         return _secret(self.password, self.password_file, self.password_env, "password")
@@ -196,6 +204,7 @@ class KafkaQueueConfig(_QueueBase):
     dead_letter_topic: str = ""  # default: <topic>.dlq
     auth: KafkaAuthConfig | None = None
     _password: SecretStr = PrivateAttr(SecretStr(""))
+    _username: str = PrivateAttr("")
 
     @model_validator(mode="after")
     def _defaults(self) -> KafkaQueueConfig:
@@ -207,6 +216,7 @@ class KafkaQueueConfig(_QueueBase):
             object.__setattr__(self, "dead_letter_topic", f"{self.topic}.dlq")
         if self.auth is not None and self.auth.sasl is not None:
             self._password = SecretStr(self.auth.sasl.resolve_password())
+            self._username = self.auth.sasl.resolve_username()
         return self
 
     def security(self) -> KafkaSecurity | None:
@@ -218,7 +228,7 @@ class KafkaQueueConfig(_QueueBase):
         sasl, tls = self.auth.sasl, self.auth.tls
         return KafkaSecurity(
             sasl_mechanism=sasl.mechanism if sasl else None,
-            username=sasl.username if sasl else None,
+            username=self._username if sasl else None,
             password=self._password.get_secret_value() if sasl else None,
             tls=tls is not None,
             ca_location=str(tls.ca_file) if tls and tls.ca_file else None,
