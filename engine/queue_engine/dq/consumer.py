@@ -24,7 +24,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import greenstalk
@@ -46,10 +46,12 @@ T = TypeVar("T")
 Handler = Callable[[DelayJob], Awaitable[Outcome]]
 
 RESERVE_TIMEOUT = 1  # seconds a worker blocks in reserve before looking at stop and Redis again
+RESERVERS_PER_NODE = 4  # connections per node blocked in reserve, waiting for the next ready job
 HOLD_LIMIT = 2.0  # a retry due within this many seconds is waited for while holding the copy
 BUSY_HOLD = 5.0  # seconds a copy waits, held, for another copy's attempt to end
 SWEEP_WINDOW = 30.0  # seconds a settled job's undeletable copies are remembered for a sweep
 KIND = "delay"
+TOUCH_EVERY = JOB_TTR / 4  # seconds between touches of a held reservation
 
 
 @dataclass
@@ -61,6 +63,8 @@ class _Held:
     envelope: Envelope
     token: str
     claimed: bool = False
+    keeper: asyncio.Task[None] | None = None
+    done_keeping: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def where(self) -> str:
@@ -99,7 +103,7 @@ class DelayConsumer:
         self.queue = name or tube
         self._lease_ttl = lease_ttl
         self._connect_timeout = connect_timeout
-        self._keep_every = min(JOB_TTR / 4, lease_ttl / 3)
+        self._renew_every = min(TOUCH_EVERY, lease_ttl / 3)
         self._running = False
         self._stopping = asyncio.Event()
         self._finished = asyncio.Event()
@@ -107,6 +111,8 @@ class DelayConsumer:
         self._redis_error: str | None = None
         self._node_errors: dict[str, str] = {}
         self._inflight: set[asyncio.Task[Outcome]] = set()
+        self._held_per_node = max(64, 8 * concurrency)  # copies held at once per node, at most
+        self._holders: set[asyncio.Task[None]] = set()
         self._claimed: dict[str, _Held] = {}  # by token: copies whose attempt has not settled
         self._unswept: collections.deque[tuple[float, str, int]] = collections.deque(maxlen=10_000)
 
@@ -118,33 +124,35 @@ class DelayConsumer:
             raise RuntimeError("this consumer is already running")
         self._running = True
         nodes = len(self._nodes)
+        reservers = min(self._concurrency, RESERVERS_PER_NODE)
+        # Reserves block a thread for up to a second each; other calls get threads of their own
+        # so that a touch or delete never waits behind them.
+        self._reserving = ThreadPoolExecutor(max_workers=nodes * reservers, thread_name_prefix="dq-reserve")
         self._executor = ThreadPoolExecutor(
-            max_workers=nodes * (self._concurrency + 2) + 2, thread_name_prefix=f"dq-{self.queue}"
+            max_workers=2 * self._concurrency + 4, thread_name_prefix="dq-ops"
         )
         self._slots = asyncio.Semaphore(self._concurrency)
         self._redis = connect_redis(self._redis_url, self._connect_timeout)
         self._records = JobRecords(self._redis, self._tube)
-        self._control = {
-            node: NodeConnection(
-                node, self._tube, connect_timeout=self._connect_timeout, io_timeout=self._connect_timeout
-            )
-            for node in self._nodes
-        }
+        self._control = {node: self._connection(node) for node in self._nodes}
+        self._lines = {node: _Line(self._held_per_node) for node in self._nodes}
         watchdog = asyncio.create_task(self._watch_redis(), name=f"dq-{self.queue}-redis")
         workers = [
             asyncio.create_task(self._work(node), name=f"dq-{self.queue}-{node}-{i}")
             for node in self._nodes
-            for i in range(self._concurrency)
+            for i in range(reservers)
         ]
         log.info("dq consumer %s started on %d node(s), concurrency %d", self.queue, nodes, self._concurrency)
         try:
             await asyncio.gather(*workers)
+            await asyncio.gather(*self._holders)
         finally:
-            for task in workers:
+            for task in [*workers, *self._holders]:
                 task.cancel()
             watchdog.cancel()
-            await asyncio.gather(watchdog, *workers, return_exceptions=True)
-            await self._call(self._close_control)
+            await asyncio.gather(watchdog, *workers, *self._holders, return_exceptions=True)
+            await self._call(self._close_connections)
+            self._reserving.shutdown(wait=False)
             self._executor.shutdown(wait=False)
             await self._redis.aclose()
             self._running = False
@@ -177,22 +185,33 @@ class DelayConsumer:
 
     # -- workers ---------------------------------------------------------------------------
 
-    async def _work(self, node: str) -> None:
-        conn = NodeConnection(
+    def _connection(self, node: str) -> NodeConnection:
+        return NodeConnection(
             node,
             self._tube,
             connect_timeout=self._connect_timeout,
             io_timeout=RESERVE_TIMEOUT + self._connect_timeout,
         )
+
+    async def _work(self, node: str) -> None:
+        """Reserve copies from ``node`` and hand each to a task of its own, with its connection.
+
+        A copy may be held up to a second before it is due, and longer while another copy is
+        handled; holding it must not stop this worker from seeing the next ready job.
+        """
+        line = self._lines[node]
+        conn = line.take() or self._connection(node)
         backoff = 0.1
         try:
             while not self._stopping.is_set():
                 if self._redis_error is not None:
                     await self._pause(0.1)  # never take a job that cannot be de-duplicated
                     continue
+                await line.permits.acquire()
                 try:
-                    job = await self._call(conn.call, _reserve)
+                    job = await self._reserve(conn)
                 except NodeDown as exc:
+                    line.permits.release()
                     if node not in self._node_errors:
                         log.warning("dq %s: node %s unreachable: %s", self.queue, node, exc.reason)
                     self._node_errors[node] = exc.reason
@@ -203,17 +222,30 @@ class DelayConsumer:
                     log.info("dq %s: node %s reachable again", self.queue, node)
                 backoff = 0.1
                 if job is None:
+                    line.permits.release()
                     continue
-                try:
-                    await self._hold(conn, job)
-                except Exception:
-                    # A bug must not stop the consumer: dropping the connection hands the
-                    # reservation back to beanstalkd, and the lease (if any) expires.
-                    log.exception("dq %s: failed handling a copy on %s; handing it back", self.queue, node)
-                    await self._call(conn.close)
-                    await self._pause(1.0)
+                holder = asyncio.create_task(self._hold_then_return(line, conn, job))
+                self._holders.add(holder)
+                holder.add_done_callback(self._holders.discard)
+                conn = line.take() or self._connection(node)
         finally:
-            await asyncio.shield(self._call(conn.close))
+            line.give(conn)
+
+    async def _reserve(self, conn: NodeConnection) -> greenstalk.Job[bytes] | None:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._reserving, conn.call, _reserve)
+
+    async def _hold_then_return(self, line: _Line, conn: NodeConnection, job: greenstalk.Job[bytes]) -> None:
+        try:
+            await self._hold(conn, job)
+        except Exception:
+            # A bug must not stop the consumer: dropping the connection hands the reservation
+            # back to beanstalkd, and the lease (if any) expires.
+            log.exception("dq %s: failed handling a copy on %s; handing it back", self.queue, conn.address)
+            await self._call(conn.close)
+        finally:
+            line.permits.release()
+            line.give(conn)
 
     async def _hold(self, conn: NodeConnection, job: greenstalk.Job[bytes]) -> None:
         envelope = Envelope.decode(job.body)
@@ -227,15 +259,13 @@ class DelayConsumer:
             await self._quietly(conn, _burier(job))
             return
         held = _Held(conn, job, envelope, token=uuid.uuid4().hex)
-        keeper = asyncio.create_task(self._keep(held))
+        held.keeper = asyncio.create_task(self._keep(held))
         try:
-            await self._process(held, keeper)
+            await self._process(held)
         finally:
-            keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await keeper
+            await self._stop_keeping(held)
 
-    async def _process(self, held: _Held, keeper: asyncio.Task[None]) -> None:
+    async def _process(self, held: _Held) -> None:
         due = held.envelope.due
         busy_since: float | None = None
         while True:
@@ -243,21 +273,23 @@ class DelayConsumer:
                 await self._hand_back(held, due)
                 return
             try:
-                claim = await self._records.claim(
-                    held.envelope.job_id, held.token, self._lease_ttl, time.time()
-                )
+                # A look first (no lease, no slot): most copies only need to learn that
+                # another copy is handled, done or revoked.
+                status = await self._records.peek(held.envelope.job_id, time.time())
             except RedisError as exc:
                 self._note_redis_error(exc)
                 # Come back a little later, once holders have re-taken their leases.
                 await self._release(held, max(1.0, due - time.time()))
                 return
-            if claim.action == "go":
-                await self._deliver(held, claim.attempt, keeper)
-                return
-            if claim.action == "wait" and claim.until - time.time() <= HOLD_LIMIT:
-                due = claim.until  # a retry due soon: wait for it holding the copy
+            if status.action == "free":
+                refused = await self._claim_and_deliver(held, due)
+                if refused is None:
+                    return
+                status = refused
+            if status.action == "wait" and status.until - time.time() <= HOLD_LIMIT:
+                due = status.until  # a retry due soon: wait for it holding the copy
                 continue
-            if claim.action == "busy":
+            if status.action == "busy":
                 # Another copy is being handled. Holding this one a while lets it see the
                 # outcome (done: delete; retry: wait) instead of coming back later as a stray.
                 busy_since = busy_since or time.monotonic()
@@ -265,8 +297,37 @@ class DelayConsumer:
                 if held_for < BUSY_HOLD:
                     due = time.time() + min(0.5, 0.05 + held_for / 4)
                     continue
-            await self._not_now(held, claim)
+            await self._not_now(held, status)
             return
+
+    async def _claim_and_deliver(self, held: _Held, due: float) -> Claim | None:
+        """Take a handler slot, then the job's lease, and deliver; the claim if not delivered."""
+        async with self._slots:
+            if self._stopping.is_set():
+                await self._hand_back(held, due)
+                return None
+            try:
+                claim = await self._records.claim(
+                    held.envelope.job_id, held.token, self._lease_ttl, time.time()
+                )
+            except RedisError as exc:
+                self._note_redis_error(exc)
+                await self._release(held, max(1.0, due - time.time()))
+                return None
+            if claim.action != "go":
+                return claim
+            held.claimed = True
+            self._claimed[held.token] = held
+            outcome = await self._run_handler(held, claim.attempt)
+        try:
+            await self._stop_keeping(held)  # settling owns the connection and the lease now
+            if outcome is None:  # stopping: give the attempt back
+                await self._settle_retry(held, None, attempted=False, error="")
+            else:
+                await self._settle(held, claim.attempt, outcome)
+        finally:
+            self._claimed.pop(held.token, None)
+        return None
 
     async def _not_now(self, held: _Held, claim: Claim) -> None:
         """This copy may not be delivered now: put it where it belongs."""
@@ -295,63 +356,30 @@ class DelayConsumer:
 
     # -- delivery --------------------------------------------------------------------------
 
-    async def _deliver(self, held: _Held, attempt: int, keeper: asyncio.Task[None]) -> None:
-        envelope = held.envelope
-        held.claimed = True
-        self._claimed[held.token] = held
-        try:
-            outcome = await self._run_handler(held, attempt)
-            keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await keeper
-            if outcome is None:  # not delivered after all: give the attempt back
-                await self._settle_retry(held, None, attempted=False, error="")
-                return
-            await self._settle(held, attempt, outcome)
-        finally:
-            self._claimed.pop(held.token, None)
-            log.debug("dq %s: job %s attempt %d settled", self.queue, envelope.job_id, attempt)
-
     async def _run_handler(self, held: _Held, attempt: int) -> Outcome | None:
-        """The handler's outcome; None when stopping or revoked before it could run."""
+        """The handler's outcome; None when stop's grace ran out first."""
         envelope = held.envelope
-        waited_from = time.monotonic()
-        async with self._slots:
-            if self._stopping.is_set():
-                return None
-            if time.monotonic() - waited_from > 0.01 and await self._revoked_meanwhile(envelope.job_id):
-                await self._quietly(held.conn, deleter(held.job.id))
-                return None
-            job = DelayJob(envelope.job_id, envelope.body, attempt, envelope.due_at, self.queue)
-            metrics.RECEIVED.labels(kind=KIND, queue=self.queue).inc()
-            if attempt == 1:
-                metrics.DQ_LATENESS.labels(queue=self.queue).observe(max(0.0, time.time() - envelope.due))
-            gauge = metrics.IN_FLIGHT.labels(kind=KIND, queue=self.queue)
-            gauge.inc()
-            started = time.monotonic()
-            task = asyncio.create_task(self._call_handler(job))
-            self._inflight.add(task)
-            try:
-                return await task
-            except asyncio.CancelledError:
-                if not task.cancelled() or not self._stopping.is_set():
-                    raise
-                # stop()'s grace ran out: hand the job back without counting this attempt.
-                log.info("dq %s: job %s handed back at stop", self.queue, job.id)
-                return None
-            finally:
-                self._inflight.discard(task)
-                gauge.dec()
-                metrics.DELIVERY_LATENCY.labels(kind=KIND, queue=self.queue).observe(
-                    time.monotonic() - started
-                )
-
-    async def _revoked_meanwhile(self, job_id: str) -> bool:
+        job = DelayJob(envelope.job_id, envelope.body, attempt, envelope.due_at, self.queue)
+        metrics.RECEIVED.labels(kind=KIND, queue=self.queue).inc()
+        if attempt == 1:
+            metrics.DQ_LATENESS.labels(queue=self.queue).observe(max(0.0, time.time() - envelope.due))
+        gauge = metrics.IN_FLIGHT.labels(kind=KIND, queue=self.queue)
+        gauge.inc()
+        started = time.monotonic()
+        task = asyncio.create_task(self._call_handler(job))
+        self._inflight.add(task)
         try:
-            return await self._records.is_revoked(job_id)
-        except RedisError as exc:
-            self._note_redis_error(exc)
-            return False  # the claim a moment ago saw no tombstone
+            return await task
+        except asyncio.CancelledError:
+            if not task.cancelled() or not self._stopping.is_set():
+                raise
+            # stop()'s grace ran out: hand the job back without counting this attempt.
+            log.info("dq %s: job %s handed back at stop", self.queue, job.id)
+            return None
+        finally:
+            self._inflight.discard(task)
+            gauge.dec()
+            metrics.DELIVERY_LATENCY.labels(kind=KIND, queue=self.queue).observe(time.monotonic() - started)
 
     async def _call_handler(self, job: DelayJob) -> Outcome:
         try:
@@ -454,13 +482,26 @@ class DelayConsumer:
     # -- keeping hold ---------------------------------------------------------------------
 
     async def _keep(self, held: _Held) -> None:
-        """Touch the reservation and renew the lease while the copy is held."""
+        """Renew the lease (while claimed) and touch the reservation while the copy is held."""
+        last_touch = time.monotonic()
         while True:
-            await asyncio.sleep(self._keep_every)
-            await self._quietly(held.conn, lambda c: c.touch(held.job))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(held.done_keeping.wait(), self._renew_every)
+            if held.done_keeping.is_set():
+                return
             if held.claimed:
                 with contextlib.suppress(RedisError):
                     await self._records.renew(held.envelope.job_id, held.token, self._lease_ttl)
+            if time.monotonic() - last_touch >= TOUCH_EVERY:
+                await self._quietly(held.conn, lambda c: c.touch(held.job))
+                last_touch = time.monotonic()
+
+    @staticmethod
+    async def _stop_keeping(held: _Held) -> None:
+        # Asked, not cancelled: cancelling a Redis call midway costs its connection.
+        held.done_keeping.set()
+        if held.keeper is not None:
+            await held.keeper
 
     async def _until_redis(self, held: _Held, op: Callable[[], Awaitable[T]]) -> T | None:
         """Run ``op`` until Redis answers; None if stop's grace ran out first."""
@@ -472,7 +513,7 @@ class DelayConsumer:
                 self._note_redis_error(exc)
             if time.monotonic() > self._deadline:
                 return None
-            if time.monotonic() - last_touch > self._keep_every:
+            if time.monotonic() - last_touch > TOUCH_EVERY:
                 await self._quietly(held.conn, lambda c: c.touch(held.job))
                 last_touch = time.monotonic()
             await asyncio.sleep(0.2)
@@ -545,9 +586,30 @@ class DelayConsumer:
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
-    def _close_control(self) -> None:
+    def _close_connections(self) -> None:
         for conn in self._control.values():
             conn.close()
+        for line in self._lines.values():
+            while (spare := line.take()) is not None:
+                spare.close()
+
+
+class _Line:
+    """One node's spare connections, and how many copies it may hold at once."""
+
+    def __init__(self, max_held: int) -> None:
+        self.permits = asyncio.Semaphore(max_held)
+        self._idle: list[NodeConnection] = []
+        self._max_idle = 16
+
+    def take(self) -> NodeConnection | None:
+        return self._idle.pop() if self._idle else None
+
+    def give(self, conn: NodeConnection) -> None:
+        if len(self._idle) < self._max_idle:
+            self._idle.append(conn)
+        else:
+            conn.close()  # quick, and nothing else uses this connection any more
 
 
 def _reserve(client: greenstalk.Client[bytes]) -> greenstalk.Job[bytes] | None:

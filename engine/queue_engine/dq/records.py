@@ -51,6 +51,18 @@ return {'go', tostring(n)}
 """
 )
 
+# The claim's checks without taking anything: what a copy would be told now.
+_PEEK = """
+if redis.call('HGET', KEYS[1], 'revoked') then return {'revoked'} end
+local state = redis.call('HGET', KEYS[1], 'state')
+if state then return {state, redis.call('HGET', KEYS[1], 'buried_copy') or ''} end
+local nxt = tonumber(redis.call('HGET', KEYS[1], 'next') or '0')
+if nxt > tonumber(ARGV[1]) then return {'wait', tostring(nxt)} end
+local ttl = redis.call('PTTL', KEYS[2])
+if ttl > 0 then return {'busy', tostring(ttl)} end
+return {'free'}
+"""
+
 _RELEASE_LEASE = """
 local function release_lease(key, token)
   if redis.call('GET', key) == token then redis.call('DEL', key) end
@@ -127,7 +139,7 @@ return 1
 class Claim:
     """What a consumer may do with the copy it holds."""
 
-    action: str  # go | busy | wait | done | buried | revoked
+    action: str  # go | free (peek only) | busy | wait | done | buried | revoked
     attempt: int = 0  # for go: this attempt's number, 1-based
     until: float = 0.0  # for busy: seconds the lease still runs; for wait: epoch seconds
     kept: str = ""  # for buried: node/beanstalkd-id of the copy kept buried ("" if unknown)
@@ -162,6 +174,7 @@ class JobRecords:
         self.redis = redis
         self._prefix = f"dq:{tube}"
         self._claim = redis.register_script(_CLAIM)
+        self._peek = redis.register_script(_PEEK)
         self._done = redis.register_script(_DONE)
         self._retry = redis.register_script(_RETRY)
         self._bury = redis.register_script(_BURY)
@@ -187,21 +200,14 @@ class JobRecords:
             await pipe.execute()
 
     async def claim(self, job_id: str, token: str, lease_s: float, now: float) -> Claim:
+        """Take the job's lease and count an attempt, unless the record says otherwise."""
         keys = [self._job(job_id), self._lease(job_id)]
         reply: list[Any] = await self._claim(keys=keys, args=[token, int(lease_s * 1000), now, RETENTION_S])
-        action = _text(reply[0])
-        if action == "go":
-            return Claim("go", attempt=int(reply[1]))
-        if action == "busy":
-            return Claim("busy", until=max(0, int(reply[1])) / 1000)
-        if action == "wait":
-            return Claim("wait", until=float(reply[1]))
-        if action == "buried":
-            return Claim("buried", kept=_text(reply[1]))
-        return Claim(action)
+        return _to_claim(reply)
 
-    async def is_revoked(self, job_id: str) -> bool:
-        return bool(await self.redis.hexists(self._job(job_id), "revoked"))
+    async def peek(self, job_id: str, now: float) -> Claim:
+        """What a claim would answer now (``free`` for go), changing nothing."""
+        return _to_claim(await self._peek(keys=[self._job(job_id), self._lease(job_id)], args=[now]))
 
     async def renew(self, job_id: str, token: str, lease_s: float) -> None:
         await self._renew(keys=[self._lease(job_id)], args=[token, int(lease_s * 1000)])
@@ -256,6 +262,19 @@ class JobRecords:
     async def record(self, job_id: str) -> dict[str, str]:
         """The raw record, for inspection and tests."""
         return {_text(k): _text(v) for k, v in (await self.redis.hgetall(self._job(job_id))).items()}
+
+
+def _to_claim(reply: list[Any]) -> Claim:
+    action = _text(reply[0])
+    if action == "go":
+        return Claim("go", attempt=int(reply[1]))
+    if action == "busy":
+        return Claim("busy", until=max(0, int(reply[1])) / 1000)
+    if action == "wait":
+        return Claim("wait", until=float(reply[1]))
+    if action == "buried":
+        return Claim("buried", kept=_text(reply[1]))
+    return Claim(action)
 
 
 def _text(value: Any) -> str:

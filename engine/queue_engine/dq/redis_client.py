@@ -6,26 +6,29 @@ would only hide an outage that the consumer must notice and report.
 
 from __future__ import annotations
 
-from redis.asyncio import Redis
+from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from queue_engine.errors import ConfigError
 
 
-def connect_redis(url: str, timeout: float) -> Redis:
+def connect_redis(url: str, timeout: float, *, max_connections: int = 1024) -> Redis:
+    # A pool that never makes callers wait: waiting in redis-py's blocking pool can lose a
+    # wakeup when a waiter is cancelled (asyncio.Condition before Python 3.13).
     if not isinstance(url, str) or not url.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError(
             "redis url must start with redis://, rediss:// or unix://, e.g. redis://127.0.0.1:6379/0"
         )
     try:
-        return Redis.from_url(
+        pool = ConnectionPool.from_url(
             url,
+            max_connections=max_connections,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
             retry=Retry(NoBackoff(), 1),
-            health_check_interval=0,
         )
+        return Redis(connection_pool=pool)
     except ValueError as exc:
         raise ConfigError(f"redis url is not valid: {exc}") from None
 
