@@ -6,10 +6,14 @@ Pure functions: what the status should be, and the smallest merge patch that get
 from __future__ import annotations
 
 import datetime
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 import kopf
+
+from queue_operator.spec import SpecError
+
+SpecT = TypeVar("SpecT")
 
 
 def now() -> str:
@@ -55,3 +59,15 @@ def write_status(body: Mapping[str, Any], patch: kopf.Patch, desired: Mapping[st
 def set_ready(body: Mapping[str, Any], patch: kopf.Patch, ready: bool, reason: str, message: str) -> None:
     """Only the ``Ready`` condition (and observedGeneration), other status fields untouched."""
     write_status(body, patch, with_ready(body, ready, reason, message))
+
+
+def parse_or_report(
+    from_body: Callable[[Mapping[str, Any]], SpecT], body: Mapping[str, Any], patch: kopf.Patch
+) -> SpecT:
+    """The spec, or ``Ready=False`` saying what to fix and a permanent failure (no retries
+    until the spec changes)."""
+    try:
+        return from_body(body)
+    except SpecError as exc:
+        set_ready(body, patch, False, "InvalidSpec", str(exc))
+        raise kopf.PermanentError(f"invalid spec: {exc}") from exc

@@ -4,7 +4,8 @@ Level-based: ``reconcile`` (on create, update of spec, and resume after an opera
 applies each child in its own sub-handler (stable ids, so a retry redoes only what failed),
 then writes the status it observes; the ``observe`` timer re-applies children that drifted
 or vanished and keeps ``readyReplicas`` and ``Ready`` current. Children carry owner
-references, so Kubernetes deletes them with the DelayQueue.
+references, so Kubernetes deletes them with the DelayQueue. A watch on the StatefulSets
+brings ``readyReplicas`` and ``Ready`` up to date as soon as pods become ready.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import kopf
 
 from queue_operator.builders import beanstalkd
 from queue_operator.builders.labels import MANAGED_BY
-from queue_operator.handlers.conditions import set_ready, with_ready, write_status
+from queue_operator.handlers.conditions import parse_or_report, set_ready, with_ready, write_status
 from queue_operator.handlers.options import API_VERSION, GROUP, VERSION, Options, Runtime
 from queue_operator.kube import Kube, SecretMissing
 from queue_operator.spec import DelayQueueSpec, SpecError
@@ -50,12 +51,7 @@ def register(registry: kopf.OperatorRegistry, options: Options) -> None:
 
 
 def parse(body: Mapping[str, Any], patch: kopf.Patch) -> DelayQueueSpec:
-    """The spec, or ``Ready=False`` with what to fix and a permanent failure (no retries)."""
-    try:
-        return DelayQueueSpec.from_body(body)
-    except SpecError as exc:
-        set_ready(body, patch, False, "InvalidSpec", str(exc))
-        raise kopf.PermanentError(f"invalid spec: {exc}") from exc
+    return parse_or_report(DelayQueueSpec.from_body, body, patch)
 
 
 def reconcile(body: kopf.Body, patch: kopf.Patch, memo: Any, **_: Any) -> None:

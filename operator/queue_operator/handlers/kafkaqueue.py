@@ -17,7 +17,7 @@ import kopf
 
 from queue_engine.errors import ConfigError
 from queue_engine.kq.security import KafkaSecurity
-from queue_operator.handlers.conditions import set_ready, with_ready, write_status
+from queue_operator.handlers.conditions import parse_or_report, set_ready, with_ready, write_status
 from queue_operator.handlers.options import GROUP, VERSION, Options, Runtime
 from queue_operator.kube import SecretMissing
 from queue_operator.spec import KafkaQueueSpec, SpecError
@@ -48,11 +48,7 @@ def register(registry: kopf.OperatorRegistry, options: Options) -> None:
 
 
 def parse(body: Mapping[str, Any], patch: kopf.Patch) -> KafkaQueueSpec:
-    try:
-        return KafkaQueueSpec.from_body(body)
-    except SpecError as exc:
-        set_ready(body, patch, False, "InvalidSpec", str(exc))
-        raise kopf.PermanentError(f"invalid spec: {exc}") from exc
+    return parse_or_report(KafkaQueueSpec.from_body, body, patch)
 
 
 def admin(runtime: Runtime, spec: KafkaQueueSpec, namespace: str) -> TopicAdmin:
