@@ -213,3 +213,27 @@ async def test_stop_before_run_makes_run_return_at_once(bootstrap: str, unique: 
     consumer = KafkaConsumer([bootstrap], unique, unique, Recorder())
     await consumer.stop()
     await asyncio.wait_for(consumer.run(), 5)
+
+
+async def test_a_rebalance_lets_in_flight_work_finish_and_commits_it(bootstrap: str, unique: str) -> None:
+    create_topics(bootstrap, (unique, 1))
+    produce_raw(bootstrap, unique, [(b"k", b"slow")])
+    handled: list[KafkaMessage] = []
+    started = asyncio.Event()
+
+    async def slow(message: KafkaMessage) -> Outcome:
+        started.set()
+        await asyncio.sleep(2)
+        handled.append(message)
+        return Outcome.success()
+
+    a = KafkaConsumer([bootstrap], unique, unique, slow, offset="first")
+    b = KafkaConsumer([bootstrap], unique, unique, slow, offset="first")
+    async with running(a):
+        await asyncio.wait_for(started.wait(), 30)
+        async with running(b, assigned=False):
+            # b joining revokes a's partition while the handler is still busy with offset 0.
+            await wait_for(lambda: committed(bootstrap, unique, unique, 1)[0] == 1, 40, "the commit")
+            await wait_for(lambda: len(a.assigned_partitions + b.assigned_partitions) == 1, 40, "a new owner")
+            await asyncio.sleep(1)
+    assert [m.offset for m in handled] == [0]  # finished during the revoke, committed, not redone

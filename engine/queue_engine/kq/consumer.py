@@ -70,6 +70,9 @@ class _Partition:
     number: int
     tracker: OffsetTracker = dataclasses.field(default_factory=OffsetTracker)
     lanes: dict[bytes, _Lane] = dataclasses.field(default_factory=dict)
+    # revoking: no new dispatch, calls in progress may still finish and count; revoked: gone,
+    # any result that still arrives is ignored (the next owner delivers the message again).
+    revoking: bool = False
     revoked: bool = False
     running: int = 0  # handler calls and dead-letter writes in progress
     idle: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
@@ -275,7 +278,7 @@ class KafkaConsumer:
     @property
     def assigned_partitions(self) -> list[int]:
         """Partitions this member owns right now (empty before the group assigned any)."""
-        return sorted(n for n, state in self._partitions.items() if not state.revoked)
+        return sorted(n for n, state in self._partitions.items() if not (state.revoking or state.revoked))
 
     async def lag(self) -> dict[int, int]:
         """partition -> high watermark - committed offset, for every partition of the topic."""
@@ -530,12 +533,13 @@ class KafkaConsumer:
         """Stop dispatching the partitions, let in-flight work finish briefly, return what to commit."""
         states = [s for n in numbers if (s := self._partitions.get(n)) is not None]
         for state in states:
-            state.revoked = True  # queued and backing-off messages are abandoned: uncommitted
+            state.revoking = True  # queued and backing-off messages are abandoned: uncommitted
         busy = [state.idle.wait() for state in states if state.running]
         if busy and not self._stopping:
             await asyncio.wait([asyncio.ensure_future(b) for b in busy], timeout=self._revoke_grace)
         finished: dict[int, int] = {}
         for state in states:
+            state.revoked = True
             if state.tracker.committable is not None:
                 finished[state.number] = state.tracker.committable
             if state.running:
@@ -559,7 +563,7 @@ class KafkaConsumer:
                 continue
             message = from_record(record, self.name)
             state = self._partitions.get(message.partition)
-            if state is None or state.revoked or self._stopping:
+            if state is None or state.revoking or state.revoked or self._stopping:
                 continue  # not ours any more: it stays uncommitted for the next owner
             if not state.tracker.receive(message.offset):
                 self._release(state, 1)  # a re-fetch of one we already hold
@@ -591,12 +595,12 @@ class KafkaConsumer:
             if lane is None or self._stopping:
                 return
             state = lane.partition
-            if state.revoked:
+            if state.revoking or state.revoked:
                 continue
             await self._wait_for_app()
             if self._stopping:
                 return
-            if state.revoked:
+            if state.revoking or state.revoked:
                 continue
             state.running += 1
             state.idle.clear()
@@ -685,7 +689,7 @@ class KafkaConsumer:
         self._loop.call_later(delay, self._requeue, lane)
 
     def _requeue(self, lane: _Lane) -> None:
-        if not lane.partition.revoked and not self._stopping:
+        if not (lane.partition.revoking or lane.partition.revoked or self._stopping):
             self._ready.put_nowait(lane)
 
     def _finish(self, lane: _Lane) -> None:
