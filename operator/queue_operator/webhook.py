@@ -1,0 +1,174 @@
+"""The mutating admission webhook that adds the sidecar to annotated pods (SPEC section 3).
+
+kopf serves it (``@kopf.on.mutate`` on pods, kopf's ``WebhookServer``) on the path
+``/inject-sidecar``; the MutatingWebhookConfiguration comes from the Helm chart, so kopf does not
+manage one. Here only the lookups of the named queues live; everything else is the pure
+``queue_operator.injection``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import aiohttp.web
+import kopf
+
+from queue_operator.handlers.options import API_VERSION
+from queue_operator.injection import (
+    InjectionError,
+    SidecarQueue,
+    SidecarSettings,
+    has_sidecar,
+    inject,
+    read_request,
+    sidecar_queue,
+    wants_injection,
+)
+from queue_operator.injection.pod import DEFAULT_IMAGE
+
+log = logging.getLogger("queue_operator.webhook")
+
+WEBHOOK_ID = "inject-sidecar"  # kopf's handler id is the URL path: https://<service>/inject-sidecar
+DEFAULT_PORT = 9443
+
+
+class AdmissionServer(kopf.WebhookServer):
+    """kopf's webhook server, with the admission review checked and completed before kopf sees it.
+
+    A request that is not an AdmissionReview gets 400 instead of an error deep in kopf. A pod
+    created by a controller may arrive without ``metadata.namespace`` (the API server fills it
+    in later); the request's ``namespace`` is copied in so the handler can find the queues.
+    """
+
+    async def __call__(self, fn: kopf.WebhookFn) -> AsyncIterator[kopf.WebhookClientConfig]:
+        async def checked(
+            request: Any,
+            *,
+            webhook: str | None = None,
+            headers: kopf.Headers | None = None,
+            sslpeer: kopf.SSLPeer | None = None,
+        ) -> Any:
+            return await fn(_checked_review(request), webhook=webhook, headers=headers, sslpeer=sslpeer)
+
+        async for client_config in super().__call__(checked):
+            yield client_config
+
+
+def _checked_review(data: Any) -> Any:
+    request = data.get("request") if isinstance(data, Mapping) else None
+    if not isinstance(request, dict):
+        raise aiohttp.web.HTTPBadRequest(reason="expected an AdmissionReview with a request")
+    resource = request.get("resource")
+    if not isinstance(resource, Mapping) or not all(k in resource for k in ("group", "version", "resource")):
+        raise aiohttp.web.HTTPBadRequest(reason="request.resource needs group, version and resource")
+    request.setdefault("userInfo", {})
+    pod = request.get("object")
+    if not isinstance(pod, dict) or not isinstance(pod.get("metadata", {}), dict):
+        raise aiohttp.web.HTTPBadRequest(reason="request.object must be an object with metadata")
+    metadata = pod.setdefault("metadata", {})
+    if not metadata.get("namespace") and isinstance(request.get("namespace"), str):
+        metadata["namespace"] = request["namespace"]
+    return data
+
+
+def register(registry: kopf.OperatorRegistry, kube: Any, settings: SidecarSettings) -> None:
+    """Install the mutating handler on pods; ``kube`` is a ``queue_operator.kube.Kube``."""
+
+    @kopf.on.mutate("v1", "pods", id=WEBHOOK_ID, operations=["CREATE"], side_effects=False, registry=registry)
+    def inject_sidecar(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+        pod: Mapping[str, Any] = body
+        if not wants_injection(pod):
+            return
+        try:
+            request = read_request(pod)
+            if has_sidecar(pod):
+                queues: list[SidecarQueue] = []  # left as it is; only new app containers get the URL
+            else:
+                namespace = str(body.metadata.namespace or "default")
+                queues = _resolve(kube, namespace, request)
+            mutated = inject(pod, request, queues, settings)
+        except InjectionError as exc:
+            raise kopf.AdmissionError(str(exc), code=400) from None
+        _set_patch(patch, pod, mutated)
+
+
+def _resolve(kube: Any, namespace: str, request: Any) -> list[SidecarQueue]:
+    bodies, missing = [], []
+    for ref in request.queues:
+        try:
+            found = kube.read(API_VERSION, ref.kind, namespace, ref.name)
+        except Exception as exc:  # the API failed: refuse, the pod can be created again
+            log.warning("reading %s in %s failed: %s", ref, namespace, exc)
+            raise InjectionError(f"cannot read {ref} in namespace {namespace}: {exc}") from None
+        if found is None:
+            missing.append(str(ref))
+        bodies.append(found)
+    if missing:
+        raise InjectionError(
+            f"queue(s) {', '.join(missing)} not found in namespace {namespace}; create them first or fix "
+            "the annotation queue-operator.dev/queues"
+        )
+    return [
+        sidecar_queue(ref, body, i) for i, (ref, body) in enumerate(zip(request.queues, bodies, strict=True))
+    ]
+
+
+def _set_patch(patch: kopf.Patch, pod: Mapping[str, Any], mutated: Mapping[str, Any]) -> None:
+    """Hand kopf the changed parts; it answers with the JSON patch between pod and result."""
+    if mutated.get("metadata") != pod.get("metadata"):
+        patch["metadata"] = {"annotations": dict(mutated["metadata"].get("annotations") or {})}
+    spec, new_spec = pod.get("spec") or {}, mutated.get("spec") or {}
+    changed = {key: value for key, value in new_spec.items() if spec.get(key) != value}
+    if changed:
+        patch["spec"] = changed
+
+
+# --- command line ----------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("sidecar injection webhook")
+    group.add_argument(
+        "--webhook-port",
+        type=int,
+        metavar="PORT",
+        help=f"serve the admission webhook on this port (e.g. {DEFAULT_PORT}); default: no webhook",
+    )
+    group.add_argument("--webhook-cert", metavar="FILE", help="the webhook's TLS certificate (PEM)")
+    group.add_argument("--webhook-key", metavar="FILE", help="the webhook's TLS private key (PEM)")
+    group.add_argument(
+        "--webhook-insecure", action="store_true", help="serve plain HTTP (behind a TLS proxy, or to debug)"
+    )
+    group.add_argument(
+        "--sidecar-image", default=DEFAULT_IMAGE, help="image of the injected sidecar (default %(default)s)"
+    )
+    group.add_argument(
+        "--sidecar-image-pull-policy",
+        default="IfNotPresent",
+        choices=("Always", "IfNotPresent", "Never"),
+        help="imagePullPolicy of the injected sidecar (default %(default)s)",
+    )
+
+
+def enable(args: argparse.Namespace, registry: kopf.OperatorRegistry, settings: Any, kube: Any) -> None:
+    """Register the webhook and its server on kopf's ``settings`` when ``--webhook-port`` is given."""
+    if args.webhook_port is None:
+        return
+    if not args.webhook_insecure and not (args.webhook_cert and args.webhook_key):
+        raise SystemExit("--webhook-port needs --webhook-cert and --webhook-key (or --webhook-insecure)")
+    register(
+        registry,
+        kube,
+        SidecarSettings(image=args.sidecar_image, image_pull_policy=args.sidecar_image_pull_policy),
+    )
+    settings.admission.server = AdmissionServer(
+        addr="0.0.0.0",
+        port=args.webhook_port,
+        certfile=None if args.webhook_insecure else args.webhook_cert,
+        pkeyfile=None if args.webhook_insecure else args.webhook_key,
+        insecure=args.webhook_insecure,
+    )
+    log.info("serving the sidecar injection webhook on port %d", args.webhook_port)
