@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from harness.servers import BeanstalkdCluster, MotoS3, RedisServer, Tansu
 
 pytest_plugins = ["harness.kube_fixtures"]
