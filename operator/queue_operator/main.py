@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import kopf
 
-from queue_operator import handlers
+from queue_operator import handlers, webhook
 from queue_operator.handlers.options import Options, Runtime, operator_settings
 from queue_operator.kube import Kube
 
@@ -91,6 +91,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--workers", type=int, default=defaults.workers, help="handler threads (default %(default)s)"
     )
+    webhook.add_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -109,11 +110,13 @@ def cli(argv: Sequence[str] | None = None) -> None:
     registry = kopf.OperatorRegistry()
     handlers.register(registry, options)
     runtime = Runtime(options, Kube.from_environment())
+    settings = operator_settings(options)
+    webhook.enable(args, registry, settings, runtime.kube)
     namespaces = args.namespace
     log.info("watching %s", ", ".join(namespaces) if namespaces else "all namespaces")
     kopf.run(
         registry=registry,
-        settings=operator_settings(options),
+        settings=settings,
         lifecycle=kopf.lifecycles.all_at_once,
         standalone=True,  # one replica (the chart uses the Recreate strategy): no peering
         clusterwide=not namespaces,
