@@ -1,0 +1,189 @@
+"""End to end: the operator process serves the webhook over HTTPS, the queues live in the API.
+
+Requests are what an API server sends: an AdmissionReview v1 POSTed to the path in the
+chart's MutatingWebhookConfiguration, trusted through the CA that signed the webhook's cert.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import ssl
+import sys
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonpatch
+import pytest
+import yaml
+from injection.certs import write_certs
+from injection.objects import delay_queue, kafka_queue, pod
+
+from harness.kube import KubeApi
+from harness.kube_operator import REPO, Cluster, OperatorProcess, eventually
+from harness.servers import free_port
+from queue_operator.injection import CONTAINER, PUBLISH_URL_ENV, SIDECAR_CONFIG
+from queue_sidecar.config import DelayQueueConfig, parse_config
+
+IMAGE = "registry.example/queue-operator:e2e"
+
+
+class Webhook:
+    def __init__(self, url: str, ca: Path) -> None:
+        self.url = url
+        self.context = ssl.create_default_context(cafile=str(ca))
+
+    def post(self, payload: bytes) -> tuple[int, Any]:
+        request = urllib.request.Request(
+            self.url, data=payload, headers={"Content-Type": "application/json"}, method="POST"
+        )
+        try:
+            with urllib.request.urlopen(request, context=self.context, timeout=10) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode(errors="replace")
+
+    def review(self, namespace: str, obj: dict[str, Any]) -> dict[str, Any]:
+        uid = str(uuid.uuid4())
+        review = {
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": uid,
+                "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "resource": {"group": "", "version": "v1", "resource": "pods"},
+                "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
+                "requestResource": {"group": "", "version": "v1", "resource": "pods"},
+                "namespace": namespace,
+                "operation": "CREATE",
+                "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
+                "object": obj,
+                "oldObject": None,
+                "dryRun": False,
+                "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"},
+            },
+        }
+        status, answer = self.post(json.dumps(review).encode())
+        assert status == 200, answer
+        assert answer["response"]["uid"] == uid
+        result: dict[str, Any] = answer["response"]
+        return result
+
+
+@pytest.fixture(scope="module")
+def cluster(kube_session: KubeApi) -> Iterator[Cluster]:
+    namespace = f"inject-{uuid.uuid4().hex[:8]}"
+    kube_session.apply_crds(sorted((REPO / "crds").glob("*.yaml")))
+    kube_session.create_namespace(namespace)
+    with kube_session.client() as api:
+        cluster = Cluster(kube_session, namespace, api)
+        for body in (delay_queue("reminders"), kafka_queue("orders")):
+            body["metadata"]["namespace"] = namespace
+            cluster.create(body)
+        yield cluster
+    kube_session.delete_namespace(namespace)
+
+
+@pytest.fixture(scope="module")
+def webhook(
+    kube_session: KubeApi, cluster: Cluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Webhook]:
+    """One operator process for the module: starting it takes seconds."""
+    workdir = tmp_path_factory.mktemp("webhook")
+    ca, cert, key = write_certs(workdir)
+    port = free_port()
+    process = OperatorProcess(kube_session, cluster.namespace, workdir)
+    process.extra_args = [
+        *("--webhook-port", str(port), "--webhook-cert", str(cert), "--webhook-key", str(key)),
+        *("--sidecar-image", IMAGE),
+    ]
+    process.start()
+    hook = Webhook(f"https://127.0.0.1:{port}/inject-sidecar", ca)
+
+    def serving() -> bool:
+        assert process.running, process.log()
+        try:
+            status, _ = hook.post(b"{}")
+        except OSError:
+            return False
+        return status == 400
+
+    eventually(serving, timeout=30, what="the webhook answers")
+    yield hook
+    process.stop()
+    if os.environ.get("QUEUE_OPERATOR_TEST_SHOW_LOG"):
+        sys.stderr.write(process.log())
+
+
+ANNOTATIONS = {
+    "queue-operator.dev/inject": "true",
+    "queue-operator.dev/queues": "delayqueue/reminders,kafkaqueue/orders",
+    "queue-operator.dev/app-port": "8080",
+}
+
+
+def _patched(obj: dict[str, Any], response: dict[str, Any]) -> dict[str, Any]:
+    assert response["patchType"] == "JSONPatch"
+    ops = json.loads(base64.b64decode(response["patch"]))
+    result: dict[str, Any] = jsonpatch.apply_patch(obj, ops)
+    return result
+
+
+def test_a_pod_naming_existing_queues_gets_the_sidecar_once(webhook: Webhook, cluster: Cluster) -> None:
+    original = pod(ANNOTATIONS)
+    response = webhook.review(cluster.namespace, original)
+    assert response["allowed"] is True, response
+    mutated = _patched(original, response)
+    sidecars = [c for c in mutated["spec"]["initContainers"] if c["name"] == CONTAINER]
+    assert len(sidecars) == 1
+    assert sidecars[0]["image"] == IMAGE
+    env = {e["name"]: e["value"] for e in mutated["spec"]["containers"][0]["env"]}
+    assert env[PUBLISH_URL_ENV] == "http://127.0.0.1:3500"
+    assert "namespace" not in mutated["metadata"]  # the request's namespace is used, not written
+    config = parse_config(yaml.safe_load(mutated["metadata"]["annotations"][SIDECAR_CONFIG]))
+    reminders = config.queue("reminders")
+    assert isinstance(reminders, DelayQueueConfig)
+    # The nodes live in the pod's namespace (taken from the request: a controller's pod has none).
+    assert reminders.nodes[0].endswith(f".{cluster.namespace}.svc.cluster.local:11300")
+    assert [q.name for q in config.queues] == ["reminders", "orders"]
+
+    # Re-invoked on the already mutated pod: nothing more to change.
+    again = webhook.review(cluster.namespace, mutated)
+    assert again["allowed"] is True
+    assert "patch" not in again
+
+
+def test_a_pod_naming_a_missing_queue_is_refused_with_its_name(webhook: Webhook, cluster: Cluster) -> None:
+    annotations = {**ANNOTATIONS, "queue-operator.dev/queues": "dq/reminders,kq/nonexistent"}
+    response = webhook.review(cluster.namespace, pod(annotations))
+    assert response["allowed"] is False
+    assert "kafkaqueue/nonexistent not found" in response["status"]["message"]
+    assert "delayqueue/reminders" not in response["status"]["message"]
+    assert "patch" not in response
+
+
+def test_bad_annotations_are_refused_and_other_pods_pass_untouched(
+    webhook: Webhook, cluster: Cluster
+) -> None:
+    bad = webhook.review(cluster.namespace, pod({**ANNOTATIONS, "queue-operator.dev/app-protocol": "tcp"}))
+    assert bad["allowed"] is False
+    assert "queue-operator.dev/app-protocol" in bad["status"]["message"]
+    plain = webhook.review(cluster.namespace, pod({}))
+    assert plain["allowed"] is True
+    assert "patch" not in plain
+
+
+@pytest.mark.parametrize(
+    "payload", [b"not json", b"[1, 2]", b'{"request": {"uid": "x"}}', b'{"request": "x"}']
+)
+def test_malformed_requests_get_400_and_the_webhook_keeps_serving(
+    webhook: Webhook, cluster: Cluster, payload: bytes
+) -> None:
+    status, _ = webhook.post(payload)
+    assert status == 400
+    assert webhook.review(cluster.namespace, pod({}))["allowed"] is True
