@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import filecmp
 import subprocess
 from pathlib import Path
@@ -102,6 +103,129 @@ def test_namespaced_install_uses_roles_not_a_cluster_role() -> None:
     ],
 )
 def test_values_schema_refuses_bad_values_with_their_name(value: str, message: str) -> None:
+    result = helm("template", "qo", str(CHART), "--set", value, check=False)
+    assert result.returncode != 0
+    assert message in result.stderr
+
+
+# --- the sidecar injection webhook (docs/injection.md) ----------------------------------------
+
+
+def _webhook_parts(objects: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+    (config,) = by_kind(objects, "MutatingWebhookConfiguration")
+    (deployment,) = by_kind(objects, "Deployment")
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    return config["webhooks"][0], deployment, args
+
+
+def test_webhook_is_served_over_tls_the_api_server_trusts() -> None:
+    from cryptography import x509  # noqa: PLC0415
+
+    from queue_operator.main import parse_args  # noqa: PLC0415
+
+    objects = render()
+    hook, deployment, args = _webhook_parts(objects)
+    assert hook["sideEffects"] == "None"
+    assert hook["admissionReviewVersions"] == ["v1"]
+    assert hook["failurePolicy"] == "Fail"
+    assert hook["reinvocationPolicy"] == "IfNeeded"
+    assert hook["rules"] == [
+        {
+            "operations": ["CREATE"],
+            "apiGroups": [""],
+            "apiVersions": ["v1"],
+            "resources": ["pods"],
+            "scope": "Namespaced",
+        }
+    ]
+    # The operator's own pods are never sent to it (it could not start while it is down).
+    assert hook["objectSelector"]["matchExpressions"][0]["values"] == ["queue-operator"]
+    assert "kube-system" in hook["namespaceSelector"]["matchExpressions"][0]["values"]
+
+    service_ref = hook["clientConfig"]["service"]
+    (service,) = [s for s in by_kind(objects, "Service") if s["metadata"]["name"] == service_ref["name"]]
+    assert service_ref["path"] == "/inject-sidecar"  # the kopf handler id of queue_operator.webhook
+    assert service["spec"]["ports"][0]["targetPort"] == "webhook"
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "webhook", "containerPort": 9443, "protocol": "TCP"} in container["ports"]
+
+    (secret,) = by_kind(objects, "Secret")
+    assert hook["clientConfig"]["caBundle"] == secret["data"]["ca.crt"]
+    ca = x509.load_pem_x509_certificate(base64.b64decode(secret["data"]["ca.crt"]))
+    cert = x509.load_pem_x509_certificate(base64.b64decode(secret["data"]["tls.crt"]))
+    cert.verify_directly_issued_by(ca)
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+        x509.DNSName
+    )
+    assert f"{service['metadata']['name']}.queue-system.svc" in names
+    volumes = deployment["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "webhook-tls", "secret": {"secretName": secret["metadata"]["name"]}} in volumes
+
+    # The chart's arguments are ones the operator accepts, pointing at the mounted Secret.
+    parsed = parse_args(args)
+    assert parsed.webhook_port == 9443
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "webhook-tls")["mountPath"]
+    assert (parsed.webhook_cert, parsed.webhook_key) == (f"{mount}/tls.crt", f"{mount}/tls.key")
+    assert parsed.sidecar_image == "ghcr.io/queue-operator/queue-operator:0.1.0"
+
+
+def test_webhook_with_cert_manager_gets_a_certificate_and_an_injected_ca() -> None:
+    objects = render("webhook.certManager.enabled=true", "webhook.failurePolicy=Ignore")
+    hook, deployment, _ = _webhook_parts(objects)
+    (certificate,) = by_kind(objects, "Certificate")
+    (issuer,) = by_kind(objects, "Issuer")
+    assert not by_kind(objects, "Secret")  # cert-manager writes it
+    (config,) = by_kind(objects, "MutatingWebhookConfiguration")
+    assert config["metadata"]["annotations"]["cert-manager.io/inject-ca-from"] == (
+        f"queue-system/{certificate['metadata']['name']}"
+    )
+    assert "caBundle" not in hook["clientConfig"]
+    assert hook["failurePolicy"] == "Ignore"
+    assert certificate["spec"]["issuerRef"]["name"] == issuer["metadata"]["name"]
+    assert issuer["spec"] == {"selfSigned": {}}
+    volumes = deployment["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "webhook-tls", "secret": {"secretName": certificate["spec"]["secretName"]}} in volumes
+    for obj in objects:
+        if not obj["apiVersion"].startswith("cert-manager.io/"):
+            kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
+
+    with_issuer = render(
+        "webhook.certManager.enabled=true",
+        "webhook.certManager.issuerRef.name=corp-ca",
+        "webhook.certManager.issuerRef.kind=ClusterIssuer",
+    )
+    assert not by_kind(with_issuer, "Issuer")
+    (certificate,) = by_kind(with_issuer, "Certificate")
+    assert certificate["spec"]["issuerRef"] == {
+        "name": "corp-ca",
+        "kind": "ClusterIssuer",
+        "group": "cert-manager.io",
+    }
+
+
+def test_webhook_can_be_turned_off_and_follows_the_watched_namespaces() -> None:
+    objects = render("webhook.enabled=false")
+    assert not by_kind(objects, "MutatingWebhookConfiguration") and not by_kind(objects, "Secret")
+    (deployment,) = by_kind(objects, "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert not [a for a in container["args"] if a.startswith("--webhook")]
+
+    namespaced = render("watch.allNamespaces=false", "watch.namespaces={team-a,team-b}")
+    hook, _, _ = _webhook_parts(namespaced)
+    expression = hook["namespaceSelector"]["matchExpressions"][0]
+    assert (expression["operator"], expression["values"]) == ("In", ["team-a", "team-b"])
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("webhook.failurePolicy=Sometimes", "failurePolicy"),
+        ("webhook.timeoutSeconds=60", "timeoutSeconds"),
+        ("webhook.sidecar.tag=1", "Additional property tag is not allowed"),
+        ("webhook.certManager.issuerRef.kind=Vault", "kind"),
+    ],
+)
+def test_values_schema_refuses_bad_webhook_values(value: str, message: str) -> None:
     result = helm("template", "qo", str(CHART), "--set", value, check=False)
     assert result.returncode != 0
     assert message in result.stderr
