@@ -250,3 +250,23 @@ async def test_a_failing_dead_letter_write_is_retried_and_never_committed(
         assert committed(bootstrap, unique, unique, 1)[0] < 1  # the dropped one holds the commit back
         assert await read_dead_letters([bootstrap], dlq) == []
     assert [m.offset for m in recorder.seen] == [0, 1]  # no re-delivery to the handler meanwhile
+
+
+async def test_a_handler_cancelled_from_inside_is_a_retry_not_a_dead_worker(
+    bootstrap: str, unique: str
+) -> None:
+    create_topics(bootstrap, (unique, 1))
+    produce_raw(bootstrap, unique, [(b"k", b"x"), (b"k", b"y")])
+
+    async def answer(message: KafkaMessage) -> Outcome:
+        if message.value == b"x" and message.attempt == 1:
+            raise asyncio.CancelledError  # e.g. an HTTP client cancelling its own request
+        return Outcome.success()
+
+    recorder = Recorder(answer)
+    consumer = KafkaConsumer(
+        [bootstrap], unique, unique, recorder, offset="first", policy=FAST_POLICY, concurrency=1
+    )
+    async with running(consumer):
+        await wait_for(lambda: committed(bootstrap, unique, unique, 1)[0] == 2, 30, "both committed")
+    assert [(m.value, m.attempt) for m in recorder.seen] == [(b"x", 1), (b"x", 2), (b"y", 1)]

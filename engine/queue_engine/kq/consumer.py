@@ -606,6 +606,9 @@ class KafkaConsumer:
             state.idle.clear()
             try:
                 await self._deliver(lane)
+            except Exception:  # a bug must not kill the worker nor wedge the key's lane
+                log.exception("consumer %s: delivering from partition %d failed", self.name, state.number)
+                self._requeue_later(lane, 1.0)
             finally:
                 state.running -= 1
                 if not state.running:
@@ -660,6 +663,11 @@ class KafkaConsumer:
                 outcome = Outcome.retry(f"handler returned {outcome!r} instead of an Outcome")
         except TimeoutError:
             outcome = Outcome.retry(f"handler timed out after {format_duration(self._policy.timeout)}")
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # we are being stopped
+            outcome = Outcome.retry("handler was cancelled")  # cancelled from inside, not by us
         except Exception as exc:
             log.warning("consumer %s: handler raised on offset %d: %r", self.name, message.offset, exc)
             outcome = Outcome.retry(f"{type(exc).__name__}: {exc}")

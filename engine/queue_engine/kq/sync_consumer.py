@@ -7,6 +7,7 @@ import contextlib
 import signal
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from queue_engine.kq.consumer import KafkaConsumer
@@ -30,11 +31,17 @@ class SyncKafkaConsumer:
         handler: Callable[[KafkaMessage], Outcome],
         **options: Any,
     ) -> None:
+
         async def call(message: KafkaMessage) -> Outcome:
-            return await asyncio.to_thread(handler, message)
+            return await asyncio.get_running_loop().run_in_executor(self._executor, handler, message)
 
         # Built here so config errors surface at construction, as with the async consumer.
         self._consumer = KafkaConsumer(brokers, topic, group, call, **options)
+        # One thread per concurrent call: the default executor may be smaller than
+        # ``concurrency``, and time spent queueing there would count against the handler timeout.
+        self._executor = ThreadPoolExecutor(
+            max_workers=int(options.get("concurrency", 8)), thread_name_prefix="kq-handler"
+        )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = threading.Event()
         self._grace = 30.0
@@ -45,7 +52,11 @@ class SyncKafkaConsumer:
         return self._consumer
 
     def run(self, handle_signals: bool = False) -> None:
-        asyncio.run(self._main(handle_signals))
+        try:
+            asyncio.run(self._main(handle_signals))
+        finally:
+            # A call past its timeout cannot be interrupted in a thread: do not wait for it.
+            self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def _main(self, handle_signals: bool) -> None:
         self._loop = asyncio.get_running_loop()
