@@ -9,70 +9,21 @@ from __future__ import annotations
 import base64
 import json
 import os
-import ssl
 import sys
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import jsonpatch
 import pytest
 import yaml
-from injection.certs import write_certs
 from injection.objects import delay_queue, kafka_queue, pod
+from injection.webhook_client import ANNOTATIONS, IMAGE, Webhook, start_webhook
 
 from harness.kube import KubeApi
-from harness.kube_operator import REPO, Cluster, OperatorProcess, eventually
-from harness.servers import free_port
+from harness.kube_operator import REPO, Cluster
 from queue_operator.injection import CONTAINER, PUBLISH_URL_ENV, SIDECAR_CONFIG
 from queue_sidecar.config import DelayQueueConfig, parse_config
-
-IMAGE = "registry.example/queue-operator:e2e"
-
-
-class Webhook:
-    def __init__(self, url: str, ca: Path) -> None:
-        self.url = url
-        self.context = ssl.create_default_context(cafile=str(ca))
-
-    def post(self, payload: bytes) -> tuple[int, Any]:
-        request = urllib.request.Request(
-            self.url, data=payload, headers={"Content-Type": "application/json"}, method="POST"
-        )
-        try:
-            with urllib.request.urlopen(request, context=self.context, timeout=10) as response:
-                return response.status, json.loads(response.read())
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read().decode(errors="replace")
-
-    def review(self, namespace: str, obj: dict[str, Any]) -> dict[str, Any]:
-        uid = str(uuid.uuid4())
-        review = {
-            "apiVersion": "admission.k8s.io/v1",
-            "kind": "AdmissionReview",
-            "request": {
-                "uid": uid,
-                "kind": {"group": "", "version": "v1", "kind": "Pod"},
-                "resource": {"group": "", "version": "v1", "resource": "pods"},
-                "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
-                "requestResource": {"group": "", "version": "v1", "resource": "pods"},
-                "namespace": namespace,
-                "operation": "CREATE",
-                "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
-                "object": obj,
-                "oldObject": None,
-                "dryRun": False,
-                "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"},
-            },
-        }
-        status, answer = self.post(json.dumps(review).encode())
-        assert status == 200, answer
-        assert answer["response"]["uid"] == uid
-        result: dict[str, Any] = answer["response"]
-        return result
 
 
 @pytest.fixture(scope="module")
@@ -94,37 +45,11 @@ def webhook(
     kube_session: KubeApi, cluster: Cluster, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Webhook]:
     """One operator process for the module: starting it takes seconds."""
-    workdir = tmp_path_factory.mktemp("webhook")
-    ca, cert, key = write_certs(workdir)
-    port = free_port()
-    process = OperatorProcess(kube_session, cluster.namespace, workdir)
-    process.extra_args = [
-        *("--webhook-port", str(port), "--webhook-cert", str(cert), "--webhook-key", str(key)),
-        *("--sidecar-image", IMAGE),
-    ]
-    process.start()
-    hook = Webhook(f"https://127.0.0.1:{port}/inject-sidecar", ca)
-
-    def serving() -> bool:
-        assert process.running, process.log()
-        try:
-            status, _ = hook.post(b"{}")
-        except OSError:
-            return False
-        return status == 400
-
-    eventually(serving, timeout=30, what="the webhook answers")
+    hook, process = start_webhook(kube_session, cluster.namespace, tmp_path_factory.mktemp("webhook"))
     yield hook
     process.stop()
     if os.environ.get("QUEUE_OPERATOR_TEST_SHOW_LOG"):
         sys.stderr.write(process.log())
-
-
-ANNOTATIONS = {
-    "queue-operator.dev/inject": "true",
-    "queue-operator.dev/queues": "delayqueue/reminders,kafkaqueue/orders",
-    "queue-operator.dev/app-port": "8080",
-}
 
 
 def _patched(obj: dict[str, Any], response: dict[str, Any]) -> dict[str, Any]:
