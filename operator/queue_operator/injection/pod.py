@@ -22,6 +22,9 @@ import yaml
 from queue_operator.injection.annotations import HEALTH_PORT, SIDECAR_CONFIG, InjectionRequest
 from queue_operator.injection.queues import SidecarQueue
 
+# libyaml's emitter when present: the config's YAML is most of the time an injection takes.
+_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
 CONTAINER = "queue-sidecar"
 CONFIG_VOLUME = "queue-sidecar-config"
 CONFIG_DIR = "/etc/queue-sidecar"
@@ -85,7 +88,7 @@ def inject(
     result: dict[str, Any] = copy.deepcopy(dict(pod))
     spec = result.setdefault("spec", {})
     if not has_sidecar(result):
-        config = yaml.safe_dump(render_config(request, queues), sort_keys=False)
+        config = yaml.dump(render_config(request, queues), Dumper=_DUMPER, sort_keys=False)
         result.setdefault("metadata", {}).setdefault("annotations", {})[SIDECAR_CONFIG] = config
         volumes = spec.setdefault("volumes", [])
         for volume in [_config_volume(), *(v for q in queues for v in q.volumes)]:

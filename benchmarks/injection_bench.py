@@ -1,0 +1,133 @@
+"""How long the sidecar injection webhook takes to answer an AdmissionReview.
+
+A fresh Kubernetes API emulator (tests/harness/kube_emulator) holding one DelayQueue and one
+KafkaQueue, and a real ``queue-operator`` process serving the webhook over HTTPS. Each round
+POSTs an AdmissionReview for a pod naming both queues, one request at a time, over one kept-alive
+connection as an API server does. The baseline is the unavoidable API work done in the same run
+with the raw ``kubernetes`` client: reading the two queues (what the webhook looks up), so the
+ratio shows the webhook's overhead (TLS, kopf, building the patch) over its lookups. The pure
+``inject()`` step is timed alone as well.
+
+Run: ``.venv/bin/python benchmarks/injection_bench.py [--requests 300]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+from injection.objects import delay_queue, kafka_queue, pod  # noqa: E402
+from injection.webhook_client import ANNOTATIONS, start_webhook  # noqa: E402
+from kubernetes import client  # noqa: E402
+
+from harness.kube import KubeApi  # noqa: E402
+from queue_operator.injection import inject, read_request, sidecar_queue  # noqa: E402
+from queue_operator.injection.pod import SidecarSettings  # noqa: E402
+
+GROUP, VERSION = "queue-operator.dev", "v1alpha1"
+NAMESPACE = "bench"
+
+
+def timed(fn: Callable[[], object], rounds: int) -> list[float]:
+    fn()  # warm up: connections, imports
+    samples = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - start) * 1000)
+    return samples
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--requests", type=int, default=300)
+    rounds = parser.parse_args().requests
+    with tempfile.TemporaryDirectory() as tmp:
+        kube = KubeApi(Path(tmp) / "kube")
+        kube.start()
+        try:
+            kube.apply_crds(sorted((REPO / "crds").glob("*.yaml")))
+            kube.create_namespace(NAMESPACE)
+            with kube.client() as api:
+                objects = client.CustomObjectsApi(api)
+                for body in (delay_queue("reminders"), kafka_queue("orders")):
+                    body["metadata"]["namespace"] = NAMESPACE
+                    plural = body["kind"].lower() + "s"
+                    objects.create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, plural, body)
+
+                def lookups() -> None:
+                    objects.get_namespaced_custom_object(
+                        GROUP, VERSION, NAMESPACE, "delayqueues", "reminders"
+                    )
+                    objects.get_namespaced_custom_object(GROUP, VERSION, NAMESPACE, "kafkaqueues", "orders")
+
+                raw = timed(lookups, rounds)
+
+            hook, process = start_webhook(kube, NAMESPACE, Path(tmp))
+            try:
+                host, port = hook.url.removeprefix("https://").split("/")[0].split(":")
+                connection = http.client.HTTPSConnection(host, int(port), context=hook.context, timeout=10)
+                review = {
+                    "apiVersion": "admission.k8s.io/v1",
+                    "kind": "AdmissionReview",
+                    "request": {
+                        "uid": str(uuid.uuid4()),
+                        "resource": {"group": "", "version": "v1", "resource": "pods"},
+                        "namespace": NAMESPACE,
+                        "operation": "CREATE",
+                        "userInfo": {"username": "bench"},
+                        "object": pod(ANNOTATIONS),
+                    },
+                }
+                payload = json.dumps(review).encode()
+
+                def admission() -> None:
+                    connection.request(
+                        "POST", "/inject-sidecar", payload, {"Content-Type": "application/json"}
+                    )
+                    answer = json.loads(connection.getresponse().read())
+                    assert answer["response"]["allowed"] and answer["response"]["patch"], answer
+
+                webhook = timed(admission, rounds)
+                connection.close()
+            finally:
+                process.stop()
+        finally:
+            kube.stop()
+
+    original = pod(ANNOTATIONS)
+    bodies = {"reminders": delay_queue("reminders"), "orders": kafka_queue("orders")}
+
+    def pure() -> None:
+        request = read_request(original)
+        queues = [sidecar_queue(ref, bodies[ref.name], i) for i, ref in enumerate(request.queues)]
+        inject(original, request, queues, SidecarSettings())
+
+    pure_ms = timed(pure, rounds)
+
+    def row(name: str, samples: list[float]) -> str:
+        p50, p99 = statistics.median(samples), statistics.quantiles(samples, n=100)[98]
+        ratio = p50 / statistics.median(raw)
+        return f"| {name:<44} | {p50:8.2f} | {p99:8.2f} | {ratio:6.2f}x |"
+
+    print(f"\n{rounds} requests, one at a time\n")
+    print(f"| {'what':<44} | {'p50 ms':>8} | {'p99 ms':>8} | {'vs raw':>7} |")
+    print(f"|{'-' * 46}|{'-' * 10}|{'-' * 10}|{'-' * 9}|")
+    print(row("raw client: GET both queues (baseline)", raw))
+    print(row("webhook: AdmissionReview over HTTPS", webhook))
+    print(row("pure inject() (annotations to mutated pod)", pure_ms))
+
+
+if __name__ == "__main__":
+    main()
