@@ -111,6 +111,9 @@ def test_values_schema_refuses_bad_values_with_their_name(value: str, message: s
 # --- the sidecar injection webhook (docs/injection.md) ----------------------------------------
 
 
+_DELAYQUEUE = {"metadata": {"name": "q", "namespace": "app"}, "spec": {"redis": {"url": "redis://r:6379/0"}}}
+
+
 def _webhook_parts(objects: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
     (config,) = by_kind(objects, "MutatingWebhookConfiguration")
     (deployment,) = by_kind(objects, "Deployment")
@@ -121,7 +124,9 @@ def _webhook_parts(objects: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[
 def test_webhook_is_served_over_tls_the_api_server_trusts() -> None:
     from cryptography import x509  # noqa: PLC0415
 
+    from queue_operator.builders import beanstalkd  # noqa: PLC0415
     from queue_operator.main import parse_args  # noqa: PLC0415
+    from queue_operator.spec import DelayQueueSpec  # noqa: PLC0415
 
     objects = render()
     hook, deployment, args = _webhook_parts(objects)
@@ -138,8 +143,17 @@ def test_webhook_is_served_over_tls_the_api_server_trusts() -> None:
             "scope": "Namespaced",
         }
     ]
-    # The operator's own pods are never sent to it (it could not start while it is down).
-    assert hook["objectSelector"]["matchExpressions"][0]["values"] == ["queue-operator"]
+    # Neither the operator's own pods nor its beanstalkd nodes wait for it while it is down.
+    (operator_pod,) = [d for d in objects if d["kind"] == "Deployment"]
+    own = operator_pod["spec"]["template"]["metadata"]["labels"]
+    node = beanstalkd.statefulset(
+        {"metadata": {"name": "q", "namespace": "app"}}, DelayQueueSpec.from_body(_DELAYQUEUE)
+    )["spec"]["template"]["metadata"]["labels"]
+    for labels in (own, node):
+        assert any(
+            e["operator"] == "NotIn" and labels.get(e["key"]) in e["values"]
+            for e in hook["objectSelector"]["matchExpressions"]
+        ), labels
     assert "kube-system" in hook["namespaceSelector"]["matchExpressions"][0]["values"]
 
     service_ref = hook["clientConfig"]["service"]
