@@ -198,11 +198,16 @@ async def test_offset_first_reads_history_and_last_only_new(bootstrap: str, uniq
     from_last = KafkaConsumer([bootstrap], unique, f"{unique}-last", last, offset="last")
     async with running(from_first), running(from_last):
         await wait_for(lambda: len(first.seen) == 2, 30, "history")
-        await asyncio.sleep(1)  # let the "last" member fetch its starting position
-        produce_raw(bootstrap, unique, [(None, b"new")])
-        await wait_for(lambda: len(first.seen) == 3 and len(last.seen) == 1, 30, "the new message")
-    assert [m.value for m in first.seen] == [b"old1", b"old2", b"new"]
-    assert [m.value for m in last.seen] == [b"new"]
+        # Keep adding until the "last" member (which starts at the end once it has a position)
+        # sees one: robust to however long it takes to look up that position.
+        sent = 0
+        while not last.seen and sent < 40:
+            produce_raw(bootstrap, unique, [(None, f"new{sent}".encode())])
+            sent += 1
+            await asyncio.sleep(0.5)
+        await wait_for(lambda: len(first.seen) == 2 + sent, 30, "the new messages")
+    assert [m.value for m in first.seen] == [b"old1", b"old2"] + [f"new{i}".encode() for i in range(sent)]
+    assert last.seen and all(m.value.startswith(b"new") for m in last.seen)
 
 
 async def test_a_stuck_partition_is_paused_so_the_backlog_stays_bounded(bootstrap: str, unique: str) -> None:
