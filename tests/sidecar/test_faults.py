@@ -221,3 +221,29 @@ def test_kafka_unreachable_at_start_keeps_serving_and_consumes_once_it_is_up(
     sidecar.wait_ready(60)
     kafka_push(own_kafka_broker.bootstrap, unique, b"after-outage")
     http_app.wait_for("after-outage", timeout=30)
+
+
+def test_sigterm_while_waiting_for_the_app_exits_0(
+    make_sidecar: Callable[..., Sidecar],
+    tmp_path: Path,
+    beanstalk_cluster: BeanstalkdCluster,
+    shared_redis: RedisServer,
+    unique: str,
+) -> None:
+    never_started = App(tmp_path / "absent-app", "http")
+    sidecar = make_sidecar(
+        {
+            "app": app_config(never_started),
+            "queues": [delay_queue(unique, beanstalk_cluster.addresses, shared_redis.url)],
+        }
+    )
+    dq_delay(beanstalk_cluster.addresses, unique, shared_redis.url, b"untouched", 0)
+    assert sidecar.get("/readyz")[0] == 503
+    assert sidecar.terminate_and_wait(timeout=15) == 0
+    # Nothing was taken from the queue: the job is still there, ready, in all three copies.
+    assert tube_counts(beanstalk_cluster.addresses, unique) == {
+        "ready": 3,
+        "delayed": 0,
+        "reserved": 0,
+        "buried": 0,
+    }
