@@ -51,7 +51,7 @@ def test_delayed_timed_and_kafka_messages_arrive_with_the_documented_headers(  #
     [delayed] = http_app.wait_for("in-500ms")
     headers = delayed["headers"]
     assert delayed["method"] == "POST" and delayed["path"] == "/messages"
-    assert headers["X-Queue-Kind"] == "delay"
+    assert headers["X-Queue-Kind"] == "delay" and headers["User-Agent"] == "queue-sidecar"
     assert headers["X-Queue-Name"] == dq
     assert headers["X-Message-Id"] == created["id"]
     assert headers["X-Attempt"] == "1"

@@ -35,7 +35,9 @@ class HttpTransport:
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
             connector = aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=None)
-            self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
+            self._session = aiohttp.ClientSession(
+                connector=connector, headers={"User-Agent": "queue-sidecar"}
+            )
         return self._session
 
     async def send(self, envelope: Envelope, attempt_timeout: float) -> Outcome:
