@@ -19,6 +19,7 @@ import kopf
 from queue_operator.handlers.options import API_VERSION
 from queue_operator.injection import (
     InjectionError,
+    InjectionRequest,
     SidecarQueue,
     SidecarSettings,
     has_sidecar,
@@ -95,7 +96,7 @@ def register(registry: kopf.OperatorRegistry, kube: Any, settings: SidecarSettin
         _set_patch(patch, pod, mutated)
 
 
-def _resolve(kube: Any, namespace: str, request: Any) -> list[SidecarQueue]:
+def _resolve(kube: Any, namespace: str, request: InjectionRequest) -> list[SidecarQueue]:
     bodies, missing = [], []
     for ref in request.queues:
         try:
