@@ -9,10 +9,12 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from kq.kq_helpers import Recorder, committed, create_topics, produce_raw, running, wait_for
 
 from harness.servers import Tansu
-from queue_engine.kq import KafkaConsumer, KafkaMessage, SyncKafkaConsumer
+from queue_engine.errors import Unavailable
+from queue_engine.kq import KafkaConsumer, KafkaMessage, KafkaPusher, SyncKafkaConsumer
 from queue_engine.policy import Outcome
 
 CRASH_CONSUMER = Path(__file__).with_name("crash_consumer.py")
@@ -237,3 +239,42 @@ async def test_a_rebalance_lets_in_flight_work_finish_and_commits_it(bootstrap: 
             await wait_for(lambda: len(a.assigned_partitions + b.assigned_partitions) == 1, 40, "a new owner")
             await asyncio.sleep(1)
     assert [m.offset for m in handled] == [0]  # finished during the revoke, committed, not redone
+
+
+async def test_a_durable_broker_restart_loses_no_acknowledged_message(
+    durable_kafka_broker: Tansu, unique: str
+) -> None:
+    bootstrap = durable_kafka_broker.bootstrap
+    create_topics(bootstrap, (unique, 1))
+    seen = Recorder()
+    pusher = KafkaPusher([bootstrap], unique, extra={"message.timeout.ms": 3000})
+    consumer = KafkaConsumer([bootstrap], unique, unique, seen, offset="first")
+    acked: list[bytes] = []
+    async with running(consumer):
+        for i in range(10):
+            await pusher.push(f"before{i}".encode())
+            acked.append(f"before{i}".encode())
+        await wait_for(lambda: len(seen.seen) == 10, 30, "the first ten")
+
+        durable_kafka_broker.kill()
+        with pytest.raises(Unavailable):
+            await pusher.push(b"during")  # refused loudly, so the caller knows to retry
+        durable_kafka_broker.start()
+
+        for i in range(10):
+            await _push_retrying(pusher, f"after{i}".encode())
+            acked.append(f"after{i}".encode())
+        await wait_for(lambda: set(acked) <= {m.value for m in seen.seen}, 60, "every acked message")
+    await pusher.close(timeout=5)
+
+
+async def _push_retrying(pusher: KafkaPusher, value: bytes, attempts: int = 5) -> None:
+    """What a caller does with Unavailable: try again (the pusher must recover by itself)."""
+    for attempt in range(attempts):
+        try:
+            await pusher.push(value)
+            return
+        except Unavailable:
+            if attempt == attempts - 1:
+                raise
+            await asyncio.sleep(0.5)

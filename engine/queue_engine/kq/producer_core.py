@@ -34,6 +34,20 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
 PRODUCER_MANAGED: dict[str, Any] = {"enable.idempotence": True, "acks": "all"}
 
 
+# The broker no longer knows this producer's id/epoch (e.g. it restarted): this instance would be
+# refused forever, so a new one (with a new producer id) takes over.
+PRODUCER_STATE_LOST = frozenset(
+    {
+        KafkaError.PRODUCER_FENCED,
+        KafkaError._FENCED,
+        KafkaError.UNKNOWN_PRODUCER_ID,
+        KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER,
+        KafkaError.INVALID_PRODUCER_EPOCH,
+        KafkaError._FATAL,
+    }
+)
+
+
 def normalize_headers(headers: Headers | None) -> list[tuple[str, str | bytes | None]] | None:
     if not headers:
         return None
@@ -60,10 +74,15 @@ class ProducerCore:
         managed = {**PRODUCER_MANAGED, "error_cb": self._on_client_error}
         config = client_config(check_brokers(brokers), security, PRODUCER_DEFAULTS, extra, managed)
         self.last_client_error: str | None = None
+        self._config = config
         try:
             self._producer = Producer(config)
         except KafkaException as exc:
             raise error_from_kafka(exc, "kafka producer config") from exc
+        # librdkafka makes some errors fatal (e.g. PRODUCER_FENCED after a broker lost its
+        # producer-id state): that instance refuses everything from then on, so it is replaced.
+        self._fatal = threading.Event()
+        self._swap_lock = threading.Lock()
         self._reports: Batch = []
         self._reports_lock = threading.Lock()
         self._closed = threading.Event()
@@ -87,6 +106,8 @@ class ProducerCore:
             result: Result
             if err is not None:
                 result = error_from_kafka(err, f"push to {topic}")
+                if err.fatal() or err.code() in PRODUCER_STATE_LOST:
+                    self._fatal.set()
                 if self.last_client_error and err.code() == KafkaError._MSG_TIMED_OUT:
                     # "timed out" alone hides why: add what the client last saw (auth refused, ...).
                     result.args = (f"{result}; last broker error: {self.last_client_error}",)
@@ -96,9 +117,10 @@ class ProducerCore:
                 self._reports.append((token, result))
 
         try:
-            self._producer.produce(
-                topic, value=value, key=key, headers=normalize_headers(headers), on_delivery=report
-            )
+            with self._swap_lock:
+                self._producer.produce(
+                    topic, value=value, key=key, headers=normalize_headers(headers), on_delivery=report
+                )
         except BufferError:
             return Unavailable(
                 f"push to {topic}: the local send queue is full; wait for earlier pushes or raise "
@@ -112,7 +134,26 @@ class ProducerCore:
 
     def _on_client_error(self, err: KafkaError) -> None:
         self.last_client_error = err.str()
-        log.warning("kafka producer for %s: %s", self.name, err.str())
+        if err.fatal():
+            self._fatal.set()
+            log.error("kafka producer for %s hit a fatal error: %s", self.name, err.str())
+        else:
+            log.warning("kafka producer for %s: %s", self.name, err.str())
+
+    def _replace_after_fatal(self) -> None:
+        """Poll thread: swap in a fresh Producer; the old one fails what it still holds."""
+        self._fatal.clear()
+        log.warning("kafka producer for %s lost its producer state; starting a new one", self.name)
+        try:
+            fresh = Producer(self._config)
+        except KafkaException:
+            log.exception("kafka producer for %s could not be recreated", self.name)
+            return
+        with self._swap_lock:
+            old, self._producer = self._producer, fresh
+        old.purge()
+        old.flush(1)  # serves the delivery reports (errors) of everything it still held
+        self._drain()
 
     def _drain(self) -> None:
         # Hand over under the lock: a flush that returns has seen its results passed on.
@@ -123,6 +164,8 @@ class ProducerCore:
 
     def _poll_loop(self) -> None:
         while not self._closed.is_set():
+            if self._fatal.is_set():
+                self._replace_after_fatal()
             try:
                 self._producer.poll(0.05)
             except Exception:  # a raising callback must not kill the thread that serves every push
