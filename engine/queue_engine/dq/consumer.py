@@ -49,9 +49,19 @@ RESERVE_TIMEOUT = 1  # seconds a worker blocks in reserve before looking at stop
 RESERVERS_PER_NODE = 4  # connections per node blocked in reserve, waiting for the next ready job
 HOLD_LIMIT = 2.0  # a retry due within this many seconds is waited for while holding the copy
 BUSY_HOLD = 5.0  # seconds a copy waits, held, for another copy's attempt to end
+STOP_MARGIN = 10.0  # seconds past the grace that stop() waits before cancelling what is left
 SWEEP_WINDOW = 30.0  # seconds a settled job's undeletable copies are remembered for a sweep
 KIND = "delay"
 TOUCH_EVERY = JOB_TTR / 4  # seconds between touches of a held reservation
+
+
+@dataclass
+class _Local:
+    """Our first copy of a job, as the other copies this consumer holds see it."""
+
+    settled: asyncio.Event = field(default_factory=asyncio.Event)
+    done: bool = False  # recorded as done in Redis
+    followers: set[tuple[str, int]] = field(default_factory=set)  # (node, beanstalkd id) held here
 
 
 @dataclass
@@ -64,6 +74,7 @@ class _Held:
     token: str
     claimed: bool = False
     keeper: asyncio.Task[None] | None = None
+    local: _Local | None = None  # set on the first copy of a job this consumer holds
     done_keeping: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -113,6 +124,9 @@ class DelayConsumer:
         self._inflight: set[asyncio.Task[Outcome]] = set()
         self._held_per_node = max(64, 8 * concurrency)  # copies held at once per node, at most
         self._holders: set[asyncio.Task[None]] = set()
+        self._leaders: dict[str, _Local] = {}  # job id -> our first copy's progress
+        self._instance = uuid.uuid4().hex[:12]  # lease tokens: this consumer, then a counter
+        self._tokens = 0
         self._claimed: dict[str, _Held] = {}  # by token: copies whose attempt has not settled
         self._unswept: collections.deque[tuple[float, str, int]] = collections.deque(maxlen=10_000)
 
@@ -144,8 +158,9 @@ class DelayConsumer:
         ]
         log.info("dq consumer %s started on %d node(s), concurrency %d", self.queue, nodes, self._concurrency)
         try:
-            await asyncio.gather(*workers)
-            await asyncio.gather(*self._holders)
+            await asyncio.wait(workers)
+            while self._holders:  # copies still held: they hand themselves back
+                await asyncio.wait(set(self._holders))
         finally:
             for task in [*workers, *self._holders]:
                 task.cancel()
@@ -169,7 +184,20 @@ class DelayConsumer:
             _, late = await asyncio.wait(set(self._inflight), timeout=grace)
             for task in late:
                 task.cancel()
-        await self._finished.wait()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._finished.wait()), STOP_MARGIN)
+        except TimeoutError:
+            # Should not happen; if it does, closing the connections hands every held copy back.
+            for holder in set(self._holders):
+                frames = "; ".join(f"{f.f_code.co_name}:{f.f_lineno}" for f in holder.get_stack())
+                log.error(
+                    "dq %s: copy still held %.0fs after stop; cancelling (%s)",
+                    self.queue,
+                    STOP_MARGIN,
+                    frames,
+                )
+                holder.cancel()
+            await self._finished.wait()
 
     def health(self) -> tuple[bool, str]:
         if not self._running:
@@ -258,12 +286,40 @@ class DelayConsumer:
             )
             await self._quietly(conn, _burier(job))
             return
-        held = _Held(conn, job, envelope, token=uuid.uuid4().hex)
+        self._tokens += 1
+        held = _Held(conn, job, envelope, token=f"{self._instance}-{self._tokens}")
         held.keeper = asyncio.create_task(self._keep(held))
+        job_id = envelope.job_id
         try:
-            await self._process(held)
+            local = self._leaders.get(job_id)
+            if local is not None:
+                # This consumer already holds another copy of the job: wait for that one to
+                # settle rather than asking Redis again and again.
+                local.followers.add((conn.address, job.id))
+                await self._wait_or_stop(local.settled)
+                if self._stopping.is_set():
+                    await self._hand_back(held, envelope.due)
+                elif local.done:
+                    if await self._quietly(conn, deleter(job.id)):
+                        metrics.DUPLICATES_SUPPRESSED.labels(queue=self.queue).inc()
+                else:
+                    await self._process(held)
+                return
+            self._leaders[job_id] = held.local = _Local()
+            try:
+                await self._process(held)
+            finally:
+                del self._leaders[job_id]
+                held.local.settled.set()
         finally:
             await self._stop_keeping(held)
+
+    async def _wait_or_stop(self, event: asyncio.Event) -> None:
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        settled = asyncio.ensure_future(event.wait())
+        await asyncio.wait({stopping, settled}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        settled.cancel()
 
     async def _process(self, held: _Held) -> None:
         due = held.envelope.due
@@ -272,15 +328,18 @@ class DelayConsumer:
             if not await self._sleep_until(due):
                 await self._hand_back(held, due)
                 return
-            try:
-                # A look first (no lease, no slot): most copies only need to learn that
-                # another copy is handled, done or revoked.
-                status = await self._records.peek(held.envelope.job_id, time.time())
-            except RedisError as exc:
-                self._note_redis_error(exc)
-                # Come back a little later, once holders have re-taken their leases.
-                await self._release(held, max(1.0, due - time.time()))
-                return
+            if self._slots.locked():
+                try:
+                    # All slots busy: a look first (no lease, no slot) is enough for copies
+                    # that only need to learn that another copy is handled, done or revoked.
+                    status = await self._records.peek(held.envelope.job_id, time.time())
+                except RedisError as exc:
+                    self._note_redis_error(exc)
+                    # Come back a little later, once holders have re-taken their leases.
+                    await self._release(held, max(1.0, due - time.time()))
+                    return
+            else:
+                status = Claim("free")
             if status.action == "free":
                 refused = await self._claim_and_deliver(held, due)
                 if refused is None:
@@ -400,6 +459,8 @@ class DelayConsumer:
         job_id = held.envelope.job_id
         if outcome.verdict is Verdict.SUCCESS:
             copies = await self._until_redis(held, lambda: self._records.mark_done(job_id, held.token))
+            if copies is not None and held.local is not None:
+                held.local.done = True
             if copies is None:
                 await self._release(held, 0)  # could not record success: deliver again rather than lose it
                 return
@@ -459,7 +520,8 @@ class DelayConsumer:
 
     async def _delete_siblings(self, held: _Held, copies: list[tuple[str, int]]) -> None:
         here = (held.conn.address, held.job.id)
-        others = [(n, j) for n, j in copies if (n, j) != here and n in self._control]
+        ours = held.local.followers if held.local is not None else set()  # they delete themselves
+        others = [(n, j) for n, j in copies if (n, j) != here and (n, j) not in ours and n in self._control]
         results = await asyncio.gather(*(self._quietly(self._control[n], deleter(j)) for n, j in others))
         suppressed = sum(1 for r in results if r is True)
         if suppressed:
