@@ -125,16 +125,17 @@ def test_answers_retry_drop_and_retry_after_for_delay_jobs(
             "bad": [{"status": 400, "text": "no such order"}],
             "json-drop": [{"status": 200, "json": {"status": "DROP", "error": "not mine"}}],
             "hopeless": [{"status": 500}],
+            "slowpoke": [{"sleep": 5}, {"status": 200}],
         }
     )
     sidecar = make_sidecar(
         {
             "app": app_config(http_app),
-            "queues": [delay_queue(unique, beanstalk_cluster.addresses, shared_redis.url)],
+            "queues": [delay_queue(unique, beanstalk_cluster.addresses, shared_redis.url, timeout="1s")],
         }
     )
     sidecar.wait_ready()
-    for body in ("flaky", "busy", "json-retry", "bad", "json-drop", "hopeless"):
+    for body in ("flaky", "busy", "json-retry", "bad", "json-drop", "hopeless", "slowpoke"):
         dq_delay(beanstalk_cluster.addresses, unique, shared_redis.url, body.encode(), 0)
 
     flaky = http_app.wait_for("flaky", 2)
@@ -144,6 +145,10 @@ def test_answers_retry_drop_and_retry_after_for_delay_jobs(
     assert busy[1]["t"] - busy[0]["t"] >= 1.0, "Retry-After: 1 not honoured"
     assert len(http_app.wait_for("json-retry", 2)) == 2
     assert [d["headers"]["X-Attempt"] for d in http_app.wait_for("hopeless", 3)] == ["1", "2", "3"]
+    # Over the 1s per-attempt timeout: the sidecar gives up on the attempt and retries.
+    slow = http_app.wait_for("slowpoke", 2)
+    assert [d["headers"]["X-Attempt"] for d in slow] == ["1", "2"]
+    assert 1.0 <= slow[1]["t"] - slow[0]["t"] < 5.0
     http_app.wait_for("bad")
     http_app.wait_for("json-drop")
 
