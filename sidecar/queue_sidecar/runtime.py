@@ -153,7 +153,10 @@ class Sidecar:
                 "sidecar started",
                 extra={
                     "queues": [q.name for q in self.config.queues],
-                    "app_protocol": self.config.app.protocol,
+                    "app": f"{self.config.app.protocol}://{self.config.app.host}:{self.config.app.port}",
+                    "publish_port": self.config.publish.port,
+                    "publish_grpc_port": self.config.publish.grpc_port,
+                    "health_port": self.config.health.port,
                 },
             )
             if not await self._wait_for_app():
