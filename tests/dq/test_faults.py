@@ -82,3 +82,23 @@ async def test_redis_outage_pauses_consuming_and_loses_nothing(dq: DqEnv) -> Non
     counts = collections.Counter(recorder.ids())
     assert {job_id: n for job_id, n in counts.items() if n != 1} == {}
     assert set(counts) == set(sent)
+
+
+async def test_health_reports_nodes_down_and_consuming_resumes_when_they_return(dq: DqEnv) -> None:
+    recorder = Recorder()
+    async with dq.producer() as producer, dq.consumer(recorder) as consumer:
+        job_id = await producer.delay(b"x", 1.0)
+        for node in dq.cluster:
+            node.kill()
+        await asyncio.sleep(0.8)
+        ok, reason = consumer.health()
+        assert not ok and reason.startswith("no beanstalkd node reachable"), reason
+        assert all(address in reason for address in dq.nodes)
+        dq.cluster.start()  # from their binlogs
+        await recorder.wait_for(lambda: job_id in recorder.ids())
+        for _ in range(50):  # reconnecting workers back off up to a second or two
+            if consumer.health() == (True, "ok"):
+                break
+            await asyncio.sleep(0.1)
+        assert consumer.health() == (True, "ok")
+    assert len(recorder.of(job_id)) == 1
