@@ -129,8 +129,9 @@ class RedisConfig(_Model):
 
 class SaslConfig(_Model):
     mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
-    # The username as is, or from an environment variable (a Secret passed with secretKeyRef).
+    # The username as is, from a file (a mounted Secret) or from an environment variable.
     username: str | None = None
+    username_file: Path | None = None
     username_env: str | None = None
     password: SecretStr | None = None
     password_file: Path | None = None
@@ -138,14 +139,14 @@ class SaslConfig(_Model):
 
     @model_validator(mode="after")
     def _exactly_one(self) -> SaslConfig:
-        _one_of(self, "username", "usernameEnv")
+        _one_of(self, "username", "usernameFile", "usernameEnv")
         _one_of(self, "password", "passwordFile", "passwordEnv")
         return self
 
     def resolve_username(self) -> str:
         if self.username is not None:
             return self.username
-        return _secret(None, None, self.username_env, "username")
+        return _secret(None, self.username_file, self.username_env, "username")
 
     def resolve_password(self) -> str:
         return _secret(self.password, self.password_file, self.password_env, "password")
