@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
@@ -136,7 +137,7 @@ def test_status_endpoints_and_spec_details_reach_the_config() -> None:
     )
 
 
-def test_secrets_are_referenced_never_copied(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_secrets_are_mounted_never_copied(tmp_path: Path) -> None:
     reminders = delay_queue("reminders", redis={"secretRef": {"name": "redis-auth", "key": "url"}})
     orders = kafka_queue(
         "orders",
@@ -150,20 +151,41 @@ def test_secrets_are_referenced_never_copied(monkeypatch: pytest.MonkeyPatch) ->
     )
     mutated = injected(BASIC, {"reminders": reminders, "orders": orders})
     sidecar = sidecar_of(mutated)
-    env = env_of(sidecar)
-    assert env["QUEUE_0_REDIS_URL"] == {"secretKeyRef": {"name": "redis-auth", "key": "url"}}
-    assert env["QUEUE_1_SASL_USERNAME"] == {"secretKeyRef": {"name": "kafka-user", "key": "user"}}
-    assert env["QUEUE_1_SASL_PASSWORD"] == {"secretKeyRef": {"name": "kafka-user", "key": "password"}}
-    ca_volume = next(v for v in mutated["spec"]["volumes"] if v["name"] == "queue-sidecar-ca-1")
-    assert ca_volume["secret"] == {"secretName": "kafka-ca", "items": [{"key": "ca.crt", "path": "ca.crt"}]}
-    mount = next(m for m in sidecar["volumeMounts"] if m["name"] == "queue-sidecar-ca-1")
-    assert mount == {"name": "queue-sidecar-ca-1", "mountPath": "/etc/queue-sidecar/tls/1", "readOnly": True}
+    assert "env" not in sidecar
+    volumes = {v["name"]: v for v in mutated["spec"]["volumes"]}
+    mounts = {m["name"]: m["mountPath"] for m in sidecar["volumeMounts"]}
+    # Only the keys the sidecar needs, under fixed file names.
+    expected = {
+        "queue-sidecar-secret-0": ("redis-auth", [("url", "redis-url")], "/etc/queue-sidecar/secrets/0"),
+        "queue-sidecar-secret-1": (
+            "kafka-user",
+            [("user", "username"), ("password", "password")],
+            "/etc/queue-sidecar/secrets/1",
+        ),
+        "queue-sidecar-ca-1": ("kafka-ca", [("ca.crt", "ca.crt")], "/etc/queue-sidecar/tls/1"),
+    }
+    for name, (secret, items, directory) in expected.items():
+        assert volumes[name]["secret"] == {
+            "secretName": secret,
+            "items": [{"key": key, "path": path} for key, path in items],
+        }
+        assert mounts[name] == directory
+    text = mutated["metadata"]["annotations"][SIDECAR_CONFIG]
+    kubernetes_validate.validate(
+        {**mutated, "metadata": {**mutated["metadata"], "name": "w"}}, KUBE_VERSION, strict=True
+    )
 
-    # What the kubelet would do: the variables hold the Secrets' values in the sidecar.
-    monkeypatch.setenv("QUEUE_0_REDIS_URL", "redis://:pw@redis:6379/1")
-    monkeypatch.setenv("QUEUE_1_SASL_USERNAME", "billing")
-    monkeypatch.setenv("QUEUE_1_SASL_PASSWORD", "s3cret")
-    config = config_of(mutated)
+    # What the kubelet would do: the files hold the Secrets' values (moved under tmp_path).
+    files = {
+        "secrets/0/redis-url": "redis://:pw@redis:6379/1\n",
+        "secrets/1/username": "billing",
+        "secrets/1/password": "s3cret",
+        "tls/1/ca.crt": "-----BEGIN CERTIFICATE-----",
+    }
+    for relative, content in files.items():
+        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / relative).write_text(content)
+    config = parse_config(yaml.safe_load(text.replace("/etc/queue-sidecar/", f"{tmp_path}/")))
     dq, kq = config.queue("reminders"), config.queue("orders")
     assert isinstance(dq, DelayQueueConfig) and isinstance(kq, KafkaQueueConfig)
     assert dq.redis_url == "redis://:pw@redis:6379/1"
@@ -175,7 +197,8 @@ def test_secrets_are_referenced_never_copied(monkeypatch: pytest.MonkeyPatch) ->
         "s3cret",
         True,
     )
-    assert security.ca_location == "/etc/queue-sidecar/tls/1/ca.crt"
+    assert security.ca_location == f"{tmp_path}/tls/1/ca.crt"
+    assert "s3cret" not in str(mutated) and "pw@" not in str(mutated)
 
 
 def test_publish_url_is_set_in_every_app_container_once() -> None:

@@ -150,7 +150,4 @@ def _container(
             "seccompProfile": {"type": "RuntimeDefault"},
         },
     }
-    env = [e for q in queues for e in q.env]
-    if env:
-        container["env"] = env
     return container

@@ -1,10 +1,11 @@
 """A DelayQueue or KafkaQueue resource turned into one queue of the sidecar's config.
 
 Pure: the resource body in, the sidecar's config entry out, together with what the sidecar
-container needs to reach the queue's secrets. A Secret's value is never read or copied: a Redis
-URL or SASL credential reaches the sidecar as an environment variable with ``secretKeyRef``
-(the config names the variable: ``urlEnv``, ``usernameEnv``, ``passwordEnv``), a TLS CA bundle as
-a Secret volume (the config names the file: ``caFile``).
+container needs to reach the queue's secrets. A Secret's value is never read or copied: the
+Secret is mounted into the sidecar as a volume holding only the keys it needs, and the config
+names the files (``urlFile``, ``usernameFile``, ``passwordFile``, ``caFile``). Files rather than
+environment variables: they stay out of ``/proc/<pid>/environ``, child processes and crash
+reports.
 """
 
 from __future__ import annotations
@@ -15,9 +16,13 @@ from typing import Any
 
 from queue_operator.builders import beanstalkd
 from queue_operator.injection.annotations import InjectionError, QueueRef
-from queue_operator.spec import DelayQueueSpec, KafkaQueueSpec, SecretRef, SpecError
+from queue_operator.spec import DelayQueueSpec, KafkaQueueSpec, SpecError
 
-TLS_DIR = "/etc/queue-sidecar/tls"
+SECRETS_DIR = "/etc/queue-sidecar/secrets"  # <i>/: the credentials of the pod's i-th queue
+TLS_DIR = "/etc/queue-sidecar/tls"  # <i>/ca.crt: the CA bundle of the pod's i-th queue
+REDIS_URL_FILE = "redis-url"
+USERNAME_FILE = "username"
+PASSWORD_FILE = "password"
 CA_FILE = "ca.crt"
 
 
@@ -26,7 +31,6 @@ class SidecarQueue:
     """One queue of the sidecar's config and what the sidecar container needs for it."""
 
     config: dict[str, Any]  # an entry of the config's ``queues`` list (camelCase, as the YAML)
-    env: list[dict[str, Any]] = field(default_factory=list)  # secretKeyRef variables
     volumes: list[dict[str, Any]] = field(default_factory=list)  # pod volumes (Secrets)
     mounts: list[dict[str, Any]] = field(default_factory=list)  # the sidecar's volumeMounts
 
@@ -36,7 +40,7 @@ def sidecar_queue(ref: QueueRef, body: Mapping[str, Any], index: int) -> Sidecar
     try:
         if ref.kind == "DelayQueue":
             return _delay_queue(ref, body, DelayQueueSpec.from_body(body), index)
-        return _kafka_queue(ref, body, KafkaQueueSpec.from_body(body), index)
+        return _kafka_queue(ref, KafkaQueueSpec.from_body(body), index)
     except SpecError as exc:
         raise InjectionError(f"{ref} cannot be used until its spec is fixed: {exc}") from None
 
@@ -47,72 +51,71 @@ def _delay_queue(ref: QueueRef, body: Mapping[str, Any], spec: DelayQueueSpec, i
     if not nodes or not isinstance(nodes, list):
         # The operator has not written status yet: the names it will give the nodes are stable.
         nodes = beanstalkd.endpoints(body, spec)
-    env: list[dict[str, Any]] = []
+    queue = SidecarQueue(config={})
     if spec.redis_secret_ref is not None:
-        variable = f"QUEUE_{index}_REDIS_URL"
-        env.append(_secret_env(variable, spec.redis_secret_ref))
-        redis: dict[str, Any] = {"urlEnv": variable}
+        secret = spec.redis_secret_ref
+        keys = [(secret.key, REDIS_URL_FILE)]
+        directory = _mount(
+            queue, f"queue-sidecar-secret-{index}", f"{SECRETS_DIR}/{index}", secret.name, keys
+        )
+        redis: dict[str, Any] = {"urlFile": f"{directory}/{REDIS_URL_FILE}"}
     else:
         redis = {"url": spec.redis_url}
-    config: dict[str, Any] = {
-        "kind": "DelayQueue",
-        "name": ref.name,
-        "nodes": [str(node) for node in nodes],
-        "tube": spec.tube,
-        "redis": redis,
-        "maxJobBytes": spec.max_job_bytes,
-    }
+    queue.config.update(
+        kind="DelayQueue",
+        name=ref.name,
+        nodes=[str(node) for node in nodes],
+        tube=spec.tube,
+        redis=redis,
+        maxJobBytes=spec.max_job_bytes,
+    )
     if spec.delivery:
-        config["delivery"] = dict(spec.delivery)
-    return SidecarQueue(config=config, env=env)
+        queue.config["delivery"] = dict(spec.delivery)
+    return queue
 
 
-def _kafka_queue(ref: QueueRef, body: Mapping[str, Any], spec: KafkaQueueSpec, index: int) -> SidecarQueue:
-    config: dict[str, Any] = {
-        "kind": "KafkaQueue",
-        "name": ref.name,
-        "brokers": list(spec.brokers),
-        "topic": spec.topic,
-        "group": spec.group,
-        "offset": spec.offset,
-        "deadLetterTopic": spec.dead_letter_topic,
-    }
-    env: list[dict[str, Any]] = []
-    volumes: list[dict[str, Any]] = []
-    mounts: list[dict[str, Any]] = []
+def _kafka_queue(ref: QueueRef, spec: KafkaQueueSpec, index: int) -> SidecarQueue:
+    queue = SidecarQueue(
+        config={
+            "kind": "KafkaQueue",
+            "name": ref.name,
+            "brokers": list(spec.brokers),
+            "topic": spec.topic,
+            "group": spec.group,
+            "offset": spec.offset,
+            "deadLetterTopic": spec.dead_letter_topic,
+        }
+    )
     auth: dict[str, Any] = {}
     if spec.sasl_mechanism is not None and spec.sasl_secret_ref is not None:
         secret = spec.sasl_secret_ref
-        user_var, password_var = f"QUEUE_{index}_SASL_USERNAME", f"QUEUE_{index}_SASL_PASSWORD"
-        env.append(_secret_env(user_var, SecretRef(secret.name, secret.username_key)))
-        env.append(_secret_env(password_var, SecretRef(secret.name, secret.password_key)))
+        keys = [(secret.username_key, USERNAME_FILE), (secret.password_key, PASSWORD_FILE)]
+        directory = _mount(
+            queue, f"queue-sidecar-secret-{index}", f"{SECRETS_DIR}/{index}", secret.name, keys
+        )
         auth["sasl"] = {
             "mechanism": spec.sasl_mechanism,
-            "usernameEnv": user_var,
-            "passwordEnv": password_var,
+            "usernameFile": f"{directory}/{USERNAME_FILE}",
+            "passwordFile": f"{directory}/{PASSWORD_FILE}",
         }
     if spec.tls:
         auth["tls"] = {}
         if spec.tls_ca_secret_ref is not None:
-            volume = f"queue-sidecar-ca-{index}"
-            directory = f"{TLS_DIR}/{index}"
-            volumes.append(
-                {
-                    "name": volume,
-                    "secret": {
-                        "secretName": spec.tls_ca_secret_ref.name,
-                        "items": [{"key": spec.tls_ca_secret_ref.key, "path": CA_FILE}],
-                    },
-                }
+            ca = spec.tls_ca_secret_ref
+            directory = _mount(
+                queue, f"queue-sidecar-ca-{index}", f"{TLS_DIR}/{index}", ca.name, [(ca.key, CA_FILE)]
             )
-            mounts.append({"name": volume, "mountPath": directory, "readOnly": True})
             auth["tls"] = {"caFile": f"{directory}/{CA_FILE}"}
     if auth:
-        config["auth"] = auth
+        queue.config["auth"] = auth
     if spec.delivery:
-        config["delivery"] = dict(spec.delivery)
-    return SidecarQueue(config=config, env=env, volumes=volumes, mounts=mounts)
+        queue.config["delivery"] = dict(spec.delivery)
+    return queue
 
 
-def _secret_env(variable: str, ref: SecretRef) -> dict[str, Any]:
-    return {"name": variable, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
+def _mount(queue: SidecarQueue, volume: str, directory: str, secret: str, keys: list[tuple[str, str]]) -> str:
+    """Mount only ``keys`` ((Secret key, file name) pairs) of ``secret`` at ``directory``."""
+    items = [{"key": key, "path": path} for key, path in keys]
+    queue.volumes.append({"name": volume, "secret": {"secretName": secret, "items": items}})
+    queue.mounts.append({"name": volume, "mountPath": directory, "readOnly": True})
+    return directory
