@@ -112,3 +112,24 @@ def test_malformed_requests_get_400_and_the_webhook_keeps_serving(
     status, _ = webhook.post(payload)
     assert status == 400
     assert webhook.review(cluster.namespace, pod({}))["allowed"] is True
+
+
+def test_the_patch_gives_exactly_the_pure_injection_of_a_busy_pod(webhook: Webhook, cluster: Cluster) -> None:
+    from queue_operator.injection import inject, read_request, sidecar_queue  # noqa: PLC0415
+    from queue_operator.injection.pod import SidecarSettings  # noqa: PLC0415
+
+    original = pod({**ANNOTATIONS, "queue-operator.dev/publish-port": "3600"}, containers=2)
+    original["metadata"]["labels"] = {"app": "worker"}
+    original["spec"]["initContainers"] = [{"name": "migrate", "image": "example/migrate:1"}]
+    original["spec"]["volumes"] = [{"name": "data", "emptyDir": {}}]
+    original["spec"]["containers"][1]["env"] = [{"name": "A", "value": "1"}]
+    response = webhook.review(cluster.namespace, original)
+    assert response["allowed"] is True, response
+
+    request = read_request(original)
+    bodies = {
+        "reminders": cluster.get("delayqueues", "reminders"),
+        "orders": cluster.get("kafkaqueues", "orders"),
+    }
+    queues = [sidecar_queue(ref, bodies[ref.name], i) for i, ref in enumerate(request.queues)]
+    assert _patched(original, response) == inject(original, request, queues, SidecarSettings(image=IMAGE))
