@@ -118,6 +118,7 @@ class DelayConsumer:
         self._running = False
         self._stopping = asyncio.Event()
         self._finished = asyncio.Event()
+        self._closing = asyncio.Event()
         self._deadline = math.inf
         self._redis_error: str | None = None
         self._node_errors: dict[str, str] = {}
@@ -163,8 +164,10 @@ class DelayConsumer:
                 await asyncio.wait(set(self._holders))
         finally:
             for task in [*workers, *self._holders]:
-                task.cancel()
-            watchdog.cancel()
+                task.cancel()  # only left after run() itself was cancelled
+            # The watchdog is asked to end, not cancelled: redis-py can swallow a cancellation
+            # that lands inside a command, and the task would then never end.
+            self._closing.set()
             await asyncio.gather(watchdog, *workers, *self._holders, return_exceptions=True)
             await self._call(self._close_connections)
             self._reserving.shutdown(wait=False)
@@ -591,7 +594,7 @@ class DelayConsumer:
     # -- plumbing -------------------------------------------------------------------------
 
     async def _watch_redis(self) -> None:
-        while True:
+        while not self._closing.is_set():
             try:
                 await self._redis.ping()
             except RedisError as exc:
@@ -600,7 +603,8 @@ class DelayConsumer:
                 if self._redis_error is not None and await self._retake_leases():
                     log.info("dq %s: redis reachable again; taking jobs", self.queue)
                     self._redis_error = None
-            await asyncio.sleep(0.25 if self._redis_error else 1.0)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), 0.25 if self._redis_error else 1.0)
 
     async def _retake_leases(self) -> bool:
         """Before taking jobs again, re-take the leases of attempts in progress (Redis may
