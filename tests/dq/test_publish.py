@@ -100,3 +100,17 @@ def test_sync_producer_for_scripts(dq: DqEnv) -> None:
         producer.at(b"y", datetime.now(UTC) + timedelta(minutes=1))
         producer.revoke(job_id)
     assert asyncio.run(_copies(dq)) == [1, 1, 1]  # the revoked job's copies are deleted
+
+
+async def test_a_hung_node_does_not_stop_publishing(dq: DqEnv) -> None:
+    """SIGSTOP: the node accepts connections but never answers."""
+    dq.cluster[2].pause()
+    recorder = Recorder()
+    try:
+        async with dq.producer(connect_timeout=0.3) as producer:
+            sent = [await producer.delay(b"%d" % i, 0) for i in range(5)]
+        async with dq.consumer(recorder):
+            await recorder.wait_for(lambda: set(recorder.ids()) == set(sent))
+    finally:
+        dq.cluster[2].resume()
+    assert sorted(recorder.ids()) == sorted(sent)

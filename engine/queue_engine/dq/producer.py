@@ -186,10 +186,17 @@ class DelayProducer:
         return written, failures
 
     def _choose(self) -> list[str]:
-        """All nodes, in the order to try them: rotate for spread, nodes that just failed last."""
+        """The nodes to try, in order: rotated for spread, nodes that just failed last.
+
+        While enough other nodes answer for a quorum, a node that just failed is left out
+        for its backoff, so that a hung node does not hold up every publish for the timeout.
+        """
         self._turn = (self._turn + 1) % len(self._nodes)
         rotated = self._nodes[self._turn :] + self._nodes[: self._turn]
-        return sorted(rotated, key=lambda node: self._pools[node].backing_off)
+        healthy = [node for node in rotated if not self._pools[node].backing_off]
+        if len(healthy) >= self.quorum:
+            return healthy
+        return healthy + [node for node in rotated if node not in healthy]
 
     async def _undo(self, written: list[tuple[str, int]]) -> None:
         results = await asyncio.gather(
