@@ -1,15 +1,18 @@
 """Consuming dq jobs: each job reaches the handler once in normal operation, at least once under failures.
 
-Shape: per node, ``concurrency`` workers, each with its own beanstalkd connection (a
-reservation can only be deleted, released or buried by the connection that made it), blocked
-in ``reserve`` so that a job is seen the moment it becomes ready. At most ``concurrency``
-handler calls run at once across all nodes. A worker that reserved a copy:
+Shape: per node, a few connections wait in ``reserve`` so that a job is seen the moment it
+becomes ready. Each reserved copy then gets a task of its own that keeps the copy's connection
+(a reservation can only be deleted, released or buried by the connection that made it), and
+the reserving side continues on a fresh connection. At most ``concurrency`` handler calls run
+at once across all nodes. For each copy held:
 
-1. waits until the exact due time (beanstalkd delays are whole seconds, rounded down);
-2. claims the job in Redis (tombstone, done/buried markers, retry time, lease, attempt count:
-   one atomic script, see :mod:`queue_engine.dq.records`);
-3. runs the handler while touching the reservation and renewing the lease;
-4. settles: done (mark done, delete this copy and the other copies), retry (schedule the next
+1. wait until the exact due time (beanstalkd delays are whole seconds, rounded down);
+2. if this consumer already holds another copy of the job, wait for that one's outcome;
+3. claim the job in Redis (tombstone, done/buried markers, retry time, lease, attempt count:
+   one atomic script, see :mod:`queue_engine.dq.records`); a copy whose job is in progress
+   elsewhere waits, held, for the outcome;
+4. run the handler while renewing the lease and touching the reservation;
+5. settle: done (mark done, delete this copy and the other copies), retry (schedule the next
    attempt for every copy, release with backoff), or bury.
 """
 
@@ -24,7 +27,6 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import greenstalk
@@ -32,6 +34,7 @@ from redis.exceptions import RedisError
 
 from queue_engine import metrics
 from queue_engine.dq.envelope import Envelope
+from queue_engine.dq.held import RESERVE_TIMEOUT, Held, Local, NodeLine, burier, reserve
 from queue_engine.dq.job import DelayJob
 from queue_engine.dq.nodes import PRIORITY, NodeConnection, NodeDown, check_nodes, check_tube, deleter
 from queue_engine.dq.producer import JOB_TTR
@@ -45,7 +48,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 Handler = Callable[[DelayJob], Awaitable[Outcome]]
 
-RESERVE_TIMEOUT = 1  # seconds a worker blocks in reserve before looking at stop and Redis again
 RESERVERS_PER_NODE = 4  # connections per node blocked in reserve, waiting for the next ready job
 HOLD_LIMIT = 2.0  # a retry due within this many seconds is waited for while holding the copy
 BUSY_HOLD = 5.0  # seconds a copy waits, held, for another copy's attempt to end
@@ -53,33 +55,6 @@ STOP_MARGIN = 10.0  # seconds past the grace that stop() waits before cancelling
 SWEEP_WINDOW = 30.0  # seconds a settled job's undeletable copies are remembered for a sweep
 KIND = "delay"
 TOUCH_EVERY = JOB_TTR / 4  # seconds between touches of a held reservation
-
-
-@dataclass
-class _Local:
-    """Our first copy of a job, as the other copies this consumer holds see it."""
-
-    settled: asyncio.Event = field(default_factory=asyncio.Event)
-    done: bool = False  # recorded as done in Redis
-    followers: set[tuple[str, int]] = field(default_factory=set)  # (node, beanstalkd id) held here
-
-
-@dataclass
-class _Held:
-    """A copy this consumer has reserved."""
-
-    conn: NodeConnection
-    job: greenstalk.Job[bytes]
-    envelope: Envelope
-    token: str
-    claimed: bool = False
-    keeper: asyncio.Task[None] | None = None
-    local: _Local | None = None  # set on the first copy of a job this consumer holds
-    done_keeping: asyncio.Event = field(default_factory=asyncio.Event)
-
-    @property
-    def where(self) -> str:
-        return f"{self.conn.address}/{self.job.id}"
 
 
 class DelayConsumer:
@@ -125,10 +100,10 @@ class DelayConsumer:
         self._inflight: set[asyncio.Task[Outcome]] = set()
         self._held_per_node = max(64, 8 * concurrency)  # copies held at once per node, at most
         self._holders: set[asyncio.Task[None]] = set()
-        self._leaders: dict[str, _Local] = {}  # job id -> our first copy's progress
+        self._leaders: dict[str, Local] = {}  # job id -> our first copy's progress
         self._instance = uuid.uuid4().hex[:12]  # lease tokens: this consumer, then a counter
         self._tokens = 0
-        self._claimed: dict[str, _Held] = {}  # by token: copies whose attempt has not settled
+        self._claimed: dict[str, Held] = {}  # by token: copies whose attempt has not settled
         self._unswept: collections.deque[tuple[float, str, int]] = collections.deque(maxlen=10_000)
 
     # -- public --------------------------------------------------------------------------
@@ -150,7 +125,7 @@ class DelayConsumer:
         self._redis = connect_redis(self._redis_url, self._connect_timeout)
         self._records = JobRecords(self._redis, self._tube)
         self._control = {node: self._connection(node) for node in self._nodes}
-        self._lines = {node: _Line(self._held_per_node) for node in self._nodes}
+        self._lines = {node: NodeLine(self._held_per_node) for node in self._nodes}
         watchdog = asyncio.create_task(self._watch_redis(), name=f"dq-{self.queue}-redis")
         workers = [
             asyncio.create_task(self._work(node), name=f"dq-{self.queue}-{node}-{i}")
@@ -264,9 +239,11 @@ class DelayConsumer:
 
     async def _reserve(self, conn: NodeConnection) -> greenstalk.Job[bytes] | None:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._reserving, conn.call, _reserve)
+        return await loop.run_in_executor(self._reserving, conn.call, reserve)
 
-    async def _hold_then_return(self, line: _Line, conn: NodeConnection, job: greenstalk.Job[bytes]) -> None:
+    async def _hold_then_return(
+        self, line: NodeLine, conn: NodeConnection, job: greenstalk.Job[bytes]
+    ) -> None:
         try:
             await self._hold(conn, job)
         except Exception:
@@ -287,10 +264,10 @@ class DelayConsumer:
                 conn.address,
                 job.id,
             )
-            await self._quietly(conn, _burier(job))
+            await self._quietly(conn, burier(job))
             return
         self._tokens += 1
-        held = _Held(conn, job, envelope, token=f"{self._instance}-{self._tokens}")
+        held = Held(conn, job, envelope, token=f"{self._instance}-{self._tokens}")
         held.keeper = asyncio.create_task(self._keep(held))
         job_id = envelope.job_id
         try:
@@ -308,7 +285,7 @@ class DelayConsumer:
                 else:
                     await self._process(held)
                 return
-            self._leaders[job_id] = held.local = _Local()
+            self._leaders[job_id] = held.local = Local()
             try:
                 await self._process(held)
             finally:
@@ -324,7 +301,7 @@ class DelayConsumer:
         stopping.cancel()
         settled.cancel()
 
-    async def _process(self, held: _Held) -> None:
+    async def _process(self, held: Held) -> None:
         due = held.envelope.due
         busy_since: float | None = None
         while True:
@@ -362,7 +339,7 @@ class DelayConsumer:
             await self._not_now(held, status)
             return
 
-    async def _claim_and_deliver(self, held: _Held, due: float) -> Claim | None:
+    async def _claim_and_deliver(self, held: Held, due: float) -> Claim | None:
         """Take a handler slot, then the job's lease, and deliver; the claim if not delivered."""
         async with self._slots:
             if self._stopping.is_set():
@@ -391,7 +368,7 @@ class DelayConsumer:
             self._claimed.pop(held.token, None)
         return None
 
-    async def _not_now(self, held: _Held, claim: Claim) -> None:
+    async def _not_now(self, held: Held, claim: Claim) -> None:
         """This copy may not be delivered now: put it where it belongs."""
         job_id = held.envelope.job_id
         if claim.action == "wait":
@@ -411,14 +388,14 @@ class DelayConsumer:
             if claim.kept and claim.kept != held.where:
                 await self._quietly(held.conn, deleter(held.job.id))  # one buried copy is enough
             else:
-                await self._quietly(held.conn, _burier(held.job))
+                await self._quietly(held.conn, burier(held.job))
         else:
             log.error("dq %s: unknown claim %r for job %s; releasing it", self.queue, claim.action, job_id)
             await self._release(held, 1.0)
 
     # -- delivery --------------------------------------------------------------------------
 
-    async def _run_handler(self, held: _Held, attempt: int) -> Outcome | None:
+    async def _run_handler(self, held: Held, attempt: int) -> Outcome | None:
         """The handler's outcome; None when stop's grace ran out first."""
         envelope = held.envelope
         job = DelayJob(envelope.job_id, envelope.body, attempt, envelope.due_at, self.queue)
@@ -456,7 +433,7 @@ class DelayConsumer:
             return Outcome.retry(f"handler returned {type(outcome).__name__}, expected Outcome")
         return outcome
 
-    async def _settle(self, held: _Held, attempt: int, outcome: Outcome) -> None:
+    async def _settle(self, held: Held, attempt: int, outcome: Outcome) -> None:
         result = outcome.verdict.value.lower() if outcome.attempted else "unavailable"
         metrics.DELIVERED.labels(kind=KIND, queue=self.queue, result=result).inc()
         job_id = held.envelope.job_id
@@ -486,7 +463,7 @@ class DelayConsumer:
         )
         await self._settle_retry(held, delay, attempted=outcome.attempted, error=outcome.error)
 
-    async def _settle_retry(self, held: _Held, delay: float | None, *, attempted: bool, error: str) -> None:
+    async def _settle_retry(self, held: Held, delay: float | None, *, attempted: bool, error: str) -> None:
         next_at = None if delay is None else time.time() + delay
         job_id = held.envelope.job_id
 
@@ -502,11 +479,11 @@ class DelayConsumer:
             )
         await self._release(held, delay or 0.0)
 
-    async def _bury(self, held: _Held, reason: str, error: str, attempt: int) -> None:
+    async def _bury(self, held: Held, reason: str, error: str, attempt: int) -> None:
         job_id = held.envelope.job_id
         # Bury first: the record then names a copy that really is kept, and the other copies
         # may delete themselves. If this node is gone, they bury themselves instead.
-        kept = await self._quietly(held.conn, _burier(held.job))
+        kept = await self._quietly(held.conn, burier(held.job))
 
         async def mark() -> list[tuple[str, int]]:
             return await self._records.mark_buried(
@@ -521,7 +498,7 @@ class DelayConsumer:
             "dq %s: job %s buried after attempt %d (%s): %s", self.queue, job_id, attempt, reason, error
         )
 
-    async def _delete_siblings(self, held: _Held, copies: list[tuple[str, int]]) -> None:
+    async def _delete_siblings(self, held: Held, copies: list[tuple[str, int]]) -> None:
         here = (held.conn.address, held.job.id)
         ours = held.local.followers if held.local is not None else set()  # they delete themselves
         others = [(n, j) for n, j in copies if (n, j) != here and (n, j) not in ours and n in self._control]
@@ -546,7 +523,7 @@ class DelayConsumer:
 
     # -- keeping hold ---------------------------------------------------------------------
 
-    async def _keep(self, held: _Held) -> None:
+    async def _keep(self, held: Held) -> None:
         """Renew the lease (while claimed) and touch the reservation while the copy is held."""
         last_touch = time.monotonic()
         while True:
@@ -562,13 +539,13 @@ class DelayConsumer:
                 last_touch = time.monotonic()
 
     @staticmethod
-    async def _stop_keeping(held: _Held) -> None:
+    async def _stop_keeping(held: Held) -> None:
         # Asked, not cancelled: cancelling a Redis call midway costs its connection.
         held.done_keeping.set()
         if held.keeper is not None:
             await held.keeper
 
-    async def _until_redis(self, held: _Held, op: Callable[[], Awaitable[T]]) -> T | None:
+    async def _until_redis(self, held: Held, op: Callable[[], Awaitable[T]]) -> T | None:
         """Run ``op`` until Redis answers; None if stop's grace ran out first."""
         last_touch = time.monotonic()
         while True:
@@ -583,11 +560,11 @@ class DelayConsumer:
                 last_touch = time.monotonic()
             await asyncio.sleep(0.2)
 
-    async def _hand_back(self, held: _Held, due: float) -> None:
+    async def _hand_back(self, held: Held, due: float) -> None:
         """Release a copy that was not delivered, for its due time."""
         await self._release(held, due - time.time())
 
-    async def _release(self, held: _Held, delay: float) -> None:
+    async def _release(self, held: Held, delay: float) -> None:
         seconds = max(0, math.floor(delay))
         await self._quietly(held.conn, lambda c: c.release(held.job, PRIORITY, seconds))
 
@@ -658,36 +635,3 @@ class DelayConsumer:
         for line in self._lines.values():
             while (spare := line.take()) is not None:
                 spare.close()
-
-
-class _Line:
-    """One node's spare connections, and how many copies it may hold at once."""
-
-    def __init__(self, max_held: int) -> None:
-        self.permits = asyncio.Semaphore(max_held)
-        self._idle: list[NodeConnection] = []
-        self._max_idle = 16
-
-    def take(self) -> NodeConnection | None:
-        return self._idle.pop() if self._idle else None
-
-    def give(self, conn: NodeConnection) -> None:
-        if len(self._idle) < self._max_idle:
-            self._idle.append(conn)
-        else:
-            conn.close()  # quick, and nothing else uses this connection any more
-
-
-def _reserve(client: greenstalk.Client[bytes]) -> greenstalk.Job[bytes] | None:
-    try:
-        return client.reserve(timeout=RESERVE_TIMEOUT)
-    except (greenstalk.TimedOutError, greenstalk.DeadlineSoonError):
-        return None
-
-
-def _burier(job: greenstalk.Job[bytes]) -> Callable[[greenstalk.Client[bytes]], bool]:
-    def bury(client: greenstalk.Client[bytes]) -> bool:
-        client.bury(job, PRIORITY)
-        return True
-
-    return bury

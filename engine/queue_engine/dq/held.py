@@ -1,0 +1,74 @@
+"""A consumer's view of the copies it holds, and the blocking calls it makes on them."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import greenstalk
+
+from queue_engine.dq.envelope import Envelope
+from queue_engine.dq.nodes import PRIORITY, NodeConnection
+
+RESERVE_TIMEOUT = 1  # seconds a worker blocks in reserve before looking at stop and Redis again
+
+
+@dataclass
+class Local:
+    """Our first copy of a job, as the other copies this consumer holds see it."""
+
+    settled: asyncio.Event = field(default_factory=asyncio.Event)
+    done: bool = False  # recorded as done in Redis
+    followers: set[tuple[str, int]] = field(default_factory=set)  # (node, beanstalkd id) held here
+
+
+@dataclass
+class Held:
+    """A copy this consumer has reserved."""
+
+    conn: NodeConnection
+    job: greenstalk.Job[bytes]
+    envelope: Envelope
+    token: str
+    claimed: bool = False
+    keeper: asyncio.Task[None] | None = None
+    local: Local | None = None  # set on the first copy of a job this consumer holds
+    done_keeping: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def where(self) -> str:
+        return f"{self.conn.address}/{self.job.id}"
+
+
+class NodeLine:
+    """One node's spare connections, and how many copies it may hold at once."""
+
+    def __init__(self, max_held: int) -> None:
+        self.permits = asyncio.Semaphore(max_held)
+        self._idle: list[NodeConnection] = []
+        self._max_idle = 16
+
+    def take(self) -> NodeConnection | None:
+        return self._idle.pop() if self._idle else None
+
+    def give(self, conn: NodeConnection) -> None:
+        if len(self._idle) < self._max_idle:
+            self._idle.append(conn)
+        else:
+            conn.close()  # quick, and nothing else uses this connection any more
+
+
+def reserve(client: greenstalk.Client[bytes]) -> greenstalk.Job[bytes] | None:
+    try:
+        return client.reserve(timeout=RESERVE_TIMEOUT)
+    except (greenstalk.TimedOutError, greenstalk.DeadlineSoonError):
+        return None
+
+
+def burier(job: greenstalk.Job[bytes]) -> Callable[[greenstalk.Client[bytes]], bool]:
+    def bury(client: greenstalk.Client[bytes]) -> bool:
+        client.bury(job, PRIORITY)
+        return True
+
+    return bury
