@@ -45,7 +45,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8080)
     args = parser.parse_args()
     logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="app    | %(message)s")
-    web.run_app(build_app(), host="127.0.0.1", port=args.port, print=None)
+    web.run_app(build_app(), host="127.0.0.1", port=args.port, print=None, access_log=None)
 
 
 if __name__ == "__main__":
