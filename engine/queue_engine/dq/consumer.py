@@ -155,6 +155,8 @@ class DelayConsumer:
     async def stop(self, grace: float = 30.0) -> None:
         """Stop taking jobs; let handlers finish within ``grace`` seconds, hand back the rest."""
         self._stopping.set()
+        for local in self._leaders.values():
+            local.settled.set()  # copies waiting for one of ours hand themselves back now
         if not self._running:
             return
         self._deadline = time.monotonic() + grace
@@ -268,19 +270,24 @@ class DelayConsumer:
             return
         self._tokens += 1
         held = Held(conn, job, envelope, token=f"{self._instance}-{self._tokens}")
-        held.keeper = asyncio.create_task(self._keep(held))
+        # Most copies settle in milliseconds: the keeper task only starts once there is
+        # something to renew or touch, which saves a task and a timer per copy.
+        held.keep_timer = asyncio.get_running_loop().call_later(self._renew_every, self._start_keeping, held)
         job_id = envelope.job_id
         try:
             local = self._leaders.get(job_id)
             if local is not None:
                 # This consumer already holds another copy of the job: wait for that one to
                 # settle rather than asking Redis again and again.
-                local.followers.add((conn.address, job.id))
-                await self._wait_or_stop(local.settled)
+                local.followers[(conn.address, job.id)] = conn
+                if not self._stopping.is_set():
+                    await local.settled.wait()  # stop() sets it too
                 if self._stopping.is_set():
                     await self._hand_back(held, envelope.due)
                 elif local.done:
-                    if await self._quietly(conn, deleter(job.id)):
+                    if (conn.address, job.id) in local.deleted:
+                        pass  # the first copy deleted this one along with its own
+                    elif await self._quietly(conn, deleter(job.id)):
                         metrics.DUPLICATES_SUPPRESSED.labels(queue=self.queue).inc()
                 else:
                     await self._process(held)
@@ -293,13 +300,6 @@ class DelayConsumer:
                 held.local.settled.set()
         finally:
             await self._stop_keeping(held)
-
-    async def _wait_or_stop(self, event: asyncio.Event) -> None:
-        stopping = asyncio.ensure_future(self._stopping.wait())
-        settled = asyncio.ensure_future(event.wait())
-        await asyncio.wait({stopping, settled}, return_when=asyncio.FIRST_COMPLETED)
-        stopping.cancel()
-        settled.cancel()
 
     async def _process(self, held: Held) -> None:
         due = held.envelope.due
@@ -422,7 +422,8 @@ class DelayConsumer:
 
     async def _call_handler(self, job: DelayJob) -> Outcome:
         try:
-            outcome = await asyncio.wait_for(self._handler(job), self._policy.timeout)
+            async with asyncio.timeout(self._policy.timeout):  # no extra task, unlike wait_for
+                outcome = await self._handler(job)
         except TimeoutError:
             return Outcome.retry(f"handler took longer than {self._policy.timeout:g}s")
         except Exception as exc:
@@ -444,8 +445,7 @@ class DelayConsumer:
             if copies is None:
                 await self._release(held, 0)  # could not record success: deliver again rather than lose it
                 return
-            await self._quietly(held.conn, deleter(held.job.id))
-            await self._delete_siblings(held, copies)
+            await self._delete_done(held, copies)
             return
         gave_up = outcome.verdict is Verdict.DROP
         if gave_up or (outcome.attempted and attempt >= self._policy.max_attempts):
@@ -511,6 +511,41 @@ class DelayConsumer:
         expires = time.monotonic() + SWEEP_WINDOW
         self._unswept.extend((expires, n, j) for (n, j), r in zip(others, results, strict=True) if r is False)
 
+    async def _delete_done(self, held: Held, copies: list[tuple[str, int]]) -> None:
+        """After success: delete this copy, the copies of ours waiting for it, and the job's
+        other recorded copies, all in one thread hop (a hop costs more than a delete)."""
+        here = (held.conn.address, held.job.id)
+        followers = dict(held.local.followers) if held.local is not None else {}
+        others = [
+            (n, j) for n, j in copies if (n, j) != here and (n, j) not in followers and n in self._control
+        ]
+        targets = [
+            (held.conn, held.job.id),
+            *((conn, jid) for (_, jid), conn in followers.items()),
+            *((self._control[n], j) for n, j in others),
+        ]
+        results = await self._call(self._delete_each, targets)
+        mine = results[1 : 1 + len(followers)]
+        theirs = results[1 + len(followers) :]
+        if held.local is not None:
+            held.local.deleted.update(key for key, r in zip(followers, mine, strict=True) if r is not None)
+        suppressed = sum(1 for r in results[1:] if r is True)
+        if suppressed:
+            metrics.DUPLICATES_SUPPRESSED.labels(queue=self.queue).inc(suppressed)
+        expires = time.monotonic() + SWEEP_WINDOW
+        self._unswept.extend((expires, n, j) for (n, j), r in zip(others, theirs, strict=True) if r is False)
+
+    def _delete_each(self, targets: list[tuple[NodeConnection, int]]) -> list[bool | None]:
+        """Blocking: delete each (connection, job); None where the node failed."""
+        results: list[bool | None] = []
+        for conn, jid in targets:
+            try:
+                results.append(conn.call(deleter(jid)))
+            except (NodeDown, greenstalk.Error) as exc:
+                log.debug("dq %s: delete %s/%s: %r", self.queue, conn.address, jid, exc)
+                results.append(None)
+        return results
+
     async def _sweep_settled_copies(self) -> None:
         now = time.monotonic()
         while self._unswept and self._unswept[0][0] < now:
@@ -523,25 +558,32 @@ class DelayConsumer:
 
     # -- keeping hold ---------------------------------------------------------------------
 
-    async def _keep(self, held: Held) -> None:
+    def _start_keeping(self, held: Held) -> None:
+        held.keep_timer = None
+        if not held.done_keeping.is_set():
+            held.keeper = asyncio.create_task(self._keep(held, time.monotonic() - self._renew_every))
+
+    async def _keep(self, held: Held, last_touch: float) -> None:
         """Renew the lease (while claimed) and touch the reservation while the copy is held."""
-        last_touch = time.monotonic()
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(held.done_keeping.wait(), self._renew_every)
-            if held.done_keeping.is_set():
-                return
             if held.claimed:
                 with contextlib.suppress(RedisError):
                     await self._records.renew(held.envelope.job_id, held.token, self._lease_ttl)
             if time.monotonic() - last_touch >= TOUCH_EVERY:
                 await self._quietly(held.conn, lambda c: c.touch(held.job))
                 last_touch = time.monotonic()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(held.done_keeping.wait(), self._renew_every)
+            if held.done_keeping.is_set():
+                return
 
     @staticmethod
     async def _stop_keeping(held: Held) -> None:
         # Asked, not cancelled: cancelling a Redis call midway costs its connection.
         held.done_keeping.set()
+        if held.keep_timer is not None:
+            held.keep_timer.cancel()
+            held.keep_timer = None
         if held.keeper is not None:
             await held.keeper
 

@@ -20,7 +20,9 @@ class Local:
 
     settled: asyncio.Event = field(default_factory=asyncio.Event)
     done: bool = False  # recorded as done in Redis
-    followers: set[tuple[str, int]] = field(default_factory=set)  # (node, beanstalkd id) held here
+    # Other copies held here, waiting for this one, by (node, beanstalkd id).
+    followers: dict[tuple[str, int], NodeConnection] = field(default_factory=dict)
+    deleted: set[tuple[str, int]] = field(default_factory=set)  # followers' copies already deleted for them
 
 
 @dataclass
@@ -32,7 +34,8 @@ class Held:
     envelope: Envelope
     token: str
     claimed: bool = False
-    keeper: asyncio.Task[None] | None = None
+    keeper: asyncio.Task[None] | None = None  # started only if the copy is held long enough
+    keep_timer: asyncio.TimerHandle | None = None
     local: Local | None = None  # set on the first copy of a job this consumer holds
     done_keeping: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -47,7 +50,7 @@ class NodeLine:
     def __init__(self, max_held: int) -> None:
         self.permits = asyncio.Semaphore(max_held)
         self._idle: list[NodeConnection] = []
-        self._max_idle = 16
+        self._max_idle = max_held + 8  # every holder gives its connection back: no reconnect churn
 
     def take(self) -> NodeConnection | None:
         return self._idle.pop() if self._idle else None

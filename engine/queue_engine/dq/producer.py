@@ -17,7 +17,15 @@ from redis.exceptions import RedisError
 
 from queue_engine import metrics
 from queue_engine.dq.envelope import HEADER_BYTES, Envelope, check_job_id, new_job_id
-from queue_engine.dq.nodes import PRIORITY, NodeDown, NodePool, check_nodes, check_tube, deleter
+from queue_engine.dq.nodes import (
+    PRIORITY,
+    NodeConnection,
+    NodeDown,
+    NodePool,
+    check_nodes,
+    check_tube,
+    deleter,
+)
 from queue_engine.dq.records import JobRecords
 from queue_engine.dq.redis_client import connect_redis, describe_redis_error
 from queue_engine.errors import ConfigError, InvalidRequest, TooLarge, Unavailable
@@ -166,10 +174,8 @@ class DelayProducer:
         written: list[tuple[str, int]] = []
         failures: dict[str, str] = {}
         while pending:
-            results = await asyncio.gather(
-                *(self._run(self._pools[node].pick().call, _putter(data, due)) for node in pending),
-                return_exceptions=True,
-            )
+            conns = [self._pools[node].pick() for node in pending]
+            results = await self._run(_put_each, conns, data, due)
             for node, result in zip(pending, results, strict=True):
                 if isinstance(result, int):
                     written.append((node, result))
@@ -220,6 +226,18 @@ class DelayProducer:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.close()
+
+
+def _put_each(conns: list[NodeConnection], data: bytes, due: float) -> list[int | BaseException]:
+    """Blocking: put ``data`` on each connection in turn; one thread hop costs more than the
+    puts. A hung node still costs one timeout, as when the puts ran side by side."""
+    results: list[int | BaseException] = []
+    for conn in conns:
+        try:
+            results.append(conn.call(_putter(data, due)))
+        except Exception as exc:  # sorted out per node by the caller
+            results.append(exc)
+    return results
 
 
 def _putter(data: bytes, due: float) -> Callable[[greenstalk.Client[bytes]], int]:

@@ -51,6 +51,13 @@ return {'go', tostring(n)}
 """
 )
 
+# Where the copies went, and how long the record lives: one call, atomic.
+_RECORD = """
+redis.call('HSET', KEYS[1], 'copies', ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
 # The claim's checks without taking anything: what a copy would be told now.
 _PEEK = """
 if redis.call('HGET', KEYS[1], 'revoked') then return {'revoked'} end
@@ -173,6 +180,7 @@ class JobRecords:
     def __init__(self, redis: Redis, tube: str) -> None:
         self.redis = redis
         self._prefix = f"dq:{tube}"
+        self._record = redis.register_script(_RECORD)
         self._claim = redis.register_script(_CLAIM)
         self._peek = redis.register_script(_PEEK)
         self._done = redis.register_script(_DONE)
@@ -193,11 +201,8 @@ class JobRecords:
         return f"{self._prefix}:buried"
 
     async def record_copies(self, job_id: str, copies: list[tuple[str, int]], keep_s: float) -> None:
-        key = self._job(job_id)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(key, "copies", format_copies(copies))
-            pipe.expire(key, int(keep_s) + RETENTION_S)
-            await pipe.execute()
+        args: list[str | int] = [format_copies(copies), int(keep_s) + RETENTION_S]
+        await self._record(keys=[self._job(job_id)], args=args)
 
     async def claim(self, job_id: str, token: str, lease_s: float, now: float) -> Claim:
         """Take the job's lease and count an attempt, unless the record says otherwise."""
