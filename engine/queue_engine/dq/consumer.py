@@ -34,7 +34,7 @@ from redis.exceptions import RedisError
 
 from queue_engine import metrics
 from queue_engine.dq.envelope import Envelope
-from queue_engine.dq.held import RESERVE_TIMEOUT, Held, Local, NodeLine, burier, reserve
+from queue_engine.dq.held import RESERVE_TIMEOUT, Held, Local, NodeLine, burier, reserve_batch
 from queue_engine.dq.job import DelayJob
 from queue_engine.dq.nodes import PRIORITY, NodeConnection, NodeDown, check_nodes, check_tube, deleter
 from queue_engine.dq.producer import JOB_TTR
@@ -49,6 +49,7 @@ T = TypeVar("T")
 Handler = Callable[[DelayJob], Awaitable[Outcome]]
 
 RESERVERS_PER_NODE = 4  # connections per node blocked in reserve, waiting for the next ready job
+RESERVE_BATCH = 4  # copies one reserving thread hop may take when several are ready
 HOLD_LIMIT = 2.0  # a retry due within this many seconds is waited for while holding the copy
 BUSY_HOLD = 5.0  # seconds a copy waits, held, for another copy's attempt to end
 STOP_MARGIN = 10.0  # seconds past the grace that stop() waits before cancelling what is left
@@ -216,32 +217,51 @@ class DelayConsumer:
                     await self._pause(0.1)  # never take a job that cannot be de-duplicated
                     continue
                 await line.permits.acquire()
+                # Idle connections (and free permits) to take more ready copies in the same
+                # thread hop: under a backlog a hop costs more than a reserve.
+                spares: list[NodeConnection] = []
+                while len(spares) < RESERVE_BATCH - 1 and not line.permits.locked():
+                    spare = line.take()
+                    if spare is None:
+                        break
+                    await line.permits.acquire()  # free: does not wait
+                    spares.append(spare)
                 try:
-                    job = await self._reserve(conn)
+                    got = await self._reserve(conn, spares)
                 except NodeDown as exc:
-                    line.permits.release()
+                    got = None
                     if node not in self._node_errors:
                         log.warning("dq %s: node %s unreachable: %s", self.queue, node, exc.reason)
                     self._node_errors[node] = exc.reason
+                used = {id(c) for c, _ in got or ()}
+                for spare in spares:
+                    if id(spare) not in used:
+                        line.permits.release()
+                        line.give(spare)
+                if got is None:
+                    line.permits.release()
                     await self._pause(backoff)
                     backoff = min(2.0, backoff * 2)
                     continue
                 if self._node_errors.pop(node, None) is not None:
                     log.info("dq %s: node %s reachable again", self.queue, node)
                 backoff = 0.1
-                if job is None:
+                if not got:
                     line.permits.release()
                     continue
-                holder = asyncio.create_task(self._hold_then_return(line, conn, job))
-                self._holders.add(holder)
-                holder.add_done_callback(self._holders.discard)
+                for held_conn, job in got:
+                    holder = asyncio.create_task(self._hold_then_return(line, held_conn, job))
+                    self._holders.add(holder)
+                    holder.add_done_callback(self._holders.discard)
                 conn = line.take() or self._connection(node)
         finally:
             line.give(conn)
 
-    async def _reserve(self, conn: NodeConnection) -> greenstalk.Job[bytes] | None:
+    async def _reserve(
+        self, conn: NodeConnection, spares: list[NodeConnection]
+    ) -> list[tuple[NodeConnection, greenstalk.Job[bytes]]]:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._reserving, conn.call, reserve)
+        return await loop.run_in_executor(self._reserving, reserve_batch, conn, spares)
 
     async def _hold_then_return(
         self, line: NodeLine, conn: NodeConnection, job: greenstalk.Job[bytes]

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import greenstalk
 
 from queue_engine.dq.envelope import Envelope
-from queue_engine.dq.nodes import PRIORITY, NodeConnection
+from queue_engine.dq.nodes import PRIORITY, NodeConnection, NodeDown
 
 RESERVE_TIMEOUT = 1  # seconds a worker blocks in reserve before looking at stop and Redis again
 
@@ -67,6 +67,34 @@ def reserve(client: greenstalk.Client[bytes]) -> greenstalk.Job[bytes] | None:
         return client.reserve(timeout=RESERVE_TIMEOUT)
     except (greenstalk.TimedOutError, greenstalk.DeadlineSoonError):
         return None
+
+
+def reserve_now(client: greenstalk.Client[bytes]) -> greenstalk.Job[bytes] | None:
+    try:
+        return client.reserve(timeout=0)
+    except (greenstalk.TimedOutError, greenstalk.DeadlineSoonError):
+        return None
+
+
+def reserve_batch(
+    conn: NodeConnection, spares: list[NodeConnection]
+) -> list[tuple[NodeConnection, greenstalk.Job[bytes]]]:
+    """Blocking: wait for a copy on ``conn``; then take copies that are ready at once, one per
+    spare connection (a reservation belongs to the connection that made it). Raises
+    :class:`NodeDown` only for ``conn``; trouble on a spare just ends the batch."""
+    job = conn.call(reserve)
+    if job is None:
+        return []
+    got = [(conn, job)]
+    for spare in spares:
+        try:
+            more = spare.call(reserve_now)
+        except (NodeDown, greenstalk.Error):
+            break
+        if more is None:
+            break
+        got.append((spare, more))
+    return got
 
 
 def burier(job: greenstalk.Job[bytes]) -> Callable[[greenstalk.Client[bytes]], bool]:
