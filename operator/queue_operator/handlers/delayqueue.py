@@ -18,7 +18,12 @@ import kopf
 from queue_operator.builders import beanstalkd
 from queue_operator.builders.labels import MANAGED_BY
 from queue_operator.handlers.conditions import parse_or_report, set_ready, with_ready, write_status
-from queue_operator.handlers.options import API_VERSION, GROUP, VERSION, Options, Runtime
+from queue_operator.handlers.options import (
+    API_VERSION,
+    Options,
+    Runtime,
+    register_level_based,
+)
 from queue_operator.kube import Kube, SecretMissing
 from queue_operator.spec import DelayQueueSpec, SpecError
 
@@ -26,10 +31,7 @@ PLURAL = "delayqueues"
 
 
 def register(registry: kopf.OperatorRegistry, options: Options) -> None:
-    on: dict[str, Any] = {"registry": registry, "backoff": options.retry_delay}
-    kopf.on.create(GROUP, VERSION, PLURAL, id="reconcile", **on)(reconcile)
-    kopf.on.resume(GROUP, VERSION, PLURAL, id="reconcile", **on)(reconcile)
-    kopf.on.update(GROUP, VERSION, PLURAL, id="reconcile", field="spec", **on)(reconcile)
+    register_level_based(registry, PLURAL, options, reconcile, observe)
     kopf.on.event(
         "apps",
         "v1",
@@ -38,16 +40,6 @@ def register(registry: kopf.OperatorRegistry, options: Options) -> None:
         registry=registry,
         labels={"app.kubernetes.io/managed-by": MANAGED_BY, "app.kubernetes.io/name": beanstalkd.APP},
     )(statefulset_changed)
-    kopf.timer(
-        GROUP,
-        VERSION,
-        PLURAL,
-        id="observe",
-        registry=registry,
-        interval=options.reconcile_interval,
-        initial_delay=options.reconcile_interval,
-        backoff=options.retry_delay,
-    )(observe)
 
 
 def parse(body: Mapping[str, Any], patch: kopf.Patch) -> DelayQueueSpec:

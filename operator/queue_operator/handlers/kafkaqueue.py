@@ -18,7 +18,7 @@ import kopf
 from queue_engine.errors import ConfigError
 from queue_engine.kq.security import KafkaSecurity
 from queue_operator.handlers.conditions import parse_or_report, set_ready, with_ready, write_status
-from queue_operator.handlers.options import GROUP, VERSION, Options, Runtime
+from queue_operator.handlers.options import GROUP, VERSION, Options, Runtime, register_level_based
 from queue_operator.kube import SecretMissing
 from queue_operator.spec import KafkaQueueSpec, SpecError
 from queue_operator.topics import BrokerUnavailable, ClientConfigInvalid, TopicAdmin
@@ -28,23 +28,16 @@ TOPIC, DEAD_LETTER = "topic", "dead-letter-topic"
 
 
 def register(registry: kopf.OperatorRegistry, options: Options) -> None:
-    on: dict[str, Any] = {"registry": registry, "backoff": options.retry_delay}
-    kopf.on.create(GROUP, VERSION, PLURAL, id="reconcile", **on)(reconcile)
-    kopf.on.resume(GROUP, VERSION, PLURAL, id="reconcile", **on)(reconcile)
-    kopf.on.update(GROUP, VERSION, PLURAL, id="reconcile", field="spec", **on)(reconcile)
-    kopf.on.delete(GROUP, VERSION, PLURAL, id="delete-topics", retries=options.delete_retries, **on)(
-        delete_topics
-    )
-    kopf.timer(
+    register_level_based(registry, PLURAL, options, reconcile, observe)
+    kopf.on.delete(
         GROUP,
         VERSION,
         PLURAL,
-        id="observe",
+        id="delete-topics",
+        retries=options.delete_retries,
         registry=registry,
-        interval=options.reconcile_interval,
-        initial_delay=options.reconcile_interval,
         backoff=options.retry_delay,
-    )(observe)
+    )(delete_topics)
 
 
 def parse(body: Mapping[str, Any], patch: kopf.Patch) -> KafkaQueueSpec:

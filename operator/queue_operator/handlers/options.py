@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +30,30 @@ class Options:
     def backoff(self, retry: int) -> float:
         """The wait before retry number ``retry + 1``: doubling from retry_delay, capped."""
         return float(min(self.retry_delay * 2 ** min(retry, 30), max(self.retry_delay, self.retry_delay_max)))
+
+
+def register_level_based(
+    registry: kopf.OperatorRegistry,
+    plural: str,
+    options: Options,
+    reconcile: Callable[..., Any],
+    observe: Callable[..., Any],
+) -> None:
+    """The shape both resources share: one ``reconcile`` for create, spec update and resume,
+    and an ``observe`` timer that compares what exists with the spec and writes status."""
+    on: dict[str, Any] = {"registry": registry, "backoff": options.retry_delay}
+    kopf.on.create(GROUP, VERSION, plural, id="reconcile", **on)(reconcile)
+    kopf.on.resume(GROUP, VERSION, plural, id="reconcile", **on)(reconcile)
+    kopf.on.update(GROUP, VERSION, plural, id="reconcile", field="spec", **on)(reconcile)
+    kopf.timer(
+        GROUP,
+        VERSION,
+        plural,
+        id="observe",
+        interval=options.reconcile_interval,
+        initial_delay=options.reconcile_interval,
+        **on,
+    )(observe)
 
 
 def operator_settings(options: Options) -> kopf.OperatorSettings:
