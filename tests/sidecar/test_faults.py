@@ -36,8 +36,11 @@ def test_app_down_at_start_then_up_nothing_lost_no_attempt_burned(  # noqa: PLR0
     try:
         dq_delay(beanstalk_cluster.addresses, dq, shared_redis.url, b"early-job", 0)
         kafka_push(kafka_broker.bootstrap, kq, b"early-order", key=b"k")
-        status, body = sidecar.get("/readyz")
-        assert status == 503 and "app not accepting connections" in body
+        # The sidecar serves (so the pod is not held back) but says it waits for the app.
+        wait_until(lambda: sidecar.get("/readyz")[0] == 200, 10, "readyz: the sidecar serves")
+        assert sidecar.status()["app"]["up"] is False
+        for state in sidecar.status()["queues"].values():
+            assert state["state"] == "waiting" and "app not accepting connections" in state["reason"]
         assert sidecar.get("/healthz")[0] == 200
         time.sleep(2)  # longer than maxAttempts x backoff: nothing may be burned meanwhile
         assert tube_counts(beanstalk_cluster.addresses, dq)["buried"] == 0
@@ -50,7 +53,8 @@ def test_app_down_at_start_then_up_nothing_lost_no_attempt_burned(  # noqa: PLR0
 
         # Down again mid-run: messages wait (attempts not counted) and come when it is back.
         app.kill()
-        wait_until(lambda: sidecar.get("/readyz")[0] == 503, 10, "readyz false while the app is down")
+        wait_until(lambda: not sidecar.status()["app"]["up"], 10, "status: the app is down", sidecar.status)
+        assert sidecar.get("/readyz")[0] == 200  # the app's own probe takes it out, not ours
         dq_delay(beanstalk_cluster.addresses, dq, shared_redis.url, b"while-down", 0)
         time.sleep(2)
         app.start()
@@ -169,7 +173,7 @@ def test_max_concurrency_caps_messages_in_flight_across_queues(  # noqa: PLR0917
     assert max(entry["in_flight"] for entry in http_app.received()) <= 2
 
 
-def test_readyz_names_an_unhealthy_queue_and_logs_keep_secrets_out(
+def test_redis_down_keeps_readyz_and_status_names_the_queue_without_secrets(
     make_sidecar: Callable[..., Sidecar],
     http_app: App,
     beanstalk_cluster: BeanstalkdCluster,
@@ -183,16 +187,21 @@ def test_readyz_names_an_unhealthy_queue_and_logs_keep_secrets_out(
 
     redis_server.stop()
 
-    def not_ready() -> str | None:
-        status, text = sidecar.get("/readyz")
-        return text if status == 503 and "queue reminders: redis unreachable" in text else None
+    def unavailable() -> dict[str, str] | None:
+        queue = sidecar.status()["queues"]["reminders"]
+        return queue if queue["state"] == "unavailable" and "redis unreachable" in queue["reason"] else None
 
-    reasons = wait_until(not_ready, 20, "readyz naming the queue's trouble", lambda: sidecar.get("/readyz"))
-    assert "hunter2" not in reasons
+    queue_state = wait_until(unavailable, 20, "status naming the queue's trouble", sidecar.status)
+    assert "hunter2" not in str(queue_state) and "hunter2" not in sidecar.get("/v1/status")[1]
+    # A Redis blip must not take the pod out of its Services: /readyz stays 200.
+    assert sidecar.get("/readyz")[0] == 200
     assert sidecar.get("/healthz")[0] == 200
+    assert sidecar.status()["healthy"] is False
+    assert sidecar.metric("queue_backend_up", queue="reminders", kind="DelayQueue") == 0
 
     redis_server.start()
     sidecar.wait_ready()
+    assert sidecar.metric("queue_backend_up", queue="reminders", kind="DelayQueue") == 1
     log = (sidecar.workdir / "sidecar.log").read_text()
     assert "redis" in log.lower()
     assert "hunter2" not in log
@@ -205,8 +214,14 @@ def test_kafka_unreachable_at_start_keeps_serving_and_consumes_once_it_is_up(
     sidecar = make_sidecar(
         {"app": app_config(http_app), "queues": [kafka_queue(unique, own_kafka_broker.bootstrap)]}
     )
-    status, body = sidecar.get("/readyz")
-    assert status == 503 and f"queue {unique}" in body
+    wait_until(lambda: sidecar.get("/readyz")[0] == 200, 10, "readyz: the sidecar serves")
+    wait_until(
+        lambda: sidecar.status()["queues"][unique]["state"] == "unavailable",
+        30,
+        "status: the queue's brokers unavailable",
+        sidecar.status,
+    )
+    assert sidecar.metric("queue_backend_up", queue=unique, kind="KafkaQueue") == 0
     # The consumer gives up on the brokers after its connect timeout; the sidecar runs a new one.
     wait_until(
         lambda: "consumer failed; starting a new one" in sidecar.log_tail(200),
@@ -238,7 +253,8 @@ def test_sigterm_while_waiting_for_the_app_exits_0(
         }
     )
     dq_delay(beanstalk_cluster.addresses, unique, shared_redis.url, b"untouched", 0)
-    assert sidecar.get("/readyz")[0] == 503
+    wait_until(lambda: sidecar.get("/readyz")[0] == 200, 10, "readyz: the sidecar serves")
+    assert sidecar.status()["queues"][unique]["state"] == "waiting"
     assert sidecar.terminate_and_wait(timeout=15) == 0
     # Nothing was taken from the queue: the job is still there, ready, in all three copies.
     assert tube_counts(beanstalk_cluster.addresses, unique) == {
