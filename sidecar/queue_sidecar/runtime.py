@@ -162,11 +162,15 @@ class Sidecar:
             if self._consuming:
                 BACKEND_UP.labels(queue=queue.name, kind=queue.kind).set(1 if ok else 0)
             queues[queue.name] = {"kind": queue.kind, "state": state, "reason": reason}
-        healthy = app_up and all(q["state"] == "consuming" for q in queues.values())
+        problem = self.delivery.misconfiguration
+        healthy = app_up and problem is None and all(q["state"] == "consuming" for q in queues.values())
+        app_status: dict[str, Any] = {"address": app, "up": app_up}
+        if problem is not None:
+            app_status["problem"] = problem
         return {
             "ready": not self.not_ready_reasons(),
             "healthy": healthy,
-            "app": {"address": app, "up": app_up},
+            "app": app_status,
             "queues": queues,
         }
 

@@ -263,3 +263,49 @@ def test_sigterm_while_waiting_for_the_app_exits_0(
         "reserved": 0,
         "buried": 0,
     }
+
+
+def test_a_wrong_app_path_holds_messages_and_says_so(  # noqa: PLR0917
+    make_sidecar: Callable[..., Sidecar],
+    http_app: App,
+    beanstalk_cluster: BeanstalkdCluster,
+    shared_redis: RedisServer,
+    kafka_broker: Tansu,
+    unique: str,
+) -> None:
+    """A 404/405 from the configured route is the sidecar's misconfiguration, not the message's
+    fault: nothing is buried or dead-lettered, no attempt is counted, /v1/status says what to fix."""
+    dq, kq = f"{unique}-dq", f"{unique}-kq"
+    create_topics(kafka_broker.bootstrap, kq, f"{kq}.dlq")
+    queues = [
+        delay_queue(dq, beanstalk_cluster.addresses, shared_redis.url),
+        kafka_queue(kq, kafka_broker.bootstrap),
+    ]
+    wrong = make_sidecar({"app": app_config(http_app, path="/wrong-path"), "queues": queues})
+    wait_until(lambda: wrong.status()["queues"][kq]["state"] == "consuming", 30, "consuming", wrong.status)
+    dq_delay(beanstalk_cluster.addresses, dq, shared_redis.url, b"held-job", 0)
+    kafka_push(kafka_broker.bootstrap, kq, b"held-order", key=b"k")
+
+    problem = wait_until(
+        lambda: wrong.status()["app"].get("problem"), 20, "status naming the wrong route", wrong.status
+    )
+    assert "404" in problem and "/wrong-path" in problem
+    assert wrong.metric("queue_sidecar_app_misconfigured") == 1
+    assert wrong.get("/readyz")[0] == 200 and wrong.status()["healthy"] is False
+    time.sleep(2)  # longer than maxAttempts x backoff (3 x 100-500 ms): nothing may be given up
+    assert tube_counts(beanstalk_cluster.addresses, dq)["buried"] == 0
+    assert (
+        wrong.metric("queue_messages_dead_lettered_total", kind="kafka", queue=kq, reason="drop") or 0
+    ) == 0
+    assert (
+        wrong.metric("queue_messages_dead_lettered_total", kind="delay", queue=dq, reason="drop") or 0
+    ) == 0
+    log_lines = [line for line in wrong.log_tail(500).splitlines() if "app route misconfigured" in line]
+    assert 1 <= len(log_lines) <= 2, log_lines  # throttled, not one per message per retry
+    assert wrong.terminate_and_wait() == 0
+
+    # Fixed: both arrive, each at its first attempt.
+    make_sidecar({"app": app_config(http_app), "queues": queues}, name="fixed")
+    [job] = http_app.wait_for("held-job", timeout=30)
+    [order] = http_app.wait_for("held-order", timeout=30)
+    assert job["headers"]["X-Attempt"] == "1" and order["headers"]["X-Attempt"] == "1"
