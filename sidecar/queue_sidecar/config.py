@@ -8,6 +8,7 @@ as ``SecretStr`` so they never show in a repr or a log line.
 
 from __future__ import annotations
 
+import difflib
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -24,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 from pydantic.alias_generators import to_camel
+from redis.connection import parse_url as parse_redis_url
 
 from queue_engine.durations import parse_duration
 from queue_engine.errors import ConfigError as EngineConfigError
@@ -58,6 +60,23 @@ def _duration(value: Any) -> float:
 
 
 Duration = Annotated[float, BeforeValidator(_duration)]
+
+# Kafka's own words for where a new group starts (auto.offset.reset) are accepted too.
+_OFFSET_ALIASES = {
+    "earliest": "first",
+    "smallest": "first",
+    "beginning": "first",
+    "latest": "last",
+    "largest": "last",
+    "end": "last",
+}
+
+
+def _offset(value: Any) -> Any:
+    return _OFFSET_ALIASES.get(value, value) if isinstance(value, str) else value
+
+
+Offset = Annotated[Literal["first", "last"], BeforeValidator(_offset)]
 Port = Annotated[int, Field(ge=1, le=65535)]
 
 
@@ -188,7 +207,13 @@ class DelayQueueConfig(_QueueBase):
                 raise ValueError(f"node {node!r} must be host:port")
         if not self.tube:
             object.__setattr__(self, "tube", self.name)
-        self._redis_url = SecretStr(self.redis.resolve())
+        url = self.redis.resolve()
+        try:
+            parse_redis_url(url)  # type: ignore[no-untyped-call]
+        except ValueError as exc:
+            # redis-py's message names the schemes, never the URL (which may hold a password).
+            raise ValueError(f"redis: {exc}") from None
+        self._redis_url = SecretStr(url)
         return self
 
     @property
@@ -201,7 +226,7 @@ class KafkaQueueConfig(_QueueBase):
     brokers: list[str] = Field(min_length=1)
     topic: str = ""  # default: the queue's name
     group: str = ""  # default: the queue's name
-    offset: Literal["first", "last"] = "last"
+    offset: Offset = "last"
     dead_letter_topic: str = ""  # default: <topic>.dlq
     auth: KafkaAuthConfig | None = None
     _password: SecretStr = PrivateAttr(SecretStr(""))
@@ -259,11 +284,16 @@ class SidecarConfig(_Model):
                 queue.policy()
             except ValueError as exc:
                 raise ValueError(f"queue {queue.name}: {exc}") from exc
-        ports = [self.health.port, self.publish.port]
+        ports = {"app.port": self.app.port, "health.port": self.health.port}
+        ports["publish.port"] = self.publish.port
         if self.publish.grpc_port is not None:
-            ports.append(self.publish.grpc_port)
-        if len(set(ports)) != len(ports):
-            raise ValueError("health.port, publish.port and publish.grpcPort must all differ")
+            ports["publish.grpcPort"] = self.publish.grpc_port
+        # All share the pod's network namespace: two of them on one port cannot both listen.
+        seen: dict[int, str] = {}
+        for key, port in ports.items():
+            if port in seen:
+                raise ValueError(f"{seen[port]} and {key} are both {port}; each must have a port of its own")
+            seen[port] = key
         return self
 
     def queue(self, name: str) -> DelayQueueConfig | KafkaQueueConfig:
@@ -336,13 +366,15 @@ def _describe(exc: ValidationError) -> str:
         path = _path(error["loc"])
         kind = error["type"]
         if kind == "extra_forbidden":
-            message = "unknown key"
+            message = "unknown key" + _did_you_mean(str(error["loc"][-1]))
         elif kind == "missing":
             message = "required key missing"
         elif kind == "union_tag_invalid":
             message = "kind must be DelayQueue or KafkaQueue"
         elif kind == "union_tag_not_found":
             message = "kind missing: set DelayQueue or KafkaQueue"
+        elif kind in {"model_type", "model_attributes_type", "dict_type"}:
+            message = "expected a mapping (key: value lines)"
         else:
             message = str(error["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
         lines.append(f"{path}: {message}" if path else message)
@@ -359,3 +391,28 @@ def _path(loc: tuple[int | str, ...]) -> str:
         else:
             text += f".{part}" if text else str(part)
     return text
+
+
+def _known_keys() -> set[str]:
+    keys: set[str] = set()
+    models: list[type[BaseModel]] = [SidecarConfig]
+    while models:
+        model = models.pop()
+        for name, field in model.model_fields.items():
+            keys.add(field.alias or name)
+            for arg in _types_in(field.annotation):
+                if isinstance(arg, type) and issubclass(arg, BaseModel) and arg is not model:
+                    models.append(arg)
+    return keys
+
+
+def _types_in(annotation: Any) -> list[Any]:
+    found = [annotation]
+    for arg in getattr(annotation, "__args__", ()):
+        found += _types_in(arg)
+    return found
+
+
+def _did_you_mean(key: str) -> str:
+    close = difflib.get_close_matches(key, sorted(_known_keys()), n=1, cutoff=0.75)
+    return f" (did you mean {close[0]}?)" if close else ""

@@ -55,8 +55,11 @@ def cli(argv: list[str] | None = None) -> None:
     logs.configure(config.log_level)
     try:
         asyncio.run(serve(config))
-    except Exception:
-        log.exception("sidecar failed")
+    except Exception as exc:
+        # One line that says what failed (a port taken, a setting the engine refused); the
+        # traceback is for debugging (logLevel: debug), not for the person reading the error.
+        log.error("sidecar failed", extra={"error": str(exc) or type(exc).__name__})
+        log.debug("sidecar failed", exc_info=True)
         sys.exit(EXIT_FAILED)
 
 

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 import grpc
 from aiohttp import web
+from prometheus_client import Gauge
 
 from queue_engine.dq import DelayAdmin, DelayConsumer, DelayProducer
 from queue_engine.kq import KafkaConsumer, KafkaPusher
@@ -31,6 +32,12 @@ from queue_sidecar.publish.http import build_app as build_publish_app
 from queue_sidecar.publish.targets import PublishTargets
 
 log = logging.getLogger(__name__)
+
+BACKEND_UP = Gauge(
+    "queue_backend_up",
+    "1 when the queue's backend (beanstalkd nodes and Redis, or the Kafka brokers) can be used, else 0",
+    ["queue", "kind"],
+)
 
 GAUGE_REFRESH_SECONDS = 10.0
 # A consumer that fails (brokers unreachable at start, ...) is rebuilt after this backoff, while
@@ -59,6 +66,7 @@ class Sidecar:
         self.kafka_consumers: dict[str, KafkaConsumer] = {}
         self._new_consumer: dict[str, Callable[[], Consumer]] = {}
         self._consuming = False
+        self._serving = False
         self._stop = asyncio.Event()
         self._runners: list[web.AppRunner] = []
         self._grpc_server: grpc.aio.Server | None = None
@@ -123,19 +131,48 @@ class Sidecar:
         self.consumers[queue.name] = new_consumer()
 
     def not_ready_reasons(self) -> list[str]:
+        """Why /readyz is 503: only the sidecar's own state, never a backend's or the app's."""
         reasons = []
-        app = f"{self.config.app.host}:{self.config.app.port}"
-        if not self.probe.up:
-            reasons.append(f"app not accepting connections on {app}")
-        elif not self._consuming:
-            reasons.append("consumers not started yet")
+        if not self._serving:
+            reasons.append("health and publish APIs not serving yet")
         if self._stop.is_set():
             reasons.append("shutting down")
-        for name, consumer in self.consumers.items():
-            ok, why = consumer.health()
-            if not ok:
-                reasons.append(f"queue {name}: {why}")
         return reasons
+
+    def status(self) -> dict[str, Any]:
+        """The /v1/status document: the app and each queue's state and reason.
+
+        States: ``waiting`` (for the app; nothing is taken from the queue meanwhile),
+        ``consuming``, ``unavailable`` (its backend cannot be used: the reason says which),
+        ``stopping``. Also sets the ``queue_backend_up`` gauge of each started queue.
+        """
+        app = f"{self.config.app.host}:{self.config.app.port}"
+        app_up = self.probe.up
+        queues: dict[str, dict[str, str]] = {}
+        for queue in self.config.queues:
+            ok, why = self.consumers[queue.name].health()
+            if self._stop.is_set():
+                state, reason = "stopping", "shutting down"
+            elif not self._consuming:
+                state, reason = "waiting", f"app not accepting connections on {app}"
+            elif not ok:
+                state, reason = "unavailable", why
+            else:
+                state, reason = "consuming", why
+            if self._consuming:
+                BACKEND_UP.labels(queue=queue.name, kind=queue.kind).set(1 if ok else 0)
+            queues[queue.name] = {"kind": queue.kind, "state": state, "reason": reason}
+        problem = self.delivery.misconfiguration
+        healthy = app_up and problem is None and all(q["state"] == "consuming" for q in queues.values())
+        app_status: dict[str, Any] = {"address": app, "up": app_up}
+        if problem is not None:
+            app_status["problem"] = problem
+        return {
+            "ready": not self.not_ready_reasons(),
+            "healthy": healthy,
+            "app": app_status,
+            "queues": queues,
+        }
 
     def request_stop(self) -> None:
         if not self._stop.is_set():
@@ -149,6 +186,7 @@ class Sidecar:
         try:
             await self._serve_health()
             await self._serve_publish()
+            self._serving = True
             log.info(
                 "sidecar started",
                 extra={
@@ -244,7 +282,7 @@ class Sidecar:
 
     async def _serve_health(self) -> None:
         health = self.config.health
-        await self._serve(build_health_app(self.not_ready_reasons), health.host, health.port)
+        await self._serve(build_health_app(self.not_ready_reasons, self.status), health.host, health.port)
 
     async def _serve_publish(self) -> None:
         publish = self.config.publish

@@ -128,8 +128,21 @@ class Sidecar(ManagedProcess):
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read().decode()
 
+    def status(self) -> dict[str, Any]:
+        """The sidecar's /v1/status document."""
+        code, text = self.get("/v1/status")
+        assert code == 200, text
+        document: dict[str, Any] = json.loads(text)
+        return document
+
     def wait_ready(self, timeout: float = 30.0) -> None:
-        wait_until(lambda: self.get("/readyz")[0] == 200, timeout, f"sidecar ready\n{self.log_tail(40)}")
+        """Wait until /readyz is 200 and every queue is consuming with the app up (/v1/status)."""
+        wait_until(
+            lambda: self.get("/readyz")[0] == 200 and self.status()["healthy"],
+            timeout,
+            f"sidecar ready and consuming\n{self.log_tail(40)}",
+            self.status,
+        )
 
     def metric(self, name: str, **labels: str) -> float | None:
         """The value of one sample on /metrics, or None when there is no such sample."""

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from harness.servers import free_port
 from queue_sidecar.config import ConfigError, DelayQueueConfig, KafkaQueueConfig, load_config, parse_config
 
 from .conftest import REPO, SIDECAR_BIN
@@ -163,6 +164,12 @@ def test_secrets_from_files_and_sasl(tmp_path: Path) -> None:
         ({"queues": [{}, {"name": "r"}]}, "name(s) r used more than once"),
         ({"publish": {"port": 70000}}, "publish.port"),
         ({"queues": [{"nodes": ["no-port"]}]}, "node 'no-port' must be host:port"),
+        ({"app": {"maxConcurency": 3}}, "app.maxConcurency: unknown key (did you mean maxConcurrency?)"),
+        ({"queues": [{}, {"deadLeterTopic": "x"}]}, "unknown key (did you mean deadLetterTopic?)"),
+        ({"queues": [{"redis": "redis://h"}]}, "queues[0].redis: expected a mapping (key: value lines)"),
+        ({"queues": [{"redis": {"url": "http://x"}}]}, "queues[0]: redis: Redis URL must specify one of"),
+        ({"publish": {"port": 8080}}, "app.port and publish.port are both 8080"),
+        ({"health": {"port": 8080}}, "app.port and health.port are both 8080"),
     ],
 )
 def test_mistakes_name_the_key(mistake: dict[str, object], message: str) -> None:
@@ -177,6 +184,66 @@ def test_mistakes_name_the_key(mistake: dict[str, object], message: str) -> None
     with pytest.raises(ConfigError) as caught:
         parse_config(data)
     assert message in str(caught.value)
+    assert "instance of" not in str(caught.value) and "Config" not in str(caught.value)
+
+
+@pytest.mark.parametrize(("word", "meaning"), [("earliest", "first"), ("latest", "last"), ("first", "first")])
+def test_offset_accepts_kafkas_own_words(word: str, meaning: str) -> None:
+    config = parse_config(
+        {
+            "app": {"port": 8080},
+            "queues": [{"kind": "KafkaQueue", "name": "o", "brokers": ["h:1"], "offset": word}],
+        }
+    )
+    (queue,) = config.queues
+    assert isinstance(queue, KafkaQueueConfig) and queue.offset == meaning
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"queues": [{"redis": {"url": "http://x"}}]}, "Redis URL must specify one of"),
+        ({"publish": {"port": 8080}}, "app.port and publish.port are both 8080"),
+    ],
+)
+def test_check_refuses_what_the_start_would_refuse(
+    tmp_path: Path, change: dict[str, object], message: str
+) -> None:
+    data = _merge(yaml.safe_load(SPEC_EXAMPLE), change)
+    data["app"]["port"] = 8080  # type: ignore[index]
+    path = tmp_path / "sidecar.yaml"
+    path.write_text(yaml.safe_dump(data))
+    for argv in (
+        [str(SIDECAR_BIN), "--config", str(path), "--check"],
+        [str(SIDECAR_BIN), "--config", str(path)],
+    ):
+        done = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2, (argv, done.stderr)
+        assert message in done.stderr
+        assert "Traceback" not in done.stderr and "hunter2" not in done.stderr
+
+
+def test_a_start_failure_is_one_clean_line_not_a_traceback(tmp_path: Path) -> None:
+    import socket  # noqa: PLC0415
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        data = {
+            "app": {"port": 1},
+            "publish": {"port": port},
+            "health": {"port": free_port()},
+        }
+        path = tmp_path / "sidecar.yaml"
+        path.write_text(yaml.safe_dump(data))
+        done = subprocess.run(
+            [str(SIDECAR_BIN), "--config", str(path)], check=False, capture_output=True, text=True, timeout=60
+        )
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    failed = [line for line in done.stderr.splitlines() if '"sidecar failed"' in line]
+    assert len(failed) == 1 and str(port) in failed[0], done.stderr
 
 
 def test_cli_refuses_a_bad_file_with_exit_2_and_names_the_key(tmp_path: Path) -> None:

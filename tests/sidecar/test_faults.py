@@ -36,8 +36,11 @@ def test_app_down_at_start_then_up_nothing_lost_no_attempt_burned(  # noqa: PLR0
     try:
         dq_delay(beanstalk_cluster.addresses, dq, shared_redis.url, b"early-job", 0)
         kafka_push(kafka_broker.bootstrap, kq, b"early-order", key=b"k")
-        status, body = sidecar.get("/readyz")
-        assert status == 503 and "app not accepting connections" in body
+        # The sidecar serves (so the pod is not held back) but says it waits for the app.
+        wait_until(lambda: sidecar.get("/readyz")[0] == 200, 10, "readyz: the sidecar serves")
+        assert sidecar.status()["app"]["up"] is False
+        for state in sidecar.status()["queues"].values():
+            assert state["state"] == "waiting" and "app not accepting connections" in state["reason"]
         assert sidecar.get("/healthz")[0] == 200
         time.sleep(2)  # longer than maxAttempts x backoff: nothing may be burned meanwhile
         assert tube_counts(beanstalk_cluster.addresses, dq)["buried"] == 0
@@ -50,7 +53,8 @@ def test_app_down_at_start_then_up_nothing_lost_no_attempt_burned(  # noqa: PLR0
 
         # Down again mid-run: messages wait (attempts not counted) and come when it is back.
         app.kill()
-        wait_until(lambda: sidecar.get("/readyz")[0] == 503, 10, "readyz false while the app is down")
+        wait_until(lambda: not sidecar.status()["app"]["up"], 10, "status: the app is down", sidecar.status)
+        assert sidecar.get("/readyz")[0] == 200  # the app's own probe takes it out, not ours
         dq_delay(beanstalk_cluster.addresses, dq, shared_redis.url, b"while-down", 0)
         time.sleep(2)
         app.start()
@@ -169,7 +173,7 @@ def test_max_concurrency_caps_messages_in_flight_across_queues(  # noqa: PLR0917
     assert max(entry["in_flight"] for entry in http_app.received()) <= 2
 
 
-def test_readyz_names_an_unhealthy_queue_and_logs_keep_secrets_out(
+def test_redis_down_keeps_readyz_and_status_names_the_queue_without_secrets(
     make_sidecar: Callable[..., Sidecar],
     http_app: App,
     beanstalk_cluster: BeanstalkdCluster,
@@ -183,16 +187,21 @@ def test_readyz_names_an_unhealthy_queue_and_logs_keep_secrets_out(
 
     redis_server.stop()
 
-    def not_ready() -> str | None:
-        status, text = sidecar.get("/readyz")
-        return text if status == 503 and "queue reminders: redis unreachable" in text else None
+    def unavailable() -> dict[str, str] | None:
+        queue = sidecar.status()["queues"]["reminders"]
+        return queue if queue["state"] == "unavailable" and "redis unreachable" in queue["reason"] else None
 
-    reasons = wait_until(not_ready, 20, "readyz naming the queue's trouble", lambda: sidecar.get("/readyz"))
-    assert "hunter2" not in reasons
+    queue_state = wait_until(unavailable, 20, "status naming the queue's trouble", sidecar.status)
+    assert "hunter2" not in str(queue_state) and "hunter2" not in sidecar.get("/v1/status")[1]
+    # A Redis blip must not take the pod out of its Services: /readyz stays 200.
+    assert sidecar.get("/readyz")[0] == 200
     assert sidecar.get("/healthz")[0] == 200
+    assert sidecar.status()["healthy"] is False
+    assert sidecar.metric("queue_backend_up", queue="reminders", kind="DelayQueue") == 0
 
     redis_server.start()
     sidecar.wait_ready()
+    assert sidecar.metric("queue_backend_up", queue="reminders", kind="DelayQueue") == 1
     log = (sidecar.workdir / "sidecar.log").read_text()
     assert "redis" in log.lower()
     assert "hunter2" not in log
@@ -205,8 +214,14 @@ def test_kafka_unreachable_at_start_keeps_serving_and_consumes_once_it_is_up(
     sidecar = make_sidecar(
         {"app": app_config(http_app), "queues": [kafka_queue(unique, own_kafka_broker.bootstrap)]}
     )
-    status, body = sidecar.get("/readyz")
-    assert status == 503 and f"queue {unique}" in body
+    wait_until(lambda: sidecar.get("/readyz")[0] == 200, 10, "readyz: the sidecar serves")
+    wait_until(
+        lambda: sidecar.status()["queues"][unique]["state"] == "unavailable",
+        30,
+        "status: the queue's brokers unavailable",
+        sidecar.status,
+    )
+    assert sidecar.metric("queue_backend_up", queue=unique, kind="KafkaQueue") == 0
     # The consumer gives up on the brokers after its connect timeout; the sidecar runs a new one.
     wait_until(
         lambda: "consumer failed; starting a new one" in sidecar.log_tail(200),
@@ -238,7 +253,8 @@ def test_sigterm_while_waiting_for_the_app_exits_0(
         }
     )
     dq_delay(beanstalk_cluster.addresses, unique, shared_redis.url, b"untouched", 0)
-    assert sidecar.get("/readyz")[0] == 503
+    wait_until(lambda: sidecar.get("/readyz")[0] == 200, 10, "readyz: the sidecar serves")
+    assert sidecar.status()["queues"][unique]["state"] == "waiting"
     assert sidecar.terminate_and_wait(timeout=15) == 0
     # Nothing was taken from the queue: the job is still there, ready, in all three copies.
     assert tube_counts(beanstalk_cluster.addresses, unique) == {
@@ -247,3 +263,49 @@ def test_sigterm_while_waiting_for_the_app_exits_0(
         "reserved": 0,
         "buried": 0,
     }
+
+
+def test_a_wrong_app_path_holds_messages_and_says_so(  # noqa: PLR0917
+    make_sidecar: Callable[..., Sidecar],
+    http_app: App,
+    beanstalk_cluster: BeanstalkdCluster,
+    shared_redis: RedisServer,
+    kafka_broker: Tansu,
+    unique: str,
+) -> None:
+    """A 404/405 from the configured route is the sidecar's misconfiguration, not the message's
+    fault: nothing is buried or dead-lettered, no attempt is counted, /v1/status says what to fix."""
+    dq, kq = f"{unique}-dq", f"{unique}-kq"
+    create_topics(kafka_broker.bootstrap, kq, f"{kq}.dlq")
+    queues = [
+        delay_queue(dq, beanstalk_cluster.addresses, shared_redis.url),
+        kafka_queue(kq, kafka_broker.bootstrap),
+    ]
+    wrong = make_sidecar({"app": app_config(http_app, path="/wrong-path"), "queues": queues})
+    wait_until(lambda: wrong.status()["queues"][kq]["state"] == "consuming", 30, "consuming", wrong.status)
+    dq_delay(beanstalk_cluster.addresses, dq, shared_redis.url, b"held-job", 0)
+    kafka_push(kafka_broker.bootstrap, kq, b"held-order", key=b"k")
+
+    problem = wait_until(
+        lambda: wrong.status()["app"].get("problem"), 20, "status naming the wrong route", wrong.status
+    )
+    assert "404" in problem and "/wrong-path" in problem
+    assert wrong.metric("queue_sidecar_app_misconfigured") == 1
+    assert wrong.get("/readyz")[0] == 200 and wrong.status()["healthy"] is False
+    time.sleep(2)  # longer than maxAttempts x backoff (3 x 100-500 ms): nothing may be given up
+    assert tube_counts(beanstalk_cluster.addresses, dq)["buried"] == 0
+    assert (
+        wrong.metric("queue_messages_dead_lettered_total", kind="kafka", queue=kq, reason="drop") or 0
+    ) == 0
+    assert (
+        wrong.metric("queue_messages_dead_lettered_total", kind="delay", queue=dq, reason="drop") or 0
+    ) == 0
+    log_lines = [line for line in wrong.log_tail(500).splitlines() if "app route misconfigured" in line]
+    assert 1 <= len(log_lines) <= 2, log_lines  # throttled, not one per message per retry
+    assert wrong.terminate_and_wait() == 0
+
+    # Fixed: both arrive, each at its first attempt.
+    make_sidecar({"app": app_config(http_app), "queues": queues}, name="fixed")
+    [job] = http_app.wait_for("held-job", timeout=30)
+    [order] = http_app.wait_for("held-order", timeout=30)
+    assert job["headers"]["X-Attempt"] == "1" and order["headers"]["X-Attempt"] == "1"

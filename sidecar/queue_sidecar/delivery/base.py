@@ -8,11 +8,12 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Protocol
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from queue_engine.policy import Outcome, Verdict
-from queue_sidecar.delivery.envelope import Envelope
+from queue_sidecar.delivery.envelope import Envelope, PathMisconfigured
 from queue_sidecar.delivery.readiness import AppProbe
+from queue_sidecar.logs import Throttle
 
 if TYPE_CHECKING:
     from queue_engine.dq import DelayJob
@@ -58,6 +59,12 @@ APP_CALL_SECONDS = Histogram(
 )
 
 
+APP_MISCONFIGURED = Gauge(
+    "queue_sidecar_app_misconfigured",
+    "1 while the app answers the configured route with 404/405 (messages held, no attempt counted)",
+)
+
+
 class Transport(Protocol):
     """Sends one attempt to the app and turns its answer into an Outcome; never raises."""
 
@@ -73,6 +80,10 @@ class AppDelivery:
         self.transport = transport
         self.probe = probe
         self._slots = asyncio.Semaphore(max_concurrency)
+        # Set while the app answers the configured route with 404/405; any other answer clears it.
+        self.misconfiguration: str | None = None
+        self._throttle = Throttle()
+        APP_MISCONFIGURED.set(0)
 
     async def deliver(self, envelope: Envelope, attempt_timeout: float) -> Outcome:
         # The per-attempt timeout starts when a slot is free: waiting behind other queues'
@@ -81,9 +92,16 @@ class AppDelivery:
             started = time.perf_counter()
             outcome = await self.transport.send(envelope, attempt_timeout)
             APP_CALL_SECONDS.labels(envelope.kind, envelope.queue).observe(time.perf_counter() - started)
-        if not outcome.attempted:
-            self.probe.mark(False)
-        answer = "unavailable" if not outcome.attempted else outcome.verdict.value.lower()
+        if isinstance(outcome, PathMisconfigured):
+            answer = "misconfigured"
+            self._report_misconfiguration(outcome.error)
+        else:
+            if self.misconfiguration is not None:
+                self.misconfiguration = None
+                APP_MISCONFIGURED.set(0)
+            if not outcome.attempted:
+                self.probe.mark(False)
+            answer = "unavailable" if not outcome.attempted else outcome.verdict.value.lower()
         APP_ANSWERS.labels(envelope.kind, envelope.queue, answer).inc()
         if outcome.verdict is not Verdict.SUCCESS:
             # The engines log retries and give-ups; this adds the app's side for debugging.
@@ -98,6 +116,13 @@ class AppDelivery:
                 },
             )
         return outcome
+
+    def _report_misconfiguration(self, error: str) -> None:
+        self.misconfiguration = error
+        APP_MISCONFIGURED.set(1)
+        left_out = self._throttle.allow("misconfigured")
+        if left_out is not None:
+            log.error("app route misconfigured: messages held", extra={"error": error, "repeats": left_out})
 
     def delay_handler(self, timeout: float) -> Callable[[DelayJob], Awaitable[Outcome]]:
         async def handle(job: DelayJob) -> Outcome:

@@ -7,9 +7,20 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from queue_engine.policy import Outcome
+
 if TYPE_CHECKING:
     from queue_engine.dq import DelayJob
     from queue_engine.kq import KafkaMessage
+
+
+class PathMisconfigured(Outcome):
+    """The app answered the configured route with 404 or 405: the route is wrong, not the message.
+
+    To the engines it is an ordinary unavailable outcome (handed back, no attempt counted); the
+    delivery path reports it in /v1/status, a metric and a throttled log line instead of marking
+    the app down.
+    """
 
 
 @dataclass(frozen=True)

@@ -13,10 +13,14 @@ from datetime import UTC
 import aiohttp
 
 from queue_engine.policy import Outcome
-from queue_sidecar.delivery.envelope import Envelope, header_text
+from queue_sidecar.delivery.envelope import Envelope, PathMisconfigured, header_text
 
 # While the app is down, a refused message comes back after this long (no attempt counted).
 UNAVAILABLE_RETRY_AFTER = 1.0
+# A 404/405 from the configured path: the sidecar is misconfigured, not the message bad. Held
+# messages come back after this long, without an attempt counted.
+MISROUTED_RETRY_AFTER = 5.0
+_MISROUTED_STATUSES = {404, 405}
 _RETRY_STATUSES = {408, 429}
 # RFC 9110 token characters: a Kafka header name outside them cannot be an HTTP header name.
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -50,6 +54,12 @@ class HttpTransport:
                 allow_redirects=False,
             ) as response:
                 body = await response.read()
+                if response.status in _MISROUTED_STATUSES:
+                    return PathMisconfigured.unavailable(
+                        f"the app answered HTTP {response.status} to POST {self.url}: is app.path "
+                        "(annotation queue-operator.dev/app-path) right? Messages are held meanwhile",
+                        MISROUTED_RETRY_AFTER,
+                    )
                 return outcome_for(response.status, response.headers, body)
         except aiohttp.ClientConnectorError as exc:
             # Nothing listening (app starting, restarting or crashed): it never saw the message.
@@ -98,7 +108,11 @@ def headers_for(envelope: Envelope) -> dict[str, str]:
 
 
 def outcome_for(status: int, headers: Mapping[str, str], body: bytes) -> Outcome:
-    """The SPEC's answer table: 2xx done (a JSON status may override), 408/429/5xx retry, 4xx drop."""
+    """The answer table: 2xx done (a JSON status may override), 408/429/5xx retry, other 4xx drop.
+
+    404 and 405 never get here: :meth:`HttpTransport.send` holds those messages (see
+    :class:`PathMisconfigured`).
+    """
     retry_after = parse_retry_after(headers.get("Retry-After"))
     if 200 <= status < 300:
         return _override(body, retry_after) or Outcome.success()
