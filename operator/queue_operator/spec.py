@@ -88,6 +88,7 @@ class DelayQueueSpec:
     persistence_size: str
     storage_class_name: str | None
     fsync_millis: int | None  # None: beanstalkd's default (fsync at most every 50 ms)
+    delete_claim: bool  # delete the nodes' volumes (and their pending jobs) with the resource
     # Exactly one of redis_url and redis_secret_ref is set. The URL may carry a password: kept
     # out of repr() so that logging a spec never shows it.
     redis_url: str | None = field(repr=False)
@@ -121,7 +122,9 @@ class DelayQueueSpec:
             raise SpecError(f"spec.image {image!r}: give an image reference without spaces")
         persistence = _section(spec, "persistence", "spec.persistence")
         _refuse_unknown(
-            persistence, "spec.persistence", {"enabled", "size", "storageClassName", "fsyncMillis"}
+            persistence,
+            "spec.persistence",
+            {"enabled", "size", "storageClassName", "fsyncMillis", "deleteClaim"},
         )
         size = _str(persistence, "size", "spec.persistence.size", DEFAULT_PERSISTENCE_SIZE)
         if not _QUANTITY.match(size):
@@ -143,6 +146,7 @@ class DelayQueueSpec:
             persistence_size=size,
             storage_class_name=storage_class,
             fsync_millis=fsync,
+            delete_claim=_bool(persistence, "deleteClaim", "spec.persistence.deleteClaim", False),
             redis_url=redis_url,
             redis_secret_ref=redis_secret,
             delivery=_delivery(spec),

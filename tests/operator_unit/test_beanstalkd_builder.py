@@ -122,6 +122,14 @@ def test_statefulset_defaults() -> None:
     assert claim["metadata"]["name"] == "data"
     assert claim["spec"] == {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
     assert "storageClassName" not in claim["spec"]  # the cluster's default class
+    # Deleting the DelayQueue keeps the volumes (and their pending jobs) by default.
+    assert sts["persistentVolumeClaimRetentionPolicy"] == {"whenDeleted": "Retain", "whenScaled": "Retain"}
+
+
+def test_delete_claim_deletes_the_volumes_with_the_resource() -> None:
+    objects = build({**FULL_SPEC, "persistence": {**FULL_SPEC["persistence"], "deleteClaim": True}})
+    policy = objects["StatefulSet"]["spec"]["persistentVolumeClaimRetentionPolicy"]
+    assert policy == {"whenDeleted": "Delete", "whenScaled": "Retain"}
 
 
 def test_statefulset_follows_every_spec_field() -> None:

@@ -48,6 +48,7 @@ def test_delayqueue_defaults() -> None:
         persistence_size="1Gi",
         storage_class_name=None,
         fsync_millis=None,
+        delete_claim=False,
         redis_url="redis://redis:6379/0",
         redis_secret_ref=None,
         delivery={},

@@ -89,7 +89,12 @@ def statefulset(body: Mapping[str, Any], spec: DelayQueueSpec) -> dict[str, Any]
     if spec.persistence_enabled:
         sts_spec["volumeClaimTemplates"] = [_volume_claim(body, spec)]
         # A scaled-down node's binlog may still hold jobs: keep its PVC until a person decides.
-        sts_spec["persistentVolumeClaimRetentionPolicy"] = {"whenDeleted": "Delete", "whenScaled": "Retain"}
+        # Deleting the DelayQueue keeps them too (its pending jobs survive) unless deleteClaim.
+        when_deleted = "Delete" if spec.delete_claim else "Retain"
+        sts_spec["persistentVolumeClaimRetentionPolicy"] = {
+            "whenDeleted": when_deleted,
+            "whenScaled": "Retain",
+        }
     return {"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": _metadata(body), "spec": sts_spec}
 
 
