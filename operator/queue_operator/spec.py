@@ -198,7 +198,9 @@ class KafkaQueueSpec:
                 f"spec.deadLetterTopic {dead_letter!r} is the topic itself; name a different topic "
                 f"(or leave it out for {topic + '.dlq'!r})"
             )
-        group = _str(spec, "group", "spec.group", name)
+        # Namespaced by default: two teams' "orders" must never share a consumer group.
+        namespace = str((body.get("metadata") or {}).get("namespace") or "default")
+        group = _str(spec, "group", "spec.group", f"{namespace}.{name}")
         if not group.strip():
             raise SpecError("spec.group is empty; give a consumer group name or leave it out")
         sasl_mechanism, sasl_secret, tls, ca_secret = _auth(spec)

@@ -51,8 +51,7 @@ def test_example_creates_owned_children_and_ready_status(cluster: Cluster, opera
     status = cluster.get(PLURAL, "reminders")["status"]
     assert status["observedGeneration"] == 1
     assert status["endpoints"] == [
-        f"reminders-beanstalkd-{i}.reminders-beanstalkd.{cluster.namespace}.svc.cluster.local:11300"
-        for i in range(3)
+        f"reminders-beanstalkd-{i}.reminders-beanstalkd.{cluster.namespace}.svc:11300" for i in range(3)
     ]
 
     set_ready_pods(cluster, "reminders", 3)
