@@ -89,6 +89,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         ),
     )
     parser.add_argument(
+        "--delete-timeout",
+        type=float,
+        default=defaults.delete_timeout,
+        help=(
+            "seconds after a Delete KafkaQueue's deletion when, if its topics still cannot be "
+            "deleted, it is released anyway with a Warning event (default %(default)s)"
+        ),
+    )
+    parser.add_argument(
         "--workers", type=int, default=defaults.workers, help="handler threads (default %(default)s)"
     )
     webhook.add_arguments(parser)
@@ -104,6 +113,7 @@ def cli(argv: Sequence[str] | None = None) -> None:
         watch_timeout=args.watch_timeout,
         kafka_timeout=args.kafka_timeout,
         delete_retries=args.delete_retries,
+        delete_timeout=args.delete_timeout,
         workers=args.workers,
     )
     kopf.configure(verbose=args.verbose, debug=args.debug)

@@ -88,6 +88,7 @@ class DelayQueueSpec:
     persistence_size: str
     storage_class_name: str | None
     fsync_millis: int | None  # None: beanstalkd's default (fsync at most every 50 ms)
+    delete_claim: bool  # delete the nodes' volumes (and their pending jobs) with the resource
     # Exactly one of redis_url and redis_secret_ref is set. The URL may carry a password: kept
     # out of repr() so that logging a spec never shows it.
     redis_url: str | None = field(repr=False)
@@ -121,7 +122,9 @@ class DelayQueueSpec:
             raise SpecError(f"spec.image {image!r}: give an image reference without spaces")
         persistence = _section(spec, "persistence", "spec.persistence")
         _refuse_unknown(
-            persistence, "spec.persistence", {"enabled", "size", "storageClassName", "fsyncMillis"}
+            persistence,
+            "spec.persistence",
+            {"enabled", "size", "storageClassName", "fsyncMillis", "deleteClaim"},
         )
         size = _str(persistence, "size", "spec.persistence.size", DEFAULT_PERSISTENCE_SIZE)
         if not _QUANTITY.match(size):
@@ -143,6 +146,7 @@ class DelayQueueSpec:
             persistence_size=size,
             storage_class_name=storage_class,
             fsync_millis=fsync,
+            delete_claim=_bool(persistence, "deleteClaim", "spec.persistence.deleteClaim", False),
             redis_url=redis_url,
             redis_secret_ref=redis_secret,
             delivery=_delivery(spec),
@@ -194,7 +198,9 @@ class KafkaQueueSpec:
                 f"spec.deadLetterTopic {dead_letter!r} is the topic itself; name a different topic "
                 f"(or leave it out for {topic + '.dlq'!r})"
             )
-        group = _str(spec, "group", "spec.group", name)
+        # Namespaced by default: two teams' "orders" must never share a consumer group.
+        namespace = str((body.get("metadata") or {}).get("namespace") or "default")
+        group = _str(spec, "group", "spec.group", f"{namespace}.{name}")
         if not group.strip():
             raise SpecError("spec.group is empty; give a consumer group name or leave it out")
         sasl_mechanism, sasl_secret, tls, ca_secret = _auth(spec)

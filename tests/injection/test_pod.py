@@ -88,13 +88,13 @@ def test_the_sidecar_is_added_as_a_native_sidecar_with_probes_and_a_config_the_s
     assert isinstance(reminders, DelayQueueConfig) and isinstance(orders, KafkaQueueConfig)
     # No status yet: the nodes' stable DNS names, as the operator will create them.
     assert reminders.nodes == [
-        f"reminders-beanstalkd-{i}.reminders-beanstalkd.{NAMESPACE}.svc.cluster.local:11300" for i in range(3)
+        f"reminders-beanstalkd-{i}.reminders-beanstalkd.{NAMESPACE}.svc:11300" for i in range(3)
     ]
     assert (reminders.tube, reminders.redis_url) == ("reminders", "redis://redis:6379/0")
     assert (orders.brokers, orders.topic, orders.group, orders.offset, orders.dead_letter_topic) == (
         ["kafka-0.kafka:9092"],
         "orders",
-        "orders",
+        f"{NAMESPACE}.orders",
         "last",
         "orders.dlq",
     )

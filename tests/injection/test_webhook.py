@@ -74,7 +74,7 @@ def test_a_pod_naming_existing_queues_gets_the_sidecar_once(webhook: Webhook, cl
     reminders = config.queue("reminders")
     assert isinstance(reminders, DelayQueueConfig)
     # The nodes live in the pod's namespace (taken from the request: a controller's pod has none).
-    assert reminders.nodes[0].endswith(f".{cluster.namespace}.svc.cluster.local:11300")
+    assert reminders.nodes[0].endswith(f".{cluster.namespace}.svc:11300")
     assert [q.name for q in config.queues] == ["reminders", "orders"]
 
     # Re-invoked on the already mutated pod: nothing more to change.

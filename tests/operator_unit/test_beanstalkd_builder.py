@@ -122,6 +122,14 @@ def test_statefulset_defaults() -> None:
     assert claim["metadata"]["name"] == "data"
     assert claim["spec"] == {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
     assert "storageClassName" not in claim["spec"]  # the cluster's default class
+    # Deleting the DelayQueue keeps the volumes (and their pending jobs) by default.
+    assert sts["persistentVolumeClaimRetentionPolicy"] == {"whenDeleted": "Retain", "whenScaled": "Retain"}
+
+
+def test_delete_claim_deletes_the_volumes_with_the_resource() -> None:
+    objects = build({**FULL_SPEC, "persistence": {**FULL_SPEC["persistence"], "deleteClaim": True}})
+    policy = objects["StatefulSet"]["spec"]["persistentVolumeClaimRetentionPolicy"]
+    assert policy == {"whenDeleted": "Delete", "whenScaled": "Retain"}
 
 
 def test_statefulset_follows_every_spec_field() -> None:
@@ -184,9 +192,9 @@ def test_endpoints_are_stable_dns_names_one_per_node() -> None:
     resource = body({"replicas": 3})
     spec = DelayQueueSpec.from_body(resource)
     assert beanstalkd.endpoints(resource, spec) == [
-        "reminders-beanstalkd-0.reminders-beanstalkd.shop.svc.cluster.local:11300",
-        "reminders-beanstalkd-1.reminders-beanstalkd.shop.svc.cluster.local:11300",
-        "reminders-beanstalkd-2.reminders-beanstalkd.shop.svc.cluster.local:11300",
+        "reminders-beanstalkd-0.reminders-beanstalkd.shop.svc:11300",
+        "reminders-beanstalkd-1.reminders-beanstalkd.shop.svc:11300",
+        "reminders-beanstalkd-2.reminders-beanstalkd.shop.svc:11300",
     ]
     # They name the pods the StatefulSet creates, under the Service that governs them.
     sts, svc = build({"replicas": 3})["StatefulSet"], build()["Service"]
@@ -194,9 +202,8 @@ def test_endpoints_are_stable_dns_names_one_per_node() -> None:
     assert host.split(".")[:3] == [f"{sts['metadata']['name']}-1", svc["metadata"]["name"], "shop"]
     scaled = DelayQueueSpec.from_body(body({"replicas": 5}))
     assert beanstalkd.endpoints(resource, scaled)[:3] == beanstalkd.endpoints(resource, spec)
-    assert beanstalkd.endpoints(resource, spec, cluster_domain="example.internal")[0].endswith(
-        ".svc.example.internal:11300"
-    )
+    # No cluster domain: the names resolve in a cluster whose domain is not cluster.local too.
+    assert all(endpoint.endswith(".shop.svc:11300") for endpoint in beanstalkd.endpoints(resource, spec))
 
 
 def test_building_is_pure() -> None:

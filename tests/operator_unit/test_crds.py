@@ -114,7 +114,7 @@ def test_delayqueue_defaults_are_filled_as_the_api_server_would() -> None:
     spec = admit(delayqueue())["spec"]
     assert spec["replicas"] == 3
     assert spec["maxJobBytes"] == 65535
-    assert spec["persistence"] == {"enabled": True, "size": "1Gi"}
+    assert spec["persistence"] == {"enabled": True, "size": "1Gi", "deleteClaim": False}
     assert spec["delivery"] == {
         "maxAttempts": 5,
         "timeout": "30s",
@@ -240,6 +240,25 @@ def test_delayqueue_volume_settings_are_fixed_at_creation(persistence: dict[str,
     old = admit(delayqueue(persistence={"storageClassName": "standard"}))
     with pytest.raises(Refused, match="cannot change after creation"):
         admit(delayqueue(persistence={"storageClassName": "standard", **persistence}), old=old)
+
+
+@pytest.mark.parametrize(
+    ("old_persistence", "new_persistence"),
+    [({}, {"storageClassName": "fast"}), ({"storageClassName": "fast"}, {})],
+    ids=["unset-to-set", "set-to-unset"],
+)
+def test_delayqueue_storage_class_cannot_be_set_or_removed_later(
+    old_persistence: dict[str, Any], new_persistence: dict[str, Any]
+) -> None:
+    old = admit(delayqueue(persistence=old_persistence))
+    with pytest.raises(Refused, match="storageClassName cannot be set or removed after creation"):
+        admit(delayqueue(persistence=new_persistence), old=old)
+
+
+def test_delayqueue_delete_claim_defaults_to_false_and_can_change() -> None:
+    old = admit(delayqueue())
+    assert old["spec"]["persistence"]["deleteClaim"] is False
+    assert admit(delayqueue(persistence={"deleteClaim": True}), old=old)["spec"]["persistence"]["deleteClaim"]
 
 
 def test_delayqueue_scaling_and_fsync_can_change() -> None:

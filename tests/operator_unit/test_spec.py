@@ -48,6 +48,7 @@ def test_delayqueue_defaults() -> None:
         persistence_size="1Gi",
         storage_class_name=None,
         fsync_millis=None,
+        delete_claim=False,
         redis_url="redis://redis:6379/0",
         redis_secret_ref=None,
         delivery={},
@@ -106,7 +107,7 @@ def test_kafkaqueue_defaults() -> None:
         partitions=3,
         replication_factor=1,
         topic_config={},
-        group="orders",
+        group="default.orders",  # namespaced: another namespace's "orders" never shares it
         offset="last",
         dead_letter_topic="orders.dlq",
         deletion_policy="Retain",
@@ -181,7 +182,14 @@ def test_kafkaqueue_security_protocol(auth: dict[str, Any], protocol: str) -> No
 
 def test_dead_letter_topic_follows_a_custom_topic_name() -> None:
     spec = KafkaQueueSpec.from_body(kq_body({"brokers": ["k:9092"], "topic": {"name": "events"}}))
-    assert (spec.topic, spec.dead_letter_topic, spec.group) == ("events", "events.dlq", "orders")
+    assert (spec.topic, spec.dead_letter_topic, spec.group) == ("events", "events.dlq", "default.orders")
+
+
+def test_the_default_group_differs_between_namespaces() -> None:
+    team_a, team_b = kq_body(), kq_body()
+    team_b["metadata"]["namespace"] = "team-b"
+    groups = {KafkaQueueSpec.from_body(body).group for body in (team_a, team_b)}
+    assert groups == {"default.orders", "team-b.orders"}
 
 
 @pytest.mark.parametrize(

@@ -131,7 +131,8 @@ def test_publish_and_inspect_through_a_kube_context(
     assert (record.value, record.key) == (b"hello", b"k")
     lag = cluster.run("stats", "kq/orders", "-o", "json")
     assert lag.code == 0, lag.err
-    assert lag.json()["group"] == "orders"  # spec.group defaults to the resource's name
+    # spec.group defaults to <namespace>.<name>, as the operator and the webhook have it
+    assert lag.json()["group"] == f"{cluster.namespace}.orders"
 
 
 def test_kubeconfig_option_and_the_current_context(cluster: Cluster) -> None:
@@ -191,7 +192,7 @@ def test_kafka_auth_comes_from_the_secrets_and_the_ca_file_is_removed(kube: Kube
     source = KubeSource("emulator", unique, kubeconfig=str(kube.kubeconfig_path))
     queue = source.find("secure", None)
     assert isinstance(queue, KafkaQueueConfig)
-    assert (queue.topic, queue.group, queue.dead_letter_topic) == ("secure", "secure", "secure.dlq")
+    assert (queue.topic, queue.group, queue.dead_letter_topic) == ("secure", f"{unique}.secure", "secure.dlq")
     settings = queue.security()
     assert settings is not None
     librdkafka = settings.librdkafka_config()

@@ -1,8 +1,9 @@
 """The children of a DelayQueue: a headless Service, a beanstalkd StatefulSet and a PodDisruptionBudget.
 
 All three are named ``<name>-beanstalkd``; node ``i`` is reachable at
-``<name>-beanstalkd-<i>.<name>-beanstalkd.<namespace>.svc.<cluster domain>:11300``, a name that
-stays the same across restarts and rescheduling. No owner references here: the runtime adopts.
+``<name>-beanstalkd-<i>.<name>-beanstalkd.<namespace>.svc:11300``, a name that stays the same
+across restarts and rescheduling and resolves whatever the cluster domain is (pods search
+``svc.<cluster domain>``). No owner references here: the runtime adopts.
 """
 
 from __future__ import annotations
@@ -38,12 +39,14 @@ def children(body: Mapping[str, Any], spec: DelayQueueSpec) -> list[dict[str, An
     return [service(body), statefulset(body, spec), pod_disruption_budget(body)]
 
 
-def endpoints(
-    body: Mapping[str, Any], spec: DelayQueueSpec, cluster_domain: str = "cluster.local"
-) -> list[str]:
-    """One ``host:port`` per node, by stable DNS name, in node order."""
+def endpoints(body: Mapping[str, Any], spec: DelayQueueSpec) -> list[str]:
+    """One ``host:port`` per node, by stable DNS name, in node order.
+
+    No cluster domain: ``cluster.local`` is only the default, and pods' resolv.conf searches
+    ``svc.<cluster domain>``, so ``<pod>.<service>.<namespace>.svc`` works in every cluster.
+    """
     name, namespace = child_name(body), _namespace(body)
-    return [f"{name}-{i}.{name}.{namespace}.svc.{cluster_domain}:{PORT}" for i in range(spec.replicas)]
+    return [f"{name}-{i}.{name}.{namespace}.svc:{PORT}" for i in range(spec.replicas)]
 
 
 def beanstalkd_args(spec: DelayQueueSpec) -> list[str]:
@@ -89,7 +92,12 @@ def statefulset(body: Mapping[str, Any], spec: DelayQueueSpec) -> dict[str, Any]
     if spec.persistence_enabled:
         sts_spec["volumeClaimTemplates"] = [_volume_claim(body, spec)]
         # A scaled-down node's binlog may still hold jobs: keep its PVC until a person decides.
-        sts_spec["persistentVolumeClaimRetentionPolicy"] = {"whenDeleted": "Delete", "whenScaled": "Retain"}
+        # Deleting the DelayQueue keeps them too (its pending jobs survive) unless deleteClaim.
+        when_deleted = "Delete" if spec.delete_claim else "Retain"
+        sts_spec["persistentVolumeClaimRetentionPolicy"] = {
+            "whenDeleted": when_deleted,
+            "whenScaled": "Retain",
+        }
     return {"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": _metadata(body), "spec": sts_spec}
 
 

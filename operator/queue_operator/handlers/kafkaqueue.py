@@ -11,6 +11,7 @@ Credentials come from Secrets at each connection and never reach status, logs or
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import kopf
@@ -29,11 +30,15 @@ TOPIC, DEAD_LETTER = "topic", "dead-letter-topic"
 
 def register(registry: kopf.OperatorRegistry, options: Options) -> None:
     register_level_based(registry, PLURAL, options, reconcile, observe)
+    # Only a KafkaQueue whose topics must go with it gets a finalizer (kopf adds one for each
+    # matching mandatory delete handler, and takes it back when the policy changes to Retain).
     kopf.on.delete(
         GROUP,
         VERSION,
         PLURAL,
         id="delete-topics",
+        field="spec.deletionPolicy",
+        value="Delete",
         retries=options.delete_retries,
         registry=registry,
         backoff=options.retry_delay,
@@ -190,6 +195,12 @@ def observed_status(
 
 
 def delete_topics(body: kopf.Body, memo: Any, logger: kopf.Logger, retry: int = 0, **_: Any) -> None:
+    """Delete both topics; never hold the resource longer than ``delete_timeout``.
+
+    When the brokers, or the Secret to reach them (a namespace being deleted removes it first),
+    stay unavailable, the resource is released after the bound with a Warning event naming the
+    topics left behind, rather than leaving it (and its namespace) Terminating for good.
+    """
     runtime: Runtime = memo.runtime
     try:
         spec = KafkaQueueSpec.from_body(body)
@@ -197,18 +208,30 @@ def delete_topics(body: kopf.Body, memo: Any, logger: kopf.Logger, retry: int = 
         logger.warning("the spec is invalid, so no topic is known to delete; leaving the brokers alone")
         return
     if spec.deletion_policy != "Delete":
-        logger.info(
-            "deletionPolicy is %s: keeping topics %s and %s",
-            spec.deletion_policy,
-            spec.topic,
-            spec.dead_letter_topic,
-        )
         return
     try:
         with admin(runtime, spec, str(body.metadata.namespace)) as topics:
             deleted = topics.delete([spec.topic, spec.dead_letter_topic])
     except (SecretMissing, ClientConfigInvalid, BrokerUnavailable) as exc:
-        raise kopf.TemporaryError(
-            f"cannot delete the topics yet: {exc}", delay=runtime.options.backoff(retry)
-        ) from exc
+        remaining = runtime.options.delete_timeout - _seconds_since_deletion(body)
+        if remaining <= 0 or retry + 1 >= runtime.options.delete_retries:
+            kopf.warn(
+                body,
+                reason="TopicsNotDeleted",
+                message=(
+                    f"gave up deleting topics {spec.topic} and {spec.dead_letter_topic}: {exc}; "
+                    "they are left on the brokers, delete them by hand"
+                ),
+            )
+            return
+        delay = min(runtime.options.backoff(retry), max(1.0, remaining))
+        raise kopf.TemporaryError(f"cannot delete the topics yet: {exc}", delay=delay) from exc
     logger.info("deletionPolicy Delete: deleted topics %s", ", ".join(deleted) or "(none were left)")
+
+
+def _seconds_since_deletion(body: kopf.Body) -> float:
+    stamp = body.metadata.get("deletionTimestamp")
+    if not stamp:
+        return 0.0
+    started = datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
+    return (datetime.now(UTC) - started).total_seconds()

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import kopf
+from kopf._core.intents.handlers import TimerHandler
 
 GROUP = "queue-operator.dev"
 VERSION = "v1alpha1"
@@ -25,6 +27,7 @@ class Options:
     watch_timeout: float = 300.0  # server-side watch timeout; kopf re-lists and re-watches after it
     kafka_timeout: float = 5.0  # bound of each call to the Kafka brokers
     delete_retries: int = 30  # tries to delete topics before the finalizer is released anyway
+    delete_timeout: float = 300.0  # and the time since deletion after which it is released anyway
     workers: int = 8  # threads for the (blocking) handlers
 
     def backoff(self, retry: int) -> float:
@@ -54,6 +57,26 @@ def register_level_based(
         initial_delay=options.reconcile_interval,
         **on,
     )(observe)
+    _timers_without_finalizer(registry)
+
+
+def _timers_without_finalizer(registry: kopf.OperatorRegistry) -> None:
+    """Take back the finalizer kopf gives every timer (nolar/kopf#1074).
+
+    kopf blocks deletion of any object with a timer, so that it can stop the timer first. Ours
+    only read and write status, and kopf stops a timer by itself when its object's DELETED
+    event arrives. With the finalizer, deleting a resource, its namespace or the CRDs would hang
+    while the operator is down or uninstalled; finalizers are kept only for what must be cleaned
+    up outside Kubernetes (a KafkaQueue's topics with ``deletionPolicy: Delete``).
+    kopf has no public switch for this, hence the replacement of its (frozen) handler records.
+    """
+    spawning = registry._spawning
+    spawning._handlers = [
+        dataclasses.replace(handler, requires_finalizer=False)
+        if isinstance(handler, TimerHandler) and handler.requires_finalizer
+        else handler
+        for handler in spawning._handlers
+    ]
 
 
 def operator_settings(options: Options) -> kopf.OperatorSettings:

@@ -179,7 +179,7 @@ class KubeSource:
             "name": name,
             "brokers": list(spec.get("brokers") or []),
             "topic": topic,
-            "group": spec.get("group") or name,
+            "group": spec.get("group") or f"{self.namespace}.{name}",  # the operator's default
             "offset": spec.get("offset") or "last",
             "deadLetterTopic": spec.get("deadLetterTopic") or f"{topic}.dlq",
         }
