@@ -9,6 +9,8 @@ manage one. Here only the lookups of the named queues live; everything else is t
 from __future__ import annotations
 
 import argparse
+import copy
+import json
 import logging
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -28,7 +30,7 @@ from queue_operator.injection import (
     sidecar_queue,
     wants_injection,
 )
-from queue_operator.injection.pod import DEFAULT_IMAGE
+from queue_operator.injection.pod import DEFAULT_IMAGE, DEFAULT_RESOURCES
 
 log = logging.getLogger("queue_operator.webhook")
 
@@ -152,6 +154,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("Always", "IfNotPresent", "Never"),
         help="imagePullPolicy of the injected sidecar (default %(default)s)",
     )
+    group.add_argument(
+        "--sidecar-resources",
+        type=_resources,
+        default=None,
+        metavar="JSON",
+        help='resources of the injected sidecar, e.g. \'{"requests": {"cpu": "50m"}}\' '
+        "(default: requests cpu 50m, memory 64Mi; limits memory 256Mi)",
+    )
+    group.add_argument(
+        "--sidecar-image-pull-secret",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a Secret added to injected pods' imagePullSecrets "
+        "(repeatable; it must exist in the pod's namespace)",
+    )
+
+
+def _resources(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+    if not isinstance(value, dict) or set(value) - {"requests", "limits"}:
+        raise argparse.ArgumentTypeError('give a JSON object with "requests" and/or "limits"')
+    return value
+
+
+def sidecar_settings(args: argparse.Namespace) -> SidecarSettings:
+    """What every injected sidecar gets, from the command line (the chart's webhook.sidecar values)."""
+    return SidecarSettings(
+        image=args.sidecar_image,
+        image_pull_policy=args.sidecar_image_pull_policy,
+        resources=args.sidecar_resources or copy.deepcopy(DEFAULT_RESOURCES),
+        image_pull_secrets=tuple(args.sidecar_image_pull_secret),
+    )
 
 
 def enable(args: argparse.Namespace, registry: kopf.OperatorRegistry, settings: Any, kube: Any) -> None:
@@ -160,11 +198,7 @@ def enable(args: argparse.Namespace, registry: kopf.OperatorRegistry, settings: 
         return
     if not args.webhook_insecure and not (args.webhook_cert and args.webhook_key):
         raise SystemExit("--webhook-port needs --webhook-cert and --webhook-key (or --webhook-insecure)")
-    register(
-        registry,
-        kube,
-        SidecarSettings(image=args.sidecar_image, image_pull_policy=args.sidecar_image_pull_policy),
-    )
+    register(registry, kube, sidecar_settings(args))
     settings.admission.server = AdmissionServer(
         addr="0.0.0.0",
         port=args.webhook_port,

@@ -349,3 +349,41 @@ def test_a_queue_with_an_invalid_spec_is_refused_naming_it() -> None:
         InjectionError, match=r"kafkaqueue/orders cannot be used until its spec is fixed: spec.offset"
     ):
         injected(BASIC, {"reminders": BODIES["reminders"], "orders": broken})
+
+
+def test_chart_values_for_the_sidecar_reach_injected_pods() -> None:
+    """webhook.sidecar.resources and imagePullSecrets, rendered by Helm, parsed by the operator."""
+    from chart.test_chart import render  # noqa: PLC0415
+
+    from queue_operator.main import parse_args  # noqa: PLC0415
+    from queue_operator.webhook import sidecar_settings  # noqa: PLC0415
+
+    objects = render(
+        "webhook.sidecar.resources.requests.cpu=20m",
+        "webhook.sidecar.resources.limits.memory=128Mi",
+        "webhook.sidecar.imagePullSecrets[0].name=sidecar-registry",
+        "imagePullSecrets[0].name=corp-registry",
+    )
+    (deployment,) = [obj for obj in objects if obj["kind"] == "Deployment"]
+    settings = sidecar_settings(parse_args(deployment["spec"]["template"]["spec"]["containers"][0]["args"]))
+    original = pod(
+        {
+            "queue-operator.dev/inject": "true",
+            "queue-operator.dev/queues": "delayqueue/reminders",
+            "queue-operator.dev/app-port": "8080",
+        }
+    )
+    original["spec"]["imagePullSecrets"] = [{"name": "app-registry"}]
+    request = read_request(original)
+    queues = [sidecar_queue(ref, delay_queue("reminders"), i) for i, ref in enumerate(request.queues)]
+    mutated = inject(original, request, queues, settings)
+    assert sidecar_of(mutated)["resources"]["requests"]["cpu"] == "20m"
+    assert sidecar_of(mutated)["resources"]["limits"]["memory"] == "128Mi"
+    assert mutated["spec"]["imagePullSecrets"] == [
+        {"name": "app-registry"},  # the pod's own stay first
+        {"name": "corp-registry"},
+        {"name": "sidecar-registry"},
+    ]
+    # Once only: injecting again adds nothing.
+    assert inject(mutated, request, queues, settings) == mutated
+    kubernetes_validate.validate(mutated, "1.33.0", strict=True)

@@ -47,6 +47,8 @@ class SidecarSettings:
     image: str = DEFAULT_IMAGE
     image_pull_policy: str = "IfNotPresent"
     resources: dict[str, Any] = field(default_factory=lambda: copy.deepcopy(DEFAULT_RESOURCES))
+    # Added to the pod's imagePullSecrets when the sidecar's image is in a private registry.
+    image_pull_secrets: tuple[str, ...] = ()
 
 
 def has_sidecar(pod: Mapping[str, Any]) -> bool:
@@ -96,6 +98,11 @@ def inject(
                 volumes.append(volume)
         # First: init containers after it may publish too.
         spec["initContainers"] = [_container(request, queues, settings), *(spec.get("initContainers") or [])]
+        if settings.image_pull_secrets:
+            pull = spec.setdefault("imagePullSecrets", [])
+            for name in settings.image_pull_secrets:
+                if not any(isinstance(s, Mapping) and s.get("name") == name for s in pull):
+                    pull.append({"name": name})
     publish_url = {"name": PUBLISH_URL_ENV, "value": f"http://127.0.0.1:{request.publish_port}"}
     for container in spec.get("containers") or []:
         env = container.setdefault("env", [])
