@@ -37,6 +37,7 @@ T = TypeVar("T")
 # Seconds a consumer may hold a reservation between touches (it touches well before this).
 JOB_TTR = 20
 REPLICAS = 3
+MAX_DELAY_SECONDS = 2**32 - 1  # beanstalkd's delay is an unsigned 32-bit number of seconds
 
 
 def quorum_of(copies: int) -> int:
@@ -98,6 +99,11 @@ class DelayProducer:
         if due < now:
             raise InvalidRequest(
                 f"at: {when.isoformat()} is {now - due:.3f}s in the past; use a future time or delay(0)"
+            )
+        if due - now > MAX_DELAY_SECONDS:
+            raise InvalidRequest(
+                f"at: {when.isoformat()} is {due - now:.0f}s away; beanstalkd accepts at most "
+                f"{MAX_DELAY_SECONDS}s (about 136 years)"
             )
         return await self._publish(body, due)
 
@@ -259,8 +265,8 @@ def _seconds(delay: float | timedelta) -> float:
         raise InvalidRequest(f"delay: expected seconds or a timedelta, got {type(delay).__name__}")
     if not math.isfinite(seconds) or seconds < 0:
         raise InvalidRequest(f"delay is {seconds}s; use 0 or more seconds")
-    if seconds > 2**32 - 1:
+    if seconds > MAX_DELAY_SECONDS:
         raise InvalidRequest(
-            f"delay is {seconds}s; beanstalkd accepts at most {2**32 - 1}s (about 136 years)"
+            f"delay is {seconds}s; beanstalkd accepts at most {MAX_DELAY_SECONDS}s (about 136 years)"
         )
     return seconds
