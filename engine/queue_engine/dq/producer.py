@@ -41,7 +41,14 @@ MAX_DELAY_SECONDS = 2**32 - 1  # beanstalkd's delay is an unsigned 32-bit number
 
 
 def quorum_of(copies: int) -> int:
-    return copies // 2 + 1
+    """Acknowledgements a publish needs: a majority, except with two copies, where one will do.
+
+    A majority of two is two: every step of a rolling restart (or any one node down) would then
+    fail every publish. One acknowledged copy on a node with a binlog survives that node's
+    restart; what is lost is protection against losing that one node's disk before the job is
+    due. Use three or more nodes for that.
+    """
+    return 1 if copies == 2 else copies // 2 + 1
 
 
 class DelayProducer:
@@ -175,11 +182,18 @@ class DelayProducer:
         return envelope.job_id
 
     async def _write_copies(self, data: bytes, due: float) -> tuple[list[tuple[str, int]], dict[str, str]]:
-        order = self._choose()
-        pending, spare = order[: self.copies], order[self.copies :]
+        healthy, failing = self._choose()
+        pending, spare = healthy[: self.copies], healthy[self.copies :]
         written: list[tuple[str, int]] = []
         failures: dict[str, str] = {}
-        while pending:
+        while True:
+            if not pending and len(written) < self.quorum and failing:
+                # Nodes that just failed are tried only when the quorum needs them: one may
+                # hang, and waiting out its timeout on every publish is what skipping avoids.
+                missing = self.copies - len(written)
+                pending, failing = failing[:missing], failing[missing:]
+            if not pending:
+                break
             conns = [self._pools[node].pick() for node in pending]
             results = await self._run(_put_each, conns, data, due)
             for node, result in zip(pending, results, strict=True):
@@ -197,18 +211,16 @@ class DelayProducer:
             pending, spare = spare[:missing], spare[missing:]
         return written, failures
 
-    def _choose(self) -> list[str]:
-        """The nodes to try, in order: rotated for spread, nodes that just failed last.
+    def _choose(self) -> tuple[list[str], list[str]]:
+        """The nodes to try, rotated for spread: those in good standing, then those in backoff.
 
-        While enough other nodes answer for a quorum, a node that just failed is left out
-        for its backoff, so that a hung node does not hold up every publish for the timeout.
+        A node that just failed is tried only when the others cannot make a quorum, so that a
+        hung node does not hold up every publish for its timeout.
         """
         self._turn = (self._turn + 1) % len(self._nodes)
         rotated = self._nodes[self._turn :] + self._nodes[: self._turn]
         healthy = [node for node in rotated if not self._pools[node].backing_off]
-        if len(healthy) >= self.quorum:
-            return healthy
-        return healthy + [node for node in rotated if node not in healthy]
+        return healthy, [node for node in rotated if node not in healthy]
 
     async def _undo(self, written: list[tuple[str, int]]) -> None:
         results = await asyncio.gather(
