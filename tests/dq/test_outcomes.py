@@ -159,3 +159,24 @@ async def test_at_beyond_what_beanstalkd_can_hold_is_a_bad_request(dq: DqEnv) ->
     async with dq.producer() as producer:
         with pytest.raises(InvalidRequest, match="at most 4294967295s"):
             await producer.at(b"x", datetime.now(UTC) + timedelta(days=365 * 137))
+
+
+async def test_a_handler_raising_cancelled_error_itself_is_an_ordinary_retry(dq: DqEnv) -> None:
+    async def cancelled_first(job: DelayJob) -> Outcome:
+        if job.attempt == 1:
+            raise asyncio.CancelledError  # e.g. a call of its own that was cancelled
+        return Outcome.success()
+
+    recorder = Recorder(cancelled_first)
+    admin = DelayAdmin(dq.nodes, dq.tube, dq.redis.url)
+    async with dq.producer() as producer, dq.consumer(recorder):
+        job_id = await producer.delay(b"x", 0)
+        await recorder.wait_for(lambda: len(recorder.of(job_id)) >= 2)
+        first, second = recorder.of(job_id)
+        # After the backoff (0.1 s), not after the 2 s lease of a worker that died with it.
+        assert second.at - first.at < 1.0
+        assert [first.job.attempt, second.job.attempt] == [1, 2]
+        await asyncio.sleep(0.5)
+        stats = await admin.stats()
+    await admin.close()
+    assert sum(s.ready + s.delayed + s.reserved + s.buried for s in stats) == 0  # nothing left held
