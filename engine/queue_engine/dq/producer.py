@@ -158,7 +158,7 @@ class DelayProducer:
                 f"body is {len(data)} bytes; queue {self.queue!r} takes at most {self.max_body_bytes} "
                 f"(maxJobBytes minus a {HEADER_BYTES}-byte header)"
             )
-        envelope = Envelope(new_job_id(), math.ceil(due * 1_000_000), data)
+        envelope = Envelope(new_job_id(due), math.ceil(due * 1_000_000), data)
         written, failures = await self._write_copies(envelope.encode(), envelope.due)
         if len(written) < self.quorum:
             await self._undo(written)
