@@ -7,11 +7,15 @@ A handler is ``async def handle(message) -> Outcome``. Raising is the same as an
 from __future__ import annotations
 
 import enum
+import math
 import random
 from dataclasses import dataclass, field
 from typing import Any
 
 from queue_engine.durations import parse_duration
+
+# The longest wait an app's Retry-After can ask for (a day): a message is not parked for longer.
+MAX_RETRY_AFTER = 86_400.0
 
 
 class Verdict(enum.Enum):
@@ -83,9 +87,15 @@ class DeliveryPolicy:
             )
 
     def next_delay(self, attempt: int, outcome: Outcome) -> float:
-        """How long to wait before attempt ``attempt + 1``; the app's Retry-After wins."""
-        if outcome.retry_after is not None:
-            return max(0.0, outcome.retry_after)
+        """How long to wait before attempt ``attempt + 1``; the app's Retry-After wins.
+
+        A Retry-After that is not a finite number (``inf``, ``1e999``, NaN) counts as absent, and
+        a longer one than :data:`MAX_RETRY_AFTER` is cut to it: an infinite wait would spin (or
+        never come back), and beanstalkd cannot hold a job longer than 2**32-1 seconds.
+        """
+        after = outcome.retry_after
+        if after is not None and math.isfinite(after):
+            return min(MAX_RETRY_AFTER, max(0.0, after))
         return self.backoff.jittered(attempt)
 
     @classmethod

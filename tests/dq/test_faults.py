@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+from pathlib import Path
 
 from dq.dqkit import DqEnv, Recorder
 
+from harness.servers import BeanstalkdCluster, RedisServer
 from queue_engine.dq import DelayAdmin, DelayJob, Outcome
 
 
@@ -102,3 +104,25 @@ async def test_health_reports_nodes_down_and_consuming_resumes_when_they_return(
             await asyncio.sleep(0.1)
         assert consumer.health() == (True, "ok")
     assert len(recorder.of(job_id)) == 1
+
+
+async def test_two_nodes_keep_taking_publishes_through_a_rolling_restart(
+    tmp_path: Path, redis_server: RedisServer, unique: str
+) -> None:
+    cluster = BeanstalkdCluster(tmp_path / "two", size=2)
+    cluster.start()
+    try:
+        env = DqEnv(cluster, redis_server, unique)
+        recorder = Recorder()
+        sent = []
+        async with env.producer(connect_timeout=0.5) as producer:
+            for node in cluster:  # one node at a time down, as a StatefulSet rolls
+                node.stop()
+                sent += [await producer.delay(b"%d" % i, 0) for i in range(5)]
+                node.start()
+        async with env.consumer(recorder):
+            await recorder.wait_for(lambda: set(recorder.ids()) >= set(sent))
+            await asyncio.sleep(0.5)
+        assert sorted(recorder.ids()) == sorted(sent)  # each once, none lost
+    finally:
+        cluster.stop()

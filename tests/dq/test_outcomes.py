@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from dq.dqkit import FAST, DqEnv, Recorder
 
 from queue_engine.dq import DelayAdmin, DelayJob, DeliveryPolicy, Outcome
@@ -134,3 +135,48 @@ async def _until(probe: object, expected: int, within: float = 15.0) -> None:
     while (value := await probe()) != expected:  # type: ignore[operator]
         assert loop.time() < deadline, f"still {value}, expected {expected}"
         await asyncio.sleep(0.1)
+
+
+async def test_an_infinite_retry_after_waits_out_the_backoff_instead_of_spinning(dq: DqEnv) -> None:
+    async def infinite_first(job: DelayJob) -> Outcome:
+        return Outcome.retry("come back never", after=float("inf")) if job.attempt == 1 else Outcome.success()
+
+    recorder = Recorder(infinite_first)
+    policy = DeliveryPolicy(max_attempts=3, backoff=Backoff(0.2, 0.5, 2), timeout=5)
+    async with dq.producer() as producer, dq.consumer(recorder, policy=policy):
+        job_id = await producer.delay(b"x", 0)
+        await recorder.wait_for(lambda: len(recorder.of(job_id)) >= 2)
+    first, second = recorder.of(job_id)
+    assert [first.job.attempt, second.job.attempt] == [1, 2]
+    assert second.at - first.at >= 0.18  # the backoff, not an immediate spin
+
+
+async def test_at_beyond_what_beanstalkd_can_hold_is_a_bad_request(dq: DqEnv) -> None:
+    from datetime import UTC, datetime, timedelta  # noqa: PLC0415
+
+    from queue_engine.errors import InvalidRequest  # noqa: PLC0415
+
+    async with dq.producer() as producer:
+        with pytest.raises(InvalidRequest, match="at most 4294967295s"):
+            await producer.at(b"x", datetime.now(UTC) + timedelta(days=365 * 137))
+
+
+async def test_a_handler_raising_cancelled_error_itself_is_an_ordinary_retry(dq: DqEnv) -> None:
+    async def cancelled_first(job: DelayJob) -> Outcome:
+        if job.attempt == 1:
+            raise asyncio.CancelledError  # e.g. a call of its own that was cancelled
+        return Outcome.success()
+
+    recorder = Recorder(cancelled_first)
+    admin = DelayAdmin(dq.nodes, dq.tube, dq.redis.url)
+    async with dq.producer() as producer, dq.consumer(recorder):
+        job_id = await producer.delay(b"x", 0)
+        await recorder.wait_for(lambda: len(recorder.of(job_id)) >= 2)
+        first, second = recorder.of(job_id)
+        # After the backoff (0.1 s), not after the 2 s lease of a worker that died with it.
+        assert second.at - first.at < 1.0
+        assert [first.job.attempt, second.job.attempt] == [1, 2]
+        await asyncio.sleep(0.5)
+        stats = await admin.stats()
+    await admin.close()
+    assert sum(s.ready + s.delayed + s.reserved + s.buried for s in stats) == 0  # nothing left held

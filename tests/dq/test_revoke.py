@@ -6,6 +6,7 @@ import asyncio
 
 import greenstalk
 from dq.dqkit import DqEnv, Recorder
+from redis import asyncio as redis
 
 from queue_engine.dq import DelayAdmin
 
@@ -70,3 +71,20 @@ async def test_revoke_while_another_client_holds_a_copy_and_a_node_is_down(dq: D
             await asyncio.sleep(1.0)
             assert await _jobs_left(dq) == 0
     assert recorder.of(job_id) == []
+
+
+async def test_a_revoke_holds_until_the_due_time_even_without_a_record(dq: DqEnv) -> None:
+    """Published while Redis was down (no record), revoked later, due in 30 days: the tombstone
+    must outlive the due time, not the 14 days records otherwise keep."""
+    thirty_days = 30 * 24 * 3600
+    async with dq.producer() as producer:
+        dq.redis.stop()
+        job_id = await producer.delay(b"far off", thirty_days)  # stored; its record is not
+        dq.redis.start()
+        await producer.revoke(job_id)
+    client = redis.Redis.from_url(dq.redis.url)
+    try:
+        ttl = await client.ttl(f"dq:{dq.tube}:j:{job_id}")
+    finally:
+        await client.aclose()
+    assert ttl > thirty_days

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from queue_engine.durations import parse_duration, parse_rfc3339
-from queue_engine.policy import Backoff, DeliveryPolicy, Outcome, Verdict
+from queue_engine.policy import MAX_RETRY_AFTER, Backoff, DeliveryPolicy, Outcome, Verdict
 
 
 @pytest.mark.parametrize(
@@ -70,3 +71,14 @@ def test_unavailable_is_a_retry_that_counts_no_attempt() -> None:
     outcome = Outcome.unavailable("connection refused")
     assert outcome.verdict is Verdict.RETRY and not outcome.attempted
     assert Outcome.retry("x").attempted
+
+
+@pytest.mark.parametrize("after", [math.inf, float("1e999"), math.nan, -math.inf])
+def test_a_retry_after_that_is_not_a_finite_number_falls_back_to_the_backoff(after: float) -> None:
+    policy = DeliveryPolicy(backoff=Backoff(initial=5, max=60))
+    assert 4.5 <= policy.next_delay(1, Outcome.retry("busy", after=after)) <= 5.5
+
+
+def test_a_huge_retry_after_is_cut_to_a_day() -> None:
+    policy = DeliveryPolicy()
+    assert policy.next_delay(1, Outcome.retry("busy", after=2.0**40)) == MAX_RETRY_AFTER == 86_400

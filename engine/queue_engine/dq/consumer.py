@@ -446,6 +446,14 @@ class DelayConsumer:
                 outcome = await self._handler(job)
         except TimeoutError:
             return Outcome.retry(f"handler took longer than {self._policy.timeout:g}s")
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # stop() cancels us: _run_handler hands the job back
+            # The handler raised it itself (a cancelled call of its own): a failed attempt
+            # like any other, not the end of this worker with the reservation still held.
+            log.warning("dq %s: handler raised CancelledError on job %s", self.queue, job.id)
+            return Outcome.retry("handler raised CancelledError")
         except Exception as exc:
             log.warning("dq %s: handler raised on job %s: %r", self.queue, job.id, exc)
             return Outcome.retry(f"handler raised {type(exc).__name__}: {exc}")

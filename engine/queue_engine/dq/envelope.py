@@ -22,9 +22,21 @@ HEADER_BYTES = len(_MAGIC) + _ID_HEX + 1 + _DUE_DIGITS + 1
 _ID_RE = re.compile(rf"[0-9a-f]{{{_ID_HEX}}}")
 
 
-def new_job_id() -> str:
-    """96 random bits: unique without coordination between producers."""
-    return secrets.token_hex(_ID_HEX // 2)
+_DUE_HEX = 9  # the id's first hex digits: its due time in whole seconds (until the year 4147)
+
+
+def new_job_id(due: float) -> str:
+    """The due second, then 60 random bits: unique without coordination between producers.
+
+    The due time in the id lets a revoke know, from the id alone, how long its tombstone must
+    last, even when the job's record was never written (Redis down at publish).
+    """
+    return f"{int(due):0{_DUE_HEX}x}" + secrets.token_hex((_ID_HEX - _DUE_HEX + 1) // 2)[: _ID_HEX - _DUE_HEX]
+
+
+def due_of_job_id(job_id: str) -> float:
+    """The due second a job id carries (ids made before it did give a far-off time: safe for tombstones)."""
+    return float(int(check_job_id(job_id)[:_DUE_HEX], 16))
 
 
 def check_job_id(job_id: str) -> str:

@@ -79,21 +79,36 @@ class NodeConnection:
         self._failures = 0
 
     def call(self, op: Callable[[greenstalk.Client[bytes]], T]) -> T:
-        """Run ``op`` on the (re)connected client; raise :class:`NodeDown` on connection trouble."""
+        """Run ``op`` on the (re)connected client; raise :class:`NodeDown` on connection trouble.
+
+        A kept connection that the node closed since its last use (the node restarted, as in
+        every step of a rolling restart) fails at once with EOF or a reset: ``op`` is then tried
+        once more on a new connection, so that the first call after a restart does not fail.
+        Timeouts are not retried (a hung node would cost twice).
+        """
         with self._lock:
+            reused = self._client is not None
             try:
-                client = self._connect()
-                result = op(client)
-            except greenstalk.BeanstalkdError:
-                raise  # an answer from the server: the connection is still in step
-            except (OSError, greenstalk.Error, AssertionError, ValueError) as exc:
-                self._drop()
-                self._note_failure(exc)
-                raise NodeDown(self.address, _describe(exc)) from exc
-            self._failures = 0
-            self.last_error = None
-            self.down_until = 0.0
-            return result
+                return self._attempt(op)
+            except NodeDown as exc:
+                if not reused or isinstance(exc.__cause__, TimeoutError | socket.timeout):
+                    raise
+            return self._attempt(op)
+
+    def _attempt(self, op: Callable[[greenstalk.Client[bytes]], T]) -> T:
+        try:
+            client = self._connect()
+            result = op(client)
+        except greenstalk.BeanstalkdError:
+            raise  # an answer from the server: the connection is still in step
+        except (OSError, greenstalk.Error, AssertionError, ValueError) as exc:
+            self._drop()
+            self._note_failure(exc)
+            raise NodeDown(self.address, _describe(exc)) from exc
+        self._failures = 0
+        self.last_error = None
+        self.down_until = 0.0
+        return result
 
     def _connect(self) -> greenstalk.Client[bytes]:
         if self._client is None:

@@ -37,10 +37,18 @@ T = TypeVar("T")
 # Seconds a consumer may hold a reservation between touches (it touches well before this).
 JOB_TTR = 20
 REPLICAS = 3
+MAX_DELAY_SECONDS = 2**32 - 1  # beanstalkd's delay is an unsigned 32-bit number of seconds
 
 
 def quorum_of(copies: int) -> int:
-    return copies // 2 + 1
+    """Acknowledgements a publish needs: a majority, except with two copies, where one will do.
+
+    A majority of two is two: every step of a rolling restart (or any one node down) would then
+    fail every publish. One acknowledged copy on a node with a binlog survives that node's
+    restart; what is lost is protection against losing that one node's disk before the job is
+    due. Use three or more nodes for that.
+    """
+    return 1 if copies == 2 else copies // 2 + 1
 
 
 class DelayProducer:
@@ -99,6 +107,11 @@ class DelayProducer:
             raise InvalidRequest(
                 f"at: {when.isoformat()} is {now - due:.3f}s in the past; use a future time or delay(0)"
             )
+        if due - now > MAX_DELAY_SECONDS:
+            raise InvalidRequest(
+                f"at: {when.isoformat()} is {due - now:.0f}s away; beanstalkd accepts at most "
+                f"{MAX_DELAY_SECONDS}s (about 136 years)"
+            )
         return await self._publish(body, due)
 
     async def revoke(self, job_id: str) -> None:
@@ -145,7 +158,7 @@ class DelayProducer:
                 f"body is {len(data)} bytes; queue {self.queue!r} takes at most {self.max_body_bytes} "
                 f"(maxJobBytes minus a {HEADER_BYTES}-byte header)"
             )
-        envelope = Envelope(new_job_id(), math.ceil(due * 1_000_000), data)
+        envelope = Envelope(new_job_id(due), math.ceil(due * 1_000_000), data)
         written, failures = await self._write_copies(envelope.encode(), envelope.due)
         if len(written) < self.quorum:
             await self._undo(written)
@@ -169,11 +182,18 @@ class DelayProducer:
         return envelope.job_id
 
     async def _write_copies(self, data: bytes, due: float) -> tuple[list[tuple[str, int]], dict[str, str]]:
-        order = self._choose()
-        pending, spare = order[: self.copies], order[self.copies :]
+        healthy, failing = self._choose()
+        pending, spare = healthy[: self.copies], healthy[self.copies :]
         written: list[tuple[str, int]] = []
         failures: dict[str, str] = {}
-        while pending:
+        while True:
+            if not pending and len(written) < self.quorum and failing:
+                # Nodes that just failed are tried only when the quorum needs them: one may
+                # hang, and waiting out its timeout on every publish is what skipping avoids.
+                missing = self.copies - len(written)
+                pending, failing = failing[:missing], failing[missing:]
+            if not pending:
+                break
             conns = [self._pools[node].pick() for node in pending]
             results = await self._run(_put_each, conns, data, due)
             for node, result in zip(pending, results, strict=True):
@@ -191,18 +211,16 @@ class DelayProducer:
             pending, spare = spare[:missing], spare[missing:]
         return written, failures
 
-    def _choose(self) -> list[str]:
-        """The nodes to try, in order: rotated for spread, nodes that just failed last.
+    def _choose(self) -> tuple[list[str], list[str]]:
+        """The nodes to try, rotated for spread: those in good standing, then those in backoff.
 
-        While enough other nodes answer for a quorum, a node that just failed is left out
-        for its backoff, so that a hung node does not hold up every publish for the timeout.
+        A node that just failed is tried only when the others cannot make a quorum, so that a
+        hung node does not hold up every publish for its timeout.
         """
         self._turn = (self._turn + 1) % len(self._nodes)
         rotated = self._nodes[self._turn :] + self._nodes[: self._turn]
         healthy = [node for node in rotated if not self._pools[node].backing_off]
-        if len(healthy) >= self.quorum:
-            return healthy
-        return healthy + [node for node in rotated if node not in healthy]
+        return healthy, [node for node in rotated if node not in healthy]
 
     async def _undo(self, written: list[tuple[str, int]]) -> None:
         results = await asyncio.gather(
@@ -259,8 +277,8 @@ def _seconds(delay: float | timedelta) -> float:
         raise InvalidRequest(f"delay: expected seconds or a timedelta, got {type(delay).__name__}")
     if not math.isfinite(seconds) or seconds < 0:
         raise InvalidRequest(f"delay is {seconds}s; use 0 or more seconds")
-    if seconds > 2**32 - 1:
+    if seconds > MAX_DELAY_SECONDS:
         raise InvalidRequest(
-            f"delay is {seconds}s; beanstalkd accepts at most {2**32 - 1}s (about 136 years)"
+            f"delay is {seconds}s; beanstalkd accepts at most {MAX_DELAY_SECONDS}s (about 136 years)"
         )
     return seconds

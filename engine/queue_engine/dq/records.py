@@ -18,10 +18,13 @@ it is atomic across consumers.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any, cast
 
 from redis.asyncio import Redis
+
+from queue_engine.dq.envelope import due_of_job_id
 
 RETENTION_S = 14 * 24 * 3600  # how long a record outlives its due time (done markers, tombstones)
 
@@ -89,14 +92,18 @@ return redis.call('HGET', KEYS[1], 'copies') or ''
 )
 
 _RETRY = (
-    _RELEASE_LEASE
+    _KEEP
+    + _RELEASE_LEASE
     + """
 if ARGV[3] == '0' then
   if tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0') > 0 then
     redis.call('HINCRBY', KEYS[1], 'attempts', -1)
   end
 end
-if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], 'next', ARGV[2]) end
+if ARGV[2] ~= '' then
+  redis.call('HSET', KEYS[1], 'next', ARGV[2])
+  keep(KEYS[1], tonumber(ARGV[5]))
+end
 if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[4]) end
 release_lease(KEYS[2], ARGV[1])
 return 1
@@ -227,7 +234,9 @@ class JobRecords:
         """Let the lease go; the next attempt may start at ``next_at``; an unattempted try is not counted."""
         keys = [self._job(job_id), self._lease(job_id)]
         nxt = "" if next_at is None else repr(next_at)
-        await self._retry(keys=keys, args=[token, nxt, "1" if attempted else "0", error[:1000]])
+        # The record must outlive the next attempt: a retry far off extends it.
+        keep_s = RETENTION_S + max(0, int((next_at or 0) - time.time()))
+        await self._retry(keys=keys, args=[token, nxt, "1" if attempted else "0", error[:1000], keep_s])
 
     async def mark_buried(
         self, job_id: str, token: str, *, error: str, copy: str, now: float
@@ -237,7 +246,9 @@ class JobRecords:
         return parse_copies(_text(reply))
 
     async def revoke(self, job_id: str) -> list[tuple[str, int]]:
-        reply = await self._revoke(keys=[self._job(job_id)], args=["1", RETENTION_S])
+        # The tombstone outlives the job's due time (carried in its id), however far off.
+        keep_s = max(0, int(due_of_job_id(job_id) - time.time())) + RETENTION_S
+        reply = await self._revoke(keys=[self._job(job_id)], args=["1", keep_s])
         return parse_copies(_text(reply))
 
     async def unbury(self, job_id: str) -> None:

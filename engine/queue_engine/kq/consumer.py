@@ -681,9 +681,8 @@ class KafkaConsumer:
     def _app_down(self, outcome: Outcome) -> None:
         """The handler's target is unreachable: hold every worker back until the next probe."""
         self._app_down_streak += 1
-        delay = outcome.retry_after
-        if delay is None:
-            delay = self._policy.backoff.jittered(self._app_down_streak)
+        # An unusable Retry-After (inf, NaN) falls back to the backoff; a huge one is capped.
+        delay = self._policy.next_delay(self._app_down_streak, outcome)
         until = time.monotonic() + delay
         if until > self._app_down_until:
             if self._app_down_streak == 1:
