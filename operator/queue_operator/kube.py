@@ -40,8 +40,15 @@ class KubeError(Exception):
         self.message = message
 
 
+SECRET_LABEL = "queue-operator.dev/secret"
+
+
 class SecretMissing(Exception):
     """A referenced Secret or key does not exist (the message names it, never its value)."""
+
+
+class SecretNotAllowed(SecretMissing):
+    """A referenced Secret lacks the label that lets the operator use it."""
 
 
 def object_path(api_version: str, kind: str, namespace: str | None, name: str | None = None) -> str:
@@ -127,10 +134,22 @@ class Kube:
         return self._checked(status, payload)
 
     def secret_value(self, namespace: str, name: str, key: str) -> str:
-        """One decoded value of a Secret in ``namespace``; :class:`SecretMissing` names what is absent."""
+        """One decoded value of a Secret in ``namespace`` (the resource's own), if it may be used.
+
+        Only Secrets labelled ``queue-operator.dev/secret: "true"`` are used: whoever may create a
+        queue must not be able to make the operator read (and send to brokers of their choosing)
+        any other Secret of the namespace. :class:`SecretMissing` names what is absent,
+        :class:`SecretNotAllowed` the label to add.
+        """
         secret = self.read("v1", "Secret", namespace, name)
         if secret is None:
             raise SecretMissing(f"Secret {namespace}/{name} does not exist")
+        labels = (secret.get("metadata") or {}).get("labels") or {}
+        if labels.get(SECRET_LABEL) != "true":
+            raise SecretNotAllowed(
+                f'Secret {namespace}/{name} is not labelled {SECRET_LABEL}: "true"; the operator uses only '
+                f"Secrets so labelled: kubectl label secret -n {namespace} {name} {SECRET_LABEL}=true"
+            )
         data = secret.get("data") or {}
         if key not in data:
             raise SecretMissing(f"Secret {namespace}/{name} has no key {key!r}")

@@ -169,6 +169,19 @@ class KafkaQueueSpec:
     tls_ca_secret_ref: SecretRef | None  # the key holds a PEM CA bundle
     delivery: dict[str, Any]  # camelCase delivery policy as given (checked parseable)
     tls: bool = False  # connect with TLS (with the system CAs unless tls_ca_secret_ref is set)
+    # SASL credentials may go over a plaintext listener only when the spec says so explicitly.
+    allow_plaintext: bool = False
+
+    @property
+    def plaintext_credentials_refused(self) -> str | None:
+        """Why the SASL credentials must not be sent (a plaintext listener, not allowed), or None."""
+        if self.sasl_mechanism and not self.tls and not self.allow_plaintext:
+            return (
+                f"SASL {self.sasl_mechanism} without TLS would send the credentials of Secret "
+                f"{self.sasl_secret_ref.name if self.sasl_secret_ref else '?'} in plaintext; set "
+                "spec.auth.tls, or spec.auth.allowPlaintext: true if the network is trusted"
+            )
+        return None
 
     @property
     def security_protocol(self) -> str:
@@ -230,6 +243,9 @@ class KafkaQueueSpec:
             tls_ca_secret_ref=ca_secret,
             delivery=_delivery(spec),
             tls=tls,
+            allow_plaintext=_bool(
+                _section(spec, "auth", "spec.auth"), "allowPlaintext", "spec.auth.allowPlaintext", False
+            ),
         )
 
 
@@ -402,7 +418,7 @@ def _topic_config(topic_section: Mapping[str, Any]) -> dict[str, str]:
 
 def _auth(spec: Mapping[str, Any]) -> tuple[str | None, SaslSecretRef | None, bool, SecretRef | None]:
     auth = _section(spec, "auth", "spec.auth")
-    _refuse_unknown(auth, "spec.auth", {"sasl", "tls"})
+    _refuse_unknown(auth, "spec.auth", {"sasl", "tls", "allowPlaintext"})
     mechanism: str | None = None
     sasl_secret: SaslSecretRef | None = None
     if auth.get("sasl") is not None:

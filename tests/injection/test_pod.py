@@ -351,6 +351,15 @@ def test_a_queue_with_an_invalid_spec_is_refused_naming_it() -> None:
         injected(BASIC, {"reminders": BODIES["reminders"], "orders": broken})
 
 
+def test_sasl_over_plaintext_is_refused_unless_the_queue_allows_it() -> None:
+    sasl = {"mechanism": "PLAIN", "secretRef": {"name": "orders-user"}}
+    plaintext = kafka_queue("orders", auth={"sasl": sasl})
+    with pytest.raises(InjectionError, match=r"kafkaqueue/orders: SASL PLAIN without TLS .*allowPlaintext"):
+        injected(BASIC, {"reminders": BODIES["reminders"], "orders": plaintext})
+    allowed = kafka_queue("orders", auth={"sasl": sasl, "allowPlaintext": True})
+    assert injected(BASIC, {"reminders": BODIES["reminders"], "orders": allowed})
+
+
 def test_chart_values_for_the_sidecar_reach_injected_pods() -> None:
     """webhook.sidecar.resources and imagePullSecrets, rendered by Helm, parsed by the operator."""
     from chart.test_chart import render  # noqa: PLC0415

@@ -157,8 +157,15 @@ def test_sasl_example_never_exposes_the_secret(
         what="the bad CA reported",
     )
     assert "kafka-cluster-ca" in invalid["message"]
-    # Without TLS, SASL meets a broker that speaks no SASL: reported and retried.
+    # Without TLS, the credentials would cross the network in clear: refused, never sent.
     cluster.patch(PLURAL, "payments", {"spec": {"auth": {"tls": None}}})
+    refused = eventually(
+        lambda: (c := cluster.ready(PLURAL, "payments")).get("reason") == "PlaintextCredentialsRefused" and c,
+        what="plaintext SASL refused",
+    )
+    assert "spec.auth.allowPlaintext" in refused["message"]
+    # Allowed explicitly, SASL meets a broker that speaks no SASL: reported and retried.
+    cluster.patch(PLURAL, "payments", {"spec": {"auth": {"allowPlaintext": True}}})
     eventually(
         lambda: cluster.ready(PLURAL, "payments").get("reason") == "BrokerUnavailable", what="broker reported"
     )
@@ -195,3 +202,21 @@ def test_delete_with_the_broker_down_is_retried_then_released(
     eventually(lambda: cluster.gone(PLURAL, "orders"), timeout=40, what="released after the retries")
     assert "cannot delete the topics yet" in operator.log()
     assert operator.running
+
+
+def test_a_secret_without_the_label_is_refused_with_how_to_fix_it(
+    cluster: Cluster, operator: OperatorProcess, kafka_broker: Tansu, unique: str
+) -> None:
+    docs = kafkaqueue(kafka_broker, unique, "kafkaqueue-sasl.yaml")
+    for secret in docs[:2]:
+        del secret["metadata"]["labels"]  # any other Secret of the namespace, e.g. a database's
+    cluster.apply(docs)
+    refused = eventually(
+        lambda: (c := cluster.ready(PLURAL, "payments")).get("reason") == "SecretNotAllowed" and c,
+        what="the unlabelled Secret refused",
+    )
+    assert (
+        "kubectl label secret" in refused["message"]
+        and "queue-operator.dev/secret=true" in refused["message"]
+    )
+    assert "change-me" not in json.dumps(cluster.get(PLURAL, "payments"))

@@ -20,7 +20,7 @@ from queue_engine.errors import ConfigError
 from queue_engine.kq.security import KafkaSecurity
 from queue_operator.handlers.conditions import parse_or_report, set_ready, with_ready, write_status
 from queue_operator.handlers.options import GROUP, VERSION, Options, Runtime, register_level_based
-from queue_operator.kube import SecretMissing
+from queue_operator.kube import SecretMissing, SecretNotAllowed
 from queue_operator.spec import KafkaQueueSpec, SpecError
 from queue_operator.topics import BrokerUnavailable, ClientConfigInvalid, TopicAdmin
 
@@ -49,12 +49,19 @@ def parse(body: Mapping[str, Any], patch: kopf.Patch) -> KafkaQueueSpec:
     return parse_or_report(KafkaQueueSpec.from_body, body, patch)
 
 
+class PlaintextCredentials(ClientConfigInvalid):
+    """SASL without TLS, not allowed by the spec: the credentials are never sent."""
+
+
 def admin(runtime: Runtime, spec: KafkaQueueSpec, namespace: str) -> TopicAdmin:
     """A topic admin for the spec's brokers, authenticated from the referenced Secrets.
 
     Raises :class:`SecretMissing` or :class:`ClientConfigInvalid` (with the Secret to check)
     for what a person must fix, :class:`BrokerUnavailable` for what may pass by itself.
     """
+    refused = spec.plaintext_credentials_refused
+    if refused:
+        raise PlaintextCredentials(refused)
     security = None
     if spec.sasl_mechanism and spec.sasl_secret_ref:
         ref = spec.sasl_secret_ref
@@ -82,7 +89,9 @@ def admin(runtime: Runtime, spec: KafkaQueueSpec, namespace: str) -> TopicAdmin:
 
 # Failures reported in Ready and retried: (exception, condition reason).
 RETRIED: tuple[tuple[type[Exception], str], ...] = (
+    (SecretNotAllowed, "SecretNotAllowed"),
     (SecretMissing, "SecretMissing"),
+    (PlaintextCredentials, "PlaintextCredentialsRefused"),
     (ClientConfigInvalid, "InvalidClientConfig"),
     (BrokerUnavailable, "BrokerUnavailable"),
 )

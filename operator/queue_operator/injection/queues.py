@@ -86,6 +86,9 @@ def _kafka_queue(ref: QueueRef, spec: KafkaQueueSpec, index: int) -> SidecarQueu
             "deadLetterTopic": spec.dead_letter_topic,
         }
     )
+    refused = spec.plaintext_credentials_refused
+    if refused:
+        raise InjectionError(f"{ref}: {refused}")
     auth: dict[str, Any] = {}
     if spec.sasl_mechanism is not None and spec.sasl_secret_ref is not None:
         secret = spec.sasl_secret_ref
