@@ -10,7 +10,7 @@ from kq.kq_helpers import FAST_POLICY, Recorder, committed, create_topics, produ
 
 from queue_engine import metrics
 from queue_engine.kq import KafkaConsumer, KafkaMessage, read_dead_letters, replay_dead_letters
-from queue_engine.policy import Backoff, DeliveryPolicy, Outcome
+from queue_engine.policy import Backoff, DeliveryPolicy, Outcome, Verdict
 
 
 async def test_same_key_in_offset_order_with_concurrency_8_over_1000_messages(
@@ -275,3 +275,24 @@ async def test_a_handler_cancelled_from_inside_is_a_retry_not_a_dead_worker(
     async with running(consumer):
         await wait_for(lambda: committed(bootstrap, unique, unique, 1)[0] == 2, 30, "both committed")
     assert [(m.value, m.attempt) for m in recorder.seen] == [(b"x", 1), (b"x", 2), (b"y", 1)]
+
+
+async def test_a_drop_without_a_reason_is_dead_lettered_once_and_committed(
+    bootstrap: str, unique: str
+) -> None:
+    dlq = f"{unique}.dlq"
+    create_topics(bootstrap, (unique, 1), (dlq, 1))
+    produce_raw(bootstrap, unique, [(b"k", b"unwanted")])
+    silent_drop = Outcome(Verdict.DROP, None)  # type: ignore[arg-type]  # what a sloppy handler builds
+    recorder = Recorder(lambda m: silent_drop)
+    consumer = KafkaConsumer([bootstrap], unique, unique, recorder, offset="first", policy=FAST_POLICY)
+    async with running(consumer):
+        await wait_for(lambda: committed(bootstrap, unique, unique, 1)[0] == 1, 30, "commit")
+        await asyncio.sleep(1.0)  # room for a wrong second delivery
+    assert [m.attempt for m in recorder.seen] == [1]
+    (letter,) = await read_dead_letters([bootstrap], dlq)
+    assert (letter.value, letter.header("x-last-error"), letter.header("x-dead-letter-reason")) == (
+        b"unwanted",
+        b"",
+        b"drop",
+    )

@@ -9,7 +9,7 @@ from kq.kq_helpers import create_topics, read_raw
 
 from harness.servers import Tansu
 from queue_engine import metrics
-from queue_engine.errors import TooLarge, Unavailable
+from queue_engine.errors import InvalidRequest, TooLarge, Unavailable
 from queue_engine.kq import Delivered, KafkaPusher, SyncKafkaPusher
 
 FAIL_FAST = {"message.timeout.ms": 3000}  # a dead broker shows up in 3 s instead of 30 s
@@ -107,3 +107,29 @@ async def test_a_message_over_the_size_limit_is_refused_with_too_large(bootstrap
         await pusher.push(b"x" * 5000)
     assert (await pusher.push(b"small")).offset == 0  # the pusher still works
     await pusher.close()
+
+
+async def test_header_values_are_sent_as_given_and_none_stays_null(bootstrap: str, unique: str) -> None:
+    create_topics(bootstrap, (unique, 1))
+    async with KafkaPusher([bootstrap], unique) as pusher:
+        await pusher.push(b"v", headers=[("text", "é"), ("raw", b"\x00\x01"), ("null", None)])
+    (record,) = read_raw(bootstrap, unique, 1, 1)
+    assert record.headers() == [("text", "é".encode()), ("raw", b"\x00\x01"), ("null", None)]
+
+
+@pytest.mark.parametrize(
+    ("value", "key", "headers", "message"),
+    [
+        (b"v", None, {"count": 3}, "header 'count': value must be bytes, str or None, not int"),
+        ("text", None, None, r"message value must be bytes \(or None\), not str"),
+        (b"v", 42, None, "message key must be bytes, str or None, not int"),
+    ],
+    ids=["int-header", "str-value", "int-key"],
+)
+async def test_bad_types_are_a_client_error_naming_what_to_fix(  # noqa: PLR0917
+    bootstrap: str, unique: str, value: object, key: object, headers: object, message: str
+) -> None:
+    async with KafkaPusher([bootstrap], unique) as pusher:
+        with pytest.raises(InvalidRequest, match=message) as caught:
+            await pusher.push(value, key=key, headers=headers)  # type: ignore[arg-type]
+    assert not isinstance(caught.value, Unavailable)  # a 400 for the sidecar, not a retryable 503

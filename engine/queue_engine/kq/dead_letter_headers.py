@@ -24,7 +24,9 @@ DEAD_LETTER_HEADERS = (
 MAX_ERROR_BYTES = 2048  # a stack trace in a header would bloat every dead letter
 
 
-def dead_letter_headers(message: KafkaMessage, reason: str, last_error: str) -> list[tuple[str, bytes]]:
+def dead_letter_headers(
+    message: KafkaMessage, reason: str, last_error: str | None
+) -> list[tuple[str, bytes]]:
     """The message's own headers (earlier dead-letter ones replaced) plus where and why it died."""
     kept = [(k, v) for k, v in message.headers if k not in DEAD_LETTER_HEADERS]
     return [
@@ -34,7 +36,8 @@ def dead_letter_headers(message: KafkaMessage, reason: str, last_error: str) -> 
         (ORIGINAL_OFFSET, str(message.offset).encode()),
         (ORIGINAL_TIMESTAMP, str(message.timestamp_ms).encode()),
         (ATTEMPTS, str(message.attempt).encode()),
-        (LAST_ERROR, last_error.encode(errors="replace")[:MAX_ERROR_BYTES]),
+        # A handler may answer DROP without saying why: the header is then empty, never an error.
+        (LAST_ERROR, (last_error or "").encode(errors="replace")[:MAX_ERROR_BYTES]),
         (REASON, reason.encode()),
     ]
 

@@ -14,12 +14,12 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
-from queue_engine.errors import QueueError, Unavailable
+from queue_engine.errors import InvalidRequest, QueueError, Unavailable
 from queue_engine.kq.config import check_brokers, check_name, client_config, error_from_kafka, log
 from queue_engine.kq.message import Delivered
 from queue_engine.kq.security import KafkaSecurity
 
-Headers = Mapping[str, bytes | str] | Sequence[tuple[str, bytes | str]]
+Headers = Mapping[str, bytes | str | None] | Sequence[tuple[str, bytes | str | None]]
 Result = Delivered | QueueError
 Batch = list[tuple[Any, Result]]
 
@@ -48,11 +48,44 @@ PRODUCER_STATE_LOST = frozenset(
 )
 
 
+_BYTES_LIKE = (bytes, bytearray, memoryview)
+
+
 def normalize_headers(headers: Headers | None) -> list[tuple[str, str | bytes | None]] | None:
+    """Header values as bytes (``str`` as UTF-8); ``None`` stays (Kafka allows a null value).
+
+    Anything else is refused (:class:`InvalidRequest`): ``bytes(3)`` would silently send three
+    NUL bytes for the number 3.
+    """
     if not headers:
         return None
     items = headers.items() if isinstance(headers, Mapping) else headers
-    return [(str(k), v.encode() if isinstance(v, str) else bytes(v)) for k, v in items]
+    normalized: list[tuple[str, str | bytes | None]] = []
+    for name, value in items:
+        if not isinstance(name, str):
+            raise InvalidRequest(f"header name {name!r} must be text, not {type(name).__name__}")
+        if value is None:
+            normalized.append((name, None))
+        elif isinstance(value, str):
+            normalized.append((name, value.encode()))
+        elif isinstance(value, _BYTES_LIKE):
+            normalized.append((name, bytes(value)))
+        else:
+            raise InvalidRequest(
+                f"header {name!r}: value must be bytes, str or None, not {type(value).__name__} "
+                f"(send numbers as text, e.g. str({value!r}))"
+            )
+    return normalized
+
+
+def check_key_and_value(value: Any, key: Any) -> None:
+    """Refuse a key or value of a type Kafka cannot carry, naming it (a client error, not a 503)."""
+    if value is not None and not isinstance(value, _BYTES_LIKE):
+        raise InvalidRequest(
+            f"message value must be bytes (or None), not {type(value).__name__}; encode it first"
+        )
+    if key is not None and not isinstance(key, (str, *_BYTES_LIKE)):
+        raise InvalidRequest(f"message key must be bytes, str or None, not {type(key).__name__}")
 
 
 class ProducerCore:
@@ -101,6 +134,11 @@ class ProducerCore:
         if self._closed.is_set():
             return Unavailable(f"pusher for {self.topic} is closed")
         topic = topic or self.topic
+        try:
+            check_key_and_value(value, key)
+            encoded_headers = normalize_headers(headers)
+        except InvalidRequest as exc:
+            return exc
 
         def report(err: KafkaError | None, msg: Any) -> None:
             result: Result
@@ -119,7 +157,7 @@ class ProducerCore:
         try:
             with self._swap_lock:
                 self._producer.produce(
-                    topic, value=value, key=key, headers=normalize_headers(headers), on_delivery=report
+                    topic, value=value, key=key, headers=encoded_headers, on_delivery=report
                 )
         except BufferError:
             return Unavailable(
@@ -129,7 +167,7 @@ class ProducerCore:
         except KafkaException as exc:
             return error_from_kafka(exc, f"push to {topic}")
         except (TypeError, ValueError) as exc:
-            return error_from_kafka(exc, f"push to {topic}: bad argument")
+            return InvalidRequest(f"push to {topic}: {exc}")
         return None
 
     def _on_client_error(self, err: KafkaError) -> None:
