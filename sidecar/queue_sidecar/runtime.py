@@ -148,9 +148,10 @@ class Sidecar:
         """
         app = f"{self.config.app.host}:{self.config.app.port}"
         app_up = self.probe.up
-        queues: dict[str, dict[str, str]] = {}
+        queues: dict[str, dict[str, Any]] = {}
         for queue in self.config.queues:
-            ok, why = self.consumers[queue.name].health()
+            consumer = self.consumers[queue.name]
+            ok, why = consumer.health()
             if self._stop.is_set():
                 state, reason = "stopping", "shutting down"
             elif not self._consuming:
@@ -162,6 +163,10 @@ class Sidecar:
             if self._consuming:
                 BACKEND_UP.labels(queue=queue.name, kind=queue.kind).set(1 if ok else 0)
             queues[queue.name] = {"kind": queue.kind, "state": state, "reason": reason}
+            # Settings of its backend that can lose data (a Redis that evicts or forgets).
+            warnings = getattr(consumer, "redis_warnings", None)
+            if warnings:
+                queues[queue.name]["warnings"] = list(warnings)
         problem = self.delivery.misconfiguration
         healthy = app_up and problem is None and all(q["state"] == "consuming" for q in queues.values())
         app_status: dict[str, Any] = {"address": app, "up": app_up}

@@ -7,9 +7,10 @@ import collections
 from pathlib import Path
 
 from dq.dqkit import DqEnv, Recorder
+from redis import asyncio as redis
 
 from harness.servers import BeanstalkdCluster, RedisServer
-from queue_engine.dq import DelayAdmin, DelayJob, Outcome
+from queue_engine.dq import DelayAdmin, DelayConsumer, DelayJob, Outcome
 
 
 async def test_node_killed_while_consuming_every_job_delivered_once(dq: DqEnv) -> None:
@@ -126,3 +127,34 @@ async def test_two_nodes_keep_taking_publishes_through_a_rolling_restart(
         assert sorted(recorder.ids()) == sorted(sent)  # each once, none lost
     finally:
         cluster.stop()
+
+
+async def test_a_redis_that_can_lose_records_is_reported_not_refused(dq: DqEnv) -> None:
+    client = redis.Redis.from_url(dq.redis.url)
+    await client.config_set("maxmemory-policy", "allkeys-lru")  # the harness runs without AOF too
+    await client.aclose()
+    recorder = Recorder()
+    async with dq.producer() as producer, dq.consumer(recorder) as consumer:
+        job_id = await producer.delay(b"x", 0)
+        await recorder.wait_for(lambda: job_id in recorder.ids())  # still consuming
+        await _until_checked(consumer)
+        warnings = consumer.redis_warnings or []
+    assert any("maxmemory-policy is allkeys-lru" in w and "noeviction" in w for w in warnings), warnings
+    assert any("appendonly is off" in w for w in warnings), warnings
+
+
+async def test_a_durable_redis_gets_no_warning(dq: DqEnv) -> None:
+    client = redis.Redis.from_url(dq.redis.url)
+    await client.config_set("appendonly", "yes")
+    await client.aclose()
+    async with dq.consumer(Recorder()) as consumer:
+        await _until_checked(consumer)
+        assert consumer.redis_warnings == []
+
+
+async def _until_checked(consumer: DelayConsumer) -> None:
+    for _ in range(100):
+        if consumer.redis_warnings is not None:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the Redis settings were never checked")

@@ -309,3 +309,25 @@ def test_a_wrong_app_path_holds_messages_and_says_so(  # noqa: PLR0917
     [job] = http_app.wait_for("held-job", timeout=30)
     [order] = http_app.wait_for("held-order", timeout=30)
     assert job["headers"]["X-Attempt"] == "1" and order["headers"]["X-Attempt"] == "1"
+
+
+def test_status_warns_about_a_redis_that_can_lose_records(
+    make_sidecar: Callable[..., Sidecar],
+    http_app: App,
+    beanstalk_cluster: BeanstalkdCluster,
+    shared_redis: RedisServer,
+    unique: str,
+) -> None:
+    # The test Redis runs without AOF: revocations and done markers would not survive its restart.
+    sidecar = make_sidecar(
+        {
+            "app": app_config(http_app),
+            "queues": [delay_queue(unique, beanstalk_cluster.addresses, shared_redis.url)],
+        }
+    )
+    sidecar.wait_ready()
+    warnings = wait_until(
+        lambda: sidecar.status()["queues"][unique].get("warnings"), 10, "a Redis warning", sidecar.status
+    )
+    assert any("appendonly is off" in warning for warning in warnings), warnings
+    assert sidecar.status()["queues"][unique]["state"] == "consuming"  # reported, not refused

@@ -39,7 +39,7 @@ from queue_engine.dq.job import DelayJob
 from queue_engine.dq.nodes import PRIORITY, NodeConnection, NodeDown, check_nodes, check_tube, deleter
 from queue_engine.dq.producer import JOB_TTR
 from queue_engine.dq.records import Claim, JobRecords
-from queue_engine.dq.redis_client import connect_redis, describe_redis_error
+from queue_engine.dq.redis_client import connect_redis, describe_redis_error, durability_warnings
 from queue_engine.errors import ConfigError
 from queue_engine.policy import DeliveryPolicy, Outcome, Verdict
 
@@ -106,6 +106,8 @@ class DelayConsumer:
         self._tokens = 0
         self._claimed: dict[str, Held] = {}  # by token: copies whose attempt has not settled
         self._unswept: collections.deque[tuple[float, str, int]] = collections.deque(maxlen=10_000)
+        # Risky Redis settings seen once Redis answered (None: not checked yet); see health().
+        self.redis_warnings: list[str] | None = None
 
     # -- public --------------------------------------------------------------------------
 
@@ -647,11 +649,19 @@ class DelayConsumer:
             except RedisError as exc:
                 self._note_redis_error(exc)
             else:
+                if self.redis_warnings is None:
+                    await self._check_redis_settings()
                 if self._redis_error is not None and await self._retake_leases():
                     log.info("dq %s: redis reachable again; taking jobs", self.queue)
                     self._redis_error = None
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._closing.wait(), 0.25 if self._redis_error else 1.0)
+
+    async def _check_redis_settings(self) -> None:
+        with contextlib.suppress(RedisError):
+            self.redis_warnings = await durability_warnings(self._redis)
+            for warning in self.redis_warnings:
+                log.warning("dq %s: %s", self.queue, warning)
 
     async def _retake_leases(self) -> bool:
         """Before taking jobs again, re-take the leases of attempts in progress (Redis may
