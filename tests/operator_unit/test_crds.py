@@ -220,6 +220,13 @@ def test_topic_config_takes_any_kafka_config() -> None:
             {"topic": {"replicationFactor": 3}},
             "replicationFactor cannot change",
         ),
+        ({}, {"topic": {"name": "orders"}}, "spec.topic.name cannot be set or removed"),
+        ({"topic": {"name": "orders"}}, {}, "spec.topic.name cannot be set or removed"),
+        ({}, {"group": "default.orders"}, "spec.group cannot change"),
+        ({"group": "a"}, {"group": "b"}, "spec.group cannot change"),
+        ({"group": "a"}, {}, "spec.group cannot change"),
+        ({}, {"deadLetterTopic": "orders.dead"}, "spec.deadLetterTopic cannot change"),
+        ({"deadLetterTopic": "x.dlq"}, {"deadLetterTopic": "y.dlq"}, "spec.deadLetterTopic cannot change"),
     ],
 )
 def test_kafkaqueue_updates_the_topic_cannot_follow_are_refused(
@@ -228,6 +235,14 @@ def test_kafkaqueue_updates_the_topic_cannot_follow_are_refused(
     old = admit(kafkaqueue(**old_spec))
     with pytest.raises(Refused, match=complaint):
         admit(kafkaqueue(**new_spec), old=old)
+
+
+def test_kafkaqueue_unchanged_fixed_fields_are_accepted() -> None:
+    spec = {"topic": {"name": "orders"}, "group": "g", "deadLetterTopic": "orders.dead"}
+    old = admit(kafkaqueue(**spec))
+    assert admit(kafkaqueue(**spec, deletionPolicy="Delete"), old=old)["spec"]["group"] == "g"
+    bare = admit(kafkaqueue())
+    assert admit(kafkaqueue(offset="first"), old=bare)["spec"]["offset"] == "first"
 
 
 def test_kafkaqueue_partitions_can_be_raised() -> None:
