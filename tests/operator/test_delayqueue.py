@@ -197,6 +197,14 @@ def test_missing_redis_secret_is_reported_until_it_exists(
     )
     assert "billing-redis" in missing["message"] and missing["status"] == "False"
     eventually(lambda: children_of(cluster, "invoices"), what="children are provisioned anyway")
+    unlabelled = {**secret, "metadata": {"name": secret["metadata"]["name"]}}
+    cluster.apply([unlabelled])  # any Secret of the namespace: not used without the label
+    refused = eventually(
+        lambda: (c := cluster.ready(PLURAL, "invoices")).get("reason") == "SecretNotAllowed" and c,
+        what="the unlabelled Secret refused",
+    )
+    assert "kubectl label secret" in refused["message"]
+    cluster.core.delete_namespaced_secret(secret["metadata"]["name"], cluster.namespace)
     cluster.apply([secret])
     eventually(
         lambda: cluster.ready(PLURAL, "invoices").get("reason") == "NodesNotReady", what="Secret found"

@@ -24,7 +24,7 @@ from queue_operator.handlers.options import (
     Runtime,
     register_level_based,
 )
-from queue_operator.kube import Kube, SecretMissing
+from queue_operator.kube import Kube, SecretMissing, SecretNotAllowed
 from queue_operator.spec import DelayQueueSpec, SpecError
 
 PLURAL = "delayqueues"
@@ -75,9 +75,12 @@ def observe_state(kube: Kube, body: Mapping[str, Any], spec: DelayQueueSpec) -> 
     if spec.redis_secret_ref is not None:
         try:
             kube.secret_value(namespace, spec.redis_secret_ref.name, spec.redis_secret_ref.key)
+        except SecretNotAllowed as exc:
+            redis_problem = ("SecretNotAllowed", f"spec.redis.secretRef: {exc}")
         except SecretMissing as exc:
             redis_problem = (
-                f"spec.redis.secretRef: {exc}; create it, the consumers read the Redis URL from it"
+                "RedisSecretMissing",
+                f"spec.redis.secretRef: {exc}; create it, the consumers read the Redis URL from it",
             )
     return observed_status(body, spec, statefulset, redis_problem)
 
@@ -156,15 +159,14 @@ def observed_status(
     body: Mapping[str, Any],
     spec: DelayQueueSpec,
     statefulset: Mapping[str, Any] | None,
-    redis_problem: str | None = None,
+    redis_problem: tuple[str, str] | None = None,  # (condition reason, message)
 ) -> dict[str, Any]:
     name = beanstalkd.child_name(body)
     endpoints = beanstalkd.endpoints(body, spec)
     ready = int(((statefulset or {}).get("status") or {}).get("readyReplicas") or 0)
     if redis_problem is not None:
-        return with_ready(
-            body, False, "RedisSecretMissing", redis_problem, readyReplicas=ready, endpoints=endpoints
-        )
+        reason, message = redis_problem
+        return with_ready(body, False, reason, message, readyReplicas=ready, endpoints=endpoints)
     if statefulset is None:
         return with_ready(
             body,
