@@ -106,7 +106,8 @@ class DelayConsumer:
         self._tokens = 0
         self._claimed: dict[str, Held] = {}  # by token: copies whose attempt has not settled
         self._unswept: collections.deque[tuple[float, str, int]] = collections.deque(maxlen=10_000)
-        # Risky Redis settings seen once Redis answered (None: not checked yet); see health().
+        # Risky Redis settings seen once Redis answered (None: not checked yet). Not part of
+        # health(), which is about reachability: the sidecar shows them in /v1/status.
         self.redis_warnings: list[str] | None = None
 
     # -- public --------------------------------------------------------------------------
