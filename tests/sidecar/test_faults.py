@@ -331,3 +331,33 @@ def test_status_warns_about_a_redis_that_can_lose_records(
     )
     assert any("appendonly is off" in warning for warning in warnings), warnings
     assert sidecar.status()["queues"][unique]["state"] == "consuming"  # reported, not refused
+
+
+def test_jobs_waiting_for_a_down_app_do_not_flood_the_log(
+    make_sidecar: Callable[..., Sidecar],
+    tmp_path: Path,
+    beanstalk_cluster: BeanstalkdCluster,
+    shared_redis: RedisServer,
+    unique: str,
+) -> None:
+    app = App(tmp_path / "flaky-app", "http")
+    app.script({})
+    app.start()
+    sidecar = make_sidecar(
+        {
+            "app": app_config(app),
+            "queues": [delay_queue(unique, beanstalk_cluster.addresses, shared_redis.url)],
+        }
+    )
+    sidecar.wait_ready()
+    app.kill()
+    wait_until(lambda: not sidecar.status()["app"]["up"], 10, "status: the app is down", sidecar.status)
+    for i in range(5):
+        dq_delay(beanstalk_cluster.addresses, unique, shared_redis.url, f"waiting-{i}".encode(), 0)
+    time.sleep(4)  # five jobs handed back about once a second each
+    lines = [line for line in sidecar.log_tail(2000).splitlines() if f"{unique}: job" in line]
+    assert len(lines) <= 5, lines  # not one per job per second (20 or more)
+    app.start()
+    for i in range(5):
+        [job] = app.wait_for(f"waiting-{i}", timeout=30)
+        assert job["headers"]["X-Attempt"] == "1"

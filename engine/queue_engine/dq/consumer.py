@@ -484,7 +484,10 @@ class DelayConsumer:
             return
         delay = self._policy.next_delay(attempt, outcome)
         metrics.RETRIED.labels(kind=KIND, queue=self.queue).inc()
-        log.info(
+        # A hand-back while the app is down is not a failed attempt: the delivery side says once
+        # that the app is down; a line per waiting job per second would drown the log.
+        log.log(
+            logging.INFO if outcome.attempted else logging.DEBUG,
             "dq %s: job %s attempt %d failed (%s); retry in %.2fs",
             self.queue,
             job_id,
