@@ -38,7 +38,7 @@ MAX_FSYNC_MILLIS = 3_600_000
 MAX_DELAYQUEUE_NAME = 41
 
 DEFAULT_PARTITIONS = 3
-DEFAULT_REPLICATION_FACTOR = 1
+DEFAULT_REPLICATION_FACTOR = None  # the brokers' default.replication.factor
 MAX_REPLICATION_FACTOR = 32767  # Kafka stores it as int16
 DEFAULT_CA_KEY = "ca.crt"
 OFFSETS = ("first", "last")
@@ -158,7 +158,7 @@ class KafkaQueueSpec:
     brokers: list[str]
     topic: str
     partitions: int
-    replication_factor: int
+    replication_factor: int | None  # None: the brokers' default
     topic_config: dict[str, str]  # Kafka topic configs, values as strings ("86400000", "true")
     group: str
     offset: str  # "first" | "last"

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import ConsumerGroupTopicPartitions, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import (
     AdminClient,
     AlterConfigOpType,
@@ -27,6 +27,7 @@ from confluent_kafka.admin import (
     ConfigResource,
     NewPartitions,
     NewTopic,
+    OffsetSpec,
 )
 
 from queue_engine.kq.security import KafkaSecurity
@@ -74,6 +75,7 @@ class TopicAdmin:
     ) -> None:
         self.brokers = ",".join(brokers)
         self.timeout = timeout
+        self.cluster_id: str | None = None  # what the brokers called their cluster at the last listing
         self._ca_file: str | None = None
         if ca_pem is not None:
             # librdkafka reads the CA bundle from a file; keep it private to this process.
@@ -121,10 +123,11 @@ class TopicAdmin:
             metadata = self._admin.list_topics(timeout=self.timeout)
         except KafkaException as exc:
             raise BrokerUnavailable(f"brokers {self.brokers} did not answer: {_describe(exc)}") from exc
+        self.cluster_id = metadata.cluster_id or None
         return {name: len(topic.partitions) for name, topic in metadata.topics.items() if topic.error is None}
 
     def ensure(
-        self, name: str, partitions: int, replication_factor: int, config: Mapping[str, str]
+        self, name: str, partitions: int, replication_factor: int | None, config: Mapping[str, str]
     ) -> TopicReport:
         """Create the topic, or bring an existing one as close to the spec as Kafka allows."""
         existing = self.partitions()
@@ -146,10 +149,14 @@ class TopicAdmin:
         return TopicReport(name, current)
 
     def _create(
-        self, name: str, partitions: int, replication_factor: int, config: Mapping[str, str]
+        self, name: str, partitions: int, replication_factor: int | None, config: Mapping[str, str]
     ) -> TopicReport:
         topic = NewTopic(
-            name, num_partitions=partitions, replication_factor=replication_factor, config=dict(config)
+            name,
+            num_partitions=partitions,
+            # -1 asks the brokers for their default.replication.factor (KIP-464).
+            replication_factor=-1 if replication_factor is None else replication_factor,
+            config=dict(config),
         )
         future = self._admin.create_topics([topic], request_timeout=self.timeout)[name]
         try:
@@ -164,7 +171,10 @@ class TopicAdmin:
                 )
             raise BrokerUnavailable(f"creating topic {name} failed: {_describe(exc)}") from exc
         log.info(
-            "created topic %s (%d partitions, replication factor %d)", name, partitions, replication_factor
+            "created topic %s (%d partitions, replication factor %s)",
+            name,
+            partitions,
+            replication_factor or "the brokers' default",
         )
         return TopicReport(name, partitions, created=True)
 
@@ -202,6 +212,56 @@ class TopicAdmin:
             future.result(timeout=self.timeout * 2)
         except KafkaException as exc:
             raise BrokerUnavailable(f"applying the config of topic {name} failed: {_describe(exc)}") from exc
+
+    def start_group_at_end(self, group: str, topic: str, partitions: int) -> list[int]:
+        """Commit the end offset for ``group`` on each partition where it has none; the partitions set.
+
+        A group that starts "at the latest offset" picks that offset when its first consumer
+        joins, so whatever was published before then would be skipped. Committing the end now
+        makes the group start here instead: nothing published from now on is skipped, however
+        late the first consumer comes. Partitions that already have an offset are left alone;
+        a group with active members (which have chosen their positions) is left alone too.
+        """
+        wanted = [TopicPartition(topic, p) for p in range(partitions)]
+        request = [ConsumerGroupTopicPartitions(group, wanted)]
+        try:
+            committed = self._result(
+                self._admin.list_consumer_group_offsets(request, request_timeout=self.timeout)[group]
+            )
+            missing = [tp.partition for tp in committed.topic_partitions if tp.offset < 0]
+            if not missing:
+                return []
+            latest = OffsetSpec.latest()  # type: ignore[no-untyped-call]
+            ends = self._admin.list_offsets(
+                {TopicPartition(topic, p): latest for p in missing}, request_timeout=self.timeout
+            )
+            offsets = [
+                TopicPartition(tp.topic, tp.partition, self._result(f).offset) for tp, f in ends.items()
+            ]
+        except KafkaException as exc:
+            raise BrokerUnavailable(f"reading the offsets of group {group} failed: {_describe(exc)}") from exc
+        future = self._admin.alter_consumer_group_offsets(
+            [ConsumerGroupTopicPartitions(group, offsets)], request_timeout=self.timeout
+        )[group]
+        try:
+            result = self._result(future)
+            failed = next((tp.error for tp in result.topic_partitions if tp.error is not None), None)
+            if failed is not None:
+                raise KafkaException(failed)
+        except KafkaException as exc:
+            err = _error(exc)
+            if err is None or err.retriable() or err.code() in _TRANSIENT:
+                raise BrokerUnavailable(
+                    f"setting the start offsets of group {group} failed: {_describe(exc)}"
+                ) from exc
+            # Typically members joined meanwhile: they have their positions and will commit.
+            log.info("left group %s as it is: %s", group, _describe(exc))
+            return []
+        log.info("group %s starts at the end of %s partitions %s", group, topic, sorted(missing))
+        return sorted(missing)
+
+    def _result(self, future: Any) -> Any:
+        return future.result(timeout=self.timeout * 2)
 
     def delete(self, names: Iterable[str]) -> list[str]:
         """Delete the topics that exist; returns those deleted (absent ones are already gone)."""

@@ -12,7 +12,8 @@ object API itself is served here:
 - the ``status`` subresource: status writes change only status, main writes keep the status;
 - CRDs: created ones join discovery (kopf scans it), their schema defaults are applied,
   undeclared fields pruned and the common OpenAPI checks enforced (422 with the API
-  server's wording; CEL rules are not evaluated);
+  server's wording; CEL rules are not evaluated); a StatefulSet's fixed spec fields refused on
+  update (422, as apps/validation does);
 - finalizers (delete sets ``deletionTimestamp``; the object goes once they are removed),
   owner references with background garbage collection of dependents, namespaces whose
   deletion removes their objects;
@@ -170,6 +171,37 @@ def _secret_string_data(kind: Kind, obj: JsonObj) -> JsonObj:
         encoded = {k: base64.b64encode(str(v).encode()).decode() for k, v in obj.pop("stringData").items()}
         obj["data"] = {**(obj.get("data") or {}), **encoded}
     return obj
+
+
+# What the API server lets change in a StatefulSet's spec (apps/validation); the rest is fixed.
+STATEFULSET_MUTABLE = (
+    "replicas",
+    "ordinals",
+    "template",
+    "updateStrategy",
+    "persistentVolumeClaimRetentionPolicy",
+    "minReadySeconds",
+)
+
+
+def _check_statefulset_update(kind: Kind, old: JsonObj, new: JsonObj) -> None:
+    """Refuse changes to a StatefulSet's fixed fields with the API server's 422 and wording."""
+    if (kind.group, kind.plural) != ("apps", "statefulsets"):
+        return
+    fixed = [
+        key
+        for key in set(old.get("spec") or {}) | set(new.get("spec") or {})
+        if key not in STATEFULSET_MUTABLE
+        and (old.get("spec") or {}).get(key) != (new.get("spec") or {}).get(key)
+    ]
+    if fixed:
+        allowed = ", ".join(f"'{key}'" for key in STATEFULSET_MUTABLE[:-1])
+        raise ApiError(
+            422,
+            "Invalid",
+            f'StatefulSet.apps "{new["metadata"]["name"]}" is invalid: spec: Forbidden: updates to '
+            f"statefulset spec for fields other than {allowed} and '{STATEFULSET_MUTABLE[-1]}' are forbidden",
+        )
 
 
 class Emulator:
@@ -486,6 +518,8 @@ class Emulator:
                     meta.pop(immutable, None)
         result["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"]
         result = self._check_schema(kind, _secret_string_data(kind, result))
+        if not status_only:
+            _check_statefulset_update(kind, old, result)
         if result == old:
             return old  # a no-op write changes nothing, not even the resourceVersion
         if _spec_part(result) != _spec_part(old):

@@ -146,8 +146,12 @@ class Cluster:
 
     def ready(self, plural: str, name: str) -> dict[str, Any]:
         """The Ready condition (empty until the operator wrote one)."""
+        return self.condition(plural, name, "Ready")
+
+    def condition(self, plural: str, name: str, kind: str) -> dict[str, Any]:
+        """The condition of that type (empty until the operator wrote one)."""
         conditions = (self.get(plural, name).get("status") or {}).get("conditions") or []
-        return next((c for c in conditions if c["type"] == "Ready"), {})
+        return next((c for c in conditions if c["type"] == kind), {})
 
     def events_text(self) -> str:
         return "\n".join(str(e.message) for e in self.core.list_namespaced_event(self.namespace).items)

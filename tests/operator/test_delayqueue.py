@@ -24,7 +24,9 @@ def children_of(cluster: Cluster, name: str) -> tuple[object, object, object]:
 def set_ready_pods(cluster: Cluster, name: str, ready: int) -> None:
     """The emulator runs no controllers: play the StatefulSet controller reporting pods."""
     cluster.apps.patch_namespaced_stateful_set_status(
-        f"{name}-beanstalkd", cluster.namespace, {"status": {"replicas": ready, "readyReplicas": ready}}
+        f"{name}-beanstalkd",
+        cluster.namespace,
+        {"status": {"replicas": ready, "readyReplicas": ready, "updatedReplicas": ready}},
     )
 
 
@@ -209,3 +211,84 @@ def test_missing_redis_secret_is_reported_until_it_exists(
     eventually(
         lambda: cluster.ready(PLURAL, "invoices").get("reason") == "NodesNotReady", what="Secret found"
     )
+
+
+def test_an_apply_the_api_refuses_is_degraded_with_its_message_and_keeps_the_generation(
+    cluster: Cluster, operator: OperatorProcess
+) -> None:
+    # A StatefulSet of that name already exists with another serviceName, which the API server
+    # does not let anyone change: the operator's apply is refused with 422.
+    stray = {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": {"name": "reminders-beanstalkd", "namespace": cluster.namespace},
+        "spec": {
+            "serviceName": "someone-else",
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": "stray"}},
+            "template": {
+                "metadata": {"labels": {"app": "stray"}},
+                "spec": {"containers": [{"name": "x", "image": "busybox"}]},
+            },
+        },
+    }
+    cluster.apps.create_namespaced_stateful_set(cluster.namespace, stray)
+    cluster.apply(example("delayqueue.yaml"))
+    degraded = eventually(
+        lambda: (
+            (c := cluster.condition(PLURAL, "reminders", "Degraded")).get("reason") == "ApplyFailed" and c
+        ),
+        what="the refusal reported",
+    )
+    assert degraded["status"] == "True"
+    assert "StatefulSet reminders-beanstalkd" in degraded["message"]
+    assert "Forbidden: updates to statefulset spec" in degraded["message"]
+    assert degraded["observedGeneration"] == 1
+    status = cluster.get(PLURAL, "reminders")["status"]
+    assert "observedGeneration" not in status, "generation 1 was never applied"
+    assert cluster.ready(PLURAL, "reminders")["status"] == "False"
+
+    # Once the obstacle is gone the retry applies it: Degraded clears, the generation is observed.
+    cluster.apps.delete_namespaced_stateful_set("reminders-beanstalkd", cluster.namespace)
+    eventually(
+        lambda: cluster.condition(PLURAL, "reminders", "Degraded").get("status") == "False",
+        what="Degraded cleared",
+    )
+    eventually(
+        lambda: cluster.get(PLURAL, "reminders")["status"].get("observedGeneration") == 1,
+        what="generation 1 applied",
+    )
+    assert cluster.apps.read_namespaced_stateful_set(
+        "reminders-beanstalkd", cluster.namespace
+    ).spec.service_name == ("reminders-beanstalkd")
+
+
+def test_a_rollout_is_progressing_and_not_ready_until_every_node_is_updated(
+    cluster: Cluster, operator: OperatorProcess
+) -> None:
+    cluster.apply(example("delayqueue.yaml"))
+    eventually(lambda: children_of(cluster, "reminders"), what="children")
+    set_ready_pods(cluster, "reminders", 3)
+    eventually(lambda: cluster.ready(PLURAL, "reminders").get("status") == "True", what="Ready")
+    assert cluster.condition(PLURAL, "reminders", "Progressing")["status"] == "False"
+    # The StatefulSet controller rolls a new template out: one of three pods updated so far.
+    cluster.apps.patch_namespaced_stateful_set_status(
+        "reminders-beanstalkd",
+        cluster.namespace,
+        {"status": {"updatedReplicas": 1, "currentRevision": "r1", "updateRevision": "r2"}},
+    )
+    eventually(
+        lambda: cluster.condition(PLURAL, "reminders", "Progressing").get("reason") == "RollingOut",
+        what="Progressing",
+    )
+    assert cluster.condition(PLURAL, "reminders", "Progressing")["status"] == "True"
+    assert cluster.ready(PLURAL, "reminders")["status"] == "False"
+    cluster.apps.patch_namespaced_stateful_set_status(
+        "reminders-beanstalkd",
+        cluster.namespace,
+        {"status": {"updatedReplicas": 3, "currentRevision": "r2", "updateRevision": "r2"}},
+    )
+    eventually(
+        lambda: cluster.ready(PLURAL, "reminders").get("status") == "True", what="Ready after the rollout"
+    )
+    assert cluster.condition(PLURAL, "reminders", "Progressing")["status"] == "False"

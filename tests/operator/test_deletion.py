@@ -55,9 +55,19 @@ def test_a_delete_kafkaqueue_whose_secret_is_gone_is_released_within_the_bound(
     operator.stop()
     operator.extra_args = ["--delete-timeout", "4", "--delete-retries", "1000"]
     operator.start()
-    auth = {"sasl": {"mechanism": "SCRAM-SHA-512", "secretRef": {"name": "gone-secret"}}}
-    cluster.apply(kafkaqueue(kafka_broker, unique, deletionPolicy="Delete", auth=auth))
-    eventually(lambda: finalizers(cluster, "kafkaqueues", "orders"), what="the finalizer")
+    cluster.apply(kafkaqueue(kafka_broker, unique, deletionPolicy="Delete"))
+    eventually(lambda: cluster.ready("kafkaqueues", "orders").get("status") == "True", what="topics created")
+    assert finalizers(cluster, "kafkaqueues", "orders")
+    # The credentials it needs to reach the brokers are gone (as when its namespace goes first).
+    auth = {
+        "sasl": {"mechanism": "SCRAM-SHA-512", "secretRef": {"name": "gone-secret"}},
+        "allowPlaintext": True,
+    }
+    cluster.patch("kafkaqueues", "orders", {"spec": {"auth": auth}})
+    eventually(
+        lambda: cluster.ready("kafkaqueues", "orders").get("reason") == "SecretMissing",
+        what="the Secret missed",
+    )
     started = time.monotonic()
     cluster.delete("kafkaqueues", "orders")
     eventually(lambda: cluster.gone("kafkaqueues", "orders"), timeout=30, what="released after the bound")

@@ -59,10 +59,16 @@ def test_partition_changes_are_reported_not_applied(
 
     cluster.patch(PLURAL, "orders", {"spec": {"topic": {"partitions": 2}}})
     refused = eventually(
-        lambda: (c := cluster.ready(PLURAL, "orders"))["reason"] == "PartitionDecreaseRefused" and c,
+        lambda: (
+            (c := cluster.condition(PLURAL, "orders", "Degraded"))["reason"] == "PartitionDecreaseRefused"
+            and c
+        ),
         what="the decrease refused",
     )
-    assert refused["status"] == "False"
+    # The topic still serves as it is; the refused part of the spec is Degraded, not applied.
+    assert refused["status"] == "True" and refused["observedGeneration"] == 2
+    assert cluster.ready(PLURAL, "orders")["status"] == "True"
+    assert cluster.get(PLURAL, "orders")["status"]["observedGeneration"] == 1
     assert (
         "cannot remove partitions" in refused["message"]
         and "set partitions to 3 or more" in refused["message"]
@@ -72,7 +78,9 @@ def test_partition_changes_are_reported_not_applied(
     # tansu cannot add partitions (CreatePartitions is unsupported): the brokers' answer is shown.
     cluster.patch(PLURAL, "orders", {"spec": {"topic": {"partitions": 4}}})
     raised = eventually(
-        lambda: (c := cluster.ready(PLURAL, "orders"))["reason"] == "PartitionsNotRaised" and c,
+        lambda: (
+            (c := cluster.condition(PLURAL, "orders", "Degraded"))["reason"] == "PartitionsNotRaised" and c
+        ),
         what="the raise reported",
     )
     assert "CreatePartitions" in raised["message"]

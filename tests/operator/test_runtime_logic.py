@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from queue_operator.handlers import delayqueue, kafkaqueue
-from queue_operator.handlers.conditions import ready_condition
+from queue_operator.handlers.conditions import Verdict, condition, status_of
 from queue_operator.handlers.options import Options
 from queue_operator.spec import DelayQueueSpec, KafkaQueueSpec
 
@@ -24,21 +24,85 @@ def test_retry_delays_double_up_to_the_cap() -> None:
     assert [options.backoff(n) for n in range(5)] == [0.5, 1, 2, 3, 3]
 
 
-def test_ready_transition_time_moves_only_when_the_status_flips() -> None:
+def test_transition_time_moves_only_when_the_status_flips() -> None:
     old = [{"type": "Ready", "status": "False", "lastTransitionTime": "2020-01-01T00:00:00Z"}]
-    assert ready_condition(False, "R", "m", 1, old)["lastTransitionTime"] == "2020-01-01T00:00:00Z"
-    assert ready_condition(True, "R", "m", 1, old)["lastTransitionTime"] != "2020-01-01T00:00:00Z"
+    assert condition("Ready", (False, "R", "m"), 1, old)["lastTransitionTime"] == "2020-01-01T00:00:00Z"
+    assert condition("Ready", (True, "R", "m"), 1, old)["lastTransitionTime"] != "2020-01-01T00:00:00Z"
+
+
+def conditions(status: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    return {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]}
+
+
+def test_every_status_has_the_three_conditions_with_the_generation_they_describe() -> None:
+    status = status_of(DQ, Verdict(True, "NodesReady", "3/3", applied=True))
+    assert [c["type"] for c in status["conditions"]] == ["Ready", "Progressing", "Degraded"]
+    assert {c["observedGeneration"] for c in status["conditions"]} == {4}
+    for c in status["conditions"]:
+        assert set(c) == {"type", "status", "reason", "message", "observedGeneration", "lastTransitionTime"}
+
+
+def test_observed_generation_moves_only_when_the_generation_was_applied() -> None:
+    body = {**DQ, "status": {"observedGeneration": 3}}
+    assert "observedGeneration" not in status_of(body, Verdict.problem("ApplyFailed", "422"))
+    assert status_of(body, Verdict(True, "NodesReady", "", applied=True))["observedGeneration"] == 4
 
 
 def test_delayqueue_status_from_the_statefulset() -> None:
     spec = DelayQueueSpec.from_body(DQ)
     missing = delayqueue.observed_status(DQ, spec, None)
-    assert (missing["conditions"][0]["reason"], missing["readyReplicas"]) == ("Provisioning", 0)
-    partial = delayqueue.observed_status(DQ, spec, {"status": {"readyReplicas": 2}})
-    assert partial["conditions"][0]["status"] == "False" and "2/3" in partial["conditions"][0]["message"]
-    full = delayqueue.observed_status(DQ, spec, {"status": {"readyReplicas": 3}})
-    assert full["conditions"][0]["status"] == "True"
+    assert conditions(missing)["Ready"] == ("False", "Provisioning")
+    assert conditions(missing)["Progressing"] == ("True", "Provisioning") and missing["readyReplicas"] == 0
+    settled = {"replicas": 3, "updatedReplicas": 3}
+    partial = delayqueue.observed_status(DQ, spec, {"status": {**settled, "readyReplicas": 2}})
+    assert conditions(partial)["Ready"] == ("False", "NodesNotReady")
+    assert "2/3" in partial["conditions"][0]["message"]
+    full = delayqueue.observed_status(DQ, spec, {"status": {**settled, "readyReplicas": 3}})
+    assert conditions(full) == {
+        "Ready": ("True", "NodesReady"),
+        "Progressing": ("False", "Reconciled"),
+        "Degraded": ("False", "AsExpected"),
+    }
     assert full["observedGeneration"] == 4 and len(full["endpoints"]) == 3
+
+
+def test_a_statefulset_rolling_out_is_progressing_not_ready() -> None:
+    spec = DelayQueueSpec.from_body(DQ)
+    for status in (
+        {"replicas": 3, "readyReplicas": 3, "updatedReplicas": 1},
+        {
+            "replicas": 3,
+            "readyReplicas": 3,
+            "updatedReplicas": 3,
+            "currentRevision": "a",
+            "updateRevision": "b",
+        },
+    ):
+        rolling = delayqueue.observed_status(DQ, spec, {"status": status})
+        assert conditions(rolling)["Ready"] == ("False", "RollingOut")
+        assert conditions(rolling)["Progressing"] == ("True", "RollingOut")
+    unseen = {
+        "metadata": {"generation": 7},
+        "status": {"observedGeneration": 6, "replicas": 3, "readyReplicas": 3, "updatedReplicas": 3},
+    }
+    assert conditions(delayqueue.observed_status(DQ, spec, unseen))["Progressing"] == ("True", "RollingOut")
+
+
+def test_a_refused_apply_is_degraded_with_the_api_message_and_keeps_the_generation() -> None:
+    spec = DelayQueueSpec.from_body(DQ)
+    body = {**DQ, "status": {"observedGeneration": 3}}
+    settled = {"status": {"replicas": 3, "updatedReplicas": 3, "readyReplicas": 3}}
+    refused = delayqueue.observed_status(
+        body,
+        spec,
+        settled,
+        ("ApplyFailed", "applying StatefulSet jobs-beanstalkd failed: 422 Invalid: forbidden"),
+        applied=False,
+    )
+    assert conditions(refused)["Degraded"] == ("True", "ApplyFailed")
+    assert "422 Invalid: forbidden" in refused["conditions"][2]["message"]
+    assert conditions(refused)["Ready"] == ("True", "ApplyFailed")  # the previous spec still serves
+    assert "observedGeneration" not in refused
 
 
 def test_drift_ignores_fields_the_api_server_adds() -> None:
@@ -57,10 +121,20 @@ def test_drift_ignores_fields_the_api_server_adds() -> None:
 
 def test_kafkaqueue_status_explains_partition_mismatches() -> None:
     spec = KafkaQueueSpec.from_body(KQ)
-    ready = kafkaqueue.observed_status(KQ, spec, {"orders": 3, "orders.dlq": 3}, {})
-    assert ready["conditions"][0]["reason"] == "TopicReady" and ready["partitions"] == 3
-    fewer = kafkaqueue.observed_status(KQ, spec, {"orders": 5, "orders.dlq": 3}, {})
-    assert fewer["conditions"][0]["reason"] == "PartitionDecreaseRefused"
-    assert "set partitions to 5 or more" in fewer["conditions"][0]["message"]
-    missing_dlq = kafkaqueue.observed_status(KQ, spec, {"orders": 3}, {})
-    assert missing_dlq["conditions"][0]["reason"] == "DeadLetterTopicMissing"
+    ready = kafkaqueue.topics_verdict(spec, {"orders": 3, "orders.dlq": 3}, [])
+    assert (ready.ready, ready.reason, ready.applied, ready.degraded) == (True, "TopicReady", True, False)
+    refused = "topic orders has 5 partitions and spec asks for 3: set partitions to 5 or more"
+    fewer = kafkaqueue.topics_verdict(spec, {"orders": 5, "orders.dlq": 3}, [refused])
+    assert (fewer.ready, fewer.degraded, fewer.degraded_reason, fewer.applied) == (
+        True,
+        True,
+        "PartitionDecreaseRefused",
+        False,
+    )
+    assert fewer.degraded_message == refused
+    missing_dlq = kafkaqueue.topics_verdict(spec, {"orders": 3}, [])
+    assert (missing_dlq.ready, missing_dlq.reason, missing_dlq.progressing) == (
+        False,
+        "DeadLetterTopicMissing",
+        True,
+    )

@@ -134,7 +134,7 @@ def test_kafkaqueue_defaults_are_filled_as_the_api_server_would() -> None:
             }
         )
     )["spec"]
-    assert spec["topic"] == {"partitions": 3, "replicationFactor": 1}
+    assert spec["topic"] == {"partitions": 3}, "no replicationFactor: the brokers' default"
     assert (spec["offset"], spec["deletionPolicy"]) == ("last", "Retain")
     assert spec["auth"]["sasl"]["secretRef"] == {
         "name": "s",
@@ -220,6 +220,8 @@ def test_topic_config_takes_any_kafka_config() -> None:
             {"topic": {"replicationFactor": 3}},
             "replicationFactor cannot change",
         ),
+        ({}, {"topic": {"replicationFactor": 3}}, "replicationFactor cannot be set or removed"),
+        ({"topic": {"replicationFactor": 3}}, {}, "replicationFactor cannot be set or removed"),
         ({}, {"topic": {"name": "orders"}}, "spec.topic.name cannot be set or removed"),
         ({"topic": {"name": "orders"}}, {}, "spec.topic.name cannot be set or removed"),
         ({}, {"group": "default.orders"}, "spec.group cannot change"),

@@ -105,7 +105,7 @@ def test_kafkaqueue_defaults() -> None:
         brokers=["kafka:9092"],
         topic="orders",
         partitions=3,
-        replication_factor=1,
+        replication_factor=None,  # the brokers' default
         topic_config={},
         group="default.orders",  # namespaced: another namespace's "orders" never shares it
         offset="last",

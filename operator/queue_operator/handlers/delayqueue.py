@@ -10,6 +10,7 @@ brings ``readyReplicas`` and ``Ready`` up to date as soon as pods become ready.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,14 +18,14 @@ import kopf
 
 from queue_operator.builders import beanstalkd
 from queue_operator.builders.labels import MANAGED_BY
-from queue_operator.handlers.conditions import parse_or_report, set_ready, with_ready, write_status
+from queue_operator.handlers.conditions import Verdict, parse_or_report, report, status_of, write_status
 from queue_operator.handlers.options import (
     API_VERSION,
     Options,
     Runtime,
     register_level_based,
 )
-from queue_operator.kube import Kube, SecretMissing, SecretNotAllowed
+from queue_operator.kube import Kube, KubeError, SecretMissing, SecretNotAllowed
 from queue_operator.spec import DelayQueueSpec, SpecError
 
 PLURAL = "delayqueues"
@@ -46,28 +47,49 @@ def parse(body: Mapping[str, Any], patch: kopf.Patch) -> DelayQueueSpec:
     return parse_or_report(DelayQueueSpec.from_body, body, patch)
 
 
-def reconcile(body: kopf.Body, patch: kopf.Patch, memo: Any, **_: Any) -> None:
+def reconcile(
+    body: kopf.Body, patch: kopf.Patch, memo: Any, logger: kopf.Logger, retry: int = 0, **_: Any
+) -> None:
+    """Apply every child, then report. An apply the API refuses (RBAC, an immutable field) is
+    reported in ``Degraded`` with the API's message and retried; ``observedGeneration`` stays."""
     spec = parse(body, patch)
-    backoff = memo.runtime.options.retry_delay
-    for child in beanstalkd.children(body, spec):
-        kopf.register(apply_child, id=child["kind"].lower(), param=child, backoff=backoff)
-    kopf.register(report_status, id="status", backoff=backoff)
-
-
-def apply_child(*, param: Any = None, body: kopf.Body, memo: Any, logger: kopf.Logger, **_: Any) -> None:
     runtime: Runtime = memo.runtime
-    child = dict(param)
-    kopf.adopt(child, owner=body)
-    runtime.kube.apply(child)
-    logger.info("applied %s %s", child["kind"], child["metadata"]["name"])
+    failure = apply_children(runtime.kube, body, spec, logger, only_drifted=False)
+    write_status(body, patch, observe_state(runtime.kube, body, spec, failure))
+    if failure is not None:
+        delay = runtime.options.backoff(retry)
+        raise kopf.TemporaryError(f"{failure}; retrying in {delay:g}s", delay=delay)
 
 
-def report_status(body: kopf.Body, patch: kopf.Patch, memo: Any, **_: Any) -> None:
-    spec = parse(body, patch)
-    write_status(body, patch, observe_state(memo.runtime.kube, body, spec))
+def apply_children(
+    kube: Kube, body: kopf.Body, spec: DelayQueueSpec, logger: kopf.Logger, *, only_drifted: bool
+) -> str | None:
+    """Apply the children (all, or those missing or drifted); the first refusal, described."""
+    namespace = str(body.metadata.namespace)
+    for child in beanstalkd.children(body, spec):
+        kind, name = child["kind"], child["metadata"]["name"]
+        if only_drifted:
+            actual = kube.read(child["apiVersion"], kind, namespace, name)
+            if actual is not None and contains(actual.get("spec"), child["spec"]):
+                continue
+            logger.info("%s %s is missing or drifted; re-applying it", kind, name)
+        kopf.adopt(child, owner=body)
+        try:
+            kube.apply(child)
+        except KubeError as exc:
+            return f"applying {kind} {name} failed: {exc}"
+        logger.debug("applied %s %s", kind, name)
+    return None
 
 
-def observe_state(kube: Kube, body: Mapping[str, Any], spec: DelayQueueSpec) -> dict[str, Any]:
+def observe_state(
+    kube: Kube,
+    body: Mapping[str, Any],
+    spec: DelayQueueSpec,
+    apply_failure: str | None = None,
+    *,
+    applied: bool | None = None,  # default: applied unless the apply failed
+) -> dict[str, Any]:
     """Read what the status reports on: the StatefulSet, and that the Redis Secret is there."""
     namespace = str(body["metadata"]["namespace"])
     statefulset = kube.read("apps/v1", "StatefulSet", namespace, beanstalkd.child_name(body))
@@ -82,13 +104,17 @@ def observe_state(kube: Kube, body: Mapping[str, Any], spec: DelayQueueSpec) -> 
                 "RedisSecretMissing",
                 f"spec.redis.secretRef: {exc}; create it, the consumers read the Redis URL from it",
             )
-    return observed_status(body, spec, statefulset, redis_problem)
+    if apply_failure is not None:
+        redis_problem = redis_problem or ("ApplyFailed", apply_failure)
+    applied = apply_failure is None if applied is None else applied
+    return observed_status(body, spec, statefulset, redis_problem, applied=applied)
 
 
 def statefulset_changed(type: str | None, body: kopf.Body, memo: Any, logger: kopf.Logger, **_: Any) -> None:
     """Pods became ready (or not): bring the owning DelayQueue's status up to date at once.
 
     Only the observed fields move; ``observedGeneration`` stays for ``reconcile`` to advance.
+    A refused apply reported by ``reconcile`` stays reported until an apply succeeds.
     """
     owner = next(
         (ref for ref in body.metadata.get("ownerReferences") or [] if ref.get("kind") == "DelayQueue"), None
@@ -109,9 +135,13 @@ def statefulset_changed(type: str | None, body: kopf.Body, memo: Any, logger: ko
     except SpecError:
         return
     current = queue.get("status") or {}
-    observed = current.get("observedGeneration") or queue["metadata"].get("generation")
-    view = {**queue, "metadata": {**queue["metadata"], "generation": observed}}
-    desired = observe_state(kube, view, spec)
+    # The last apply's outcome is the reconcile's to change; this only moves what pods decide.
+    degraded: Mapping[str, Any] = next(
+        (c for c in current.get("conditions") or [] if c.get("type") == "Degraded"), {}
+    )
+    failure = degraded.get("message") if degraded.get("reason") == "ApplyFailed" else None
+    applied = current.get("observedGeneration") == queue["metadata"].get("generation")
+    desired = observe_state(kube, queue, spec, failure, applied=applied)
     changes = {
         key: desired[key] for key in ("readyReplicas", "conditions") if current.get(key) != desired[key]
     }
@@ -123,23 +153,18 @@ def statefulset_changed(type: str | None, body: kopf.Body, memo: Any, logger: ko
 
 
 def observe(body: kopf.Body, patch: kopf.Patch, memo: Any, logger: kopf.Logger, **_: Any) -> None:
-    """The periodic check: heal drifted or missing children, then write what is observed."""
+    """The periodic check: heal drifted or missing children, then write what is observed.
+
+    Children that all match the spec mean this generation is applied, whoever applied it.
+    """
     try:
         spec = DelayQueueSpec.from_body(body)
     except SpecError as exc:
-        set_ready(body, patch, False, "InvalidSpec", str(exc))
+        report(body, patch, Verdict.problem("InvalidSpec", str(exc)))
         return
     kube = memo.runtime.kube
-    namespace = str(body.metadata.namespace)
-    for child in beanstalkd.children(body, spec):
-        actual = kube.read(child["apiVersion"], child["kind"], namespace, child["metadata"]["name"])
-        if actual is None or not contains(actual.get("spec"), child["spec"]):
-            logger.info(
-                "%s %s is missing or drifted; re-applying it", child["kind"], child["metadata"]["name"]
-            )
-            kopf.adopt(child, owner=body)
-            kube.apply(child)
-    write_status(body, patch, observe_state(kube, body, spec))
+    failure = apply_children(kube, body, spec, logger, only_drifted=True)
+    write_status(body, patch, observe_state(kube, body, spec, failure))
 
 
 def contains(actual: Any, desired: Any) -> bool:
@@ -159,28 +184,50 @@ def observed_status(
     body: Mapping[str, Any],
     spec: DelayQueueSpec,
     statefulset: Mapping[str, Any] | None,
-    redis_problem: tuple[str, str] | None = None,  # (condition reason, message)
+    problem: tuple[str, str] | None = None,  # (condition reason, message) of what keeps it Degraded
+    *,
+    applied: bool = True,
 ) -> dict[str, Any]:
-    name = beanstalkd.child_name(body)
-    endpoints = beanstalkd.endpoints(body, spec)
     ready = int(((statefulset or {}).get("status") or {}).get("readyReplicas") or 0)
-    if redis_problem is not None:
-        reason, message = redis_problem
-        return with_ready(body, False, reason, message, readyReplicas=ready, endpoints=endpoints)
+    fields = {"readyReplicas": ready, "endpoints": beanstalkd.endpoints(body, spec)}
+    verdict = nodes_verdict(beanstalkd.child_name(body), spec.replicas, statefulset)
+    if problem is not None:
+        reason, message = problem
+        # A refused apply leaves the previous generation running: Ready still says whether it serves.
+        serving = verdict.ready and reason == "ApplyFailed"
+        verdict = Verdict(serving, reason, message, degraded=True)
+    return status_of(body, dataclasses.replace(verdict, applied=applied and problem is None), **fields)
+
+
+def nodes_verdict(name: str, replicas: int, statefulset: Mapping[str, Any] | None) -> Verdict:
+    """Ready and Progressing from the StatefulSet as its controller reports it.
+
+    Ready needs every node ready and on the current revision; a rollout in progress
+    (``updatedReplicas`` short, revisions differing, or the controller not having seen the
+    latest spec) is Progressing, not Ready.
+    """
     if statefulset is None:
-        return with_ready(
-            body,
-            False,
-            "Provisioning",
-            f"StatefulSet {name} does not exist yet",
-            readyReplicas=0,
-            endpoints=endpoints,
-        )
-    if ready >= spec.replicas:
-        reason, message = "NodesReady", f"{ready}/{spec.replicas} beanstalkd nodes are ready"
-    else:
-        reason = "NodesNotReady"
+        return Verdict(False, "Provisioning", f"StatefulSet {name} does not exist yet", progressing=True)
+    status = statefulset.get("status") or {}
+    ready = int(status.get("readyReplicas") or 0)
+    updated = int(status.get("updatedReplicas") or 0)
+    generation = (statefulset.get("metadata") or {}).get("generation")
+    seen = status.get("observedGeneration")
+    rolling = (
+        updated < replicas
+        or (status.get("currentRevision") or "") != (status.get("updateRevision") or "")
+        or (generation is not None and seen is not None and int(seen) < int(generation))
+    )
+    if ready < replicas:
+        message = f"{ready}/{replicas} beanstalkd nodes are ready; waiting for the pods of StatefulSet {name}"
+        return Verdict(False, "NodesNotReady", message, progressing=True)
+    if rolling:
         message = (
-            f"{ready}/{spec.replicas} beanstalkd nodes are ready; waiting for the pods of StatefulSet {name}"
+            f"StatefulSet {name} is rolling out: {updated}/{replicas} nodes updated, {ready}/{replicas} ready"
         )
-    return with_ready(body, ready >= spec.replicas, reason, message, readyReplicas=ready, endpoints=endpoints)
+        return Verdict(False, "RollingOut", message, progressing=True)
+    current = int(status.get("replicas") or ready)
+    if current > replicas:
+        message = f"{ready} beanstalkd nodes are ready; StatefulSet {name} is scaling down to {replicas}"
+        return Verdict(True, "ScalingDown", message, progressing=True)
+    return Verdict(True, "NodesReady", f"{ready}/{replicas} beanstalkd nodes are ready")

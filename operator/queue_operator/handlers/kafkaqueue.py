@@ -10,25 +10,26 @@ Credentials come from Secrets at each connection and never reach status, logs or
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import kopf
 
 from queue_engine.errors import ConfigError
 from queue_engine.kq.security import KafkaSecurity
-from queue_operator.handlers.conditions import parse_or_report, set_ready, with_ready, write_status
+from queue_operator.handlers.conditions import Verdict, parse_or_report, report
 from queue_operator.handlers.options import GROUP, VERSION, Options, Runtime, register_level_based
 from queue_operator.kube import SecretMissing, SecretNotAllowed
 from queue_operator.spec import KafkaQueueSpec, SpecError
 from queue_operator.topics import BrokerUnavailable, ClientConfigInvalid, TopicAdmin
 
 PLURAL = "kafkaqueues"
-TOPIC, DEAD_LETTER = "topic", "dead-letter-topic"
 
 
 def register(registry: kopf.OperatorRegistry, options: Options) -> None:
+    kopf.index(GROUP, VERSION, PLURAL, id="topic_claims", registry=registry)(topic_claims)
     register_level_based(registry, PLURAL, options, reconcile, observe)
     # Only a KafkaQueue whose topics must go with it gets a finalizer (kopf adds one for each
     # matching mandatory delete handler, and takes it back when the policy changes to Retain).
@@ -87,7 +88,7 @@ def admin(runtime: Runtime, spec: KafkaQueueSpec, namespace: str) -> TopicAdmin:
         raise ClientConfigInvalid(f"{exc}{hint}") from exc
 
 
-# Failures reported in Ready and retried: (exception, condition reason).
+# Failures reported in Ready and Degraded, and retried: (exception, condition reason).
 RETRIED: tuple[tuple[type[Exception], str], ...] = (
     (SecretNotAllowed, "SecretNotAllowed"),
     (SecretMissing, "SecretMissing"),
@@ -101,110 +102,169 @@ def reason_of(exc: Exception) -> str:
     return next(reason for kind, reason in RETRIED if isinstance(exc, kind))
 
 
-def retry_later(
-    body: kopf.Body, patch: kopf.Patch, runtime: Runtime, retry: int, exc: Exception
-) -> kopf.TemporaryError:
-    """Report in ``Ready`` and retry after an exponentially growing delay."""
-    delay = runtime.options.backoff(retry)
-    set_ready(body, patch, False, reason_of(exc), f"{exc}; retrying in {delay:g}s")
-    return kopf.TemporaryError(str(exc), delay=delay)
+class Claim(NamedTuple):
+    """What the ownership index keeps of each KafkaQueue, under each of its two topic names."""
+
+    uid: str
+    namespace: str
+    name: str
+    created: str  # metadata.creationTimestamp: the oldest claim owns the topic
+    brokers: frozenset[str]
+    cluster_id: str | None  # status.clusterID, as the brokers named their cluster
+    deleting: bool
+
+    def same_cluster(self, other: Claim) -> bool:
+        if self.cluster_id and other.cluster_id and self.cluster_id == other.cluster_id:
+            return True
+        return bool(self.brokers & other.brokers)
+
+    def rank(self) -> tuple[str, str, str]:
+        return (self.created, self.namespace, self.name)
 
 
-def reconcile(body: kopf.Body, patch: kopf.Patch, memo: Any, **_: Any) -> None:
-    parse(body, patch)
-    backoff = memo.runtime.options.retry_delay
-    kopf.register(ensure_topic, id=TOPIC, param=TOPIC, backoff=backoff)
-    kopf.register(ensure_topic, id=DEAD_LETTER, param=DEAD_LETTER, backoff=backoff)
-    kopf.register(report_status, id="status", backoff=backoff)
-
-
-def ensure_topic(
-    *, param: Any = None, body: kopf.Body, patch: kopf.Patch, memo: Any, retry: int = 0, **_: Any
-) -> None:
-    runtime: Runtime = memo.runtime
-    spec = parse(body, patch)
-    problems: dict[str, str | None] = memo.setdefault("problems", {})
+def topic_claims(body: kopf.Body, **_: Any) -> dict[str, Claim]:
+    """Index: topic name -> the KafkaQueues naming it (as their topic or dead-letter topic)."""
     try:
-        with admin(runtime, spec, str(body.metadata.namespace)) as topics:
-            if param == TOPIC:
-                report = topics.ensure(
-                    spec.topic, spec.partitions, spec.replication_factor, spec.topic_config
-                )
-            else:
-                # Dead letters are rare: the topic is created alike, but never resized.
-                existing = topics.partitions().get(spec.dead_letter_topic)
-                partitions = existing or spec.partitions
-                report = topics.ensure(spec.dead_letter_topic, partitions, spec.replication_factor, {})
-    except (SecretMissing, ClientConfigInvalid, BrokerUnavailable) as exc:
-        raise retry_later(body, patch, runtime, retry, exc) from exc
-    problems[param] = report.problem
-    if report.problem:
-        raise kopf.PermanentError(report.problem)
+        spec = KafkaQueueSpec.from_body(body)
+    except SpecError:
+        return {}
+    meta = body.metadata
+    claim = Claim(
+        uid=str(meta.uid or ""),
+        namespace=str(meta.namespace),
+        name=str(meta.name),
+        created=str(meta.get("creationTimestamp") or ""),
+        brokers=frozenset(spec.brokers),
+        cluster_id=(body.get("status") or {}).get("clusterID"),
+        deleting=bool(meta.get("deletionTimestamp")),
+    )
+    return {spec.topic: claim, spec.dead_letter_topic: claim}
 
 
-def report_status(body: kopf.Body, patch: kopf.Patch, memo: Any, retry: int = 0, **_: Any) -> None:
-    runtime: Runtime = memo.runtime
+def owner_elsewhere(body: Mapping[str, Any], spec: KafkaQueueSpec, claims: Any) -> tuple[str, Claim] | None:
+    """The older KafkaQueue on the same brokers that names one of our topics, if any.
+
+    Ownership is first come, first served (creation time, then namespace and name), decided
+    among the resources this operator watches; a resource being deleted no longer claims.
+    """
+    mine = topic_claims(body)  # type: ignore[arg-type]
+    for topic, me in mine.items():
+        for other in claims.get(topic, []) if claims is not None else []:
+            if (
+                other.uid != me.uid
+                and not other.deleting
+                and other.same_cluster(me)
+                and other.rank() < me.rank()
+            ):
+                return topic, other
+    return None
+
+
+def reconcile(body: kopf.Body, patch: kopf.Patch, memo: Any, retry: int = 0, **kwargs: Any) -> None:
+    """Bring the topics (and the group's start) to the spec; retry what may pass by itself."""
     spec = parse(body, patch)
-    try:
-        with admin(runtime, spec, str(body.metadata.namespace)) as topics:
-            partitions = topics.partitions()
-    except (SecretMissing, ClientConfigInvalid, BrokerUnavailable) as exc:
-        raise retry_later(body, patch, runtime, retry, exc) from exc
-    write_status(body, patch, observed_status(body, spec, partitions, memo.get("problems", {})))
+    runtime: Runtime = memo.runtime
+    verdict, fields, transient = converge(body, spec, runtime, kwargs.get("topic_claims"))
+    if transient:
+        delay = runtime.options.backoff(retry)
+        verdict = dataclasses.replace(verdict, message=f"{verdict.message}; retrying in {delay:g}s")
+        report(body, patch, verdict, **fields)
+        raise kopf.TemporaryError(verdict.message, delay=delay)
+    report(body, patch, verdict, **fields)
+    if verdict.degraded:
+        raise kopf.PermanentError(verdict.message)  # no retries until the spec changes
 
 
-def observe(body: kopf.Body, patch: kopf.Patch, memo: Any, logger: kopf.Logger, **_: Any) -> None:
+def observe(body: kopf.Body, patch: kopf.Patch, memo: Any, **kwargs: Any) -> None:
     """The periodic check: re-create vanished topics, then write what is observed."""
     runtime: Runtime = memo.runtime
     try:
         spec = KafkaQueueSpec.from_body(body)
     except SpecError as exc:
-        set_ready(body, patch, False, "InvalidSpec", str(exc))
+        report(body, patch, Verdict.problem("InvalidSpec", str(exc)))
         return
+    verdict, fields, transient = converge(body, spec, runtime, kwargs.get("topic_claims"))
+    if transient:
+        message = f"{verdict.message}; retrying in {runtime.options.reconcile_interval:g}s"
+        verdict = dataclasses.replace(verdict, message=message)
+    report(body, patch, verdict, **fields)
+
+
+def converge(
+    body: kopf.Body, spec: KafkaQueueSpec, runtime: Runtime, claims: Any
+) -> tuple[Verdict, dict[str, Any], bool]:
+    """Ensure both topics and the group's start offsets; (verdict, status fields, transient)."""
+    status = body.get("status") or {}
+    fields: dict[str, Any] = {"topic": spec.topic, "deadLetterTopic": spec.dead_letter_topic}
+    conflict = owner_elsewhere(body, spec, claims)
+    if conflict is not None:
+        topic, other = conflict
+        message = (
+            f"topic {topic} on these brokers belongs to KafkaQueue {other.namespace}/{other.name}, created "
+            "earlier; this resource never changes or deletes it: choose another spec.topic.name "
+            "(or spec.deadLetterTopic)"
+        )
+        return Verdict.problem("ResourceConflict", message), fields, False
+    created = list(status.get("createdTopics") or [])
+    problems: list[str] = []
     try:
         with admin(runtime, spec, str(body.metadata.namespace)) as topics:
             partitions = topics.partitions()
-            for name in (spec.topic, spec.dead_letter_topic):
-                if name not in partitions:
-                    logger.warning("topic %s is missing on the brokers; creating it", name)
-                    topics.ensure(name, spec.partitions, spec.replication_factor, spec.topic_config)
+            if topics.cluster_id:
+                fields["clusterID"] = topics.cluster_id
+            existing = partitions.get(spec.dead_letter_topic)
+            for name, count, config in (
+                (spec.topic, spec.partitions, spec.topic_config),
+                # Dead letters are rare: the topic is created alike, but never resized.
+                (spec.dead_letter_topic, existing or spec.partitions, {}),
+            ):
+                result = topics.ensure(name, count, spec.replication_factor, config)
+                if result.created and name not in created:
+                    created.append(name)
+                if result.problem:
+                    problems.append(result.problem)
             partitions = topics.partitions()
+            if spec.offset == "last" and spec.topic in partitions:
+                topics.start_group_at_end(spec.group, spec.topic, partitions[spec.topic])
     except (SecretMissing, ClientConfigInvalid, BrokerUnavailable) as exc:
-        message = f"{exc}; retrying in {runtime.options.reconcile_interval:g}s"
-        set_ready(body, patch, False, reason_of(exc), message)
-        return
-    write_status(body, patch, observed_status(body, spec, partitions, memo.get("problems", {})))
+        if created:
+            fields["createdTopics"] = created
+        return Verdict.problem(reason_of(exc), str(exc)), fields, True
+    if created:
+        fields["createdTopics"] = created
+    verdict = topics_verdict(spec, partitions, problems)
+    return (
+        verdict,
+        {**fields, "partitions": partitions.get(spec.topic)} if spec.topic in partitions else fields,
+        False,
+    )
 
 
-def observed_status(
-    body: Mapping[str, Any], spec: KafkaQueueSpec, partitions: Mapping[str, int], problems: Mapping[str, Any]
-) -> dict[str, Any]:
-    fields: dict[str, Any] = {"topic": spec.topic, "deadLetterTopic": spec.dead_letter_topic}
-    actual = partitions.get(spec.topic)
-    if actual is None:
-        return with_ready(body, False, "TopicMissing", f"topic {spec.topic} does not exist yet", **fields)
-    fields["partitions"] = actual
+def topics_verdict(spec: KafkaQueueSpec, partitions: Mapping[str, int], problems: list[str]) -> Verdict:
+    """Ready when both topics serve; Degraded when the brokers refused part of the spec."""
+    missing = [name for name in (spec.topic, spec.dead_letter_topic) if name not in partitions]
+    if missing:
+        reason = "TopicMissing" if spec.topic in missing else "DeadLetterTopicMissing"
+        message = "; ".join(problems) or f"topic {missing[0]} does not exist yet"
+        return Verdict(False, reason, message, progressing=not problems, degraded=bool(problems))
+    actual = partitions[spec.topic]
+    ready = f"topic {spec.topic} has {actual} partitions; dead letters go to {spec.dead_letter_topic}"
+    if not problems:
+        return Verdict(True, "TopicReady", ready, applied=True)
     if actual > spec.partitions:
-        message = problems.get(TOPIC) or (
-            f"topic {spec.topic} has {actual} partitions and spec asks for {spec.partitions}: Kafka cannot "
-            f"remove partitions, so the decrease is refused; set partitions to {actual} or more"
-        )
-        return with_ready(body, False, "PartitionDecreaseRefused", message, **fields)
-    if actual < spec.partitions:
-        message = problems.get(TOPIC) or (
-            f"topic {spec.topic} has {actual} partitions and spec asks for {spec.partitions}; "
-            "the brokers have not added them"
-        )
-        return with_ready(body, False, "PartitionsNotRaised", message, **fields)
-    if spec.dead_letter_topic not in partitions:
-        message = f"dead-letter topic {spec.dead_letter_topic} does not exist yet"
-        return with_ready(body, False, "DeadLetterTopicMissing", message, **fields)
-    message = f"topic {spec.topic} has {actual} partitions; dead letters go to {spec.dead_letter_topic}"
-    return with_ready(body, True, "TopicReady", message, **fields)
+        why = "PartitionDecreaseRefused"
+    elif actual < spec.partitions:
+        why = "PartitionsNotRaised"
+    else:
+        why = "TopicNotReconciled"
+    # The topic serves as it is; what the spec asks and the brokers refused is Degraded.
+    return Verdict(
+        True, "TopicReady", ready, degraded=True, degraded_reason=why, degraded_message="; ".join(problems)
+    )
 
 
 def delete_topics(body: kopf.Body, memo: Any, logger: kopf.Logger, retry: int = 0, **_: Any) -> None:
-    """Delete both topics; never hold the resource longer than ``delete_timeout``.
+    """Delete the topics this resource created; never hold it longer than ``delete_timeout``.
 
     When the brokers, or the Secret to reach them (a namespace being deleted removes it first),
     stay unavailable, the resource is released after the bound with a Warning event naming the
@@ -218,9 +278,17 @@ def delete_topics(body: kopf.Body, memo: Any, logger: kopf.Logger, retry: int = 
         return
     if spec.deletion_policy != "Delete":
         return
+    created = set((body.get("status") or {}).get("createdTopics") or [])
+    # Only topics this resource created: an adopted topic, or one another resource owns, stays.
+    mine = [name for name in (spec.topic, spec.dead_letter_topic) if name in created]
+    kept = [name for name in (spec.topic, spec.dead_letter_topic) if name not in created]
+    if kept:
+        logger.info("deletionPolicy Delete: keeping %s, not created by this resource", ", ".join(kept))
+    if not mine:
+        return
     try:
         with admin(runtime, spec, str(body.metadata.namespace)) as topics:
-            deleted = topics.delete([spec.topic, spec.dead_letter_topic])
+            deleted = topics.delete(mine)
     except (SecretMissing, ClientConfigInvalid, BrokerUnavailable) as exc:
         remaining = runtime.options.delete_timeout - _seconds_since_deletion(body)
         if remaining <= 0 or retry + 1 >= runtime.options.delete_retries:
@@ -228,7 +296,7 @@ def delete_topics(body: kopf.Body, memo: Any, logger: kopf.Logger, retry: int = 
                 body,
                 reason="TopicsNotDeleted",
                 message=(
-                    f"gave up deleting topics {spec.topic} and {spec.dead_letter_topic}: {exc}; "
+                    f"gave up deleting topics {' and '.join(mine)}: {exc}; "
                     "they are left on the brokers, delete them by hand"
                 ),
             )
