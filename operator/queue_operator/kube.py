@@ -25,6 +25,7 @@ PLURALS: dict[tuple[str, str], str] = {
     ("v1", "ConfigMap"): "configmaps",
     ("apps/v1", "StatefulSet"): "statefulsets",
     ("policy/v1", "PodDisruptionBudget"): "poddisruptionbudgets",
+    ("coordination.k8s.io/v1", "Lease"): "leases",
     ("queue-operator.dev/v1alpha1", "DelayQueue"): "delayqueues",
     ("queue-operator.dev/v1alpha1", "KafkaQueue"): "kafkaqueues",
 }
@@ -63,11 +64,12 @@ def object_path(api_version: str, kind: str, namespace: str | None, name: str | 
 class Kube:
     """Idempotent object operations over one ``kubernetes.client.ApiClient``."""
 
-    def __init__(self, api_client: Any) -> None:
+    def __init__(self, api_client: Any, timeout: float = 30.0) -> None:
         self._client = api_client
+        self.timeout = timeout  # seconds, per request: nothing waits on a hung API server for good
 
     @classmethod
-    def from_environment(cls) -> Kube:
+    def from_environment(cls, timeout: float = 30.0) -> Kube:
         """In-cluster service account credentials, else the kubeconfig (``KUBECONFIG``)."""
         from kubernetes import client, config  # noqa: PLC0415 - heavy import, only when run
 
@@ -75,7 +77,7 @@ class Kube:
             config.load_incluster_config()  # type: ignore[no-untyped-call]
         except config.ConfigException:
             config.load_kube_config()  # type: ignore[no-untyped-call]
-        return cls(client.ApiClient())
+        return cls(client.ApiClient(), timeout)
 
     def _request(
         self, method: str, path: str, body: Any = None, content_type: str = "application/json"
@@ -87,7 +89,7 @@ class Kube:
             body=body,
             auth_settings=["BearerToken"],
         )
-        response = self._client.call_api(*serialized)
+        response = self._client.call_api(*serialized, _request_timeout=self.timeout)
         raw = response.read()
         try:
             payload = json.loads(raw) if raw else {}
@@ -117,6 +119,18 @@ class Kube:
             "PATCH", object_path(api_version, kind, namespace, meta["name"]), dict(obj), MERGE_PATCH
         )
         return self._checked(status, payload)
+
+    def create(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        """Create; a 409 (it exists) is a :class:`KubeError` like any other refusal."""
+        meta = obj["metadata"]
+        path = object_path(obj["apiVersion"], obj["kind"], meta.get("namespace"))
+        return self._checked(*self._request("POST", path, dict(obj)))
+
+    def replace(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        """PUT the whole object; with ``metadata.resourceVersion`` a concurrent change is a 409."""
+        meta = obj["metadata"]
+        path = object_path(obj["apiVersion"], obj["kind"], meta.get("namespace"), meta["name"])
+        return self._checked(*self._request("PUT", path, dict(obj)))
 
     def delete(self, api_version: str, kind: str, namespace: str | None, name: str) -> bool:
         """Delete; ``False`` when it was already gone (404)."""

@@ -1,22 +1,36 @@
 """``queue-operator``: run the kopf operator for DelayQueues and KafkaQueues.
 
 Only wiring lives here: parse the command line, build kopf's settings and registry from it,
-register the handlers (``queue_operator.handlers``) and run kopf until SIGTERM.
+register the handlers (``queue_operator.handlers``) and run kopf until SIGTERM. With
+``--leader-elect`` the controller first waits for the Lease (``queue_operator.leader``); with
+``--role webhook`` it serves only the injection webhook, which needs no leader.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import http.server
 import logging
-from collections.abc import Sequence
+import os
+import secrets
+import socket
+import threading
+import urllib.parse
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
 
 import kopf
 
 from queue_operator import handlers, webhook
 from queue_operator.handlers.options import Options, Runtime, operator_settings
 from queue_operator.kube import Kube
+from queue_operator.leader import LeaderElection, Timing
 
 log = logging.getLogger("queue_operator")
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -100,8 +114,92 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--workers", type=int, default=defaults.workers, help="handler threads (default %(default)s)"
     )
+    parser.add_argument(
+        "--role",
+        choices=("all", "controller", "webhook"),
+        default="all",
+        help=(
+            "controller: reconcile queues; webhook: serve only the injection webhook (any number of "
+            "replicas, no leader election); all: both in one process (default %(default)s)"
+        ),
+    )
+    election = parser.add_argument_group("leader election (controller)")
+    election.add_argument(
+        "--leader-elect",
+        action="store_true",
+        help="act only while holding a coordination.k8s.io Lease, so that several replicas are safe",
+    )
+    election.add_argument(
+        "--leader-election-namespace",
+        metavar="NS",
+        help="namespace of the Lease (default: the pod's own, from its service account, else default)",
+    )
+    election.add_argument(
+        "--leader-election-name",
+        default="queue-operator",
+        metavar="NAME",
+        help="the Lease (default %(default)s)",
+    )
+    election.add_argument(
+        "--lease-seconds",
+        type=float,
+        default=Timing.lease_seconds,
+        help="a silent leader is replaced after this long (default %(default)s)",
+    )
     webhook.add_arguments(parser)
     return parser.parse_args(argv)
+
+
+def _own_namespace() -> str:
+    try:
+        return SERVICE_ACCOUNT_NAMESPACE.read_text().strip() or "default"
+    except OSError:
+        return "default"
+
+
+def _election(args: argparse.Namespace, kube: Kube) -> LeaderElection:
+    lease = float(args.lease_seconds)
+    timing = Timing(
+        lease_seconds=lease,
+        renew_deadline=lease * 2 / 3,
+        renew_every=lease / 4,
+        retry_every=min(2.0, lease / 5),
+    )
+    identity = f"{socket.gethostname()}-{secrets.token_hex(3)}"
+    namespace = args.leader_election_namespace or _own_namespace()
+    return LeaderElection(kube, namespace, args.leader_election_name, identity, timing)
+
+
+@contextlib.contextmanager
+def _liveness_while_waiting(url: str | None) -> Iterator[None]:
+    if not url:
+        yield
+        return
+    parsed = urllib.parse.urlsplit(url)
+
+    class Alive(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200 if self.path == parsed.path else 404)
+            self.end_headers()
+
+        def log_message(self, *_: Any) -> None:  # probes every few seconds: not worth a line
+            pass
+
+    server = http.server.ThreadingHTTPServer((parsed.hostname or "0.0.0.0", parsed.port or 80), Alive)
+    thread = threading.Thread(target=server.serve_forever, name="follower-liveness", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _exit_soon(code: int, after: float) -> None:
+    """Leadership lost: give kopf ``after`` seconds to stop its handlers, then go regardless."""
+    timer = threading.Timer(after, os._exit, args=(code,))
+    timer.daemon = True
+    timer.start()
 
 
 def cli(argv: Sequence[str] | None = None) -> None:
@@ -117,23 +215,66 @@ def cli(argv: Sequence[str] | None = None) -> None:
         workers=args.workers,
     )
     kopf.configure(verbose=args.verbose, debug=args.debug)
+    if args.role == "webhook" and args.webhook_port is None:
+        raise SystemExit("--role webhook needs --webhook-port")
     registry = kopf.OperatorRegistry()
-    handlers.register(registry, options)
-    runtime = Runtime(options, Kube.from_environment())
+    handlers.register_login(registry)
+    if args.role in ("all", "controller"):
+        handlers.register(registry, options)
+    # The webhook's own reads (a queue not indexed yet) must answer within its admission timeout.
+    runtime = Runtime(options, Kube.from_environment(timeout=5.0 if args.role == "webhook" else 30.0))
     settings = operator_settings(options)
-    webhook.enable(args, registry, settings, runtime.kube)
+    if args.role in ("all", "webhook"):
+        webhook.enable(args, registry, settings, runtime.kube)
     namespaces = args.namespace
-    log.info("watching %s", ", ".join(namespaces) if namespaces else "all namespaces")
-    kopf.run(
-        registry=registry,
-        settings=settings,
-        lifecycle=kopf.lifecycles.all_at_once,
-        standalone=True,  # one replica (the chart uses the Recreate strategy): no peering
-        clusterwide=not namespaces,
-        namespaces=namespaces,
-        liveness_endpoint=args.liveness,
-        memo=kopf.Memo(runtime=runtime),
-    )
+    log.info("role %s, watching %s", args.role, ", ".join(namespaces) if namespaces else "all namespaces")
+    elector = None
+    if args.leader_elect and args.role != "webhook":
+        elector = _election(args, Kube.from_environment(timeout=5.0))
+        # A follower is alive while it waits: answer the liveness probe until kopf takes the port.
+        with _liveness_while_waiting(args.liveness):
+            elector.acquire(threading.Event())
+    lost = asyncio.run(_operate(args, registry, settings, runtime, elector))
+    if lost:
+        raise SystemExit(1)
+    if elector is not None:
+        elector.release()
+
+
+async def _operate(
+    args: argparse.Namespace,
+    registry: kopf.OperatorRegistry,
+    settings: kopf.OperatorSettings,
+    runtime: Runtime,
+    elector: LeaderElection | None,
+) -> bool:
+    """Run kopf until SIGTERM, or until the leadership is lost (then True)."""
+    loop = asyncio.get_running_loop()
+    stop, lost, renewing = asyncio.Event(), threading.Event(), threading.Event()
+    if elector is not None:
+
+        def on_lost() -> None:
+            lost.set()
+            loop.call_soon_threadsafe(stop.set)
+            _exit_soon(1, after=5.0)
+
+        elector.keep(renewing, on_lost)
+    try:
+        await kopf.operator(
+            registry=registry,
+            settings=settings,
+            lifecycle=kopf.lifecycles.all_at_once,
+            # Several replicas are made safe by the Lease above, not by kopf's peering.
+            standalone=True,
+            clusterwide=not args.namespace,
+            namespaces=args.namespace,
+            liveness_endpoint=args.liveness,
+            memo=kopf.Memo(runtime=runtime),
+            stop_flag=stop,
+        )
+    finally:
+        renewing.set()
+    return lost.is_set()
 
 
 if __name__ == "__main__":

@@ -12,9 +12,12 @@ makes brokers with ``auto.create.topics.enable`` (tansu, Kafka's default) create
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import tempfile
+import threading
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -288,3 +291,52 @@ _TRANSIENT = {
     KafkaError.NOT_CONTROLLER,
     KafkaError.LEADER_NOT_AVAILABLE,
 }
+
+
+class AdminPool:
+    """Shared :class:`TopicAdmin` clients: one per brokers and credentials, not one per call.
+
+    A librdkafka client costs threads, sockets and a metadata round trip to set up; with one
+    per KafkaQueue per check the operator's cost grew with every check. Clients idle for
+    ``idle_seconds`` are dropped (a rotated Secret makes a new key, the old client ages out).
+    The key holds a digest of the credentials, never the credentials themselves.
+    """
+
+    def __init__(self, idle_seconds: float = 600.0) -> None:
+        self.idle_seconds = idle_seconds
+        self._admins: dict[str, tuple[TopicAdmin, float]] = {}
+        self._lock = threading.Lock()
+
+    def get(
+        self,
+        brokers: Iterable[str],
+        security: KafkaSecurity | None,
+        timeout: float,
+        ca_pem: str | None = None,
+    ) -> TopicAdmin:
+        brokers = list(brokers)
+        key = _digest(brokers, security, timeout, ca_pem)
+        now = time.monotonic()
+        with self._lock:
+            for stale in [k for k, (_, used) in self._admins.items() if now - used > self.idle_seconds]:
+                self._admins.pop(stale)[0].close()
+            entry = self._admins.get(key)
+            if entry is None:
+                entry = (TopicAdmin(brokers, security, timeout=timeout, ca_pem=ca_pem), now)
+            self._admins[key] = (entry[0], now)
+            return entry[0]
+
+    def __len__(self) -> int:
+        return len(self._admins)
+
+
+def _digest(brokers: list[str], security: KafkaSecurity | None, timeout: float, ca_pem: str | None) -> str:
+    parts = [",".join(brokers), repr(timeout), ca_pem or ""]
+    if security is not None:
+        parts += [
+            str(security.sasl_mechanism),
+            security.username or "",
+            security.password or "",
+            str(security.tls),
+        ]
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()

@@ -9,6 +9,7 @@ manage one. Here only the lookups of the named queues live; everything else is t
 from __future__ import annotations
 
 import argparse
+import asyncio
 import copy
 import json
 import logging
@@ -78,10 +79,18 @@ def _checked_review(data: Any) -> Any:
 
 
 def register(registry: kopf.OperatorRegistry, kube: Any, settings: SidecarSettings) -> None:
-    """Install the mutating handler on pods; ``kube`` is a ``queue_operator.kube.Kube``."""
+    """Install the mutating handler on pods; ``kube`` is a ``queue_operator.kube.Kube``.
+
+    The handler runs in the event loop and answers from an in-memory index of the queues (kept
+    by kopf's watch), so an admission costs no API call and never waits for a thread that
+    reconciliation work holds. A queue created a moment ago and not indexed yet is read once
+    from the API, with the short timeout of ``kube``.
+    """
+    for plural, index_id in INDEXES.items():
+        kopf.index(GROUP, VERSION, plural, id=index_id, registry=registry)(_index_entry)
 
     @kopf.on.mutate("v1", "pods", id=WEBHOOK_ID, operations=["CREATE"], side_effects=False, registry=registry)
-    def inject_sidecar(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+    async def inject_sidecar(body: kopf.Body, patch: kopf.Patch, **kwargs: Any) -> None:
         pod: Mapping[str, Any] = body
         if not wants_injection(pod):
             return
@@ -91,24 +100,49 @@ def register(registry: kopf.OperatorRegistry, kube: Any, settings: SidecarSettin
                 queues: list[SidecarQueue] = []  # left as it is; only new app containers get the URL
             else:
                 namespace = str(body.metadata.namespace or "default")
-                queues = _resolve(kube, namespace, request)
+                queues = await _resolve(kube, namespace, request, kwargs)
             mutated = inject(pod, request, queues, settings)
         except InjectionError as exc:
             raise kopf.AdmissionError(str(exc), code=400) from None
         _set_patch(patch, pod, mutated)
 
 
-def _resolve(kube: Any, namespace: str, request: InjectionRequest) -> list[SidecarQueue]:
-    bodies, missing = [], []
+GROUP, VERSION = API_VERSION.split("/")
+INDEXES = {"delayqueues": "delayqueue_index", "kafkaqueues": "kafkaqueue_index"}
+INDEX_OF_KIND = {"DelayQueue": "delayqueue_index", "KafkaQueue": "kafkaqueue_index"}
+
+
+def _index_entry(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
+    """Index: (namespace, name) -> the queue as the webhook needs it (a copy, not kopf's view)."""
+    meta = body.metadata
+    entry = {
+        "metadata": {"name": meta.name, "namespace": meta.namespace, "uid": meta.uid},
+        "spec": copy.deepcopy(dict(body.spec)),
+        "status": copy.deepcopy(dict(body.status)),
+    }
+    return {(str(meta.namespace), str(meta.name)): entry}
+
+
+async def _resolve(
+    kube: Any, namespace: str, request: InjectionRequest, indexes: Mapping[str, Any]
+) -> list[SidecarQueue]:
+    bodies: list[Mapping[str, Any]] = []
+    missing: list[str] = []
     for ref in request.queues:
-        try:
-            found = kube.read(API_VERSION, ref.kind, namespace, ref.name)
-        except Exception as exc:  # the API failed: refuse, the pod can be created again
-            log.warning("reading %s in %s failed: %s", ref, namespace, exc)
-            raise InjectionError(f"cannot read {ref} in namespace {namespace}: {exc}") from None
+        found = _indexed(indexes.get(INDEX_OF_KIND[ref.kind]), namespace, ref.name)
+        if found is None:
+            try:
+                loop = asyncio.get_running_loop()
+                found = await loop.run_in_executor(
+                    None, kube.read, API_VERSION, ref.kind, namespace, ref.name
+                )
+            except Exception as exc:  # the API failed: refuse, the pod can be created again
+                log.warning("reading %s in %s failed: %s", ref, namespace, exc)
+                raise InjectionError(f"cannot read {ref} in namespace {namespace}: {exc}") from None
         if found is None:
             missing.append(str(ref))
-        bodies.append(found)
+        else:
+            bodies.append(found)
     if missing:
         raise InjectionError(
             f"queue(s) {', '.join(missing)} not found in namespace {namespace}; create them first or fix "
@@ -117,6 +151,14 @@ def _resolve(kube: Any, namespace: str, request: InjectionRequest) -> list[Sidec
     return [
         sidecar_queue(ref, body, i) for i, (ref, body) in enumerate(zip(request.queues, bodies, strict=True))
     ]
+
+
+def _indexed(index: Any, namespace: str, name: str) -> dict[str, Any] | None:
+    if index is None:
+        return None
+    for entry in index.get((namespace, name), []):
+        return copy.deepcopy(entry)  # type: ignore[no-any-return]
+    return None
 
 
 def _set_patch(patch: kopf.Patch, pod: Mapping[str, Any], mutated: Mapping[str, Any]) -> None:

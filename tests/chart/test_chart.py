@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from harness import tools
+from queue_operator.main import parse_args
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "queue-operator"
@@ -53,14 +54,76 @@ def test_every_rendered_object_validates_strictly(sets: tuple[str, ...]) -> None
         kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
 
 
-def test_operator_runs_once_with_recreate_and_a_liveness_probe() -> None:
-    (deployment,) = by_kind(render(), "Deployment")
-    assert deployment["spec"]["replicas"] == 1
-    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+def controller(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    (deployment,) = [
+        d for d in by_kind(objects, "Deployment") if not d["metadata"]["name"].endswith("-webhook")
+    ]
+    return deployment
+
+
+def webhook_deployment(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    (deployment,) = [d for d in by_kind(objects, "Deployment") if d["metadata"]["name"].endswith("-webhook")]
+    return deployment
+
+
+def test_the_controller_is_leader_elected_with_two_replicas_rolling() -> None:
+    deployment = controller(render())
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
-    assert "--all-namespaces" in container["args"]
+    args = parse_args(container["args"])
+    assert args.leader_elect and args.role == "controller" and args.webhook_port is None
+    assert args.leader_election_namespace == "queue-system"
+    assert args.all_namespaces
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    # The Lease it elects on: its Role lets it get, create and update only leases, in its namespace.
+    (lease_role,) = [
+        r for r in by_kind(render(), "Role") if r["metadata"]["name"].endswith("-leader-election")
+    ]
+    assert lease_role["metadata"]["namespace"] == "queue-system"
+    assert lease_role["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]}
+    ]
+
+
+@pytest.mark.parametrize(
+    "sets",
+    [
+        (),
+        ("webhook.certManager.enabled=true",),
+        ("watch.allNamespaces=false", "watch.namespaces={team-a}"),
+        ("webhook.replicas=3", "replicaCount=3"),
+    ],
+)
+def test_the_webhook_runs_apart_with_replicas_a_pdb_and_a_readiness_probe(sets: tuple[str, ...]) -> None:
+    objects = render(*sets)
+    deployment = webhook_deployment(objects)
+    assert deployment["spec"]["replicas"] >= 2
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    pod = deployment["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    args = parse_args(container["args"])
+    assert args.role == "webhook" and not args.leader_elect and args.webhook_port == 9443
+    assert container["readinessProbe"]["tcpSocket"]["port"] == "webhook"
+    spread = pod["spec"]["topologySpreadConstraints"][0]
+    assert spread["topologyKey"] == "kubernetes.io/hostname"
+    (pdb,) = by_kind(objects, "PodDisruptionBudget")
+    assert pdb["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    assert pdb["spec"]["maxUnavailable"] == 1
+    # The Service sends admissions to the webhook's pods only, and the controller's selector
+    # (immutable once installed) never matches them.
+    (service,) = [s for s in by_kind(objects, "Service") if s["metadata"]["name"].endswith("-webhook")]
+    labels = pod["metadata"]["labels"]
+    assert all(labels.get(k) == v for k, v in service["spec"]["selector"].items())
+    selector = controller(objects)["spec"]["selector"]["matchLabels"]
+    assert not all(labels.get(k) == v for k, v in selector.items())
+    # Its own service account, which may only read queues.
+    assert pod["spec"]["serviceAccountName"].endswith("-webhook")
+    for role in [*by_kind(objects, "ClusterRole"), *by_kind(objects, "Role")]:
+        if role["metadata"]["name"].endswith("-webhook"):
+            for rule in role["rules"]:
+                assert set(rule["verbs"]) <= {"get", "list", "watch"} and "secrets" not in rule["resources"]
 
 
 def test_crds_are_installed_and_match_the_repository_copies() -> None:
@@ -75,7 +138,8 @@ def test_crds_are_installed_and_match_the_repository_copies() -> None:
 
 
 def test_rbac_is_least_privilege() -> None:
-    rules = by_kind(render(), "ClusterRole")[0]["rules"]
+    (role,) = [r for r in by_kind(render(), "ClusterRole") if not r["metadata"]["name"].endswith("-webhook")]
+    rules = role["rules"]
     for rule in rules:
         assert "*" not in rule["verbs"] and "*" not in rule["resources"], rule
     secret_rules = [rule for rule in rules if "secrets" in rule["resources"]]
@@ -86,8 +150,17 @@ def test_rbac_is_least_privilege() -> None:
 def test_namespaced_install_uses_roles_not_a_cluster_role() -> None:
     objects = render("watch.allNamespaces=false", "watch.namespaces={team-a,team-b}", "logLevel=debug")
     assert not by_kind(objects, "ClusterRole")
-    assert sorted(role["metadata"]["namespace"] for role in by_kind(objects, "Role")) == ["team-a", "team-b"]
-    (deployment,) = by_kind(objects, "Deployment")
+    roles = sorted(
+        (role["metadata"]["namespace"], role["metadata"]["name"][-7:]) for role in by_kind(objects, "Role")
+    )
+    assert roles == [
+        ("queue-system", "lection"),  # the leader Lease
+        ("team-a", "perator"),
+        ("team-a", "webhook"),
+        ("team-b", "perator"),
+        ("team-b", "webhook"),
+    ]
+    deployment = controller(objects)
     args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--namespace=team-a" in args and "--all-namespaces" not in args
     assert "--debug" in args
@@ -96,7 +169,9 @@ def test_namespaced_install_uses_roles_not_a_cluster_role() -> None:
 @pytest.mark.parametrize(
     ("value", "message"),
     [
-        ("replicaCount=2", "Additional property replicaCount is not allowed"),
+        ("replicaCount=0", "replicaCount"),
+        ("webhook.replicas=0", "replicas"),
+        ("leaderElection.leaseSeconds=1", "leaseSeconds"),
         ("logLevel=chatty", "logLevel"),
         ("watch.allNamespaces=false", "watch.namespaces"),
         ("image.pullPolicy=Sometimes", "pullPolicy"),
@@ -116,7 +191,7 @@ _DELAYQUEUE = {"metadata": {"name": "q", "namespace": "app"}, "spec": {"redis": 
 
 def _webhook_parts(objects: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
     (config,) = by_kind(objects, "MutatingWebhookConfiguration")
-    (deployment,) = by_kind(objects, "Deployment")
+    deployment = webhook_deployment(objects)
     args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
     return config["webhooks"][0], deployment, args
 
@@ -125,7 +200,6 @@ def test_webhook_is_served_over_tls_the_api_server_trusts() -> None:
     from cryptography import x509  # noqa: PLC0415
 
     from queue_operator.builders import beanstalkd  # noqa: PLC0415
-    from queue_operator.main import parse_args  # noqa: PLC0415
     from queue_operator.spec import DelayQueueSpec  # noqa: PLC0415
 
     objects = render()
@@ -144,12 +218,12 @@ def test_webhook_is_served_over_tls_the_api_server_trusts() -> None:
         }
     ]
     # Neither the operator's own pods nor its beanstalkd nodes wait for it while it is down.
-    (operator_pod,) = [d for d in objects if d["kind"] == "Deployment"]
-    own = operator_pod["spec"]["template"]["metadata"]["labels"]
+    own = controller(objects)["spec"]["template"]["metadata"]["labels"]
+    webhook_own = deployment["spec"]["template"]["metadata"]["labels"]
     node = beanstalkd.statefulset(
         {"metadata": {"name": "q", "namespace": "app"}}, DelayQueueSpec.from_body(_DELAYQUEUE)
     )["spec"]["template"]["metadata"]["labels"]
-    for labels in (own, node):
+    for labels in (own, webhook_own, node):
         assert any(
             e["operator"] == "NotIn" and labels.get(e["key"]) in e["values"]
             for e in hook["objectSelector"]["matchExpressions"]
@@ -220,7 +294,7 @@ def test_webhook_with_cert_manager_gets_a_certificate_and_an_injected_ca() -> No
 def test_webhook_can_be_turned_off_and_follows_the_watched_namespaces() -> None:
     objects = render("webhook.enabled=false")
     assert not by_kind(objects, "MutatingWebhookConfiguration") and not by_kind(objects, "Secret")
-    (deployment,) = by_kind(objects, "Deployment")
+    (deployment,) = by_kind(objects, "Deployment")  # the controller only
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert not [a for a in container["args"] if a.startswith("--webhook")]
 

@@ -83,6 +83,13 @@ class OperatorProcess:
                 self.proc.wait(5)
         self.proc = None
 
+    def kill(self) -> None:
+        """SIGKILL, as a node failure or an OOM kill would: nothing is cleaned up."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.proc = None
+
     def restart(self) -> None:
         self.stop()
         self.start()

@@ -373,7 +373,9 @@ def test_chart_values_for_the_sidecar_reach_injected_pods() -> None:
         "webhook.sidecar.imagePullSecrets[0].name=sidecar-registry",
         "imagePullSecrets[0].name=corp-registry",
     )
-    (deployment,) = [obj for obj in objects if obj["kind"] == "Deployment"]
+    (deployment,) = [
+        o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"].endswith("-webhook")
+    ]
     settings = sidecar_settings(parse_args(deployment["spec"]["template"]["spec"]["containers"][0]["args"]))
     original = pod(
         {

@@ -11,11 +11,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from injection.objects import pod
+from injection.objects import delay_queue, pod
 from injection.webhook_client import ANNOTATIONS, start_webhook
 
 from harness.kube import KubeApi
-from harness.kube_operator import REPO
+from harness.kube_operator import REPO, Cluster, eventually
 
 
 def test_api_outage_refuses_pods_naming_the_queue_and_lets_others_pass(
@@ -39,6 +39,36 @@ def test_api_outage_refuses_pods_naming_the_queue_and_lets_others_pass(
         assert process.running
         status, _ = hook.post(b"[]")
         assert status == 400
+    finally:
+        process.stop()
+        sys.stderr.write(process.log())  # pytest shows it when the test failed
+
+
+def test_the_webhook_alone_answers_from_its_cache_with_no_controller_and_no_api(
+    kube: KubeApi, unique: str, tmp_path: Path
+) -> None:
+    """``--role webhook``: no controller replica runs at all, then the API server goes away too;
+    pods naming a queue it has seen still get their sidecar, and the webhook keeps serving."""
+    if not kube.is_emulator:
+        pytest.skip("stops the Kubernetes API: only with the emulator")
+    kube.apply_crds(sorted((REPO / "crds").glob("*.yaml")))
+    kube.create_namespace(unique)
+    with kube.client() as api:
+        body = delay_queue("reminders")
+        body["metadata"]["namespace"] = unique
+        Cluster(kube, unique, api).create(body)
+    hook, process = start_webhook(kube, unique, tmp_path, role="webhook")
+    try:
+        annotations = {**ANNOTATIONS, "queue-operator.dev/queues": "delayqueue/reminders"}
+        up = eventually(
+            lambda: (r := hook.review(unique, pod(annotations)))["allowed"] and r, what="admitted"
+        )
+        assert "patch" in up
+        assert "Handler 'reconcile'" not in process.log(), "the webhook role reconciles nothing"
+        kube.stop()
+        down = hook.review(unique, pod(annotations))
+        assert down["allowed"] is True and down["patch"] == up["patch"]
+        assert process.running
     finally:
         process.stop()
         sys.stderr.write(process.log())  # pytest shows it when the test failed

@@ -68,7 +68,9 @@ class Webhook:
         return result
 
 
-def start_webhook(kube: KubeApi, namespace: str, workdir: Path) -> tuple[Webhook, OperatorProcess]:
+def start_webhook(
+    kube: KubeApi, namespace: str, workdir: Path, role: str = "all"
+) -> tuple[Webhook, OperatorProcess]:
     """The operator process watching ``namespace``, serving the webhook over HTTPS once it answers."""
     ca, cert, key = write_certs(workdir)
     port = free_port()
@@ -76,6 +78,7 @@ def start_webhook(kube: KubeApi, namespace: str, workdir: Path) -> tuple[Webhook
     process.extra_args = [
         *("--webhook-port", str(port), "--webhook-cert", str(cert), "--webhook-key", str(key)),
         *("--sidecar-image", IMAGE),
+        *("--role", role),
     ]
     process.start()
     hook = Webhook(f"https://127.0.0.1:{port}/inject-sidecar", ca)

@@ -138,3 +138,21 @@ def test_kafkaqueue_status_explains_partition_mismatches() -> None:
         "DeadLetterTopicMissing",
         True,
     )
+
+
+def test_kafkaqueues_on_the_same_brokers_and_credentials_share_one_admin_client() -> None:
+    from queue_engine.kq.security import KafkaSecurity  # noqa: PLC0415
+    from queue_operator.topics import AdminPool  # noqa: PLC0415
+
+    pool = AdminPool(idle_seconds=60)
+    alice = KafkaSecurity(sasl_mechanism="PLAIN", username="alice", password="a", tls=True)
+    first = pool.get(["k:9092"], alice, timeout=1)
+    assert pool.get(["k:9092"], alice, timeout=1) is first
+    rotated = KafkaSecurity(sasl_mechanism="PLAIN", username="alice", password="b", tls=True)
+    assert pool.get(["k:9092"], rotated, timeout=1) is not first
+    assert pool.get(["other:9092"], alice, timeout=1) is not first
+    assert len(pool) == 3
+    idle = AdminPool(idle_seconds=0)
+    idle.get(["k:9092"], None, timeout=1)
+    idle.get(["other:9092"], None, timeout=1)
+    assert len(idle) == 1, "idle clients are dropped"

@@ -24,6 +24,23 @@ app.kubernetes.io/name: {{ include "queue-operator.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
+{{/* The webhook's pods: another name, so the controller's (immutable) selector never matches them. */}}
+{{- define "queue-operator.webhookSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "queue-operator.name" . }}-webhook
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{/* The namespaces the operator watches, as its command line says them. */}}
+{{- define "queue-operator.watchArgs" -}}
+{{- if .Values.watch.allNamespaces }}
+- --all-namespaces
+{{- else }}
+{{- range .Values.watch.namespaces }}
+- --namespace={{ . }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
 {{- define "queue-operator.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create -}}
 {{- default (include "queue-operator.fullname" .) .Values.serviceAccount.name -}}

@@ -8,8 +8,11 @@ from queue_operator.handlers import delayqueue, kafkaqueue
 from queue_operator.handlers.options import Options
 
 
-def register(registry: kopf.OperatorRegistry, options: Options) -> None:
-    # The same credentials as the kubernetes client: in-cluster service account or KUBECONFIG.
+def register_login(registry: kopf.OperatorRegistry) -> None:
+    """The same credentials as the kubernetes client: in-cluster service account or KUBECONFIG."""
     kopf.on.login(registry=registry)(kopf.login_via_client)
+
+
+def register(registry: kopf.OperatorRegistry, options: Options) -> None:
     delayqueue.register(registry, options)
     kafkaqueue.register(registry, options)

@@ -10,6 +10,7 @@ Credentials come from Secrets at each connection and never reach status, logs or
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -54,8 +55,11 @@ class PlaintextCredentials(ClientConfigInvalid):
     """SASL without TLS, not allowed by the spec: the credentials are never sent."""
 
 
-def admin(runtime: Runtime, spec: KafkaQueueSpec, namespace: str) -> TopicAdmin:
-    """A topic admin for the spec's brokers, authenticated from the referenced Secrets.
+def admin(
+    runtime: Runtime, spec: KafkaQueueSpec, namespace: str
+) -> contextlib.AbstractContextManager[TopicAdmin]:
+    """A topic admin for the spec's brokers, authenticated from the referenced Secrets (shared
+    with every KafkaQueue on the same brokers and credentials: see :class:`AdminPool`).
 
     Raises :class:`SecretMissing` or :class:`ClientConfigInvalid` (with the Secret to check)
     for what a person must fix, :class:`BrokerUnavailable` for what may pass by itself.
@@ -81,7 +85,10 @@ def admin(runtime: Runtime, spec: KafkaQueueSpec, namespace: str) -> TopicAdmin:
     if spec.tls_ca_secret_ref is not None:
         ca_pem = runtime.kube.secret_value(namespace, spec.tls_ca_secret_ref.name, spec.tls_ca_secret_ref.key)
     try:
-        return TopicAdmin(spec.brokers, security, timeout=runtime.options.kafka_timeout, ca_pem=ca_pem)
+        shared = runtime.admins.get(
+            spec.brokers, security, timeout=runtime.options.kafka_timeout, ca_pem=ca_pem
+        )
+        return contextlib.nullcontext(shared)
     except ClientConfigInvalid as exc:
         secrets = [ref.name for ref in (spec.sasl_secret_ref, spec.tls_ca_secret_ref) if ref is not None]
         hint = f"; check Secret {', '.join(secrets)}" if secrets else ""

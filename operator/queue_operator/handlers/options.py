@@ -11,10 +11,13 @@ from typing import Any
 import kopf
 from kopf._core.intents.handlers import TimerHandler
 
+from queue_operator.topics import AdminPool
+
 GROUP = "queue-operator.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 FINALIZER = f"{GROUP}/finalizer"
+STATEFULSET_SELECTOR = "app.kubernetes.io/managed-by=queue-operator,app.kubernetes.io/name=beanstalkd"
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,9 @@ def operator_settings(options: Options) -> kopf.OperatorSettings:
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration"
     )
+    # Only our beanstalkd StatefulSets are watched, selected by the API server: the cost follows
+    # our resources, not every StatefulSet of the cluster.
+    settings.watching.label_selectors["apps", "statefulsets"] = STATEFULSET_SELECTOR
     settings.watching.server_timeout = int(options.watch_timeout)
     settings.watching.client_timeout = int(options.watch_timeout) + 10
     settings.watching.connect_timeout = 10
@@ -102,3 +108,4 @@ class Runtime:
     def __init__(self, options: Options, kube: Any) -> None:
         self.options = options
         self.kube = kube
+        self.admins = AdminPool()
