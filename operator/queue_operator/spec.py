@@ -26,7 +26,9 @@ from typing import Any, NamedTuple
 
 from queue_engine.policy import DeliveryPolicy
 
-DEFAULT_BEANSTALKD_IMAGE = "docker.io/schickling/beanstalkd:latest"
+# The project's own beanstalkd image (images/beanstalkd): Debian bookworm's 1.12, non-root.
+DEFAULT_BEANSTALKD_TAG = "1.12-2-bookworm"
+DEFAULT_BEANSTALKD_IMAGE = f"ghcr.io/queue-operator/beanstalkd:{DEFAULT_BEANSTALKD_TAG}"
 DEFAULT_REPLICAS = 3
 MAX_REPLICAS = 9
 DEFAULT_MAX_JOB_BYTES = 65535

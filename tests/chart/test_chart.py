@@ -317,3 +317,28 @@ def test_values_schema_refuses_bad_webhook_values(value: str, message: str) -> N
     result = helm("template", "qo", str(CHART), "--set", value, check=False)
     assert result.returncode != 0
     assert message in result.stderr
+
+
+def test_images_default_to_the_app_version_and_can_be_pinned_by_digest() -> None:
+    digest = "sha256:" + "ab" * 32
+    default = render()
+    for deployment in by_kind(default, "Deployment"):
+        assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == (
+            "ghcr.io/queue-operator/queue-operator:0.1.0"
+        )
+    pinned = render(f"image.digest={digest}")
+    for deployment in by_kind(pinned, "Deployment"):
+        assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == (
+            f"ghcr.io/queue-operator/queue-operator@{digest}"
+        )
+    args = webhook_deployment(pinned)["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert parse_args(args).sidecar_image == f"ghcr.io/queue-operator/queue-operator@{digest}"
+    own = render(
+        f"image.digest={digest}",
+        "webhook.sidecar.image.repository=corp/sidecar",
+        "webhook.sidecar.image.tag=v7",
+    )
+    args = webhook_deployment(own)["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert parse_args(args).sidecar_image == "corp/sidecar:v7"
+    result = helm("template", "qo", str(CHART), "--set", "image.digest=latest", check=False)
+    assert result.returncode != 0 and "digest" in result.stderr

@@ -80,3 +80,27 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   resources: [events]
   verbs: [create]
 {{- end -}}
+
+{{/* The operator image: repository@digest when a digest is given, else repository:tag (appVersion). */}}
+{{- define "queue-operator.image" -}}
+{{- if .Values.image.digest -}}
+{{ .Values.image.repository }}@{{ .Values.image.digest }}
+{{- else -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end -}}
+{{- end -}}
+
+{{/* The injected sidecar's image: its own values, else the operator image's. */}}
+{{- define "queue-operator.sidecarImage" -}}
+{{- $sidecar := .Values.webhook.sidecar.image -}}
+{{- $repository := $sidecar.repository | default .Values.image.repository -}}
+{{- if $sidecar.digest -}}
+{{ $repository }}@{{ $sidecar.digest }}
+{{- else if $sidecar.tag -}}
+{{ $repository }}:{{ $sidecar.tag }}
+{{- else if and (not $sidecar.repository) .Values.image.digest -}}
+{{ $repository }}@{{ .Values.image.digest }}
+{{- else -}}
+{{ $repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end -}}
+{{- end -}}

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Check the images scripts/build-images.sh built, by running them with buildah:
+# - queue-operator: `queue-operator --help`, `queuectl --help`, and `queue-sidecar --check` on
+#   the example sidecar config pass, as the non-root user the image declares;
+# - beanstalkd: serves a put and a reserve with its binlog on a mounted directory, and still has
+#   the job after a restart.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml | head -1)
+BEANSTALKD_TAG=$(sed -n 's/^DEFAULT_BEANSTALKD_TAG = "\(.*\)"/\1/p' operator/queue_operator/spec.py)
+BUILDAH=(buildah --storage-driver vfs)
+RUN=(run --isolation chroot)
+work=$(mktemp -d)
+containers=()
+cleanup() {
+    pkill -f "beanstalkd -l 127.0.0.1 -p $port" 2>/dev/null || true
+    for c in "${containers[@]}"; do "${BUILDAH[@]}" rm "$c" >/dev/null 2>&1 || true; done
+    rm -rf "$work"
+}
+port=$(.venv/bin/python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+trap cleanup EXIT
+
+operator=$("${BUILDAH[@]}" from --pull-never "localhost/queue-operator:$VERSION")
+containers+=("$operator")
+user=$("${BUILDAH[@]}" inspect --format '{{.OCIv1.Config.User}}' "$operator")
+[ "$user" = "65532:65532" ] || { echo "queue-operator image runs as '$user', not 65532" >&2; exit 1; }
+"${BUILDAH[@]}" "${RUN[@]}" "$operator" -- queue-operator --help | grep -q -- "--leader-elect"
+"${BUILDAH[@]}" "${RUN[@]}" "$operator" -- queuectl --help | grep -q "delay"
+"${BUILDAH[@]}" "${RUN[@]}" -v "$PWD/examples/sidecar:/config:ro" "$operator" -- \
+    queue-sidecar --check --config /config/sidecar.yaml
+echo "queue-operator image: queue-operator --help, queuectl --help, queue-sidecar --check pass"
+
+beanstalkd=$("${BUILDAH[@]}" from --pull-never "localhost/beanstalkd:$BEANSTALKD_TAG")
+containers+=("$beanstalkd")
+mkdir -p "$work/binlog"
+chown 65534:65534 "$work/binlog"
+serve() {
+    "${BUILDAH[@]}" "${RUN[@]}" -v "$work/binlog:/var/lib/beanstalkd" "$beanstalkd" -- \
+        beanstalkd -l 127.0.0.1 -p "$port" -b /var/lib/beanstalkd >"$work/beanstalkd.log" 2>&1 &
+}
+stop() {
+    pkill -f "beanstalkd -l 127.0.0.1 -p $port"
+    wait || true
+}
+serve
+.venv/bin/python - "$port" put <<'PY'
+import sys, time, greenstalk
+deadline = time.monotonic() + 20
+while True:
+    try:
+        client = greenstalk.Client(("127.0.0.1", int(sys.argv[1])), encoding=None)
+        break
+    except OSError:
+        if time.monotonic() > deadline:
+            raise
+        time.sleep(0.1)
+client.put(b"survives a restart")
+job = client.reserve(timeout=5)
+assert job.body == b"survives a restart", job.body
+client.release(job)
+PY
+stop
+[ -n "$(ls "$work/binlog")" ] || { echo "beanstalkd wrote no binlog to the mounted directory" >&2; exit 1; }
+serve
+.venv/bin/python - "$port" <<'PY'
+import sys, time, greenstalk
+deadline = time.monotonic() + 20
+while True:
+    try:
+        client = greenstalk.Client(("127.0.0.1", int(sys.argv[1])), encoding=None)
+        break
+    except OSError:
+        if time.monotonic() > deadline:
+            raise
+        time.sleep(0.1)
+job = client.reserve(timeout=5)
+assert job.body == b"survives a restart", job.body
+client.delete(job)
+PY
+stop
+echo "beanstalkd image: put and reserve, binlog on the mounted volume, the job survives a restart"
