@@ -10,6 +10,8 @@ Secrets are referenced, never read here, and never copied into a spec value:
 
 - ``spec.redis.secretRef: {name, key}``: the Secret's ``key`` holds the whole Redis URL
   (``redis://:PASSWORD@host:6379/0``), so a password never appears in the resource.
+- no ``spec.redis``: the operator provisions a Redis for the queue; its URL is in the Secret
+  ``<name>-redis`` (key ``url``) that the operator generates, used like a ``secretRef``.
 - ``spec.auth.sasl.secretRef: {name, usernameKey, passwordKey}``: the Secret holds the SASL
   username and password under ``usernameKey`` (default ``username``) and ``passwordKey``
   (default ``password``), which is exactly the layout of a ``kubernetes.io/basic-auth`` Secret.
@@ -55,6 +57,7 @@ _QUANTITY = re.compile(
 )
 _SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+PROVISIONED_REDIS_KEY = "url"
 _BROKER = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?):[0-9]{1,5}$")
 _KAFKA_TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 _TOPIC_CONFIG_KEY = re.compile(r"^[a-z0-9]+(\.[a-z0-9]+)*$")
@@ -96,6 +99,9 @@ class DelayQueueSpec:
     redis_url: str | None = field(repr=False)
     redis_secret_ref: SecretRef | None  # the key holds the Redis URL
     delivery: dict[str, Any]  # camelCase delivery policy as given (checked parseable)
+    # No spec.redis: the operator runs one (see builders/redis.py); redis_secret_ref then names
+    # the Secret it generates.
+    redis_provisioned: bool = False
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> DelayQueueSpec:
@@ -135,7 +141,7 @@ class DelayQueueSpec:
         fsync = _int(
             persistence, "fsyncMillis", "spec.persistence.fsyncMillis", None, low=0, high=MAX_FSYNC_MILLIS
         )
-        redis_url, redis_secret = _redis(spec)
+        redis_url, redis_secret, provisioned = _redis(spec, name)
         return cls(
             replicas=replicas,
             tube=tube,
@@ -152,6 +158,7 @@ class DelayQueueSpec:
             redis_url=redis_url,
             redis_secret_ref=redis_secret,
             delivery=_delivery(spec),
+            redis_provisioned=provisioned,
         )
 
 
@@ -355,7 +362,11 @@ def _resources(spec: Mapping[str, Any]) -> dict[str, Any]:
     return {part: dict(value) for part, value in resources.items()}
 
 
-def _redis(spec: Mapping[str, Any]) -> tuple[str | None, SecretRef | None]:
+def _redis(spec: Mapping[str, Any], name: str) -> tuple[str | None, SecretRef | None, bool]:
+    """(url, secretRef, provisioned). Without ``spec.redis`` the operator provisions one, and
+    its URL (password included) is in the generated Secret ``<name>-redis``, key ``url``."""
+    if spec.get("redis") is None:
+        return None, SecretRef(name=provisioned_redis_name(name), key=PROVISIONED_REDIS_KEY), True
     redis = _section(spec, "redis", "spec.redis")
     _refuse_unknown(redis, "spec.redis", {"url", "secretRef"})
     url = _str(redis, "url", "spec.redis.url", None)
@@ -365,7 +376,7 @@ def _redis(spec: Mapping[str, Any]) -> tuple[str | None, SecretRef | None]:
     if url is None and not has_secret:
         raise SpecError(
             "spec.redis needs url (redis://host:6379/0) or secretRef {name, key} naming a Secret "
-            "whose key holds the Redis URL"
+            "whose key holds the Redis URL; or leave spec.redis out and the operator provisions one"
         )
     if url is not None:
         if not url.startswith(_REDIS_SCHEMES):
@@ -374,10 +385,14 @@ def _redis(spec: Mapping[str, Any]) -> tuple[str | None, SecretRef | None]:
                 "spec.redis.url must start with redis://, rediss:// or unix://; "
                 "to keep a password out of the resource, use spec.redis.secretRef"
             )
-        return url, None
-    return None, _secret_ref(
-        _section(redis, "secretRef", "spec.redis.secretRef"), "spec.redis.secretRef", None
-    )
+        return url, None, False
+    ref = _secret_ref(_section(redis, "secretRef", "spec.redis.secretRef"), "spec.redis.secretRef", None)
+    return None, ref, False
+
+
+def provisioned_redis_name(name: str) -> str:
+    """The provisioned Redis's StatefulSet, Service and Secret of DelayQueue ``name``."""
+    return f"{name}-redis"
 
 
 def _brokers(spec: Mapping[str, Any]) -> list[str]:

@@ -398,3 +398,17 @@ def test_chart_values_for_the_sidecar_reach_injected_pods() -> None:
     # Once only: injecting again adds nothing.
     assert inject(mutated, request, queues, settings) == mutated
     kubernetes_validate.validate(mutated, "1.33.0", strict=True)
+
+
+def test_a_provisioned_redis_reaches_the_sidecar_through_its_generated_secret() -> None:
+    reminders = delay_queue("reminders")
+    del reminders["spec"]["redis"]  # the operator provisions one: Secret reminders-redis, key url
+    annotations = {**BASIC, "queue-operator.dev/queues": "delayqueue/reminders"}
+    mutated = injected(annotations, {"reminders": reminders})
+    volumes = {v["name"]: v for v in mutated["spec"]["volumes"]}
+    assert volumes["queue-sidecar-secret-0"]["secret"] == {
+        "secretName": "reminders-redis",
+        "items": [{"key": "url", "path": "redis-url"}],
+    }
+    config = yaml.safe_load(mutated["metadata"]["annotations"][SIDECAR_CONFIG])
+    assert config["queues"][0]["redis"] == {"urlFile": "/etc/queue-sidecar/secrets/0/redis-url"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import kubernetes_validate
+from kubernetes import client
 
 from harness.kube_operator import Cluster, OperatorProcess, eventually, example
 from queue_operator.kube import Kube
@@ -22,12 +23,22 @@ def children_of(cluster: Cluster, name: str) -> tuple[object, object, object]:
 
 
 def set_ready_pods(cluster: Cluster, name: str, ready: int) -> None:
-    """The emulator runs no controllers: play the StatefulSet controller reporting pods."""
+    """The emulator runs no controllers: play the StatefulSet controller reporting pods (and,
+    for a queue with a provisioned Redis, its Redis pod ready)."""
     cluster.apps.patch_namespaced_stateful_set_status(
         f"{name}-beanstalkd",
         cluster.namespace,
         {"status": {"replicas": ready, "readyReplicas": ready, "updatedReplicas": ready}},
     )
+    try:
+        cluster.apps.patch_namespaced_stateful_set_status(
+            f"{name}-redis",
+            cluster.namespace,
+            {"status": {"replicas": 1, "readyReplicas": 1, "updatedReplicas": 1}},
+        )
+    except client.ApiException as exc:
+        if exc.status != 404:  # a queue with a Redis of its own has none
+            raise
 
 
 def test_example_creates_owned_children_and_ready_status(cluster: Cluster, operator: OperatorProcess) -> None:
@@ -131,6 +142,8 @@ def test_operator_restart_creates_no_duplicates(cluster: Cluster, operator: Oper
     doc = example("delayqueue.yaml")[0]
     cluster.apply([doc, {**doc, "metadata": {"name": "second"}}])
     eventually(lambda: children_of(cluster, "reminders") and children_of(cluster, "second"), what="children")
+    # Each has its nodes' StatefulSet and its provisioned Redis's.
+    eventually(lambda: len(cluster.apps.list_namespaced_stateful_set(cluster.namespace).items) == 4, what="4")
     before = {
         s.metadata.name: s.metadata.uid
         for s in cluster.apps.list_namespaced_stateful_set(cluster.namespace).items
@@ -141,8 +154,8 @@ def test_operator_restart_creates_no_duplicates(cluster: Cluster, operator: Oper
         s.metadata.name: s.metadata.uid
         for s in cluster.apps.list_namespaced_stateful_set(cluster.namespace).items
     }
-    assert after == before, "the same two StatefulSets, not re-created"
-    assert len(cluster.core.list_namespaced_service(cluster.namespace).items) == 2
+    assert after == before, "the same StatefulSets, not re-created"
+    assert len(cluster.core.list_namespaced_service(cluster.namespace).items) == 4
     for name in ("reminders", "second"):
         # Nothing outside Kubernetes to clean up: no finalizer (deleting never waits for us).
         assert not cluster.get(PLURAL, name)["metadata"].get("finalizers")

@@ -198,11 +198,13 @@ def test_kafkaqueue_without_brokers_is_refused() -> None:
         admit(obj)
 
 
-def test_delayqueue_without_redis_is_refused() -> None:
+def test_delayqueue_without_redis_is_accepted_and_provisioned() -> None:
     obj = delayqueue()
     del obj["spec"]["redis"]
-    with pytest.raises(Refused, match="'redis' is a required property"):
-        admit(obj)
+    admitted = admit(obj)
+    assert "redis" not in admitted["spec"]
+    spec = DelayQueueSpec.from_body({**admitted, "metadata": {"name": "q", "namespace": "ns"}})
+    assert spec.redis_provisioned and spec.redis_secret_ref == ("q-redis", "url")
 
 
 def test_topic_config_takes_any_kafka_config() -> None:

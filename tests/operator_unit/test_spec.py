@@ -247,7 +247,7 @@ def _without_delivery(spec: Any) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        ({}, "spec.redis needs url (redis://host:6379/0) or secretRef"),
+        ({"redis": {}}, "spec.redis needs url (redis://host:6379/0) or secretRef"),
         (
             {"redis": {"url": "redis://r", "secretRef": {"name": "s", "key": "k"}}},
             "spec.redis has both url and secretRef",

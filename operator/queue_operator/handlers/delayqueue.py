@@ -16,7 +16,7 @@ from typing import Any
 
 import kopf
 
-from queue_operator.builders import beanstalkd
+from queue_operator.builders import beanstalkd, redis
 from queue_operator.builders.labels import MANAGED_BY
 from queue_operator.handlers.conditions import Verdict, parse_or_report, report, status_of, write_status
 from queue_operator.handlers.options import (
@@ -26,7 +26,7 @@ from queue_operator.handlers.options import (
     register_level_based,
 )
 from queue_operator.kube import Kube, KubeError, SecretMissing, SecretNotAllowed
-from queue_operator.spec import DelayQueueSpec, SpecError
+from queue_operator.spec import DelayQueueSpec, SpecError, provisioned_redis_name
 
 PLURAL = "delayqueues"
 
@@ -66,7 +66,11 @@ def apply_children(
 ) -> str | None:
     """Apply the children (all, or those missing or drifted); the first refusal, described."""
     namespace = str(body.metadata.namespace)
-    for child in beanstalkd.children(body, spec):
+    if spec.redis_provisioned:
+        failure = _ensure_redis_secret(kube, body, logger)
+        if failure is not None:
+            return failure
+    for child in [*beanstalkd.children(body, spec), *redis.children(body, spec)]:
         kind, name = child["kind"], child["metadata"]["name"]
         if only_drifted:
             actual = kube.read(child["apiVersion"], kind, namespace, name)
@@ -82,6 +86,25 @@ def apply_children(
     return None
 
 
+def _ensure_redis_secret(kube: Kube, body: kopf.Body, logger: kopf.Logger) -> str | None:
+    """Create the provisioned Redis's Secret once; an existing one is kept as it is (the running
+    Redis has its password)."""
+    name = provisioned_redis_name(str(body.metadata.name))
+    namespace = str(body.metadata.namespace)
+    try:
+        if kube.read("v1", "Secret", namespace, name) is not None:
+            return None
+        secret = redis.secret(body)
+        kopf.adopt(secret, owner=body)
+        kube.create(secret)
+    except KubeError as exc:
+        if exc.status == 409:
+            return None  # created meanwhile
+        return f"creating Secret {name} failed: {exc}"
+    logger.info("created Secret %s with the provisioned Redis's password", name)
+    return None
+
+
 def observe_state(
     kube: Kube,
     body: Mapping[str, Any],
@@ -93,6 +116,10 @@ def observe_state(
     """Read what the status reports on: the StatefulSet, and that the Redis Secret is there."""
     namespace = str(body["metadata"]["namespace"])
     statefulset = kube.read("apps/v1", "StatefulSet", namespace, beanstalkd.child_name(body))
+    redis_statefulset = None
+    if spec.redis_provisioned:
+        redis_name = provisioned_redis_name(str(body["metadata"]["name"]))
+        redis_statefulset = kube.read("apps/v1", "StatefulSet", namespace, redis_name) or {}
     redis_problem = None
     if spec.redis_secret_ref is not None:
         try:
@@ -107,7 +134,9 @@ def observe_state(
     if apply_failure is not None:
         redis_problem = redis_problem or ("ApplyFailed", apply_failure)
     applied = apply_failure is None if applied is None else applied
-    return observed_status(body, spec, statefulset, redis_problem, applied=applied)
+    return observed_status(
+        body, spec, statefulset, redis_problem, applied=applied, redis_statefulset=redis_statefulset
+    )
 
 
 def statefulset_changed(type: str | None, body: kopf.Body, memo: Any, logger: kopf.Logger, **_: Any) -> None:
@@ -187,10 +216,17 @@ def observed_status(
     problem: tuple[str, str] | None = None,  # (condition reason, message) of what keeps it Degraded
     *,
     applied: bool = True,
+    redis_statefulset: Mapping[str, Any] | None = None,  # the provisioned Redis's, when there is one
 ) -> dict[str, Any]:
     ready = int(((statefulset or {}).get("status") or {}).get("readyReplicas") or 0)
     fields = {"readyReplicas": ready, "endpoints": beanstalkd.endpoints(body, spec)}
     verdict = nodes_verdict(beanstalkd.child_name(body), spec.replicas, statefulset)
+    if redis_statefulset is not None and verdict.ready:
+        redis_ready = int((redis_statefulset.get("status") or {}).get("readyReplicas") or 0)
+        if redis_ready < 1:
+            name = provisioned_redis_name(str(body["metadata"]["name"]))
+            message = f"the nodes are ready; waiting for the provisioned Redis (StatefulSet {name})"
+            verdict = Verdict(False, "RedisNotReady", message, progressing=True)
     if problem is not None:
         reason, message = problem
         # A refused apply leaves the previous generation running: Ready still says whether it serves.

@@ -153,8 +153,10 @@ class KubeSource:
                 f"DelayQueue {name} has no status.endpoints yet: the operator has not provisioned "
                 "its beanstalkd nodes (see kubectl describe delayqueue " + name + ")"
             )
-        redis = spec.get("redis") or {}
-        if redis.get("url"):
+        redis = spec.get("redis")
+        if redis is None:  # the operator provisioned one: its URL is in the Secret it generated
+            url = self._secret(f"{name}-redis", "url", "the provisioned Redis's Secret")
+        elif redis.get("url"):
             url = str(redis["url"])
         elif redis.get("secretRef"):
             ref = redis["secretRef"]
