@@ -4,10 +4,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v beanstalkd >/dev/null || ! command -v redis-server >/dev/null; then
+# prometheus: its promtool checks the chart's alert rules, and tests run a real Prometheus on
+# them. Debian's package does not start a service here; tests start their own on a free port.
+if ! command -v beanstalkd >/dev/null || ! command -v redis-server >/dev/null \
+    || ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq --no-install-recommends beanstalkd redis-server >/dev/null
+    apt-get install -y -qq --no-install-recommends beanstalkd redis-server prometheus >/dev/null
 fi
 
 if [ ! -x .venv/bin/python ]; then

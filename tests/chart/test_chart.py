@@ -4,35 +4,15 @@ from __future__ import annotations
 
 import base64
 import filecmp
-import subprocess
-from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
 import pytest
-import yaml
 
-from harness import tools
+from harness.chart import CHART, REPO, by_kind, helm, render
 from queue_operator.main import parse_args
 
-REPO = Path(__file__).resolve().parents[2]
-CHART = REPO / "charts" / "queue-operator"
 KUBE_VERSION = "1.33.0"
-
-
-def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([tools.helm(), *args], capture_output=True, text=True, check=check)
-
-
-def render(*sets: str) -> list[dict[str, Any]]:
-    argv = ["template", "qo", str(CHART), "--namespace", "queue-system", "--include-crds"]
-    for value in sets:
-        argv += ["--set", value]
-    return [doc for doc in yaml.safe_load_all(helm(*argv).stdout) if doc]
-
-
-def by_kind(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
-    return [obj for obj in objects if obj["kind"] == kind]
 
 
 def test_helm_lint_is_clean_in_strict_mode() -> None:

