@@ -26,6 +26,7 @@ PLURALS: dict[tuple[str, str], str] = {
     ("apps/v1", "StatefulSet"): "statefulsets",
     ("policy/v1", "PodDisruptionBudget"): "poddisruptionbudgets",
     ("coordination.k8s.io/v1", "Lease"): "leases",
+    ("keda.sh/v1alpha1", "ScaledObject"): "scaledobjects",
     ("queue-operator.dev/v1alpha1", "DelayQueue"): "delayqueues",
     ("queue-operator.dev/v1alpha1", "KafkaQueue"): "kafkaqueues",
 }

@@ -67,6 +67,20 @@ class SpecError(ValueError):
     """A spec the operator cannot act on; the message names the field and says what to change."""
 
 
+@dataclass(frozen=True)
+class Autoscaling:
+    """``spec.autoscaling``: scale a workload on this queue's backlog (a KEDA ScaledObject)."""
+
+    target_kind: str  # Deployment | StatefulSet
+    target_name: str
+    min_replicas: int
+    max_replicas: int
+    threshold: int  # per replica: Kafka lag, or dq jobs ready and in flight
+    polling_interval: int | None
+    cooldown_period: int | None
+    authentication_ref: str | None  # a KEDA TriggerAuthentication for SASL/TLS brokers
+
+
 class SecretRef(NamedTuple):
     """A key of a Secret in the resource's namespace."""
 
@@ -102,6 +116,7 @@ class DelayQueueSpec:
     # No spec.redis: the operator runs one (see builders/redis.py); redis_secret_ref then names
     # the Secret it generates.
     redis_provisioned: bool = False
+    autoscaling: Autoscaling | None = None
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> DelayQueueSpec:
@@ -116,7 +131,17 @@ class DelayQueueSpec:
         _refuse_unknown(
             spec,
             "spec",
-            {"replicas", "tube", "image", "resources", "maxJobBytes", "persistence", "redis", "delivery"},
+            {
+                "replicas",
+                "tube",
+                "image",
+                "resources",
+                "maxJobBytes",
+                "persistence",
+                "redis",
+                "delivery",
+                "autoscaling",
+            },
         )
         replicas = _int(spec, "replicas", "spec.replicas", DEFAULT_REPLICAS, low=1, high=MAX_REPLICAS)
         tube = _str(spec, "tube", "spec.tube", name)
@@ -159,6 +184,7 @@ class DelayQueueSpec:
             redis_secret_ref=redis_secret,
             delivery=_delivery(spec),
             redis_provisioned=provisioned,
+            autoscaling=_autoscaling(spec),
         )
 
 
@@ -180,6 +206,7 @@ class KafkaQueueSpec:
     tls: bool = False  # connect with TLS (with the system CAs unless tls_ca_secret_ref is set)
     # SASL credentials may go over a plaintext listener only when the spec says so explicitly.
     allow_plaintext: bool = False
+    autoscaling: Autoscaling | None = None
 
     @property
     def plaintext_credentials_refused(self) -> str | None:
@@ -206,7 +233,17 @@ class KafkaQueueSpec:
         _refuse_unknown(
             spec,
             "spec",
-            {"brokers", "topic", "group", "offset", "auth", "deadLetterTopic", "deletionPolicy", "delivery"},
+            {
+                "brokers",
+                "topic",
+                "group",
+                "offset",
+                "auth",
+                "deadLetterTopic",
+                "deletionPolicy",
+                "delivery",
+                "autoscaling",
+            },
         )
         brokers = _brokers(spec)
         topic_section = _section(spec, "topic", "spec.topic")
@@ -252,6 +289,7 @@ class KafkaQueueSpec:
             tls_ca_secret_ref=ca_secret,
             delivery=_delivery(spec),
             tls=tls,
+            autoscaling=_autoscaling(spec),
             allow_plaintext=_bool(
                 _section(spec, "auth", "spec.auth"), "allowPlaintext", "spec.auth.allowPlaintext", False
             ),
@@ -335,6 +373,58 @@ def _secret_ref(section: Mapping[str, Any], path: str, default_key: str | None) 
     if not _SECRET_KEY.match(key):
         raise SpecError(f"{path}.key {key!r}: a Secret key has only letters, digits, '-', '_' and '.'")
     return SecretRef(name, key)
+
+
+AUTOSCALING_KINDS = ("Deployment", "StatefulSet")
+DEFAULT_THRESHOLD = 10
+
+
+def _autoscaling(spec: Mapping[str, Any]) -> Autoscaling | None:
+    if spec.get("autoscaling") is None:
+        return None
+    section = _section(spec, "autoscaling", "spec.autoscaling")
+    _refuse_unknown(
+        section,
+        "spec.autoscaling",
+        {
+            "target",
+            "minReplicas",
+            "maxReplicas",
+            "threshold",
+            "pollingInterval",
+            "cooldownPeriod",
+            "authenticationRef",
+        },
+    )
+    target = _section(section, "target", "spec.autoscaling.target")
+    _refuse_unknown(target, "spec.autoscaling.target", {"kind", "name"})
+    name = _str(target, "name", "spec.autoscaling.target.name", None)
+    if not name:
+        raise SpecError(
+            "spec.autoscaling.target.name is missing: name the Deployment (or StatefulSet) to scale"
+        )
+    low = _int(section, "minReplicas", "spec.autoscaling.minReplicas", 1, low=0, high=None)
+    high = _int(section, "maxReplicas", "spec.autoscaling.maxReplicas", 10, low=1, high=None)
+    if high < low:
+        raise SpecError(f"spec.autoscaling.maxReplicas {high} is below minReplicas {low}")
+    auth = _section(section, "authenticationRef", "spec.autoscaling.authenticationRef")
+    _refuse_unknown(auth, "spec.autoscaling.authenticationRef", {"name"})
+    return Autoscaling(
+        target_kind=_choice(target, "kind", "spec.autoscaling.target.kind", "Deployment", AUTOSCALING_KINDS),
+        target_name=name,
+        min_replicas=low,
+        max_replicas=high,
+        threshold=_int(
+            section, "threshold", "spec.autoscaling.threshold", DEFAULT_THRESHOLD, low=1, high=None
+        ),
+        polling_interval=_int(
+            section, "pollingInterval", "spec.autoscaling.pollingInterval", None, low=1, high=None
+        ),
+        cooldown_period=_int(
+            section, "cooldownPeriod", "spec.autoscaling.cooldownPeriod", None, low=0, high=None
+        ),
+        authentication_ref=_str(auth, "name", "spec.autoscaling.authenticationRef.name", None),
+    )
 
 
 def _delivery(spec: Mapping[str, Any]) -> dict[str, Any]:

@@ -71,6 +71,14 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
   verbs: [get, list, watch, create, patch, delete]
+# A provisioned Redis's generated Secret (created once, never listed).
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [create]
+# spec.autoscaling: the queue's KEDA ScaledObject.
+- apiGroups: [keda.sh]
+  resources: [scaledobjects]
+  verbs: [get, create, patch, delete]
 # Read (never list) the Secrets a resource names: Redis URL, SASL credentials, CA.
 - apiGroups: [""]
   resources: [secrets]

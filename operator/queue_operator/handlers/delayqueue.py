@@ -16,8 +16,9 @@ from typing import Any
 
 import kopf
 
-from queue_operator.builders import beanstalkd, redis
+from queue_operator.builders import beanstalkd, redis, scaling
 from queue_operator.builders.labels import MANAGED_BY
+from queue_operator.handlers import autoscaling
 from queue_operator.handlers.conditions import Verdict, parse_or_report, report, status_of, write_status
 from queue_operator.handlers.options import (
     API_VERSION,
@@ -83,7 +84,14 @@ def apply_children(
         except KubeError as exc:
             return f"applying {kind} {name} failed: {exc}"
         logger.debug("applied %s %s", kind, name)
-    return None
+    return autoscaling.sync(kube, body, scaled_object(body, spec))
+
+
+def scaled_object(body: Mapping[str, Any], spec: DelayQueueSpec) -> dict[str, Any] | None:
+    if spec.autoscaling is None:
+        return None
+    triggers = scaling.beanstalkd_triggers(beanstalkd.endpoints(body, spec), spec.tube, spec.autoscaling)
+    return scaling.scaled_object(body, spec.autoscaling, triggers)
 
 
 def _ensure_redis_secret(kube: Kube, body: kopf.Body, logger: kopf.Logger) -> str | None:

@@ -20,6 +20,8 @@ import kopf
 
 from queue_engine.errors import ConfigError
 from queue_engine.kq.security import KafkaSecurity
+from queue_operator.builders import scaling
+from queue_operator.handlers import autoscaling
 from queue_operator.handlers.conditions import Verdict, parse_or_report, report
 from queue_operator.handlers.options import GROUP, VERSION, Options, Runtime, register_level_based
 from queue_operator.kube import SecretMissing, SecretNotAllowed
@@ -240,11 +242,27 @@ def converge(
     if created:
         fields["createdTopics"] = created
     verdict = topics_verdict(spec, partitions, problems)
+    failure = autoscaling.sync(runtime.kube, body, scaled_object(body, spec))
+    if failure is not None:
+        verdict = dataclasses.replace(
+            verdict,
+            degraded=True,
+            degraded_reason="AutoscalingFailed",
+            degraded_message=failure,
+            applied=False,
+        )
     return (
         verdict,
         {**fields, "partitions": partitions.get(spec.topic)} if spec.topic in partitions else fields,
         False,
     )
+
+
+def scaled_object(body: Mapping[str, Any], spec: KafkaQueueSpec) -> dict[str, Any] | None:
+    if spec.autoscaling is None:
+        return None
+    triggers = scaling.kafka_triggers(spec.brokers, spec.group, spec.topic, spec.offset, spec.autoscaling)
+    return scaling.scaled_object(body, spec.autoscaling, triggers)
 
 
 def topics_verdict(spec: KafkaQueueSpec, partitions: Mapping[str, int], problems: list[str]) -> Verdict:
