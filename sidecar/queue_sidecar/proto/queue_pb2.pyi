@@ -62,16 +62,18 @@ class Ack(_message.Message):
     def __init__(self, status: _Optional[_Union[Ack.Status, str]] = ..., error: _Optional[str] = ..., retry_after: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class DelayRequest(_message.Message):
-    __slots__ = ("queue", "body", "delay", "at")
+    __slots__ = ("queue", "body", "delay", "at", "idempotency_key")
     QUEUE_FIELD_NUMBER: _ClassVar[int]
     BODY_FIELD_NUMBER: _ClassVar[int]
     DELAY_FIELD_NUMBER: _ClassVar[int]
     AT_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     queue: str
     body: bytes
     delay: _duration_pb2.Duration
     at: _timestamp_pb2.Timestamp
-    def __init__(self, queue: _Optional[str] = ..., body: _Optional[bytes] = ..., delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    idempotency_key: str
+    def __init__(self, queue: _Optional[str] = ..., body: _Optional[bytes] = ..., delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
 
 class DelayReply(_message.Message):
     __slots__ = ("id",)
@@ -92,16 +94,18 @@ class RevokeReply(_message.Message):
     def __init__(self) -> None: ...
 
 class PushRequest(_message.Message):
-    __slots__ = ("queue", "body", "key", "headers")
+    __slots__ = ("queue", "body", "key", "headers", "idempotency_key")
     QUEUE_FIELD_NUMBER: _ClassVar[int]
     BODY_FIELD_NUMBER: _ClassVar[int]
     KEY_FIELD_NUMBER: _ClassVar[int]
     HEADERS_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     queue: str
     body: bytes
     key: bytes
     headers: _containers.RepeatedCompositeFieldContainer[Header]
-    def __init__(self, queue: _Optional[str] = ..., body: _Optional[bytes] = ..., key: _Optional[bytes] = ..., headers: _Optional[_Iterable[_Union[Header, _Mapping]]] = ...) -> None: ...
+    idempotency_key: str
+    def __init__(self, queue: _Optional[str] = ..., body: _Optional[bytes] = ..., key: _Optional[bytes] = ..., headers: _Optional[_Iterable[_Union[Header, _Mapping]]] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
 
 class PushReply(_message.Message):
     __slots__ = ("partition", "offset")
