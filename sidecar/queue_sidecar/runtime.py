@@ -29,6 +29,7 @@ from queue_sidecar.delivery import AppDelivery, AppProbe, build_delivery
 from queue_sidecar.health import build_health_app, refresh_queue_gauges
 from queue_sidecar.publish.broker_watch import BrokerWatch
 from queue_sidecar.publish.delay_jobs import DelayJobs
+from queue_sidecar.publish.group_start import GroupStart
 from queue_sidecar.publish.grpc import start_server as start_publish_grpc
 from queue_sidecar.publish.http import build_app as build_publish_app
 from queue_sidecar.publish.targets import PublishTargets
@@ -114,6 +115,10 @@ class Sidecar:
         self.targets.kafka[queue.name] = KafkaPusher(
             queue.brokers, queue.topic, security=security, extra=watch.librdkafka_config(), name=queue.name
         )
+        if queue.offset == "last":
+            self.targets.kafka_starts[queue.name] = GroupStart(
+                list(queue.brokers), queue.topic, queue.group, security
+            )
 
         def new_consumer() -> Consumer:
             consumer = KafkaConsumer(

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from queue_engine.errors import InvalidRequest, Unavailable
+from queue_engine.kq import Delivered
 from queue_sidecar.publish import idempotency
 from queue_sidecar.publish.idempotency import MemoryKeys, Result
 from queue_sidecar.publish.targets import PublishTargets
@@ -79,12 +80,16 @@ async def push(
     """Write ``body`` to the queue's topic: ``{"topic", "partition", "offset"}`` once acknowledged."""
     pusher = targets.kafka_queue(queue)
     watch = targets.kafka_watches.get(queue)
+    start = targets.kafka_starts.get(queue)
+
+    async def send() -> Delivered:
+        return await pusher.push(body, key=key, headers=list(headers) or None)
 
     async def publish() -> Result:
         down = watch.down if watch is not None else None
         if down is not None:
             raise Unavailable(down)  # at once: the broker would only time out after 30 s
-        delivered = await pusher.push(body, key=key, headers=list(headers) or None)
+        delivered = await (start.around(send) if start is not None else send())
         return {"topic": delivered.topic, "partition": delivered.partition, "offset": delivered.offset}
 
     if idempotency_key is None:

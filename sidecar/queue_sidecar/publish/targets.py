@@ -12,6 +12,7 @@ from queue_engine.errors import NotFound
 from queue_engine.kq import KafkaPusher
 from queue_sidecar.publish.broker_watch import BrokerWatch
 from queue_sidecar.publish.delay_jobs import DelayJobs
+from queue_sidecar.publish.group_start import GroupStart
 from queue_sidecar.publish.idempotency import MemoryKeys
 
 log = logging.getLogger(__name__)
@@ -23,7 +24,8 @@ class PublishTargets:
 
     ``delay_jobs`` reads job states and keeps idempotency keys in each DelayQueue's Redis;
     ``kafka_keys`` keeps each KafkaQueue's idempotency keys in memory; ``kafka_watches`` say
-    while a KafkaQueue's brokers are unreachable (a queue without one waits out the timeout).
+    while a KafkaQueue's brokers are unreachable (a queue without one waits out the timeout);
+    ``kafka_starts`` set up the group of a KafkaQueue with ``offset: last`` before its first push.
     """
 
     delay: dict[str, DelayProducer] = field(default_factory=dict)
@@ -31,6 +33,7 @@ class PublishTargets:
     delay_jobs: dict[str, DelayJobs] = field(default_factory=dict)
     kafka_keys: dict[str, MemoryKeys] = field(default_factory=dict)
     kafka_watches: dict[str, BrokerWatch] = field(default_factory=dict)
+    kafka_starts: dict[str, GroupStart] = field(default_factory=dict)
 
     def delay_queue(self, name: str) -> DelayProducer:
         try:
