@@ -9,10 +9,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
+import grpc
+import pytest
 from aiohttp import ClientSession
 from publish.conftest import Queues
 
+from queue_sidecar.proto import queue_pb2, queue_pb2_grpc
+
 Http = tuple[ClientSession, Queues]
+Grpc = tuple[queue_pb2_grpc.PublisherStub, Queues]
 
 
 async def _get(session: ClientSession, queue: str, job_id: str) -> tuple[int, dict[str, Any]]:
@@ -60,3 +65,19 @@ async def test_an_unknown_job_is_404_and_a_malformed_id_400(http: Http) -> None:
     status, answer = await _get(session, "remindrs", "0" * 24)
     assert status == 404
     assert "no DelayQueue named 'remindrs'" in answer["error"]
+
+
+async def test_grpc_get_job_answers_the_same(grpc_publisher: Grpc) -> None:
+    publisher, _ = grpc_publisher
+    due = (datetime.now(UTC) + timedelta(minutes=5)).replace(microsecond=250_000)
+    request = queue_pb2.DelayRequest(queue="reminders", body=b"x")
+    request.at.FromDatetime(due)
+    job_id = (await publisher.Delay(request)).id
+    job = await publisher.GetJob(queue_pb2.GetJobRequest(queue="reminders", id=job_id))
+    assert (job.id, job.queue, job.state, job.attempts) == (job_id, "reminders", "delayed", 0)
+    assert job.due_at.ToDatetime(tzinfo=UTC) == due
+    assert not job.HasField("next_attempt_at")
+    with pytest.raises(grpc.aio.AioRpcError) as unknown:
+        await publisher.GetJob(queue_pb2.GetJobRequest(queue="reminders", id="0" * 24))
+    assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "no job " + "0" * 24 in (unknown.value.details() or "")

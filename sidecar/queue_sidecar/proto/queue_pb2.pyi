@@ -93,6 +93,32 @@ class RevokeReply(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class GetJobRequest(_message.Message):
+    __slots__ = ("queue", "id")
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    queue: str
+    id: str
+    def __init__(self, queue: _Optional[str] = ..., id: _Optional[str] = ...) -> None: ...
+
+class Job(_message.Message):
+    __slots__ = ("id", "queue", "state", "due_at", "attempts", "next_attempt_at", "last_error")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    DUE_AT_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_ATTEMPT_AT_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    queue: str
+    state: str
+    due_at: _timestamp_pb2.Timestamp
+    attempts: int
+    next_attempt_at: _timestamp_pb2.Timestamp
+    last_error: str
+    def __init__(self, id: _Optional[str] = ..., queue: _Optional[str] = ..., state: _Optional[str] = ..., due_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., attempts: _Optional[int] = ..., next_attempt_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_error: _Optional[str] = ...) -> None: ...
+
 class PushRequest(_message.Message):
     __slots__ = ("queue", "body", "key", "headers", "idempotency_key")
     QUEUE_FIELD_NUMBER: _ClassVar[int]

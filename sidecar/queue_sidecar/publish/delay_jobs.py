@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,6 +30,31 @@ from queue_sidecar.publish.idempotency import RedisKeys
 _STATES = {"revoked": "revoked", "done": "done", "buried": "buried", "busy": "in_flight", "wait": "delayed"}
 
 
+@dataclass(frozen=True)
+class JobState:
+    id: str
+    queue: str
+    state: str  # delayed, ready, in_flight, buried, done, revoked
+    due: float  # epoch seconds
+    attempts: int
+    next_attempt: float | None  # epoch seconds, while waiting out a retry's backoff
+    last_error: str
+
+    def to_json(self) -> dict[str, Any]:
+        answer: dict[str, Any] = {
+            "id": self.id,
+            "queue": self.queue,
+            "state": self.state,
+            "due_at": _rfc3339(self.due),
+            "attempts": self.attempts,
+        }
+        if self.next_attempt is not None:
+            answer["next_attempt_at"] = _rfc3339(self.next_attempt)
+        if self.last_error:
+            answer["last_error"] = self.last_error
+        return answer
+
+
 class DelayJobs:
     """One DelayQueue's job records and idempotency keys, in its Redis."""
 
@@ -43,7 +69,7 @@ class DelayJobs:
         self._records = JobRecords(self._redis, self._tube)
         self.keys = RedisKeys(self._redis, f"dq:{self._tube}:idem:")
 
-    async def state(self, job_id: str) -> dict[str, Any]:
+    async def state(self, job_id: str) -> JobState:
         """The job's state, due time and attempts; NotFound when Redis has no record of it."""
         check_job_id(job_id)
         now = time.time()
@@ -60,19 +86,15 @@ class DelayJobs:
                 "or its record expired (kept 14 days after the job was due)"
             )
         due = await self._due(job_id, record.get("copies", ""))
-        state = _STATES.get(claim.action) or ("delayed" if due > now else "ready")
-        answer: dict[str, Any] = {
-            "id": job_id,
-            "queue": self.name,
-            "state": state,
-            "due_at": _rfc3339(due),
-            "attempts": int(record.get("attempts") or 0),
-        }
-        if claim.action == "wait":
-            answer["next_attempt_at"] = _rfc3339(claim.until)
-        if record.get("error"):
-            answer["last_error"] = record["error"]
-        return answer
+        return JobState(
+            id=job_id,
+            queue=self.name,
+            state=_STATES.get(claim.action) or ("delayed" if due > now else "ready"),
+            due=due,
+            attempts=int(record.get("attempts") or 0),
+            next_attempt=claim.until if claim.action == "wait" else None,
+            last_error=record.get("error", ""),
+        )
 
     async def _due(self, job_id: str, copies: str) -> float:
         """The exact due time from a copy on a node; the id's due second if none answers."""

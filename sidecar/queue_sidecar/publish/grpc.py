@@ -1,4 +1,4 @@
-"""The publish API over gRPC: ``queueoperator.v1.Publisher`` (Delay, Revoke, Push) on loopback.
+"""The publish API over gRPC: ``queueoperator.v1.Publisher`` (Delay, Revoke, GetJob, Push) on loopback.
 
 Same operations and checks as the HTTP API; failures end the call with INVALID_ARGUMENT,
 NOT_FOUND, RESOURCE_EXHAUSTED (over the size limit), UNAVAILABLE (no quorum, broker down),
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import NoReturn, TypeVar
 
 import grpc
@@ -57,6 +57,24 @@ class PublisherService(queue_pb2_grpc.PublisherServicer):
             context, "Revoke", request.queue, operations.revoke(self.targets, request.queue, request.id)
         )
         return queue_pb2.RevokeReply()
+
+    async def GetJob(
+        self, request: queue_pb2.GetJobRequest, context: grpc.aio.ServicerContext
+    ) -> queue_pb2.Job:
+        state = await _answer(
+            context, "GetJob", request.queue, operations.job(self.targets, request.queue, request.id)
+        )
+        job = queue_pb2.Job(
+            id=state.id,
+            queue=state.queue,
+            state=state.state,
+            attempts=state.attempts,
+            last_error=state.last_error,
+        )
+        job.due_at.FromDatetime(datetime.fromtimestamp(state.due, UTC))
+        if state.next_attempt is not None:
+            job.next_attempt_at.FromDatetime(datetime.fromtimestamp(state.next_attempt, UTC))
+        return job
 
     async def Push(
         self, request: queue_pb2.PushRequest, context: grpc.aio.ServicerContext

@@ -90,7 +90,7 @@ async def _revoke(request: web.Request) -> web.Response:
 async def _job(request: web.Request) -> web.Response:
     _only_query(request)
     state = await operations.job(request.app[TARGETS], request.match_info["name"], request.match_info["id"])
-    return web.json_response(state)
+    return web.json_response(state.to_json())
 
 
 async def _push(request: web.Request) -> web.Response:

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
 
 from queue_engine.errors import InvalidRequest, Unavailable
 from queue_engine.kq import Delivered
 from queue_sidecar.publish import idempotency
+from queue_sidecar.publish.delay_jobs import JobState
 from queue_sidecar.publish.idempotency import MemoryKeys, Result
 from queue_sidecar.publish.targets import PublishTargets
 
@@ -63,7 +63,7 @@ async def revoke(targets: PublishTargets, queue: str, job_id: str) -> None:
     await producer.revoke(job_id)
 
 
-async def job(targets: PublishTargets, queue: str, job_id: str) -> dict[str, Any]:
+async def job(targets: PublishTargets, queue: str, job_id: str) -> JobState:
     """A dq job's state (delayed, ready, in_flight, buried, done, revoked), due time and attempts."""
     return await targets.delay_records(queue).state(job_id)
 
