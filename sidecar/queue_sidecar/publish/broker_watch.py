@@ -25,6 +25,7 @@ _UP = {"UP", "UPDATE"}
 _FAIL = re.compile(r"^FAIL \[(?P<client>[^\]]+)\] \[[^\]]*\]: (?P<why>.*)$")
 # librdkafka client name -> (connection failures so far, the last one's reason)
 _failures: dict[str, tuple[int, str]] = {}
+_MAX_CLIENTS = 256
 _lock = threading.Lock()
 
 
@@ -35,6 +36,8 @@ class _FailureNotes(logging.Filter):
         match = _FAIL.match(record.getMessage())
         if match:
             with _lock:
+                if len(_failures) > _MAX_CLIENTS:  # consumers are rebuilt after failures, with new names
+                    _failures.clear()
                 count, _ = _failures.get(match["client"], (0, ""))
                 _failures[match["client"]] = (count + 1, match["why"])
         return True
@@ -73,7 +76,7 @@ class BrokerWatch:
             return
         with _lock:
             failures, why = _failures.get(client, (0, ""))
-        failed, self._failures_seen = failures > self._failures_seen, failures
+        failed, self._failures_seen = failures != self._failures_seen, failures
         if not failed:
             return  # idle, or waiting out a reconnect backoff: no news
         self._failing_ticks += 1
