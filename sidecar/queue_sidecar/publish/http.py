@@ -171,8 +171,8 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
         else:
             log.info("publish %s %s failed", request.method, request.path, extra=fields)
         response = _error(failure.http_status, failure.message)
-        if failure.http_status in (503, 504):
-            # Nothing was stored: the app should try again, and not at once.
+        if failure.http_status in (409, 503, 504):
+            # Nothing was stored (or, 409, not yet): the app should try again, and not at once.
             response.headers["Retry-After"] = str(RETRY_AFTER_S)
         return response
 
