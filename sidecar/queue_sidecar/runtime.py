@@ -27,6 +27,9 @@ from queue_engine.policy import DeliveryPolicy
 from queue_sidecar.config import DelayQueueConfig, KafkaQueueConfig, SidecarConfig
 from queue_sidecar.delivery import AppDelivery, AppProbe, build_delivery
 from queue_sidecar.health import build_health_app, refresh_queue_gauges
+from queue_sidecar.publish.broker_watch import BrokerWatch
+from queue_sidecar.publish.delay_jobs import DelayJobs
+from queue_sidecar.publish.group_start import GroupStart
 from queue_sidecar.publish.grpc import start_server as start_publish_grpc
 from queue_sidecar.publish.http import build_app as build_publish_app
 from queue_sidecar.publish.targets import PublishTargets
@@ -88,6 +91,7 @@ class Sidecar:
         self.targets.delay[queue.name] = DelayProducer(
             queue.nodes, queue.tube, queue.redis_url, max_job_bytes=queue.max_job_bytes, name=queue.name
         )
+        self.targets.delay_jobs[queue.name] = DelayJobs(queue.name, queue.nodes, queue.tube, queue.redis_url)
 
         def new_consumer() -> Consumer:
             return DelayConsumer(
@@ -107,9 +111,14 @@ class Sidecar:
     def _open_kafka_queue(self, queue: KafkaQueueConfig) -> None:
         policy = queue.policy()
         security = queue.security()
+        watch = self.targets.kafka_watches[queue.name] = BrokerWatch(queue.name, list(queue.brokers))
         self.targets.kafka[queue.name] = KafkaPusher(
-            queue.brokers, queue.topic, security=security, name=queue.name
+            queue.brokers, queue.topic, security=security, extra=watch.librdkafka_config(), name=queue.name
         )
+        if queue.offset == "last":
+            self.targets.kafka_starts[queue.name] = GroupStart(
+                list(queue.brokers), queue.topic, queue.group, security
+            )
 
         def new_consumer() -> Consumer:
             consumer = KafkaConsumer(
@@ -167,6 +176,9 @@ class Sidecar:
             warnings = getattr(consumer, "redis_warnings", None)
             if warnings:
                 queues[queue.name]["warnings"] = list(warnings)
+            watch = self.targets.kafka_watches.get(queue.name)
+            if watch is not None and watch.down is not None:
+                queues[queue.name]["publish"] = watch.down  # pushes are refused at once meanwhile
         problem = self.delivery.misconfiguration
         healthy = app_up and problem is None and all(q["state"] == "consuming" for q in queues.values())
         app_status: dict[str, Any] = {"address": app, "up": app_up}

@@ -19,6 +19,7 @@ from harness.servers import BeanstalkdCluster, RedisServer, Tansu, free_port
 from queue_engine.dq import DelayProducer
 from queue_engine.kq import KafkaPusher
 from queue_sidecar.proto import queue_pb2_grpc
+from queue_sidecar.publish.delay_jobs import DelayJobs
 from queue_sidecar.publish.grpc import start_server
 from queue_sidecar.publish.http import build_app
 from queue_sidecar.publish.targets import PublishTargets
@@ -81,6 +82,9 @@ def make_targets(
             )
         },
         kafka={"orders": KafkaPusher([broker.bootstrap], topic, extra=FAST_FAILING_PUSH, name="orders")},
+        delay_jobs={
+            "reminders": DelayJobs("reminders", cluster.addresses, tube, redis.url, connect_timeout=1.0)
+        },
     )
 
 

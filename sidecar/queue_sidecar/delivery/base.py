@@ -104,9 +104,11 @@ class AppDelivery:
             answer = "unavailable" if not outcome.attempted else outcome.verdict.value.lower()
         APP_ANSWERS.labels(envelope.kind, envelope.queue, answer).inc()
         if outcome.verdict is not Verdict.SUCCESS:
-            # The engines log retries and give-ups; this adds the app's side for debugging.
-            log.debug(
-                "app answered %s",
+            # The line with the documented fields for each failed attempt (the engines then log
+            # the retry or give-up); a message handed back while the app is down is not news.
+            log.log(
+                logging.INFO if outcome.attempted else logging.DEBUG,
+                "delivery attempt failed: app answered %s",
                 answer,
                 extra={
                     "queue": envelope.queue,

@@ -62,16 +62,18 @@ class Ack(_message.Message):
     def __init__(self, status: _Optional[_Union[Ack.Status, str]] = ..., error: _Optional[str] = ..., retry_after: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class DelayRequest(_message.Message):
-    __slots__ = ("queue", "body", "delay", "at")
+    __slots__ = ("queue", "body", "delay", "at", "idempotency_key")
     QUEUE_FIELD_NUMBER: _ClassVar[int]
     BODY_FIELD_NUMBER: _ClassVar[int]
     DELAY_FIELD_NUMBER: _ClassVar[int]
     AT_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     queue: str
     body: bytes
     delay: _duration_pb2.Duration
     at: _timestamp_pb2.Timestamp
-    def __init__(self, queue: _Optional[str] = ..., body: _Optional[bytes] = ..., delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    idempotency_key: str
+    def __init__(self, queue: _Optional[str] = ..., body: _Optional[bytes] = ..., delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
 
 class DelayReply(_message.Message):
     __slots__ = ("id",)
@@ -91,17 +93,45 @@ class RevokeReply(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class GetJobRequest(_message.Message):
+    __slots__ = ("queue", "id")
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    queue: str
+    id: str
+    def __init__(self, queue: _Optional[str] = ..., id: _Optional[str] = ...) -> None: ...
+
+class Job(_message.Message):
+    __slots__ = ("id", "queue", "state", "due_at", "attempts", "next_attempt_at", "last_error")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    DUE_AT_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_ATTEMPT_AT_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    queue: str
+    state: str
+    due_at: _timestamp_pb2.Timestamp
+    attempts: int
+    next_attempt_at: _timestamp_pb2.Timestamp
+    last_error: str
+    def __init__(self, id: _Optional[str] = ..., queue: _Optional[str] = ..., state: _Optional[str] = ..., due_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., attempts: _Optional[int] = ..., next_attempt_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_error: _Optional[str] = ...) -> None: ...
+
 class PushRequest(_message.Message):
-    __slots__ = ("queue", "body", "key", "headers")
+    __slots__ = ("queue", "body", "key", "headers", "idempotency_key")
     QUEUE_FIELD_NUMBER: _ClassVar[int]
     BODY_FIELD_NUMBER: _ClassVar[int]
     KEY_FIELD_NUMBER: _ClassVar[int]
     HEADERS_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     queue: str
     body: bytes
     key: bytes
     headers: _containers.RepeatedCompositeFieldContainer[Header]
-    def __init__(self, queue: _Optional[str] = ..., body: _Optional[bytes] = ..., key: _Optional[bytes] = ..., headers: _Optional[_Iterable[_Union[Header, _Mapping]]] = ...) -> None: ...
+    idempotency_key: str
+    def __init__(self, queue: _Optional[str] = ..., body: _Optional[bytes] = ..., key: _Optional[bytes] = ..., headers: _Optional[_Iterable[_Union[Header, _Mapping]]] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
 
 class PushReply(_message.Message):
     __slots__ = ("partition", "offset")

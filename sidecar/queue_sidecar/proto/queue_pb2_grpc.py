@@ -116,6 +116,11 @@ class PublisherStub:
                 request_serializer=queue__pb2.RevokeRequest.SerializeToString,
                 response_deserializer=queue__pb2.RevokeReply.FromString,
                 _registered_method=True)
+        self.GetJob = channel.unary_unary(
+                '/queueoperator.v1.Publisher/GetJob',
+                request_serializer=queue__pb2.GetJobRequest.SerializeToString,
+                response_deserializer=queue__pb2.Job.FromString,
+                _registered_method=True)
         self.Push = channel.unary_unary(
                 '/queueoperator.v1.Publisher/Push',
                 request_serializer=queue__pb2.PushRequest.SerializeToString,
@@ -138,6 +143,13 @@ class PublisherServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetJob(self, request, context):
+        """NOT_FOUND for an unknown id
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Push(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -156,6 +168,11 @@ def add_PublisherServicer_to_server(servicer, server):
                     servicer.Revoke,
                     request_deserializer=queue__pb2.RevokeRequest.FromString,
                     response_serializer=queue__pb2.RevokeReply.SerializeToString,
+            ),
+            'GetJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetJob,
+                    request_deserializer=queue__pb2.GetJobRequest.FromString,
+                    response_serializer=queue__pb2.Job.SerializeToString,
             ),
             'Push': grpc.unary_unary_rpc_method_handler(
                     servicer.Push,
@@ -217,6 +234,33 @@ class Publisher:
             '/queueoperator.v1.Publisher/Revoke',
             queue__pb2.RevokeRequest.SerializeToString,
             queue__pb2.RevokeReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/queueoperator.v1.Publisher/GetJob',
+            queue__pb2.GetJobRequest.SerializeToString,
+            queue__pb2.Job.FromString,
             options,
             channel_credentials,
             insecure,

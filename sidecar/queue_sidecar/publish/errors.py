@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import grpc
 
 from queue_engine.errors import InvalidRequest, NotFound, TooLarge, Unavailable
+from queue_sidecar.publish.idempotency import InProgress, KeyReused
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,10 @@ class Failure:
 
 def classify(exc: BaseException) -> Failure:
     """What to answer for ``exc``; the order matters (TooLarge is an InvalidRequest)."""
+    if isinstance(exc, KeyReused):
+        return Failure(422, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+    if isinstance(exc, InProgress):
+        return Failure(409, grpc.StatusCode.ABORTED, str(exc))
     if isinstance(exc, TooLarge):
         return Failure(413, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
     if isinstance(exc, InvalidRequest):

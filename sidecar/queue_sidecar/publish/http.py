@@ -2,8 +2,12 @@
 
 - ``POST /v1/delayqueues/{name}/jobs?delay=5s`` or ``?at=<RFC 3339>``: ``201 {"id": ...}``
 - ``DELETE /v1/delayqueues/{name}/jobs/{id}``: ``204``
+- ``GET /v1/delayqueues/{name}/jobs/{id}``: ``200 {"state", "due_at", "attempts", ...}``
 - ``POST /v1/kafkaqueues/{name}/messages``: ``201 {"topic", "partition", "offset"}`` after the
   broker's acknowledgement; ``X-Kafka-Key`` is the key and each ``X-Header-h`` a Kafka header.
+
+Both POSTs take an ``Idempotency-Key`` header: a retry answers the first result again, marked
+``Idempotent-Replayed: true``.
 
 Every error is JSON ``{"error": "..."}`` saying what to fix; see docs/publish.md.
 """
@@ -21,6 +25,7 @@ from queue_engine.durations import parse_duration, parse_rfc3339
 from queue_engine.errors import InvalidRequest
 from queue_sidecar.publish import operations
 from queue_sidecar.publish.errors import classify
+from queue_sidecar.publish.idempotency import Result
 from queue_sidecar.publish.targets import PublishTargets
 
 log = logging.getLogger(__name__)
@@ -33,8 +38,11 @@ HEADER_PREFIX = "x-header-"
 RETRY_AFTER_S = 1
 ROUTES = (
     "POST /v1/delayqueues/{name}/jobs?delay=5s|at=<RFC 3339>, "
-    "DELETE /v1/delayqueues/{name}/jobs/{id}, POST /v1/kafkaqueues/{name}/messages"
+    "DELETE /v1/delayqueues/{name}/jobs/{id}, GET /v1/delayqueues/{name}/jobs/{id}, "
+    "POST /v1/kafkaqueues/{name}/messages"
 )
+IDEMPOTENCY_KEY = "Idempotency-Key"
+REPLAYED = "Idempotent-Replayed"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -44,6 +52,7 @@ def build_app(targets: PublishTargets) -> web.Application:
     app[TARGETS] = targets
     app.router.add_post("/v1/delayqueues/{name}/jobs", _delay)
     app.router.add_delete("/v1/delayqueues/{name}/jobs/{id}", _revoke)
+    app.router.add_get("/v1/delayqueues/{name}/jobs/{id}", _job)
     app.router.add_post("/v1/kafkaqueues/{name}/messages", _push)
     return app
 
@@ -53,16 +62,35 @@ async def _delay(request: web.Request) -> web.Response:
     _only_query(request, "delay", "at")
     delay, at = _when(request)
     body = await request.read()
-    job_id = await operations.delay(
-        request.app[TARGETS], request.match_info["name"], body, delay=delay, at=at
+    result = await operations.delay(
+        request.app[TARGETS],
+        request.match_info["name"],
+        body,
+        delay=delay,
+        at=at,
+        idempotency_key=request.headers.get(IDEMPOTENCY_KEY),
     )
-    return web.json_response({"id": job_id}, status=201)
+    return _created(result)
+
+
+def _created(answer: tuple[Result, bool]) -> web.Response:
+    result, replayed = answer
+    response = web.json_response(result, status=201)
+    if replayed:
+        response.headers[REPLAYED] = "true"
+    return response
 
 
 async def _revoke(request: web.Request) -> web.Response:
     _only_query(request)
     await operations.revoke(request.app[TARGETS], request.match_info["name"], request.match_info["id"])
     return web.Response(status=204)
+
+
+async def _job(request: web.Request) -> web.Response:
+    _only_query(request)
+    state = await operations.job(request.app[TARGETS], request.match_info["name"], request.match_info["id"])
+    return web.json_response(state.to_json())
 
 
 async def _push(request: web.Request) -> web.Response:
@@ -75,17 +103,15 @@ async def _push(request: web.Request) -> web.Response:
         if name.lower().startswith(HEADER_PREFIX) and len(name) > len(HEADER_PREFIX)
     ]
     body = await request.read()
-    delivered = await operations.push(
+    result = await operations.push(
         request.app[TARGETS],
         request.match_info["name"],
         body,
         key=key.encode() if key is not None else None,
         headers=headers,
+        idempotency_key=request.headers.get(IDEMPOTENCY_KEY),
     )
-    return web.json_response(
-        {"topic": delivered.topic, "partition": delivered.partition, "offset": delivered.offset},
-        status=201,
-    )
+    return _created(result)
 
 
 def _only_query(request: web.Request, *allowed: str) -> None:
@@ -139,13 +165,14 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
         raise
     except Exception as exc:
         failure = classify(exc)
+        fields = {"queue": request.match_info.get("name"), "error": failure.message}
         if failure.unexpected:
-            log.exception("publish %s %s failed", request.method, request.path)
+            log.exception("publish %s %s failed", request.method, request.path, extra=fields)
         else:
-            log.info("publish %s %s: %s", request.method, request.path, failure.message)
+            log.info("publish %s %s failed", request.method, request.path, extra=fields)
         response = _error(failure.http_status, failure.message)
-        if failure.http_status in (503, 504):
-            # Nothing was stored: the app should try again, and not at once.
+        if failure.http_status in (409, 503, 504):
+            # Nothing was stored (or, 409, not yet): the app should try again, and not at once.
             response.headers["Retry-After"] = str(RETRY_AFTER_S)
         return response
 
