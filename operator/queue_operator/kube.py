@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 log = logging.getLogger("queue_operator.kube")
@@ -22,6 +22,8 @@ MERGE_PATCH = "application/merge-patch+json"
 PLURALS: dict[tuple[str, str], str] = {
     ("v1", "Service"): "services",
     ("v1", "Secret"): "secrets",
+    ("v1", "Pod"): "pods",
+    ("v1", "Event"): "events",
     ("v1", "ConfigMap"): "configmaps",
     ("apps/v1", "StatefulSet"): "statefulsets",
     ("policy/v1", "PodDisruptionBudget"): "poddisruptionbudgets",
@@ -43,6 +45,16 @@ class KubeError(Exception):
 
 
 SECRET_LABEL = "queue-operator.dev/secret"
+SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+
+def own_namespace() -> str:
+    """The namespace this process runs in (its service account's), else ``default``."""
+    try:
+        with open(SERVICE_ACCOUNT_NAMESPACE) as handle:
+            return handle.read().strip() or "default"
+    except OSError:
+        return "default"
 
 
 class SecretMissing(Exception):
@@ -81,11 +93,17 @@ class Kube:
         return cls(client.ApiClient(), timeout)
 
     def _request(
-        self, method: str, path: str, body: Any = None, content_type: str = "application/json"
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        content_type: str = "application/json",
+        query: list[tuple[str, str]] | None = None,
     ) -> tuple[int, dict[str, Any]]:
         serialized = self._client.param_serialize(
             method=method,
             resource_path=path,
+            query_params=query or None,
             header_params={"Content-Type": content_type, "Accept": "application/json"},
             body=body,
             auth_settings=["BearerToken"],
@@ -120,6 +138,21 @@ class Kube:
             "PATCH", object_path(api_version, kind, namespace, meta["name"]), dict(obj), MERGE_PATCH
         )
         return self._checked(status, payload)
+
+    def list(
+        self, api_version: str, kind: str, namespace: str | None, *, page: int = 500
+    ) -> Iterator[dict[str, Any]]:
+        """Every object of ``kind`` in ``namespace`` (None: all), fetched ``page`` at a time."""
+        token = ""
+        while True:
+            query = [("limit", str(page))] + ([("continue", token)] if token else [])
+            payload = self._checked(
+                *self._request("GET", object_path(api_version, kind, namespace), query=query)
+            )
+            yield from payload.get("items") or []
+            token = str((payload.get("metadata") or {}).get("continue") or "")
+            if not token:
+                return
 
     def create(self, obj: Mapping[str, Any]) -> dict[str, Any]:
         """Create; a 409 (it exists) is a :class:`KubeError` like any other refusal."""

@@ -19,18 +19,16 @@ import socket
 import threading
 import urllib.parse
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import kopf
 
 from queue_operator import handlers, webhook
 from queue_operator.handlers.options import Options, Runtime, operator_settings
-from queue_operator.kube import Kube
+from queue_operator.kube import Kube, own_namespace
 from queue_operator.leader import LeaderElection, Timing
 
 log = logging.getLogger("queue_operator")
-SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -150,13 +148,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _own_namespace() -> str:
-    try:
-        return SERVICE_ACCOUNT_NAMESPACE.read_text().strip() or "default"
-    except OSError:
-        return "default"
-
-
 def _election(args: argparse.Namespace, kube: Kube) -> LeaderElection:
     lease = float(args.lease_seconds)
     timing = Timing(
@@ -166,7 +157,7 @@ def _election(args: argparse.Namespace, kube: Kube) -> LeaderElection:
         retry_every=min(2.0, lease / 5),
     )
     identity = f"{socket.gethostname()}-{secrets.token_hex(3)}"
-    namespace = args.leader_election_namespace or _own_namespace()
+    namespace = args.leader_election_namespace or own_namespace()
     return LeaderElection(kube, namespace, args.leader_election_name, identity, timing)
 
 

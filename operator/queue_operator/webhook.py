@@ -19,6 +19,7 @@ from typing import Any
 import aiohttp.web
 import kopf
 
+from queue_operator import missed_injections
 from queue_operator.handlers.options import API_VERSION
 from queue_operator.injection import (
     InjectionError,
@@ -32,6 +33,7 @@ from queue_operator.injection import (
     wants_injection,
 )
 from queue_operator.injection.pod import DEFAULT_IMAGE, DEFAULT_RESOURCES
+from queue_operator.kube import own_namespace
 
 log = logging.getLogger("queue_operator.webhook")
 
@@ -188,6 +190,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--webhook-insecure", action="store_true", help="serve plain HTTP (behind a TLS proxy, or to debug)"
     )
     group.add_argument(
+        "--missed-injection-interval",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help=(
+            "how often the webhook looks for annotated pods created without their sidecar (while it "
+            "was down) and has their controller re-create them; 0: never (default %(default)s)"
+        ),
+    )
+    group.add_argument(
         "--sidecar-image", default=DEFAULT_IMAGE, help="image of the injected sidecar (default %(default)s)"
     )
     group.add_argument(
@@ -249,3 +261,32 @@ def enable(args: argparse.Namespace, registry: kopf.OperatorRegistry, settings: 
         insecure=args.webhook_insecure,
     )
     log.info("serving the sidecar injection webhook on port %d", args.webhook_port)
+    if args.missed_injection_interval > 0:
+        _sweep_periodically(registry, kube, args.namespace or None, args.missed_injection_interval)
+
+
+def _sweep_periodically(
+    registry: kopf.OperatorRegistry, kube: Any, namespaces: list[str] | None, interval: float
+) -> None:
+    """From start, and every ``interval`` seconds: see :mod:`queue_operator.missed_injections`."""
+    tasks: list[asyncio.Task[None]] = []
+
+    async def loop() -> None:
+        skip = [own_namespace()]
+        while True:
+            try:
+                await asyncio.get_running_loop().run_in_executor(
+                    None, missed_injections.sweep, kube, namespaces, skip
+                )
+            except Exception as exc:  # the API may be away: try again next round
+                log.warning("looking for pods without their sidecar failed: %s", exc)
+            await asyncio.sleep(interval)
+
+    @kopf.on.startup(registry=registry, id="missed-injections")
+    async def start(**_: Any) -> None:
+        tasks.append(asyncio.create_task(loop(), name="missed-injections"))
+
+    @kopf.on.cleanup(registry=registry, id="missed-injections")
+    async def stop(**_: Any) -> None:
+        for task in tasks:
+            task.cancel()

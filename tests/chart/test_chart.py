@@ -98,12 +98,17 @@ def test_the_webhook_runs_apart_with_replicas_a_pdb_and_a_readiness_probe(sets: 
     assert all(labels.get(k) == v for k, v in service["spec"]["selector"].items())
     selector = controller(objects)["spec"]["selector"]["matchLabels"]
     assert not all(labels.get(k) == v for k, v in selector.items())
-    # Its own service account, which may only read queues.
+    # Its own service account: it reads queues, lists pods to find those created without their
+    # sidecar (deleting them for their controller to re-create) and posts events; no Secrets.
     assert pod["spec"]["serviceAccountName"].endswith("-webhook")
     for role in [*by_kind(objects, "ClusterRole"), *by_kind(objects, "Role")]:
         if role["metadata"]["name"].endswith("-webhook"):
             for rule in role["rules"]:
-                assert set(rule["verbs"]) <= {"get", "list", "watch"} and "secrets" not in rule["resources"]
+                assert "secrets" not in rule["resources"]
+                allowed = {"pods": {"list", "delete"}, "events": {"list", "create"}}.get(
+                    rule["resources"][0], {"get", "list", "watch"}
+                )
+                assert set(rule["verbs"]) <= allowed, rule
 
 
 def test_crds_are_installed_and_match_the_repository_copies() -> None:

@@ -7,6 +7,7 @@ import ssl
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +70,7 @@ class Webhook:
 
 
 def start_webhook(
-    kube: KubeApi, namespace: str, workdir: Path, role: str = "all"
+    kube: KubeApi, namespace: str, workdir: Path, role: str = "all", extra: Sequence[str] = ()
 ) -> tuple[Webhook, OperatorProcess]:
     """The operator process watching ``namespace``, serving the webhook over HTTPS once it answers."""
     ca, cert, key = write_certs(workdir)
@@ -79,6 +80,7 @@ def start_webhook(
         *("--webhook-port", str(port), "--webhook-cert", str(cert), "--webhook-key", str(key)),
         *("--sidecar-image", IMAGE),
         *("--role", role),
+        *extra,
     ]
     process.start()
     hook = Webhook(f"https://127.0.0.1:{port}/inject-sidecar", ca)
