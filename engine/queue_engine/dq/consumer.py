@@ -36,7 +36,15 @@ from queue_engine import metrics
 from queue_engine.dq.envelope import Envelope
 from queue_engine.dq.held import RESERVE_TIMEOUT, Held, Local, NodeLine, burier, reserve_batch
 from queue_engine.dq.job import DelayJob
-from queue_engine.dq.nodes import PRIORITY, NodeConnection, NodeDown, check_nodes, check_tube, deleter
+from queue_engine.dq.nodes import (
+    PRIORITY,
+    NodeConnection,
+    NodeDown,
+    NodeHealth,
+    check_nodes,
+    check_tube,
+    deleter,
+)
 from queue_engine.dq.producer import JOB_TTR
 from queue_engine.dq.records import Claim, JobRecords
 from queue_engine.dq.redis_client import connect_redis, describe_redis_error, durability_warnings
@@ -53,6 +61,9 @@ RESERVE_BATCH = 4  # copies one reserving thread hop may take when several are r
 HOLD_LIMIT = 2.0  # a retry due within this many seconds is waited for while holding the copy
 BUSY_HOLD = 5.0  # seconds a copy waits, held, for another copy's attempt to end
 STOP_MARGIN = 10.0  # seconds past the grace that stop() waits before cancelling what is left
+# A node call running this long at stop is stuck on a hung node (a reserve returns within
+# RESERVE_TIMEOUT, other calls within milliseconds): its socket is cut.
+STUCK_AFTER = RESERVE_TIMEOUT + 0.5
 SWEEP_WINDOW = 30.0  # seconds a settled job's undeletable copies are remembered for a sweep
 KIND = "delay"
 TOUCH_EVERY = JOB_TTR / 4  # seconds between touches of a held reservation
@@ -98,6 +109,9 @@ class DelayConsumer:
         self._deadline = math.inf
         self._redis_error: str | None = None
         self._node_errors: dict[str, str] = {}
+        # Shared by every connection to a node: one timeout makes the node suspect, and calls
+        # on it then fail at once instead of each waiting out a timeout (see nodes.py).
+        self._health = {node: NodeHealth(node) for node in self._nodes}
         self._inflight: set[asyncio.Task[Outcome]] = set()
         self._held_per_node = max(64, 8 * concurrency)  # copies held at once per node, at most
         self._holders: set[asyncio.Task[None]] = set()
@@ -128,7 +142,17 @@ class DelayConsumer:
         self._slots = asyncio.Semaphore(self._concurrency)
         self._redis = connect_redis(self._redis_url, self._connect_timeout)
         self._records = JobRecords(self._redis, self._tube)
-        self._control = {node: self._connection(node) for node in self._nodes}
+        # Deletes of other copies; quick calls only, so a short I/O timeout.
+        self._control = {
+            node: NodeConnection(
+                node,
+                self._tube,
+                connect_timeout=self._connect_timeout,
+                io_timeout=self._connect_timeout,
+                health=self._health[node],
+            )
+            for node in self._nodes
+        }
         self._lines = {node: NodeLine(self._held_per_node) for node in self._nodes}
         watchdog = asyncio.create_task(self._watch_redis(), name=f"dq-{self.queue}-redis")
         workers = [
@@ -168,9 +192,14 @@ class DelayConsumer:
             _, late = await asyncio.wait(set(self._inflight), timeout=grace)
             for task in late:
                 task.cancel()
-        try:
-            await asyncio.wait_for(asyncio.shield(self._finished.wait()), STOP_MARGIN)
-        except TimeoutError:
+        give_up = time.monotonic() + STOP_MARGIN
+        while not self._finished.is_set() and time.monotonic() < give_up:
+            # Calls stuck on a hung node would each wait out their timeout: cut them.
+            for health in self._health.values():
+                health.abort_stuck(STUCK_AFTER)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._finished.wait()), 0.25)
+        if not self._finished.is_set():
             # Should not happen; if it does, closing the connections hands every held copy back.
             for holder in set(self._holders):
                 frames = "; ".join(f"{f.f_code.co_name}:{f.f_lineno}" for f in holder.get_stack())
@@ -203,6 +232,7 @@ class DelayConsumer:
             self._tube,
             connect_timeout=self._connect_timeout,
             io_timeout=RESERVE_TIMEOUT + self._connect_timeout,
+            health=self._health[node],
         )
 
     async def _work(self, node: str) -> None:
@@ -264,7 +294,7 @@ class DelayConsumer:
         self, conn: NodeConnection, spares: list[NodeConnection]
     ) -> list[tuple[NodeConnection, greenstalk.Job[bytes]]]:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._reserving, reserve_batch, conn, spares)
+        return await loop.run_in_executor(self._reserving, reserve_batch, conn, spares, self._connect_timeout)
 
     async def _hold_then_return(
         self, line: NodeLine, conn: NodeConnection, job: greenstalk.Job[bytes]
@@ -574,7 +604,7 @@ class DelayConsumer:
         results: list[bool | None] = []
         for conn, jid in targets:
             try:
-                results.append(conn.call(deleter(jid)))
+                results.append(conn.call(deleter(jid), timeout=self._connect_timeout))
             except (NodeDown, greenstalk.Error) as exc:
                 log.debug("dq %s: delete %s/%s: %r", self.queue, conn.address, jid, exc)
                 results.append(None)
@@ -598,18 +628,27 @@ class DelayConsumer:
             held.keeper = asyncio.create_task(self._keep(held, time.monotonic() - self._renew_every))
 
     async def _keep(self, held: Held, last_touch: float) -> None:
-        """Renew the lease (while claimed) and touch the reservation while the copy is held."""
-        while True:
-            if held.claimed:
-                with contextlib.suppress(RedisError):
-                    await self._records.renew(held.envelope.job_id, held.token, self._lease_ttl)
-            if time.monotonic() - last_touch >= TOUCH_EVERY:
-                await self._quietly(held.conn, lambda c: c.touch(held.job))
-                last_touch = time.monotonic()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(held.done_keeping.wait(), self._renew_every)
-            if held.done_keeping.is_set():
-                return
+        """Renew the lease (while claimed) and touch the reservation while the copy is held.
+
+        The touch runs beside the renewals, never before them: on a hung node it waits out a
+        timeout, and the lease in Redis must not expire meanwhile (another copy would run).
+        """
+        touching: asyncio.Task[Any] | None = None
+        try:
+            while True:
+                if held.claimed:
+                    with contextlib.suppress(RedisError):
+                        await self._records.renew(held.envelope.job_id, held.token, self._lease_ttl)
+                if (touching is None or touching.done()) and time.monotonic() - last_touch >= TOUCH_EVERY:
+                    touching = asyncio.create_task(self._quietly(held.conn, lambda c: c.touch(held.job)))
+                    last_touch = time.monotonic()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(held.done_keeping.wait(), self._renew_every)
+                if held.done_keeping.is_set():
+                    return
+        finally:
+            if touching is not None:
+                await touching  # settling uses the connection next; it would wait for it anyway
 
     @staticmethod
     async def _stop_keeping(held: Held) -> None:
@@ -705,10 +744,14 @@ class DelayConsumer:
     async def _quietly(self, conn: NodeConnection, op: Callable[[greenstalk.Client[bytes]], Any]) -> Any:
         """Run ``op`` on ``conn``; node trouble is logged, not raised (None is returned)."""
         try:
-            return await self._call(conn.call, op)
+            return await self._call(self._quick_call, conn, op)
         except (NodeDown, greenstalk.Error) as exc:
             log.debug("dq %s: %s on %s: %r", self.queue, getattr(op, "__name__", "op"), conn.address, exc)
             return None
+
+    def _quick_call(self, conn: NodeConnection, op: Callable[[greenstalk.Client[bytes]], T]) -> T:
+        """Blocking: ``op`` is a quick command, so the short timeout (not the reserve's)."""
+        return conn.call(op, timeout=self._connect_timeout)
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
