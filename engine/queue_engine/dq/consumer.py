@@ -47,7 +47,12 @@ from queue_engine.dq.nodes import (
 )
 from queue_engine.dq.producer import JOB_TTR
 from queue_engine.dq.records import Claim, JobRecords
-from queue_engine.dq.redis_client import connect_redis, describe_redis_error, durability_warnings
+from queue_engine.dq.redis_client import (
+    DEFAULT_POOL,
+    connect_redis,
+    describe_redis_error,
+    durability_warnings,
+)
 from queue_engine.errors import ConfigError
 from queue_engine.policy import DeliveryPolicy, Outcome, Verdict
 
@@ -140,7 +145,11 @@ class DelayConsumer:
             max_workers=2 * self._concurrency + 4, thread_name_prefix="dq-ops"
         )
         self._slots = asyncio.Semaphore(self._concurrency)
-        self._redis = connect_redis(self._redis_url, self._connect_timeout)
+        # Held copies wait their turn for a connection in a burst; the watchdog has its own,
+        # so that its verdict on Redis never waits in that queue.
+        pool = max(DEFAULT_POOL, 4 * self._concurrency + 16)
+        self._redis = connect_redis(self._redis_url, self._connect_timeout, max_connections=pool)
+        self._watch_client = connect_redis(self._redis_url, self._connect_timeout, max_connections=2)
         self._records = JobRecords(self._redis, self._tube)
         # Deletes of other copies; quick calls only, so a short I/O timeout.
         self._control = {
@@ -176,6 +185,7 @@ class DelayConsumer:
             self._reserving.shutdown(wait=False)
             self._executor.shutdown(wait=False)
             await self._redis.aclose()
+            await self._watch_client.aclose()
             self._running = False
             self._finished.set()
             log.info("dq consumer %s stopped", self.queue)
@@ -688,7 +698,7 @@ class DelayConsumer:
     async def _watch_redis(self) -> None:
         while not self._closing.is_set():
             try:
-                await self._redis.ping()
+                await self._watch_client.ping()
             except RedisError as exc:
                 self._note_redis_error(exc)
             else:
