@@ -89,6 +89,7 @@ class DelayConsumer:
         name: str | None = None,
         lease_ttl: float = 10.0,
         connect_timeout: float = 3.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._nodes = check_nodes(nodes)
         self._tube = check_tube(tube)
@@ -107,6 +108,8 @@ class DelayConsumer:
         self._lease_ttl = lease_ttl
         self._connect_timeout = connect_timeout
         self._renew_every = min(TOUCH_EVERY, lease_ttl / 3)
+        self._clock = clock  # this machine's wall clock (a parameter so tests can skew it)
+        self._offset = 0.0  # Redis's clock minus ours, where measurably different
         self._running = False
         self._stopping = asyncio.Event()
         self._finished = asyncio.Event()
@@ -163,6 +166,8 @@ class DelayConsumer:
             for node in self._nodes
         }
         self._lines = {node: NodeLine(self._held_per_node) for node in self._nodes}
+        with contextlib.suppress(RedisError):
+            await self._measure_clock()  # before the first copy is held; the watchdog keeps it up
         watchdog = asyncio.create_task(self._watch_redis(), name=f"dq-{self.queue}-redis")
         workers = [
             asyncio.create_task(self._work(node), name=f"dq-{self.queue}-{node}-{i}")
@@ -375,11 +380,11 @@ class DelayConsumer:
                 try:
                     # All slots busy: a look first (no lease, no slot) is enough for copies
                     # that only need to learn that another copy is handled, done or revoked.
-                    status = await self._records.peek(held.envelope.job_id, time.time())
+                    status = await self._records.peek(held.envelope.job_id, self._now())
                 except RedisError as exc:
                     self._note_redis_error(exc)
                     # Come back a little later, once holders have re-taken their leases.
-                    await self._release(held, max(1.0, due - time.time()))
+                    await self._release(held, max(1.0, due - self._now()))
                     return
             else:
                 status = Claim("free")
@@ -388,7 +393,7 @@ class DelayConsumer:
                 if refused is None:
                     return
                 status = refused
-            if status.action == "wait" and status.until - time.time() <= HOLD_LIMIT:
+            if status.action == "wait" and status.until - self._now() <= HOLD_LIMIT:
                 due = status.until  # a retry due soon: wait for it holding the copy
                 continue
             if status.action == "busy":
@@ -397,7 +402,7 @@ class DelayConsumer:
                 busy_since = busy_since or time.monotonic()
                 held_for = time.monotonic() - busy_since
                 if held_for < BUSY_HOLD:
-                    due = time.time() + min(0.5, 0.05 + held_for / 4)
+                    due = self._now() + min(0.5, 0.05 + held_for / 4)
                     continue
             await self._not_now(held, status)
             return
@@ -410,11 +415,11 @@ class DelayConsumer:
                 return None
             try:
                 claim = await self._records.claim(
-                    held.envelope.job_id, held.token, self._lease_ttl, time.time()
+                    held.envelope.job_id, held.token, self._lease_ttl, self._now()
                 )
             except RedisError as exc:
                 self._note_redis_error(exc)
-                await self._release(held, max(1.0, due - time.time()))
+                await self._release(held, max(1.0, due - self._now()))
                 return None
             if claim.action != "go":
                 return claim
@@ -435,7 +440,7 @@ class DelayConsumer:
         """This copy may not be delivered now: put it where it belongs."""
         job_id = held.envelope.job_id
         if claim.action == "wait":
-            await self._release(held, claim.until - time.time())
+            await self._release(held, claim.until - self._now())
         elif claim.action == "busy":
             # Another copy is being handled; come back when its lease would have run out, so
             # that this copy takes over if that consumer died.
@@ -464,7 +469,7 @@ class DelayConsumer:
         job = DelayJob(envelope.job_id, envelope.body, attempt, envelope.due_at, self.queue)
         metrics.RECEIVED.labels(kind=KIND, queue=self.queue).inc()
         if attempt == 1:
-            metrics.DQ_LATENESS.labels(queue=self.queue).observe(max(0.0, time.time() - envelope.due))
+            metrics.DQ_LATENESS.labels(queue=self.queue).observe(max(0.0, self._now() - envelope.due))
         gauge = metrics.IN_FLIGHT.labels(kind=KIND, queue=self.queue)
         gauge.inc()
         started = time.monotonic()
@@ -538,7 +543,7 @@ class DelayConsumer:
         await self._settle_retry(held, delay, attempted=outcome.attempted, error=outcome.error)
 
     async def _settle_retry(self, held: Held, delay: float | None, *, attempted: bool, error: str) -> None:
-        next_at = None if delay is None else time.time() + delay
+        next_at = None if delay is None else self._now() + delay
         job_id = held.envelope.job_id
 
         async def schedule() -> bool:
@@ -561,7 +566,7 @@ class DelayConsumer:
 
         async def mark() -> list[tuple[str, int]]:
             return await self._records.mark_buried(
-                job_id, held.token, error=error, copy=held.where if kept else "", now=time.time()
+                job_id, held.token, error=error, copy=held.where if kept else "", now=self._now()
             )
 
         copies = await self._until_redis(held, mark)
@@ -687,7 +692,7 @@ class DelayConsumer:
 
     async def _hand_back(self, held: Held, due: float) -> None:
         """Release a copy that was not delivered, for its due time."""
-        await self._release(held, due - time.time())
+        await self._release(held, due - self._now())
 
     async def _release(self, held: Held, delay: float) -> None:
         seconds = max(0, math.floor(delay))
@@ -698,7 +703,7 @@ class DelayConsumer:
     async def _watch_redis(self) -> None:
         while not self._closing.is_set():
             try:
-                await self._watch_client.ping()
+                await self._measure_clock()  # also the liveness check
             except RedisError as exc:
                 self._note_redis_error(exc)
             else:
@@ -709,6 +714,22 @@ class DelayConsumer:
                     self._redis_error = None
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._closing.wait(), 0.25 if self._redis_error else 1.0)
+
+    async def _measure_clock(self) -> None:
+        """Follow Redis's clock (``TIME``) where ours measurably differs from it.
+
+        A consumer whose clock is behind would hold due copies (reserved, so no one else can
+        deliver them) until its own clock says so; one ahead would deliver early. Only the
+        difference beyond the round trip counts, so clocks that agree give exactly 0.
+        """
+        before = self._clock()
+        seconds, micros = await self._watch_client.time()
+        after = self._clock()
+        theirs = seconds + micros / 1_000_000
+        offset = theirs - after if theirs > after else theirs - before if theirs < before else 0.0
+        if abs(offset - self._offset) > 1.0 and abs(offset) > 1.0:
+            log.warning("dq %s: this clock is %.1fs off Redis's; following Redis's", self.queue, -offset)
+        self._offset = offset
 
     async def _check_redis_settings(self) -> None:
         with contextlib.suppress(RedisError):
@@ -736,13 +757,18 @@ class DelayConsumer:
             )
         self._redis_error = describe_redis_error(exc)
 
+    def _now(self) -> float:
+        """Wall-clock time for due decisions: Redis's clock, the one all consumers share."""
+        return self._clock() + self._offset
+
     async def _sleep_until(self, due: float) -> bool:
         """Wait until wall-clock ``due`` (never earlier); False if stopping first."""
         while True:
-            remaining = due - time.time()
+            remaining = due - self._now()
             if remaining <= 0:
                 return True
-            if await self._pause(remaining):
+            # In steps: the offset to Redis's clock may change meanwhile.
+            if await self._pause(min(remaining, 1.0)):
                 return False
 
     async def _pause(self, seconds: float) -> bool:
