@@ -43,10 +43,11 @@ from queue_engine.dq.nodes import (
     NodeHealth,
     check_nodes,
     check_tube,
+    copy_deleter,
     deleter,
 )
 from queue_engine.dq.producer import JOB_TTR
-from queue_engine.dq.records import Claim, JobRecords
+from queue_engine.dq.records import Claim, Copy, JobRecords
 from queue_engine.dq.redis_client import (
     DEFAULT_POOL,
     connect_redis,
@@ -127,7 +128,8 @@ class DelayConsumer:
         self._instance = uuid.uuid4().hex[:12]  # lease tokens: this consumer, then a counter
         self._tokens = 0
         self._claimed: dict[str, Held] = {}  # by token: copies whose attempt has not settled
-        self._unswept: collections.deque[tuple[float, str, int]] = collections.deque(maxlen=10_000)
+        # (expiry, copy, job id) of other copies a settled job left behind.
+        self._unswept: collections.deque[tuple[float, Copy, str]] = collections.deque(maxlen=10_000)
         # Risky Redis settings seen once Redis answered (None: not checked yet). Not part of
         # health(), which is about reachability: the sidecar shows them in /v1/status.
         self.redis_warnings: list[str] | None = None
@@ -564,7 +566,7 @@ class DelayConsumer:
         # may delete themselves. If this node is gone, they bury themselves instead.
         kept = await self._quietly(held.conn, burier(held.job))
 
-        async def mark() -> list[tuple[str, int]]:
+        async def mark() -> list[Copy]:
             return await self._records.mark_buried(
                 job_id, held.token, error=error, copy=held.where if kept else "", now=self._now()
             )
@@ -577,31 +579,46 @@ class DelayConsumer:
             "dq %s: job %s buried after attempt %d (%s): %s", self.queue, job_id, attempt, reason, error
         )
 
-    async def _delete_siblings(self, held: Held, copies: list[tuple[str, int]]) -> None:
+    def _others(self, held: Held, copies: list[Copy], skip: Any) -> list[Copy]:
+        """The recorded copies other than this one and those in ``skip`` (ours, held here)."""
         here = (held.conn.address, held.job.id)
+        return [
+            c
+            for c in copies
+            if (c.node, c.jid) != here and (c.node, c.jid) not in skip and c.node in self._control
+        ]
+
+    def _copy_deleter(self, copy: Copy, job_id: str) -> Callable[[greenstalk.Client[bytes]], bool]:
+        return copy_deleter(self._control[copy.node], copy.jid, copy.server, job_id)
+
+    async def _delete_siblings(self, held: Held, copies: list[Copy]) -> None:
+        job_id = held.envelope.job_id
         ours = held.local.followers if held.local is not None else set()  # they delete themselves
-        others = [(n, j) for n, j in copies if (n, j) != here and (n, j) not in ours and n in self._control]
-        results = await asyncio.gather(*(self._quietly(self._control[n], deleter(j)) for n, j in others))
+        others = self._others(held, copies, ours)
+        results = await asyncio.gather(
+            *(self._quietly(self._control[c.node], self._copy_deleter(c, job_id)) for c in others)
+        )
         suppressed = sum(1 for r in results if r is True)
         if suppressed:
             metrics.DUPLICATES_SUPPRESSED.labels(queue=self.queue).inc(suppressed)
         # A copy held elsewhere at this moment normally sees the done marker and deletes itself;
         # if Redis is lost before it looks, the sweep on Redis' return deletes it instead.
         expires = time.monotonic() + SWEEP_WINDOW
-        self._unswept.extend((expires, n, j) for (n, j), r in zip(others, results, strict=True) if r is False)
+        self._unswept.extend((expires, c, job_id) for c, r in zip(others, results, strict=True) if r is False)
 
-    async def _delete_done(self, held: Held, copies: list[tuple[str, int]]) -> None:
+    async def _delete_done(self, held: Held, copies: list[Copy]) -> None:
         """After success: delete this copy, the copies of ours waiting for it, and the job's
-        other recorded copies, all in one thread hop (a hop costs more than a delete)."""
-        here = (held.conn.address, held.job.id)
+        other recorded copies, all in one thread hop (a hop costs more than a delete).
+
+        Our reservations are deleted by id (a reservation is ours on that connection); the
+        recorded copies are checked to still be this job's (see :func:`copy_deleter`)."""
+        job_id = held.envelope.job_id
         followers = dict(held.local.followers) if held.local is not None else {}
-        others = [
-            (n, j) for n, j in copies if (n, j) != here and (n, j) not in followers and n in self._control
-        ]
+        others = self._others(held, copies, followers)
         targets = [
-            (held.conn, held.job.id),
-            *((conn, jid) for (_, jid), conn in followers.items()),
-            *((self._control[n], j) for n, j in others),
+            (held.conn, deleter(held.job.id)),
+            *((conn, deleter(jid)) for (_, jid), conn in followers.items()),
+            *((self._control[c.node], self._copy_deleter(c, job_id)) for c in others),
         ]
         results = await self._call(self._delete_each, targets)
         mine = results[1 : 1 + len(followers)]
@@ -612,16 +629,18 @@ class DelayConsumer:
         if suppressed:
             metrics.DUPLICATES_SUPPRESSED.labels(queue=self.queue).inc(suppressed)
         expires = time.monotonic() + SWEEP_WINDOW
-        self._unswept.extend((expires, n, j) for (n, j), r in zip(others, theirs, strict=True) if r is False)
+        self._unswept.extend((expires, c, job_id) for c, r in zip(others, theirs, strict=True) if r is False)
 
-    def _delete_each(self, targets: list[tuple[NodeConnection, int]]) -> list[bool | None]:
-        """Blocking: delete each (connection, job); None where the node failed."""
+    def _delete_each(
+        self, targets: list[tuple[NodeConnection, Callable[[greenstalk.Client[bytes]], bool]]]
+    ) -> list[bool | None]:
+        """Blocking: run each delete on its connection; None where the node failed."""
         results: list[bool | None] = []
-        for conn, jid in targets:
+        for conn, delete in targets:
             try:
-                results.append(conn.call(deleter(jid), timeout=self._connect_timeout))
+                results.append(conn.call(delete, timeout=self._connect_timeout))
             except (NodeDown, greenstalk.Error) as exc:
-                log.debug("dq %s: delete %s/%s: %r", self.queue, conn.address, jid, exc)
+                log.debug("dq %s: delete on %s: %r", self.queue, conn.address, exc)
                 results.append(None)
         return results
 
@@ -632,7 +651,9 @@ class DelayConsumer:
         pending = list(self._unswept)
         self._unswept.clear()
         if pending:
-            await asyncio.gather(*(self._quietly(self._control[n], deleter(j)) for _, n, j in pending))
+            await asyncio.gather(
+                *(self._quietly(self._control[c.node], self._copy_deleter(c, j)) for _, c, j in pending)
+            )
             log.info("dq %s: swept %d copies of settled jobs after a redis outage", self.queue, len(pending))
 
     # -- keeping hold ---------------------------------------------------------------------

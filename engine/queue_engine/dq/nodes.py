@@ -24,6 +24,7 @@ from typing import TypeVar
 
 import greenstalk
 
+from queue_engine.dq.envelope import Envelope
 from queue_engine.errors import ConfigError
 
 T = TypeVar("T")
@@ -311,6 +312,34 @@ class NodePool:
     def close(self) -> None:
         for conn in self._conns:
             conn.close()
+
+
+def copy_deleter(
+    conn: NodeConnection, jid: int, server: str, job_id: str
+) -> Callable[[greenstalk.Client[bytes]], bool]:
+    """An op deleting the recorded copy ``jid`` of dq job ``job_id``, only if it still is that.
+
+    A node restarted without its binlog numbers jobs from 1 again, and beanstalkd deletes by id
+    across tubes: an old id may now be someone else's job. Where the node process is the one
+    that took the copy (its ``stats`` id, ``server``), the id is ours; otherwise (a restart, or
+    a record without it) the job is peeked first and deleted only if it carries ``job_id``.
+    """
+
+    def delete(client: greenstalk.Client[bytes]) -> bool:
+        if not server or conn.server_id(client) != server:
+            try:
+                envelope = Envelope.decode(client.peek(jid).body)
+            except greenstalk.NotFoundError:
+                return False
+            if envelope is None or envelope.job_id != job_id:
+                return False
+        try:
+            client.delete(jid)
+        except greenstalk.NotFoundError:
+            return False
+        return True
+
+    return delete
 
 
 def deleter(jid: int) -> Callable[[greenstalk.Client[bytes]], bool]:

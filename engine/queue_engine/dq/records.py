@@ -2,8 +2,9 @@
 
 Per job id, in the hash ``dq:{tube}:j:{id}``:
 
-- ``copies``: where the producer wrote the copies (``node/beanstalkd-id`` comma-separated), so
-  that revoke and a successful delivery can delete the other copies;
+- ``copies``: where the producer wrote the copies (``node/beanstalkd-id@server-id``
+  comma-separated; the server id is the node process's ``stats`` id, which changes whenever
+  beanstalkd restarts), so that revoke and a successful delivery can delete the other copies;
 - ``attempts``: attempts started, counted across copies;
 - ``next``: epoch seconds before which no copy may start another attempt (retry backoff);
 - ``state``: ``done`` or ``buried`` (later copies are deleted or buried on sight);
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from redis.asyncio import Redis
 
@@ -168,17 +169,26 @@ class BuriedRecord:
     buried_at: float
 
 
-def parse_copies(text: str) -> list[tuple[str, int]]:
+class Copy(NamedTuple):
+    """Where one copy of a job was written."""
+
+    node: str
+    jid: int  # beanstalkd's job id on that node
+    server: str = ""  # that node process's `stats` id at the time ("" in records made before it)
+
+
+def parse_copies(text: str) -> list[Copy]:
     copies = []
     for item in filter(None, text.split(",")):
-        node, _, jid = item.rpartition("/")
+        node, _, rest = item.rpartition("/")
+        jid, _, server = rest.partition("@")
         if node and jid.isdigit():
-            copies.append((node, int(jid)))
+            copies.append(Copy(node, int(jid), server))
     return copies
 
 
-def format_copies(copies: list[tuple[str, int]]) -> str:
-    return ",".join(f"{node}/{jid}" for node, jid in copies)
+def format_copies(copies: list[Copy]) -> str:
+    return ",".join(f"{c.node}/{c.jid}@{c.server}" if c.server else f"{c.node}/{c.jid}" for c in copies)
 
 
 class JobRecords:
@@ -207,7 +217,7 @@ class JobRecords:
     def _buried(self) -> str:
         return f"{self._prefix}:buried"
 
-    async def record_copies(self, job_id: str, copies: list[tuple[str, int]], keep_s: float) -> None:
+    async def record_copies(self, job_id: str, copies: list[Copy], keep_s: float) -> None:
         args: list[str | int] = [format_copies(copies), int(keep_s) + RETENTION_S]
         await self._record(keys=[self._job(job_id)], args=args)
 
@@ -224,7 +234,7 @@ class JobRecords:
     async def renew(self, job_id: str, token: str, lease_s: float) -> None:
         await self._renew(keys=[self._lease(job_id)], args=[token, int(lease_s * 1000)])
 
-    async def mark_done(self, job_id: str, token: str) -> list[tuple[str, int]]:
+    async def mark_done(self, job_id: str, token: str) -> list[Copy]:
         keys = [self._job(job_id), self._lease(job_id)]
         return parse_copies(_text(await self._done(keys=keys, args=[token, RETENTION_S])))
 
@@ -238,14 +248,12 @@ class JobRecords:
         keep_s = RETENTION_S + max(0, int((next_at or 0) - time.time()))
         await self._retry(keys=keys, args=[token, nxt, "1" if attempted else "0", error[:1000], keep_s])
 
-    async def mark_buried(
-        self, job_id: str, token: str, *, error: str, copy: str, now: float
-    ) -> list[tuple[str, int]]:
+    async def mark_buried(self, job_id: str, token: str, *, error: str, copy: str, now: float) -> list[Copy]:
         keys = [self._job(job_id), self._lease(job_id), self._buried]
         reply = await self._bury(keys=keys, args=[token, error[:1000], copy, now, job_id])
         return parse_copies(_text(reply))
 
-    async def revoke(self, job_id: str) -> list[tuple[str, int]]:
+    async def revoke(self, job_id: str) -> list[Copy]:
         # The tombstone outlives the job's due time (carried in its id), however far off.
         keep_s = max(0, int(due_of_job_id(job_id) - time.time())) + RETENTION_S
         reply = await self._revoke(keys=[self._job(job_id)], args=["1", keep_s])
