@@ -164,7 +164,7 @@ class DelayProducer:
                 raise TooLarge(f"nodes refused the job as too big ({failed}); raise beanstalkd -z")
             raise Unavailable(
                 f"job not stored: {len(written)} of {self.copies} copies acknowledged, "
-                f"{self.quorum} needed; failed: {failed}"
+                f"{self.quorum} needed; failed: {failed}; {await self._revoke_strays(envelope.job_id)}"
             )
         try:
             await self._records.record_copies(envelope.job_id, written, keep_s=max(0.0, due - time.time()))
@@ -176,6 +176,19 @@ class DelayProducer:
             )
         self._count("success")
         return envelope.job_id
+
+    async def _revoke_strays(self, job_id: str) -> str:
+        """A put that timed out may still be stored once its node goes on: revoke the id so that
+        such a copy is never delivered. Says what happened, for the error message."""
+        try:
+            await self._records.revoke(job_id)
+        except RedisError as exc:
+            log.warning("failed publish %s not revoked: %s", job_id, describe_redis_error(exc))
+            return (
+                f"job {job_id} could not be revoked (redis: {describe_redis_error(exc)}): a copy that "
+                "a timed-out node stored anyway may still be delivered"
+            )
+        return f"job {job_id} revoked, so a copy that a timed-out node stored anyway is never delivered"
 
     async def _write_copies(self, data: bytes, due: float) -> tuple[list[Copy], dict[str, str]]:
         healthy, failing = self._choose()
