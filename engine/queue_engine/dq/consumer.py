@@ -433,7 +433,7 @@ class DelayConsumer:
             if outcome is None:  # stopping: give the attempt back
                 await self._settle_retry(held, None, attempted=False, error="")
             else:
-                await self._settle(held, claim.attempt, outcome)
+                await self._settle(held, claim, outcome)
         finally:
             self._claimed.pop(held.token, None)
         return None
@@ -512,7 +512,8 @@ class DelayConsumer:
             return Outcome.retry(f"handler returned {type(outcome).__name__}, expected Outcome")
         return outcome
 
-    async def _settle(self, held: Held, attempt: int, outcome: Outcome) -> None:
+    async def _settle(self, held: Held, claim: Claim, outcome: Outcome) -> None:
+        attempt = claim.attempt
         result = outcome.verdict.value.lower() if outcome.attempted else "unavailable"
         metrics.DELIVERED.labels(kind=KIND, queue=self.queue, result=result).inc()
         job_id = held.envelope.job_id
@@ -529,7 +530,10 @@ class DelayConsumer:
         if gave_up or (outcome.attempted and attempt >= self._policy.max_attempts):
             await self._bury(held, "drop" if gave_up else "max_attempts", outcome.error, attempt)
             return
-        delay = self._policy.next_delay(attempt, outcome)
+        # While the app is down the attempt is given back, so the attempt number stays put: the
+        # hand-backs in a row drive the backoff instead, or every job would come back every
+        # `initial` seconds for as long as the app is down.
+        delay = self._policy.next_delay(attempt if outcome.attempted else claim.unavailable + 1, outcome)
         metrics.RETRIED.labels(kind=KIND, queue=self.queue).inc()
         # A hand-back while the app is down is not a failed attempt: the delivery side says once
         # that the app is down; a line per waiting job per second would drown the log.
@@ -542,15 +546,19 @@ class DelayConsumer:
             outcome.error,
             delay,
         )
-        await self._settle_retry(held, delay, attempted=outcome.attempted, error=outcome.error)
+        await self._settle_retry(
+            held, delay, attempted=outcome.attempted, error=outcome.error, unavailable=not outcome.attempted
+        )
 
-    async def _settle_retry(self, held: Held, delay: float | None, *, attempted: bool, error: str) -> None:
+    async def _settle_retry(
+        self, held: Held, delay: float | None, *, attempted: bool, error: str, unavailable: bool = False
+    ) -> None:
         next_at = None if delay is None else self._now() + delay
         job_id = held.envelope.job_id
 
         async def schedule() -> bool:
             await self._records.schedule_retry(
-                job_id, held.token, next_at=next_at, attempted=attempted, error=error
+                job_id, held.token, next_at=next_at, attempted=attempted, error=error, unavailable=unavailable
             )
             return True
 

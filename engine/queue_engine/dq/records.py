@@ -9,7 +9,8 @@ Per job id, in the hash ``dq:{tube}:j:{id}``:
 - ``next``: epoch seconds before which no copy may start another attempt (retry backoff);
 - ``state``: ``done`` or ``buried`` (later copies are deleted or buried on sight);
 - ``revoked``: the tombstone, checked right before every delivery;
-- ``error``, ``buried_copy``: kept for inspecting buried jobs.
+- ``error``, ``buried_copy``: kept for inspecting buried jobs;
+- ``unavailable``: hand-backs in a row because the app was unavailable (their backoff grows).
 
 The lease ``dq:{tube}:lease:{id}`` (a token, with an expiry renewed while the handler runs) lets
 one copy be handled at a time; if its holder dies the lease expires and another copy takes
@@ -51,7 +52,7 @@ if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
 end
 local n = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 keep(KEYS[1], tonumber(ARGV[4]))
-return {'go', tostring(n)}
+return {'go', tostring(n), redis.call('HGET', KEYS[1], 'unavailable') or '0'}
 """
 )
 
@@ -100,6 +101,9 @@ if ARGV[3] == '0' then
   if tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0') > 0 then
     redis.call('HINCRBY', KEYS[1], 'attempts', -1)
   end
+  if ARGV[6] == '1' then redis.call('HINCRBY', KEYS[1], 'unavailable', 1) end
+else
+  redis.call('HDEL', KEYS[1], 'unavailable')
 end
 if ARGV[2] ~= '' then
   redis.call('HSET', KEYS[1], 'next', ARGV[2])
@@ -158,6 +162,7 @@ class Claim:
     attempt: int = 0  # for go: this attempt's number, 1-based
     until: float = 0.0  # for busy: seconds the lease still runs; for wait: epoch seconds
     kept: str = ""  # for buried: node/beanstalkd-id of the copy kept buried ("" if unknown)
+    unavailable: int = 0  # for go: hand-backs in a row so far because the app was unavailable
 
 
 @dataclass(frozen=True)
@@ -239,14 +244,23 @@ class JobRecords:
         return parse_copies(_text(await self._done(keys=keys, args=[token, RETENTION_S])))
 
     async def schedule_retry(
-        self, job_id: str, token: str, *, next_at: float | None, attempted: bool, error: str = ""
+        self,
+        job_id: str,
+        token: str,
+        *,
+        next_at: float | None,
+        attempted: bool,
+        error: str = "",
+        unavailable: bool = False,
     ) -> None:
-        """Let the lease go; the next attempt may start at ``next_at``; an unattempted try is not counted."""
+        """Let the lease go; the next attempt may start at ``next_at``; an unattempted try is not
+        counted. ``unavailable``: the app was down (counted in a row, for the backoff)."""
         keys = [self._job(job_id), self._lease(job_id)]
         nxt = "" if next_at is None else repr(next_at)
         # The record must outlive the next attempt: a retry far off extends it.
         keep_s = RETENTION_S + max(0, int((next_at or 0) - time.time()))
-        await self._retry(keys=keys, args=[token, nxt, "1" if attempted else "0", error[:1000], keep_s])
+        args = [token, nxt, "1" if attempted else "0", error[:1000], keep_s, "1" if unavailable else "0"]
+        await self._retry(keys=keys, args=args)
 
     async def mark_buried(self, job_id: str, token: str, *, error: str, copy: str, now: float) -> list[Copy]:
         keys = [self._job(job_id), self._lease(job_id), self._buried]
@@ -291,7 +305,7 @@ class JobRecords:
 def _to_claim(reply: list[Any]) -> Claim:
     action = _text(reply[0])
     if action == "go":
-        return Claim("go", attempt=int(reply[1]))
+        return Claim("go", attempt=int(reply[1]), unavailable=int(reply[2]) if len(reply) > 2 else 0)
     if action == "busy":
         return Claim("busy", until=max(0, int(reply[1])) / 1000)
     if action == "wait":
