@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 import pytest
 from dq.dqkit import FAST, DqEnv, Recorder
@@ -180,3 +181,19 @@ async def test_a_handler_raising_cancelled_error_itself_is_an_ordinary_retry(dq:
         stats = await admin.stats()
     await admin.close()
     assert sum(s.ready + s.delayed + s.reserved + s.buried for s in stats) == 0  # nothing left held
+
+
+async def test_while_the_app_is_unavailable_the_backoff_grows(dq: DqEnv) -> None:
+    async def down(job: DelayJob) -> Outcome:
+        return Outcome.unavailable("app not listening")
+
+    recorder = Recorder(down)
+    policy = DeliveryPolicy(max_attempts=3, backoff=Backoff(initial=0.1, max=10, multiplier=2), timeout=5)
+    async with dq.producer() as producer, dq.consumer(recorder, policy=policy):
+        job_id = await producer.delay(b"x", 0)
+        await recorder.wait_for(lambda: len(recorder.of(job_id)) >= 5)
+    times = [d.at for d in recorder.of(job_id)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    # 0.1, 0.2, 0.4, 0.8 s (+-10%), not `initial` every time; no attempt counted
+    assert gaps[3] >= 0.7, gaps
+    assert {d.job.attempt for d in recorder.of(job_id)} == {1}

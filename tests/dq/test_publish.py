@@ -114,3 +114,25 @@ async def test_a_hung_node_does_not_stop_publishing(dq: DqEnv) -> None:
     finally:
         dq.cluster[2].resume()
     assert sorted(recorder.ids()) == sorted(sent)
+
+
+async def test_a_failed_publish_is_never_delivered_even_if_a_slow_node_stored_it(dq: DqEnv) -> None:
+    """Puts that time out on hung nodes may still be stored there once the nodes go on."""
+    recorder = Recorder()
+    async with dq.producer(connect_timeout=0.5) as producer:
+        for _ in range(6):  # every pooled connection is open: the hung nodes get the put itself
+            await producer.delay(b"warm", 0)
+        dq.cluster[1].pause()
+        dq.cluster[2].pause()
+        try:
+            with pytest.raises(Unavailable, match="revoked"):
+                await producer.delay(b"failed", 0)
+        finally:
+            dq.cluster[1].resume()
+            dq.cluster[2].resume()
+        async with dq.consumer(recorder):
+            await asyncio.sleep(1.0)  # the stray copies are ready by now
+            control = await producer.delay(b"control", 0.5)
+            await recorder.wait_for(lambda: control in recorder.ids())
+            await asyncio.sleep(0.5)
+    assert b"failed" not in [d.job.body for d in recorder.deliveries]

@@ -148,7 +148,8 @@ class DelayAdmin:
             if node in self._conns and jid.isdigit():
                 job = await self._peek(node, int(jid))
                 envelope = Envelope.decode(job.body) if job is not None else None
-                body = envelope.body if envelope is not None else None
+                # The id may be another job's by now (a node restarted without its binlog).
+                body = envelope.body if envelope is not None and envelope.job_id == record.job_id else None
             found[record.job_id] = BuriedJob(
                 record.job_id,
                 body,

@@ -36,10 +36,24 @@ from queue_engine import metrics
 from queue_engine.dq.envelope import Envelope
 from queue_engine.dq.held import RESERVE_TIMEOUT, Held, Local, NodeLine, burier, reserve_batch
 from queue_engine.dq.job import DelayJob
-from queue_engine.dq.nodes import PRIORITY, NodeConnection, NodeDown, check_nodes, check_tube, deleter
+from queue_engine.dq.nodes import (
+    PRIORITY,
+    NodeConnection,
+    NodeDown,
+    NodeHealth,
+    check_nodes,
+    check_tube,
+    copy_deleter,
+    deleter,
+)
 from queue_engine.dq.producer import JOB_TTR
-from queue_engine.dq.records import Claim, JobRecords
-from queue_engine.dq.redis_client import connect_redis, describe_redis_error, durability_warnings
+from queue_engine.dq.records import Claim, Copy, JobRecords
+from queue_engine.dq.redis_client import (
+    DEFAULT_POOL,
+    connect_redis,
+    describe_redis_error,
+    durability_warnings,
+)
 from queue_engine.errors import ConfigError
 from queue_engine.policy import DeliveryPolicy, Outcome, Verdict
 
@@ -53,6 +67,9 @@ RESERVE_BATCH = 4  # copies one reserving thread hop may take when several are r
 HOLD_LIMIT = 2.0  # a retry due within this many seconds is waited for while holding the copy
 BUSY_HOLD = 5.0  # seconds a copy waits, held, for another copy's attempt to end
 STOP_MARGIN = 10.0  # seconds past the grace that stop() waits before cancelling what is left
+# A node call running this long at stop is stuck on a hung node (a reserve returns within
+# RESERVE_TIMEOUT, other calls within milliseconds): its socket is cut.
+STUCK_AFTER = RESERVE_TIMEOUT + 0.5
 SWEEP_WINDOW = 30.0  # seconds a settled job's undeletable copies are remembered for a sweep
 KIND = "delay"
 TOUCH_EVERY = JOB_TTR / 4  # seconds between touches of a held reservation
@@ -73,6 +90,7 @@ class DelayConsumer:
         name: str | None = None,
         lease_ttl: float = 10.0,
         connect_timeout: float = 3.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._nodes = check_nodes(nodes)
         self._tube = check_tube(tube)
@@ -91,6 +109,8 @@ class DelayConsumer:
         self._lease_ttl = lease_ttl
         self._connect_timeout = connect_timeout
         self._renew_every = min(TOUCH_EVERY, lease_ttl / 3)
+        self._clock = clock  # this machine's wall clock (a parameter so tests can skew it)
+        self._offset = 0.0  # Redis's clock minus ours, where measurably different
         self._running = False
         self._stopping = asyncio.Event()
         self._finished = asyncio.Event()
@@ -98,6 +118,9 @@ class DelayConsumer:
         self._deadline = math.inf
         self._redis_error: str | None = None
         self._node_errors: dict[str, str] = {}
+        # Shared by every connection to a node: one timeout makes the node suspect, and calls
+        # on it then fail at once instead of each waiting out a timeout (see nodes.py).
+        self._health = {node: NodeHealth(node) for node in self._nodes}
         self._inflight: set[asyncio.Task[Outcome]] = set()
         self._held_per_node = max(64, 8 * concurrency)  # copies held at once per node, at most
         self._holders: set[asyncio.Task[None]] = set()
@@ -105,7 +128,8 @@ class DelayConsumer:
         self._instance = uuid.uuid4().hex[:12]  # lease tokens: this consumer, then a counter
         self._tokens = 0
         self._claimed: dict[str, Held] = {}  # by token: copies whose attempt has not settled
-        self._unswept: collections.deque[tuple[float, str, int]] = collections.deque(maxlen=10_000)
+        # (expiry, copy, job id) of other copies a settled job left behind.
+        self._unswept: collections.deque[tuple[float, Copy, str]] = collections.deque(maxlen=10_000)
         # Risky Redis settings seen once Redis answered (None: not checked yet). Not part of
         # health(), which is about reachability: the sidecar shows them in /v1/status.
         self.redis_warnings: list[str] | None = None
@@ -126,10 +150,26 @@ class DelayConsumer:
             max_workers=2 * self._concurrency + 4, thread_name_prefix="dq-ops"
         )
         self._slots = asyncio.Semaphore(self._concurrency)
-        self._redis = connect_redis(self._redis_url, self._connect_timeout)
+        # Held copies wait their turn for a connection in a burst; the watchdog has its own,
+        # so that its verdict on Redis never waits in that queue.
+        pool = max(DEFAULT_POOL, 4 * self._concurrency + 16)
+        self._redis = connect_redis(self._redis_url, self._connect_timeout, max_connections=pool)
+        self._watch_client = connect_redis(self._redis_url, self._connect_timeout, max_connections=2)
         self._records = JobRecords(self._redis, self._tube)
-        self._control = {node: self._connection(node) for node in self._nodes}
+        # Deletes of other copies; quick calls only, so a short I/O timeout.
+        self._control = {
+            node: NodeConnection(
+                node,
+                self._tube,
+                connect_timeout=self._connect_timeout,
+                io_timeout=self._connect_timeout,
+                health=self._health[node],
+            )
+            for node in self._nodes
+        }
         self._lines = {node: NodeLine(self._held_per_node) for node in self._nodes}
+        with contextlib.suppress(RedisError):
+            await self._measure_clock()  # before the first copy is held; the watchdog keeps it up
         watchdog = asyncio.create_task(self._watch_redis(), name=f"dq-{self.queue}-redis")
         workers = [
             asyncio.create_task(self._work(node), name=f"dq-{self.queue}-{node}-{i}")
@@ -152,6 +192,7 @@ class DelayConsumer:
             self._reserving.shutdown(wait=False)
             self._executor.shutdown(wait=False)
             await self._redis.aclose()
+            await self._watch_client.aclose()
             self._running = False
             self._finished.set()
             log.info("dq consumer %s stopped", self.queue)
@@ -168,9 +209,14 @@ class DelayConsumer:
             _, late = await asyncio.wait(set(self._inflight), timeout=grace)
             for task in late:
                 task.cancel()
-        try:
-            await asyncio.wait_for(asyncio.shield(self._finished.wait()), STOP_MARGIN)
-        except TimeoutError:
+        give_up = time.monotonic() + STOP_MARGIN
+        while not self._finished.is_set() and time.monotonic() < give_up:
+            # Calls stuck on a hung node would each wait out their timeout: cut them.
+            for health in self._health.values():
+                health.abort_stuck(STUCK_AFTER)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._finished.wait()), 0.25)
+        if not self._finished.is_set():
             # Should not happen; if it does, closing the connections hands every held copy back.
             for holder in set(self._holders):
                 frames = "; ".join(f"{f.f_code.co_name}:{f.f_lineno}" for f in holder.get_stack())
@@ -203,6 +249,7 @@ class DelayConsumer:
             self._tube,
             connect_timeout=self._connect_timeout,
             io_timeout=RESERVE_TIMEOUT + self._connect_timeout,
+            health=self._health[node],
         )
 
     async def _work(self, node: str) -> None:
@@ -264,7 +311,7 @@ class DelayConsumer:
         self, conn: NodeConnection, spares: list[NodeConnection]
     ) -> list[tuple[NodeConnection, greenstalk.Job[bytes]]]:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._reserving, reserve_batch, conn, spares)
+        return await loop.run_in_executor(self._reserving, reserve_batch, conn, spares, self._connect_timeout)
 
     async def _hold_then_return(
         self, line: NodeLine, conn: NodeConnection, job: greenstalk.Job[bytes]
@@ -335,11 +382,11 @@ class DelayConsumer:
                 try:
                     # All slots busy: a look first (no lease, no slot) is enough for copies
                     # that only need to learn that another copy is handled, done or revoked.
-                    status = await self._records.peek(held.envelope.job_id, time.time())
+                    status = await self._records.peek(held.envelope.job_id, self._now())
                 except RedisError as exc:
                     self._note_redis_error(exc)
                     # Come back a little later, once holders have re-taken their leases.
-                    await self._release(held, max(1.0, due - time.time()))
+                    await self._release(held, max(1.0, due - self._now()))
                     return
             else:
                 status = Claim("free")
@@ -348,7 +395,7 @@ class DelayConsumer:
                 if refused is None:
                     return
                 status = refused
-            if status.action == "wait" and status.until - time.time() <= HOLD_LIMIT:
+            if status.action == "wait" and status.until - self._now() <= HOLD_LIMIT:
                 due = status.until  # a retry due soon: wait for it holding the copy
                 continue
             if status.action == "busy":
@@ -357,7 +404,7 @@ class DelayConsumer:
                 busy_since = busy_since or time.monotonic()
                 held_for = time.monotonic() - busy_since
                 if held_for < BUSY_HOLD:
-                    due = time.time() + min(0.5, 0.05 + held_for / 4)
+                    due = self._now() + min(0.5, 0.05 + held_for / 4)
                     continue
             await self._not_now(held, status)
             return
@@ -370,11 +417,11 @@ class DelayConsumer:
                 return None
             try:
                 claim = await self._records.claim(
-                    held.envelope.job_id, held.token, self._lease_ttl, time.time()
+                    held.envelope.job_id, held.token, self._lease_ttl, self._now()
                 )
             except RedisError as exc:
                 self._note_redis_error(exc)
-                await self._release(held, max(1.0, due - time.time()))
+                await self._release(held, max(1.0, due - self._now()))
                 return None
             if claim.action != "go":
                 return claim
@@ -386,7 +433,7 @@ class DelayConsumer:
             if outcome is None:  # stopping: give the attempt back
                 await self._settle_retry(held, None, attempted=False, error="")
             else:
-                await self._settle(held, claim.attempt, outcome)
+                await self._settle(held, claim, outcome)
         finally:
             self._claimed.pop(held.token, None)
         return None
@@ -395,7 +442,7 @@ class DelayConsumer:
         """This copy may not be delivered now: put it where it belongs."""
         job_id = held.envelope.job_id
         if claim.action == "wait":
-            await self._release(held, claim.until - time.time())
+            await self._release(held, claim.until - self._now())
         elif claim.action == "busy":
             # Another copy is being handled; come back when its lease would have run out, so
             # that this copy takes over if that consumer died.
@@ -424,7 +471,7 @@ class DelayConsumer:
         job = DelayJob(envelope.job_id, envelope.body, attempt, envelope.due_at, self.queue)
         metrics.RECEIVED.labels(kind=KIND, queue=self.queue).inc()
         if attempt == 1:
-            metrics.DQ_LATENESS.labels(queue=self.queue).observe(max(0.0, time.time() - envelope.due))
+            metrics.DQ_LATENESS.labels(queue=self.queue).observe(max(0.0, self._now() - envelope.due))
         gauge = metrics.IN_FLIGHT.labels(kind=KIND, queue=self.queue)
         gauge.inc()
         started = time.monotonic()
@@ -465,7 +512,8 @@ class DelayConsumer:
             return Outcome.retry(f"handler returned {type(outcome).__name__}, expected Outcome")
         return outcome
 
-    async def _settle(self, held: Held, attempt: int, outcome: Outcome) -> None:
+    async def _settle(self, held: Held, claim: Claim, outcome: Outcome) -> None:
+        attempt = claim.attempt
         result = outcome.verdict.value.lower() if outcome.attempted else "unavailable"
         metrics.DELIVERED.labels(kind=KIND, queue=self.queue, result=result).inc()
         job_id = held.envelope.job_id
@@ -482,7 +530,10 @@ class DelayConsumer:
         if gave_up or (outcome.attempted and attempt >= self._policy.max_attempts):
             await self._bury(held, "drop" if gave_up else "max_attempts", outcome.error, attempt)
             return
-        delay = self._policy.next_delay(attempt, outcome)
+        # While the app is down the attempt is given back, so the attempt number stays put: the
+        # hand-backs in a row drive the backoff instead, or every job would come back every
+        # `initial` seconds for as long as the app is down.
+        delay = self._policy.next_delay(attempt if outcome.attempted else claim.unavailable + 1, outcome)
         metrics.RETRIED.labels(kind=KIND, queue=self.queue).inc()
         # A hand-back while the app is down is not a failed attempt: the delivery side says once
         # that the app is down; a line per waiting job per second would drown the log.
@@ -495,15 +546,19 @@ class DelayConsumer:
             outcome.error,
             delay,
         )
-        await self._settle_retry(held, delay, attempted=outcome.attempted, error=outcome.error)
+        await self._settle_retry(
+            held, delay, attempted=outcome.attempted, error=outcome.error, unavailable=not outcome.attempted
+        )
 
-    async def _settle_retry(self, held: Held, delay: float | None, *, attempted: bool, error: str) -> None:
-        next_at = None if delay is None else time.time() + delay
+    async def _settle_retry(
+        self, held: Held, delay: float | None, *, attempted: bool, error: str, unavailable: bool = False
+    ) -> None:
+        next_at = None if delay is None else self._now() + delay
         job_id = held.envelope.job_id
 
         async def schedule() -> bool:
             await self._records.schedule_retry(
-                job_id, held.token, next_at=next_at, attempted=attempted, error=error
+                job_id, held.token, next_at=next_at, attempted=attempted, error=error, unavailable=unavailable
             )
             return True
 
@@ -519,9 +574,9 @@ class DelayConsumer:
         # may delete themselves. If this node is gone, they bury themselves instead.
         kept = await self._quietly(held.conn, burier(held.job))
 
-        async def mark() -> list[tuple[str, int]]:
+        async def mark() -> list[Copy]:
             return await self._records.mark_buried(
-                job_id, held.token, error=error, copy=held.where if kept else "", now=time.time()
+                job_id, held.token, error=error, copy=held.where if kept else "", now=self._now()
             )
 
         copies = await self._until_redis(held, mark)
@@ -532,31 +587,46 @@ class DelayConsumer:
             "dq %s: job %s buried after attempt %d (%s): %s", self.queue, job_id, attempt, reason, error
         )
 
-    async def _delete_siblings(self, held: Held, copies: list[tuple[str, int]]) -> None:
+    def _others(self, held: Held, copies: list[Copy], skip: Any) -> list[Copy]:
+        """The recorded copies other than this one and those in ``skip`` (ours, held here)."""
         here = (held.conn.address, held.job.id)
+        return [
+            c
+            for c in copies
+            if (c.node, c.jid) != here and (c.node, c.jid) not in skip and c.node in self._control
+        ]
+
+    def _copy_deleter(self, copy: Copy, job_id: str) -> Callable[[greenstalk.Client[bytes]], bool]:
+        return copy_deleter(self._control[copy.node], copy.jid, copy.server, job_id)
+
+    async def _delete_siblings(self, held: Held, copies: list[Copy]) -> None:
+        job_id = held.envelope.job_id
         ours = held.local.followers if held.local is not None else set()  # they delete themselves
-        others = [(n, j) for n, j in copies if (n, j) != here and (n, j) not in ours and n in self._control]
-        results = await asyncio.gather(*(self._quietly(self._control[n], deleter(j)) for n, j in others))
+        others = self._others(held, copies, ours)
+        results = await asyncio.gather(
+            *(self._quietly(self._control[c.node], self._copy_deleter(c, job_id)) for c in others)
+        )
         suppressed = sum(1 for r in results if r is True)
         if suppressed:
             metrics.DUPLICATES_SUPPRESSED.labels(queue=self.queue).inc(suppressed)
         # A copy held elsewhere at this moment normally sees the done marker and deletes itself;
         # if Redis is lost before it looks, the sweep on Redis' return deletes it instead.
         expires = time.monotonic() + SWEEP_WINDOW
-        self._unswept.extend((expires, n, j) for (n, j), r in zip(others, results, strict=True) if r is False)
+        self._unswept.extend((expires, c, job_id) for c, r in zip(others, results, strict=True) if r is False)
 
-    async def _delete_done(self, held: Held, copies: list[tuple[str, int]]) -> None:
+    async def _delete_done(self, held: Held, copies: list[Copy]) -> None:
         """After success: delete this copy, the copies of ours waiting for it, and the job's
-        other recorded copies, all in one thread hop (a hop costs more than a delete)."""
-        here = (held.conn.address, held.job.id)
+        other recorded copies, all in one thread hop (a hop costs more than a delete).
+
+        Our reservations are deleted by id (a reservation is ours on that connection); the
+        recorded copies are checked to still be this job's (see :func:`copy_deleter`)."""
+        job_id = held.envelope.job_id
         followers = dict(held.local.followers) if held.local is not None else {}
-        others = [
-            (n, j) for n, j in copies if (n, j) != here and (n, j) not in followers and n in self._control
-        ]
+        others = self._others(held, copies, followers)
         targets = [
-            (held.conn, held.job.id),
-            *((conn, jid) for (_, jid), conn in followers.items()),
-            *((self._control[n], j) for n, j in others),
+            (held.conn, deleter(held.job.id)),
+            *((conn, deleter(jid)) for (_, jid), conn in followers.items()),
+            *((self._control[c.node], self._copy_deleter(c, job_id)) for c in others),
         ]
         results = await self._call(self._delete_each, targets)
         mine = results[1 : 1 + len(followers)]
@@ -567,16 +637,18 @@ class DelayConsumer:
         if suppressed:
             metrics.DUPLICATES_SUPPRESSED.labels(queue=self.queue).inc(suppressed)
         expires = time.monotonic() + SWEEP_WINDOW
-        self._unswept.extend((expires, n, j) for (n, j), r in zip(others, theirs, strict=True) if r is False)
+        self._unswept.extend((expires, c, job_id) for c, r in zip(others, theirs, strict=True) if r is False)
 
-    def _delete_each(self, targets: list[tuple[NodeConnection, int]]) -> list[bool | None]:
-        """Blocking: delete each (connection, job); None where the node failed."""
+    def _delete_each(
+        self, targets: list[tuple[NodeConnection, Callable[[greenstalk.Client[bytes]], bool]]]
+    ) -> list[bool | None]:
+        """Blocking: run each delete on its connection; None where the node failed."""
         results: list[bool | None] = []
-        for conn, jid in targets:
+        for conn, delete in targets:
             try:
-                results.append(conn.call(deleter(jid)))
+                results.append(conn.call(delete, timeout=self._connect_timeout))
             except (NodeDown, greenstalk.Error) as exc:
-                log.debug("dq %s: delete %s/%s: %r", self.queue, conn.address, jid, exc)
+                log.debug("dq %s: delete on %s: %r", self.queue, conn.address, exc)
                 results.append(None)
         return results
 
@@ -587,7 +659,9 @@ class DelayConsumer:
         pending = list(self._unswept)
         self._unswept.clear()
         if pending:
-            await asyncio.gather(*(self._quietly(self._control[n], deleter(j)) for _, n, j in pending))
+            await asyncio.gather(
+                *(self._quietly(self._control[c.node], self._copy_deleter(c, j)) for _, c, j in pending)
+            )
             log.info("dq %s: swept %d copies of settled jobs after a redis outage", self.queue, len(pending))
 
     # -- keeping hold ---------------------------------------------------------------------
@@ -598,18 +672,27 @@ class DelayConsumer:
             held.keeper = asyncio.create_task(self._keep(held, time.monotonic() - self._renew_every))
 
     async def _keep(self, held: Held, last_touch: float) -> None:
-        """Renew the lease (while claimed) and touch the reservation while the copy is held."""
-        while True:
-            if held.claimed:
-                with contextlib.suppress(RedisError):
-                    await self._records.renew(held.envelope.job_id, held.token, self._lease_ttl)
-            if time.monotonic() - last_touch >= TOUCH_EVERY:
-                await self._quietly(held.conn, lambda c: c.touch(held.job))
-                last_touch = time.monotonic()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(held.done_keeping.wait(), self._renew_every)
-            if held.done_keeping.is_set():
-                return
+        """Renew the lease (while claimed) and touch the reservation while the copy is held.
+
+        The touch runs beside the renewals, never before them: on a hung node it waits out a
+        timeout, and the lease in Redis must not expire meanwhile (another copy would run).
+        """
+        touching: asyncio.Task[Any] | None = None
+        try:
+            while True:
+                if held.claimed:
+                    with contextlib.suppress(RedisError):
+                        await self._records.renew(held.envelope.job_id, held.token, self._lease_ttl)
+                if (touching is None or touching.done()) and time.monotonic() - last_touch >= TOUCH_EVERY:
+                    touching = asyncio.create_task(self._quietly(held.conn, lambda c: c.touch(held.job)))
+                    last_touch = time.monotonic()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(held.done_keeping.wait(), self._renew_every)
+                if held.done_keeping.is_set():
+                    return
+        finally:
+            if touching is not None:
+                await touching  # settling uses the connection next; it would wait for it anyway
 
     @staticmethod
     async def _stop_keeping(held: Held) -> None:
@@ -638,7 +721,7 @@ class DelayConsumer:
 
     async def _hand_back(self, held: Held, due: float) -> None:
         """Release a copy that was not delivered, for its due time."""
-        await self._release(held, due - time.time())
+        await self._release(held, due - self._now())
 
     async def _release(self, held: Held, delay: float) -> None:
         seconds = max(0, math.floor(delay))
@@ -649,7 +732,7 @@ class DelayConsumer:
     async def _watch_redis(self) -> None:
         while not self._closing.is_set():
             try:
-                await self._redis.ping()
+                await self._measure_clock()  # also the liveness check
             except RedisError as exc:
                 self._note_redis_error(exc)
             else:
@@ -660,6 +743,22 @@ class DelayConsumer:
                     self._redis_error = None
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._closing.wait(), 0.25 if self._redis_error else 1.0)
+
+    async def _measure_clock(self) -> None:
+        """Follow Redis's clock (``TIME``) where ours measurably differs from it.
+
+        A consumer whose clock is behind would hold due copies (reserved, so no one else can
+        deliver them) until its own clock says so; one ahead would deliver early. Only the
+        difference beyond the round trip counts, so clocks that agree give exactly 0.
+        """
+        before = self._clock()
+        seconds, micros = await self._watch_client.time()
+        after = self._clock()
+        theirs = seconds + micros / 1_000_000
+        offset = theirs - after if theirs > after else theirs - before if theirs < before else 0.0
+        if abs(offset - self._offset) > 1.0 and abs(offset) > 1.0:
+            log.warning("dq %s: this clock is %.1fs off Redis's; following Redis's", self.queue, -offset)
+        self._offset = offset
 
     async def _check_redis_settings(self) -> None:
         with contextlib.suppress(RedisError):
@@ -687,13 +786,18 @@ class DelayConsumer:
             )
         self._redis_error = describe_redis_error(exc)
 
+    def _now(self) -> float:
+        """Wall-clock time for due decisions: Redis's clock, the one all consumers share."""
+        return self._clock() + self._offset
+
     async def _sleep_until(self, due: float) -> bool:
         """Wait until wall-clock ``due`` (never earlier); False if stopping first."""
         while True:
-            remaining = due - time.time()
+            remaining = due - self._now()
             if remaining <= 0:
                 return True
-            if await self._pause(remaining):
+            # In steps: the offset to Redis's clock may change meanwhile.
+            if await self._pause(min(remaining, 1.0)):
                 return False
 
     async def _pause(self, seconds: float) -> bool:
@@ -705,10 +809,14 @@ class DelayConsumer:
     async def _quietly(self, conn: NodeConnection, op: Callable[[greenstalk.Client[bytes]], Any]) -> Any:
         """Run ``op`` on ``conn``; node trouble is logged, not raised (None is returned)."""
         try:
-            return await self._call(conn.call, op)
+            return await self._call(self._quick_call, conn, op)
         except (NodeDown, greenstalk.Error) as exc:
             log.debug("dq %s: %s on %s: %r", self.queue, getattr(op, "__name__", "op"), conn.address, exc)
             return None
+
+    def _quick_call(self, conn: NodeConnection, op: Callable[[greenstalk.Client[bytes]], T]) -> T:
+        """Blocking: ``op`` is a quick command, so the short timeout (not the reserve's)."""
+        return conn.call(op, timeout=self._connect_timeout)
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)

@@ -77,18 +77,19 @@ def reserve_now(client: greenstalk.Client[bytes]) -> greenstalk.Job[bytes] | Non
 
 
 def reserve_batch(
-    conn: NodeConnection, spares: list[NodeConnection]
+    conn: NodeConnection, spares: list[NodeConnection], quick_timeout: float
 ) -> list[tuple[NodeConnection, greenstalk.Job[bytes]]]:
     """Blocking: wait for a copy on ``conn``; then take copies that are ready at once, one per
     spare connection (a reservation belongs to the connection that made it). Raises
-    :class:`NodeDown` only for ``conn``; trouble on a spare just ends the batch."""
-    job = conn.call(reserve)
+    :class:`NodeDown` only for ``conn``; trouble on a spare just ends the batch. The reserve on
+    ``conn`` is the probe that finds out when a suspect (hung) node answers again."""
+    job = conn.call(reserve, probe=True)
     if job is None:
         return []
     got = [(conn, job)]
     for spare in spares:
         try:
-            more = spare.call(reserve_now)
+            more = spare.call(reserve_now, timeout=quick_timeout)
         except (NodeDown, greenstalk.Error):
             break
         if more is None:

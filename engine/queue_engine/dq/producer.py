@@ -24,9 +24,9 @@ from queue_engine.dq.nodes import (
     NodePool,
     check_nodes,
     check_tube,
-    deleter,
+    copy_deleter,
 )
-from queue_engine.dq.records import JobRecords
+from queue_engine.dq.records import Copy, JobRecords
 from queue_engine.dq.redis_client import connect_redis, describe_redis_error
 from queue_engine.errors import ConfigError, InvalidRequest, TooLarge, Unavailable
 
@@ -124,11 +124,7 @@ class DelayProducer:
                 f"revoke of {job_id} not recorded: redis unreachable ({describe_redis_error(exc)}); try again"
             ) from None
         # The tombstone already holds; deleting copies only saves the consumers the work.
-        deletions = [
-            self._run(self._pools[node].pick().call, deleter(jid))
-            for node, jid in copies
-            if node in self._pools
-        ]
+        deletions = [self._delete_copy(copy, job_id) for copy in copies if copy.node in self._pools]
         for result in await asyncio.gather(*deletions, return_exceptions=True):
             if isinstance(result, NodeDown):
                 log.info("revoke %s: copy left on %s (down); the tombstone stops it", job_id, result.address)
@@ -161,14 +157,14 @@ class DelayProducer:
         envelope = Envelope(new_job_id(due), math.ceil(due * 1_000_000), data)
         written, failures = await self._write_copies(envelope.encode(), envelope.due)
         if len(written) < self.quorum:
-            await self._undo(written)
+            await self._undo(written, envelope.job_id)
             self._count("unavailable")
             failed = ", ".join(f"{node} ({reason})" for node, reason in failures.items())
             if failures and all("JOB_TOO_BIG" in reason for reason in failures.values()):
                 raise TooLarge(f"nodes refused the job as too big ({failed}); raise beanstalkd -z")
             raise Unavailable(
                 f"job not stored: {len(written)} of {self.copies} copies acknowledged, "
-                f"{self.quorum} needed; failed: {failed}"
+                f"{self.quorum} needed; failed: {failed}; {await self._revoke_strays(envelope.job_id)}"
             )
         try:
             await self._records.record_copies(envelope.job_id, written, keep_s=max(0.0, due - time.time()))
@@ -181,10 +177,23 @@ class DelayProducer:
         self._count("success")
         return envelope.job_id
 
-    async def _write_copies(self, data: bytes, due: float) -> tuple[list[tuple[str, int]], dict[str, str]]:
+    async def _revoke_strays(self, job_id: str) -> str:
+        """A put that timed out may still be stored once its node goes on: revoke the id so that
+        such a copy is never delivered. Says what happened, for the error message."""
+        try:
+            await self._records.revoke(job_id)
+        except RedisError as exc:
+            log.warning("failed publish %s not revoked: %s", job_id, describe_redis_error(exc))
+            return (
+                f"job {job_id} could not be revoked (redis: {describe_redis_error(exc)}): a copy that "
+                "a timed-out node stored anyway may still be delivered"
+            )
+        return f"job {job_id} revoked, so a copy that a timed-out node stored anyway is never delivered"
+
+    async def _write_copies(self, data: bytes, due: float) -> tuple[list[Copy], dict[str, str]]:
         healthy, failing = self._choose()
         pending, spare = healthy[: self.copies], healthy[self.copies :]
-        written: list[tuple[str, int]] = []
+        written: list[Copy] = []
         failures: dict[str, str] = {}
         while True:
             if not pending and len(written) < self.quorum and failing:
@@ -197,8 +206,8 @@ class DelayProducer:
             conns = [self._pools[node].pick() for node in pending]
             results = await self._run(_put_each, conns, data, due)
             for node, result in zip(pending, results, strict=True):
-                if isinstance(result, int):
-                    written.append((node, result))
+                if isinstance(result, Copy):
+                    written.append(result)
                 elif isinstance(result, NodeDown):
                     failures[node] = result.reason
                 elif isinstance(result, greenstalk.Error | OSError):
@@ -222,14 +231,19 @@ class DelayProducer:
         healthy = [node for node in rotated if not self._pools[node].backing_off]
         return healthy, [node for node in rotated if node not in healthy]
 
-    async def _undo(self, written: list[tuple[str, int]]) -> None:
+    async def _undo(self, written: list[Copy], job_id: str) -> None:
         results = await asyncio.gather(
-            *(self._run(self._pools[node].pick().call, deleter(jid)) for node, jid in written),
-            return_exceptions=True,
+            *(self._delete_copy(copy, job_id) for copy in written), return_exceptions=True
         )
-        for (node, jid), result in zip(written, results, strict=True):
+        for copy, result in zip(written, results, strict=True):
             if isinstance(result, BaseException) and not isinstance(result, greenstalk.NotFoundError):
-                log.error("could not undo copy %s/%s of a job that missed quorum: %s", node, jid, result)
+                log.error(
+                    "could not undo copy %s/%s of a job that missed quorum: %s", copy.node, copy.jid, result
+                )
+
+    async def _delete_copy(self, copy: Copy, job_id: str) -> bool:
+        conn = self._pools[copy.node].pick()
+        return await self._run(conn.call, copy_deleter(conn, copy.jid, copy.server, job_id))
 
     def _count(self, result: str) -> None:
         metrics.PUBLISHED.labels(kind="delay", queue=self.queue, result=result).inc()
@@ -246,24 +260,27 @@ class DelayProducer:
         await self.close()
 
 
-def _put_each(conns: list[NodeConnection], data: bytes, due: float) -> list[int | BaseException]:
+def _put_each(conns: list[NodeConnection], data: bytes, due: float) -> list[Copy | BaseException]:
     """Blocking: put ``data`` on each connection in turn; one thread hop costs more than the
     puts. A hung node still costs one timeout, as when the puts ran side by side."""
-    results: list[int | BaseException] = []
+    results: list[Copy | BaseException] = []
     for conn in conns:
         try:
-            results.append(conn.call(_putter(data, due)))
+            results.append(conn.call(_putter(conn, data, due)))
         except Exception as exc:  # sorted out per node by the caller
             results.append(exc)
     return results
 
 
-def _putter(data: bytes, due: float) -> Callable[[greenstalk.Client[bytes]], int]:
-    def put(client: greenstalk.Client[bytes]) -> int:
+def _putter(conn: NodeConnection, data: bytes, due: float) -> Callable[[greenstalk.Client[bytes]], Copy]:
+    def put(client: greenstalk.Client[bytes]) -> Copy:
+        # The node process's id (asked once per connection) goes with the copy's id: deletes
+        # later check it, as a node restarted without its binlog reuses ids.
+        server = conn.server_id(client)
         # Whole seconds, rounded down, computed at the last moment: the copy becomes ready no
         # later than its due time, and the consumer waits out the rest.
         delay = max(0, math.floor(due - time.time()))
-        return int(client.put(data, priority=PRIORITY, delay=delay, ttr=JOB_TTR))
+        return Copy(conn.address, int(client.put(data, priority=PRIORITY, delay=delay, ttr=JOB_TTR)), server)
 
     return put
 

@@ -2,13 +2,15 @@
 
 Per job id, in the hash ``dq:{tube}:j:{id}``:
 
-- ``copies``: where the producer wrote the copies (``node/beanstalkd-id`` comma-separated), so
-  that revoke and a successful delivery can delete the other copies;
+- ``copies``: where the producer wrote the copies (``node/beanstalkd-id@server-id``
+  comma-separated; the server id is the node process's ``stats`` id, which changes whenever
+  beanstalkd restarts), so that revoke and a successful delivery can delete the other copies;
 - ``attempts``: attempts started, counted across copies;
 - ``next``: epoch seconds before which no copy may start another attempt (retry backoff);
 - ``state``: ``done`` or ``buried`` (later copies are deleted or buried on sight);
 - ``revoked``: the tombstone, checked right before every delivery;
-- ``error``, ``buried_copy``: kept for inspecting buried jobs.
+- ``error``, ``buried_copy``: kept for inspecting buried jobs;
+- ``unavailable``: hand-backs in a row because the app was unavailable (their backoff grows).
 
 The lease ``dq:{tube}:lease:{id}`` (a token, with an expiry renewed while the handler runs) lets
 one copy be handled at a time; if its holder dies the lease expires and another copy takes
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from redis.asyncio import Redis
 
@@ -50,7 +52,7 @@ if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
 end
 local n = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 keep(KEYS[1], tonumber(ARGV[4]))
-return {'go', tostring(n)}
+return {'go', tostring(n), redis.call('HGET', KEYS[1], 'unavailable') or '0'}
 """
 )
 
@@ -99,6 +101,9 @@ if ARGV[3] == '0' then
   if tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0') > 0 then
     redis.call('HINCRBY', KEYS[1], 'attempts', -1)
   end
+  if ARGV[6] == '1' then redis.call('HINCRBY', KEYS[1], 'unavailable', 1) end
+else
+  redis.call('HDEL', KEYS[1], 'unavailable')
 end
 if ARGV[2] ~= '' then
   redis.call('HSET', KEYS[1], 'next', ARGV[2])
@@ -157,6 +162,7 @@ class Claim:
     attempt: int = 0  # for go: this attempt's number, 1-based
     until: float = 0.0  # for busy: seconds the lease still runs; for wait: epoch seconds
     kept: str = ""  # for buried: node/beanstalkd-id of the copy kept buried ("" if unknown)
+    unavailable: int = 0  # for go: hand-backs in a row so far because the app was unavailable
 
 
 @dataclass(frozen=True)
@@ -168,17 +174,26 @@ class BuriedRecord:
     buried_at: float
 
 
-def parse_copies(text: str) -> list[tuple[str, int]]:
+class Copy(NamedTuple):
+    """Where one copy of a job was written."""
+
+    node: str
+    jid: int  # beanstalkd's job id on that node
+    server: str = ""  # that node process's `stats` id at the time ("" in records made before it)
+
+
+def parse_copies(text: str) -> list[Copy]:
     copies = []
     for item in filter(None, text.split(",")):
-        node, _, jid = item.rpartition("/")
+        node, _, rest = item.rpartition("/")
+        jid, _, server = rest.partition("@")
         if node and jid.isdigit():
-            copies.append((node, int(jid)))
+            copies.append(Copy(node, int(jid), server))
     return copies
 
 
-def format_copies(copies: list[tuple[str, int]]) -> str:
-    return ",".join(f"{node}/{jid}" for node, jid in copies)
+def format_copies(copies: list[Copy]) -> str:
+    return ",".join(f"{c.node}/{c.jid}@{c.server}" if c.server else f"{c.node}/{c.jid}" for c in copies)
 
 
 class JobRecords:
@@ -207,7 +222,7 @@ class JobRecords:
     def _buried(self) -> str:
         return f"{self._prefix}:buried"
 
-    async def record_copies(self, job_id: str, copies: list[tuple[str, int]], keep_s: float) -> None:
+    async def record_copies(self, job_id: str, copies: list[Copy], keep_s: float) -> None:
         args: list[str | int] = [format_copies(copies), int(keep_s) + RETENTION_S]
         await self._record(keys=[self._job(job_id)], args=args)
 
@@ -224,28 +239,35 @@ class JobRecords:
     async def renew(self, job_id: str, token: str, lease_s: float) -> None:
         await self._renew(keys=[self._lease(job_id)], args=[token, int(lease_s * 1000)])
 
-    async def mark_done(self, job_id: str, token: str) -> list[tuple[str, int]]:
+    async def mark_done(self, job_id: str, token: str) -> list[Copy]:
         keys = [self._job(job_id), self._lease(job_id)]
         return parse_copies(_text(await self._done(keys=keys, args=[token, RETENTION_S])))
 
     async def schedule_retry(
-        self, job_id: str, token: str, *, next_at: float | None, attempted: bool, error: str = ""
+        self,
+        job_id: str,
+        token: str,
+        *,
+        next_at: float | None,
+        attempted: bool,
+        error: str = "",
+        unavailable: bool = False,
     ) -> None:
-        """Let the lease go; the next attempt may start at ``next_at``; an unattempted try is not counted."""
+        """Let the lease go; the next attempt may start at ``next_at``; an unattempted try is not
+        counted. ``unavailable``: the app was down (counted in a row, for the backoff)."""
         keys = [self._job(job_id), self._lease(job_id)]
         nxt = "" if next_at is None else repr(next_at)
         # The record must outlive the next attempt: a retry far off extends it.
         keep_s = RETENTION_S + max(0, int((next_at or 0) - time.time()))
-        await self._retry(keys=keys, args=[token, nxt, "1" if attempted else "0", error[:1000], keep_s])
+        args = [token, nxt, "1" if attempted else "0", error[:1000], keep_s, "1" if unavailable else "0"]
+        await self._retry(keys=keys, args=args)
 
-    async def mark_buried(
-        self, job_id: str, token: str, *, error: str, copy: str, now: float
-    ) -> list[tuple[str, int]]:
+    async def mark_buried(self, job_id: str, token: str, *, error: str, copy: str, now: float) -> list[Copy]:
         keys = [self._job(job_id), self._lease(job_id), self._buried]
         reply = await self._bury(keys=keys, args=[token, error[:1000], copy, now, job_id])
         return parse_copies(_text(reply))
 
-    async def revoke(self, job_id: str) -> list[tuple[str, int]]:
+    async def revoke(self, job_id: str) -> list[Copy]:
         # The tombstone outlives the job's due time (carried in its id), however far off.
         keep_s = max(0, int(due_of_job_id(job_id) - time.time())) + RETENTION_S
         reply = await self._revoke(keys=[self._job(job_id)], args=["1", keep_s])
@@ -283,7 +305,7 @@ class JobRecords:
 def _to_claim(reply: list[Any]) -> Claim:
     action = _text(reply[0])
     if action == "go":
-        return Claim("go", attempt=int(reply[1]))
+        return Claim("go", attempt=int(reply[1]), unavailable=int(reply[2]) if len(reply) > 2 else 0)
     if action == "busy":
         return Claim("busy", until=max(0, int(reply[1])) / 1000)
     if action == "wait":
