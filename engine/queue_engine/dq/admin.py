@@ -19,7 +19,7 @@ from queue_engine.dq.envelope import Envelope, check_job_id, due_of_job_id
 from queue_engine.dq.nodes import NodeConnection, NodeDown, check_nodes, check_tube, deleter
 from queue_engine.dq.records import RETENTION_S, JobRecords, parse_copies
 from queue_engine.dq.redis_client import connect_redis, describe_redis_error
-from queue_engine.errors import InvalidRequest, NotFound, Unavailable
+from queue_engine.errors import NotFound, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -406,7 +406,7 @@ class DelayAdmin:
         if info.state == "unknown":
             raise NotFound(f"no job {job_id} on {self.queue} (never published, or its record expired)")
         if info.state != "buried":
-            raise InvalidRequest(f"cannot {what} job {job_id}: it is {info.state}, not buried")
+            raise NotFound(f"cannot {what} job {job_id} on {self.queue}: it is {info.state}, not buried")
         return info
 
     async def _peek(self, node: str, jid: int) -> greenstalk.Job[bytes] | None:

@@ -64,7 +64,8 @@ class DeadLetter:
 class DeadLetterPage:
     letters: list[DeadLetter]
     pending: int  # letters not yet replayed or skipped, in the whole topic
-    matching: int  # letters the listing covers (pending ones, or all), this page and the next ones
+    matching: int  # letters the listing covers (the pending ones, or all), earlier pages included
+    remaining: int  # of those, the ones on this page and the next ones
     next: dict[int, int] | None  # per partition, the offset the next page starts at; None: last page
 
 
@@ -211,7 +212,7 @@ def _page(
         next_page = dict(after)
         for d in shown:
             next_page[d.message.partition] = d.message.offset + 1
-    return DeadLetterPage(shown, pending, len(rest), next_page)
+    return DeadLetterPage(shown, pending, len(wanted), len(rest), next_page)
 
 
 async def list_dead_letters(
