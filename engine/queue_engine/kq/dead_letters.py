@@ -51,8 +51,7 @@ HANDLED_OFFSET = "x-queue-dead-letter-offset"  # on a marker: the letter's offse
 @dataclass(frozen=True)
 class DeadLetter:
     message: KafkaMessage
-    # pending, replayed or skipped (one by one), or handled (replayed or skipped in bulk)
-    state: str
+    state: str  # pending, replayed or skipped
 
     @property
     def attempts(self) -> int | None:
@@ -80,7 +79,8 @@ class _Partition:
     def state(self, offset: int) -> str:
         if offset in self.marks:
             return self.marks[offset]
-        return "handled" if offset < self.committed else "pending"
+        # Behind the group's position without a marker: replayed in bulk (which marks what it skips).
+        return "replayed" if offset < self.committed else "pending"
 
     def first_pending(self, done: Iterable[int] = ()) -> int:
         """Where the replay group may move: the first letter still pending, else the end."""
@@ -139,7 +139,10 @@ def _scan(
         position = max(position, low) if position >= 0 else low
         partitions[tp.partition] = _Partition(low, min(position, high), high, [], {})
     ranges = {
-        p: (start if start is not None else part.low if from_low else part.committed, part.high)
+        p: (
+            max(start, part.low) if start is not None else part.low if from_low else part.committed,
+            part.high,
+        )
         for p, part in partitions.items()
     }
     for record in _read(consumer, topic, {p: r for p, r in ranges.items() if r[0] < r[1]}):
@@ -282,7 +285,9 @@ def _handle_one(target: _Target, partition: int, offset: int, action: str) -> De
     try:
         letter, part = _one(consumer, topic, partition, offset)
         if letter.state != "pending":
-            raise InvalidRequest(f"dead letter {partition}:{offset} in {topic} was already {letter.state}")
+            raise NotFound(
+                f"no pending dead letter at {partition}:{offset} in {topic}: already {letter.state}"
+            )
         if action == "replayed":
             copy = _replayed_copy(letter.message)
             if copy is None:
@@ -291,14 +296,7 @@ def _handle_one(target: _Target, partition: int, offset: int, action: str) -> De
                     "replayed; skip it instead"
                 )
             _send(producer, [copy], f"replay of {topic} {partition}:{offset}")
-        marker = (
-            topic,
-            partition,
-            b"",
-            None,
-            [(HANDLED, action.encode()), (HANDLED_OFFSET, str(offset).encode())],
-        )
-        _send(producer, [marker], f"marking {topic} {partition}:{offset} {action}")
+        _send(producer, [_marker(topic, partition, offset, action)], f"marking {topic} {partition}:{offset}")
         moved = part.first_pending(done=[offset])
         if moved > part.committed:
             consumer.commit(offsets=[TopicPartition(topic, partition, moved)], asynchronous=False)
@@ -341,6 +339,11 @@ async def skip_dead_letter(
 _Record = tuple[str, int | None, bytes, bytes | None, list[tuple[str, bytes]]]
 
 
+def _marker(topic: str, partition: int, offset: int, action: str) -> _Record:
+    """The record saying that the letter at ``offset`` was replayed or skipped (after it, same partition)."""
+    return (topic, partition, b"", None, [(HANDLED, action.encode()), (HANDLED_OFFSET, str(offset).encode())])
+
+
 def _replayed_copy(letter: KafkaMessage) -> _Record | None:
     """The record a replay sends: to the original topic, with the message's first id."""
     target = letter.header(ORIGINAL_TOPIC)
@@ -357,10 +360,12 @@ def _replayed_copy(letter: KafkaMessage) -> _Record | None:
     return (target.decode(), None, letter.value, letter.key, headers)
 
 
-def _send(producer: Producer, records: Sequence[_Record], what: str) -> list[QueueError | None]:
+def _send(
+    producer: Producer, records: Sequence[_Record], what: str, *, raise_one: bool = True
+) -> list[QueueError | None]:
     """Produce and wait for every acknowledgement; one result per record (None: acknowledged).
 
-    A caller sending one record gets the failure raised instead.
+    With ``raise_one``, a single record's failure is raised instead.
     """
     results: list[QueueError | None] = [Unavailable(f"{what}: no acknowledgement")] * len(records)
 
@@ -379,7 +384,7 @@ def _send(producer: Producer, records: Sequence[_Record], what: str) -> list[Que
                 topic, value=value, key=key, headers=sent, partition=partition, on_delivery=report(index)
             )
     producer.flush(SEND_TIMEOUT)
-    if len(records) == 1 and results[0] is not None:
+    if raise_one and len(records) == 1 and results[0] is not None:
         raise results[0]
     return results
 
@@ -392,28 +397,33 @@ def _replay(target: _Target, limit: int | None) -> int:
         partitions = _scan(consumer, topic, from_low=False)
         pending = [d.message for d in _oldest_first(partitions) if d.state == "pending"]
         chosen = pending if limit is None else pending[:limit]
-        copies = [(letter, _replayed_copy(letter)) for letter in chosen]
-        for letter, copy in copies:
+        records: list[_Record] = []
+        for letter in chosen:
+            copy = _replayed_copy(letter)
             if copy is None:
                 log.warning(
-                    "%s %d:%d has no %s header; skipped",
+                    "%s %d:%d has no %s header; marked skipped",
                     topic,
                     letter.partition,
                     letter.offset,
                     ORIGINAL_TOPIC,
                 )
-        sendable = [(letter, copy) for letter, copy in copies if copy is not None]
+                copy = _marker(topic, letter.partition, letter.offset, "skipped")
+            records.append(copy)
         results: list[QueueError | None] = []
-        if sendable:
+        if records:
             producer = target.producer()
-            results = _send(producer, [copy for _, copy in sendable], f"replay of {topic}")
-        failed = [error for error in results if error is not None]
+            results = _send(producer, records, f"replay of {topic}", raise_one=False)
         done: dict[int, list[int]] = {}
-        for letter, _ in copies:
-            done.setdefault(letter.partition, []).append(letter.offset)
-        for (letter, _), error in zip(sendable, results, strict=True):
+        replayed = failed = 0
+        first_error: QueueError | None = None
+        for letter, record, error in zip(chosen, records, results, strict=True):
             if error is not None:
-                done[letter.partition].remove(letter.offset)
+                failed += 1
+                first_error = first_error or error
+                continue
+            done.setdefault(letter.partition, []).append(letter.offset)
+            replayed += record[0] != topic  # a marker goes to the dead-letter topic itself
         # Each partition's position moves to its first letter still pending (a failed or unchosen one).
         commit = [
             TopicPartition(topic, p, moved)
@@ -422,9 +432,8 @@ def _replay(target: _Target, limit: int | None) -> int:
         ]
         if commit:
             consumer.commit(offsets=commit, asynchronous=False)
-        replayed = len(results) - len(failed)
-        if failed:
-            raise Unavailable(f"replay of {topic}: {replayed} replayed, {len(failed)} failed: {failed[0]}")
+        if first_error is not None:
+            raise Unavailable(f"replay of {topic}: {replayed} replayed, {failed} failed: {first_error}")
         return replayed
     except KafkaException as exc:
         raise error_from_kafka(exc, f"replay of {topic}") from exc
