@@ -196,8 +196,14 @@ async def test_dlq_lists_dead_letters_and_replays_them_once(setup: Setup) -> Non
     assert replayed.json()["replayed"] == 1
     copy = await asyncio.to_thread(read_at, setup.broker.bootstrap, setup.topic, 0, original["offset"] + 1)
     assert (copy.value, copy.key) == (b"poison", b"k1")
+    first_id = f"{setup.topic}/{original['partition']}/{original['offset']}"
+    assert ("x-queue-message-id", first_id.encode()) in copy.headers  # X-Message-Id kept
     again = await asyncio.to_thread(setup.run, "dlq", "orders", "--replay", "-o", "json")
     assert again.json()["replayed"] == 0
+    after = (await asyncio.to_thread(setup.run, "dlq", "orders", "-o", "json")).json()
+    assert (after["dead_letters"], after["pending"]) == ([], 0)  # replayed letters are not listed
+    everything = (await asyncio.to_thread(setup.run, "dlq", "orders", "--all", "-o", "json")).json()
+    assert [letter["state"] for letter in everything["dead_letters"]] == ["replayed"]
 
 
 # ------------------------------------------------------------------ errors and exit codes
