@@ -91,6 +91,9 @@ async def test_get_reports_each_state_with_due_time_and_attempts(setup: Setup) -
     assert (buried["attempts"], buried["last_error"]) == (1, "no customer in bad")
     assert buried["buried_at"] is not None and buried["due_at"] <= buried["buried_at"]
     assert (await get(setup, ok))["attempts"] == 1
+    revoked_buried = await run(setup, "revoke", "reminders", bad)
+    assert revoked_buried.code == 0 and "(it was buried)" in revoked_buried.out
+    assert (await run(setup, "buried", "reminders", "-o", "json")).json()["total"] == 0
 
     assert (await run(setup, "revoke", "reminders", later)).code == 0
     assert (await get(setup, later))["state"] == "revoked"

@@ -63,8 +63,15 @@ async def revoke(queue: QueueSettings, args: argparse.Namespace) -> Report:
                 f"it was due more than {days} days ago, so nothing was written)"
             )
         return Report(data, failure=failure)
-    async with producer(dq, args) as publisher:
-        await publisher.revoke(args.id)
+    if info.state == "buried":
+        repair = admin(dq, args)  # also off the buried list, copies deleted
+        try:
+            await repair.delete_job(args.id)
+        finally:
+            await repair.close()
+    else:
+        async with producer(dq, args) as publisher:
+            await publisher.revoke(args.id)
     data["tombstone"] = True
     if info.state == "unknown":
         data["revoked"] = False
