@@ -95,6 +95,8 @@ async def dlq(queue: QueueSettings, args: argparse.Namespace) -> Report:
             from queue_sidecar.ctl.commands import kick  # noqa: PLC0415 - commands imports this module
 
             return await kick(queue, argparse.Namespace(**{**vars(args), "count": args.limit}))
+        if action:
+            _need_ref(args, "job ID")  # before the action is renamed, so the message names the one given
         args.action = _AS_BURIED.get(action, action) if action else None
         return await buried(queue, args)
     assert isinstance(queue, KafkaQueueConfig)
