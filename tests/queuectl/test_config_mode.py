@@ -42,7 +42,7 @@ def test_delay_stats_and_revoke(setup: Setup) -> None:
     assert published.code == 0, published.err
     job = published.json()
     assert job["queue"] == "reminders" and len(job["id"]) == 24
-    due = datetime.fromisoformat(job["dueAt"])
+    due = datetime.fromisoformat(job["due_at"])
     assert timedelta(seconds=55) < due - datetime.now(UTC) <= timedelta(seconds=60)
 
     table = setup.run("stats", "reminders")
@@ -180,20 +180,30 @@ async def test_dlq_lists_dead_letters_and_replays_them_once(setup: Setup) -> Non
 
     listed = await asyncio.to_thread(setup.run, "dlq", "orders", "-o", "json")
     assert listed.code == 0, listed.err
-    [letter] = listed.json()["deadLetters"]
-    assert letter["original"] == f"{setup.topic}/{original['partition']}@{original['offset']}"
+    [letter] = listed.json()["dead_letters"]
+    assert (letter["original_topic"], letter["original_partition"], letter["original_offset"]) == (
+        setup.topic,
+        original["partition"],
+        original["offset"],
+    )
     assert (letter["body"], letter["key"], letter["reason"]) == ("poison", "k1", "drop")
     assert letter["last_error"] == "cannot parse order"
     table = await asyncio.to_thread(setup.run, "dlq", "orders")
-    assert "cannot parse order" in table.out and "1 dead letter(s)" in table.out
+    assert "cannot parse order" in table.out and "1-1 of 1 pending dead letter(s)" in table.out
 
     replayed = await asyncio.to_thread(setup.run, "dlq", "orders", "--replay", "-o", "json")
     assert replayed.code == 0, replayed.err
     assert replayed.json()["replayed"] == 1
     copy = await asyncio.to_thread(read_at, setup.broker.bootstrap, setup.topic, 0, original["offset"] + 1)
     assert (copy.value, copy.key) == (b"poison", b"k1")
+    first_id = f"{setup.topic}/{original['partition']}/{original['offset']}"
+    assert ("x-queue-message-id", first_id.encode()) in copy.headers  # X-Message-Id kept
     again = await asyncio.to_thread(setup.run, "dlq", "orders", "--replay", "-o", "json")
     assert again.json()["replayed"] == 0
+    after = (await asyncio.to_thread(setup.run, "dlq", "orders", "-o", "json")).json()
+    assert (after["dead_letters"], after["pending"]) == ([], 0)  # replayed letters are not listed
+    everything = (await asyncio.to_thread(setup.run, "dlq", "orders", "--all", "-o", "json")).json()
+    assert [letter["state"] for letter in everything["dead_letters"]] == ["replayed"]
 
 
 # ------------------------------------------------------------------ errors and exit codes
@@ -212,7 +222,17 @@ def test_usage_errors_exit_2(setup: Setup) -> None:
         (("delay", "reminders", "x", "--in", "soon"), "500ms, 5s"),
         (("delay", "reminders", "x"), "one of the arguments --in --at is required"),
         (("push", "reminders", "x"), "push works on KafkaQueues"),
-        (("kick", "orders"), "use dlq --replay"),
+        (("kick", "orders"), "use dlq orders replay"),
+        (("buried", "orders"), "use dlq orders"),
+        (("get", "orders", "0" * 24), "use dlq orders get PARTITION:OFFSET"),
+        (("dlq", "orders", "get", "17"), "write PARTITION:OFFSET"),
+        (("dlq", "orders", "skip"), "needs the PARTITION:OFFSET"),
+        (("buried", "reminders", "kick"), "buried kick needs the job ID"),
+        (("dlq", "reminders", "skip"), "dlq skip needs the job ID"),
+        (("dlq", "orders", "--after", "garbage"), "not a cursor from a listing of dead letters on orders"),
+        (("buried", "reminders", "--after", "garbage"), "not a cursor from a listing of buried"),
+        (("dlq", "orders", "frob"), "invalid choice: 'frob'"),
+        (("stats", "reminders", "-o", "xml"), "invalid choice: 'xml'"),
         (("revoke", "reminders", "not-an-id"), "hex"),
         (("kick", "reminders", "0"), "1 or more"),
         (("push", "orders", "x", "-H", "novalue"), "NAME=VALUE"),

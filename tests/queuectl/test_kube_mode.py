@@ -120,8 +120,13 @@ def test_publish_and_inspect_through_a_kube_context(
     nodes = stats.json()["nodes"]
     assert [n["node"] for n in nodes] == module_cluster.addresses  # from status.endpoints
     assert sum(n["delayed"] for n in nodes) == 3
+    job = cluster.run("get", "dq/reminders", published.json()["id"], "-o", "yaml")
+    assert job.code == 0, job.err
+    assert "state: delayed" in job.out.splitlines() and "body: from the cluster" in job.out
     revoked = cluster.run("revoke", "delayqueue/reminders", published.json()["id"])
     assert revoked.code == 0, revoked.err
+    assert "(it was delayed)" in revoked.out
+    assert cluster.run("buried", "reminders", "-o", "json").json()["total"] == 0
 
     pushed = cluster.run("push", "orders", "hello", "--key", "k", "-o", "json")
     assert pushed.code == 0, pushed.err

@@ -1,112 +1,109 @@
-"""What each queuectl command does, on the engines the sidecar uses (no logic of its own).
+"""What each queuectl command does, on the engines the sidecar uses (no queue logic of its own).
 
 Every command takes the queue's settings and the parsed arguments and returns a
-:class:`Report`: the data (printed as is by ``--output json``) and how to show it to a person.
+:class:`~queue_sidecar.ctl.base.Report`. Listing and per-item commands for buried jobs and dead
+letters live in :mod:`queue_sidecar.ctl.items`.
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from queue_engine.dq import DelayAdmin, DelayProducer
-from queue_engine.errors import InvalidRequest
-from queue_engine.kq import (
-    ATTEMPTS,
-    LAST_ERROR,
-    ORIGINAL_OFFSET,
-    ORIGINAL_PARTITION,
-    ORIGINAL_TOPIC,
-    REASON,
-    KafkaMessage,
-    KafkaPusher,
-    group_lag,
-    read_dead_letters,
-    replay_dead_letters,
-)
-from queue_sidecar.config import DelayQueueConfig, KafkaQueueConfig
+from queue_engine.dq.records import RETENTION_S
+from queue_engine.errors import NotFound
+from queue_engine.kq import KafkaPusher, group_lag
+from queue_sidecar.config import DelayQueueConfig
+from queue_sidecar.ctl import views
+from queue_sidecar.ctl.base import Command, Report, admin, delay_queue, force_base64, kafka_queue, producer
+from queue_sidecar.ctl.items import buried, dlq
+from queue_sidecar.ctl.output import timestamp
 from queue_sidecar.ctl.source import QueueSettings
 
 ALL = 2**31 - 1  # "every buried job" for kick
 
 
-@dataclass
-class Report:
-    data: Any
-    message: str = ""  # one line for people, printed before the table
-    rows: list[dict[str, Any]] = field(default_factory=list)
-    columns: list[str] = field(default_factory=list)
-    failure: str = ""  # shown after the output; the exit code is then 1 (e.g. no node answered)
-
-
-Command = Callable[[QueueSettings, argparse.Namespace], Awaitable[Report]]
-
-
-_INSTEAD_FOR_KAFKA = {
-    "delay": "use push",
-    "revoke": "a Kafka message cannot be revoked",
-    "kick": "use dlq --replay",
-}
-
-
-def _delay_queue(queue: QueueSettings, command: str) -> DelayQueueConfig:
-    if not isinstance(queue, DelayQueueConfig):
-        instead = _INSTEAD_FOR_KAFKA.get(command, "")
-        raise InvalidRequest(f"{command} works on DelayQueues; {queue.name} is a KafkaQueue ({instead})")
-    return queue
-
-
-def _kafka_queue(queue: QueueSettings, command: str) -> KafkaQueueConfig:
-    if not isinstance(queue, KafkaQueueConfig):
-        raise InvalidRequest(f"{command} works on KafkaQueues; {queue.name} is a DelayQueue (use delay)")
-    return queue
-
-
-def _producer(queue: DelayQueueConfig, args: argparse.Namespace) -> DelayProducer:
-    return DelayProducer(
-        queue.nodes,
-        queue.tube,
-        queue.redis_url,
-        max_job_bytes=queue.max_job_bytes,
-        connect_timeout=min(args.timeout, 5.0),
-        name=queue.name,
-    )
-
-
-def _admin(queue: DelayQueueConfig, args: argparse.Namespace) -> DelayAdmin:
-    return DelayAdmin(
-        queue.nodes, queue.tube, queue.redis_url, name=queue.name, connect_timeout=min(args.timeout, 5.0)
-    )
-
-
 async def delay(queue: QueueSettings, args: argparse.Namespace) -> Report:
-    dq = _delay_queue(queue, "delay")
-    async with _producer(dq, args) as producer:
+    dq = delay_queue(queue, "delay")
+    async with producer(dq, args) as publisher:
         if args.at is not None:
             due = args.at
-            job_id = await producer.at(args.body, due)
+            job_id = await publisher.at(args.body, due)
         else:
             due = datetime.now(UTC) + timedelta(seconds=args.in_)  # as the producer counts: from now
-            job_id = await producer.delay(args.body, args.in_)
-    due_text = due.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+            job_id = await publisher.delay(args.body, args.in_)
+    due_text = timestamp(due)
     return Report(
-        {"queue": dq.name, "id": job_id, "dueAt": due_text},
+        {"queue": dq.name, "id": job_id, "due_at": due_text},
         f"job {job_id} scheduled on {dq.name}, due at {due_text}",
     )
 
 
 async def revoke(queue: QueueSettings, args: argparse.Namespace) -> Report:
-    dq = _delay_queue(queue, "revoke")
-    async with _producer(dq, args) as producer:
-        await producer.revoke(args.id)
-    return Report({"queue": dq.name, "id": args.id, "revoked": True}, f"job {args.id} revoked on {dq.name}")
+    """Revoke, saying what the job was: a tombstone for a pending job, or for an unknown id
+    whose record may have been lost (exit 1 then, since no such job is known)."""
+    dq = delay_queue(queue, "revoke")
+    checker = admin(dq, args)
+    try:
+        info = await checker.job(args.id)
+    finally:
+        await checker.close()
+    data: dict[str, Any] = {"queue": dq.name, "id": args.id, "previous_state": info.state}
+    if info.state in ("done", "revoked") or (info.state == "unknown" and not info.record_may_be_lost):
+        data.update(revoked=info.state == "revoked", tombstone=False)
+        if info.state == "revoked":
+            return Report(data, f"job {args.id} on {dq.name} was already revoked")
+        if info.state == "done":
+            failure = f"job {args.id} on {dq.name} already ran (done); nothing to revoke"
+        else:
+            days = RETENTION_S // 86400
+            failure = (
+                f"no job {args.id} on {dq.name} (already done, revoked, or never published; "
+                f"it was due more than {days} days ago, so nothing was written)"
+            )
+        return Report(data, failure=failure)
+    if info.state == "buried":
+        repair = admin(dq, args)  # also off the buried list, copies deleted
+        try:
+            await repair.delete_job(args.id)
+        finally:
+            await repair.close()
+    else:
+        async with producer(dq, args) as publisher:
+            await publisher.revoke(args.id)
+    data["tombstone"] = True
+    if info.state == "unknown":
+        data["revoked"] = False
+        return Report(
+            data,
+            failure=(
+                f"no job {args.id} on {dq.name} (already done, revoked, or never published); "
+                "its record may have been lost, so a tombstone was written: if the job exists it never runs"
+            ),
+        )
+    data["revoked"] = True
+    return Report(data, f"job {args.id} revoked on {dq.name} (it was {info.state})")
+
+
+async def get(queue: QueueSettings, args: argparse.Namespace) -> Report:
+    dq = delay_queue(queue, "get")
+    reader = admin(dq, args)
+    try:
+        info = await reader.job(args.id)
+    finally:
+        await reader.close()
+    if not info.found:
+        raise NotFound(
+            f"no job {args.id} on {dq.name} (never published, its record expired "
+            f"{RETENTION_S // 86400} days after its due time, or the record was lost)"
+        )
+    view = views.job(info, dq.name, force_base64(args))
+    return Report(view, fields=views.job_fields(view))
 
 
 async def push(queue: QueueSettings, args: argparse.Namespace) -> Report:
-    kq = _kafka_queue(queue, "push")
+    kq = kafka_queue(queue, "push")
     pusher = KafkaPusher(
         kq.brokers,
         kq.topic,
@@ -131,125 +128,68 @@ async def push(queue: QueueSettings, args: argparse.Namespace) -> Report:
 
 async def stats(queue: QueueSettings, args: argparse.Namespace) -> Report:
     if isinstance(queue, DelayQueueConfig):
-        admin = _admin(queue, args)
+        reader = admin(queue, args)
         try:
-            nodes = await admin.stats()
+            nodes = await reader.stats()
         finally:
-            await admin.close()
-        rows = [_node_row(node) for node in nodes]
+            await reader.close()
+        rows = [
+            {
+                "node": node.node,
+                "ready": node.ready,
+                "delayed": node.delayed,
+                "reserved": node.reserved,
+                "buried": node.buried,
+                "error": node.error,
+            }
+            for node in nodes
+        ]
         failure = "no node answered; check the addresses and that beanstalkd runs"
         return Report(
             {"queue": queue.name, "kind": "DelayQueue", "tube": queue.tube, "nodes": rows},
             f"DelayQueue {queue.name} (tube {queue.tube}) on {len(rows)} node(s)",
             rows,
             ["node", "ready", "delayed", "reserved", "buried", "error"],
-            failure if all(row["error"] for row in rows) else "",
+            failure=failure if all(row["error"] for row in rows) else "",
         )
     lags = await group_lag(
         queue.brokers, queue.topic, queue.group, security=queue.security(), timeout=args.timeout
     )
     rows = [{"partition": p, "lag": lag} for p, lag in sorted(lags.items())]
+    total = sum(lags.values())
     return Report(
         {
             "queue": queue.name,
             "kind": "KafkaQueue",
             "topic": queue.topic,
             "group": queue.group,
+            "dead_letter_topic": queue.dead_letter_topic,
+            "total_lag": total,
             "partitions": rows,
         },
-        f"KafkaQueue {queue.name}: topic {queue.topic}, group {queue.group}, total lag {sum(lags.values())}",
+        f"KafkaQueue {queue.name}: topic {queue.topic}, group {queue.group}, total lag {total}",
         rows,
         ["partition", "lag"],
     )
 
 
-def _node_row(node: Any) -> dict[str, Any]:
-    data = node if isinstance(node, dict) else vars(node)
-    return {key: data.get(key) for key in ("node", "ready", "delayed", "reserved", "buried", "error")}
-
-
 async def kick(queue: QueueSettings, args: argparse.Namespace) -> Report:
-    dq = _delay_queue(queue, "kick")
-    admin = _admin(dq, args)
+    dq = delay_queue(queue, "kick")
+    repair = admin(dq, args)
     try:
-        kicked = await admin.kick(args.count or ALL)
+        kicked = await repair.kick(args.count or ALL)
     finally:
-        await admin.close()
+        await repair.close()
     return Report({"queue": dq.name, "kicked": kicked}, f"kicked {kicked} buried job(s) on {dq.name}")
-
-
-async def dlq(queue: QueueSettings, args: argparse.Namespace) -> Report:
-    if isinstance(queue, DelayQueueConfig):
-        return await (kick(queue, args) if args.replay else _buried(queue, args))
-    if args.replay:
-        replayed = await replay_dead_letters(
-            queue.brokers, queue.dead_letter_topic, args.limit, queue.security()
-        )
-        return Report(
-            {"queue": queue.name, "deadLetterTopic": queue.dead_letter_topic, "replayed": replayed},
-            f"replayed {replayed} dead letter(s) from {queue.dead_letter_topic}",
-        )
-    letters = await read_dead_letters(
-        queue.brokers, queue.dead_letter_topic, args.limit or 100, queue.security()
-    )
-    rows = [_letter_row(letter) for letter in letters]
-    return Report(
-        {"queue": queue.name, "deadLetterTopic": queue.dead_letter_topic, "deadLetters": rows},
-        f"{len(rows)} dead letter(s) in {queue.dead_letter_topic}",
-        rows,
-        ["partition", "offset", "original", "attempts", "reason", "last_error", "key", "body"],
-    )
-
-
-async def _buried(queue: DelayQueueConfig, args: argparse.Namespace) -> Report:
-    admin = _admin(queue, args)
-    try:
-        records = await admin.buried(args.limit or 100)
-    finally:
-        await admin.close()
-    rows = [
-        {
-            "id": job.id,
-            "node": job.node,
-            "attempts": job.attempts,
-            "buried_at": job.buried_at.isoformat(timespec="seconds") if job.buried_at else None,
-            "error": job.error,
-            "body": job.body.decode(errors="replace") if job.body is not None else None,
-        }
-        for job in records
-    ]
-    return Report(
-        {"queue": queue.name, "buried": rows},
-        f"{len(rows)} buried job(s) on {queue.name} (queuectl kick {queue.name} re-queues them)",
-        rows,
-        ["id", "node", "attempts", "buried_at", "error", "body"],
-    )
-
-
-def _letter_row(letter: KafkaMessage) -> dict[str, Any]:
-    def header(name: str) -> str:
-        value = letter.header(name)
-        return value.decode(errors="replace") if value is not None else ""
-
-    original = f"{header(ORIGINAL_TOPIC)}/{header(ORIGINAL_PARTITION)}@{header(ORIGINAL_OFFSET)}"
-    return {
-        "partition": letter.partition,
-        "offset": letter.offset,
-        "original": original,
-        "attempts": header(ATTEMPTS),
-        "reason": header(REASON),
-        "last_error": header(LAST_ERROR),
-        "key": letter.key.decode(errors="replace") if letter.key is not None else None,
-        "body": letter.value.decode(errors="replace"),
-        "headers": {k: v.decode(errors="replace") for k, v in letter.headers},
-    }
 
 
 COMMANDS: dict[str, Command] = {
     "delay": delay,
     "revoke": revoke,
+    "get": get,
     "push": push,
     "stats": stats,
     "kick": kick,
+    "buried": buried,
     "dlq": dlq,
 }

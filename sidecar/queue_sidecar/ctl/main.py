@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import logging
 import sys
 from collections.abc import Sequence
@@ -18,7 +19,8 @@ from datetime import datetime
 from queue_engine.durations import parse_duration, parse_rfc3339
 from queue_engine.errors import ConfigError, InvalidRequest, QueueError
 from queue_sidecar.ctl import output
-from queue_sidecar.ctl.commands import COMMANDS, Report
+from queue_sidecar.ctl.base import Report
+from queue_sidecar.ctl.commands import COMMANDS
 from queue_sidecar.ctl.source import ConfigFileSource, QueueSource, split_kind
 
 log = logging.getLogger("queuectl")
@@ -30,8 +32,11 @@ examples:
   queuectl --config sidecar.yaml delay reminders 'standup' --at 2026-01-05T09:00:00+01:00
   queuectl --config sidecar.yaml revoke reminders 3f2a...      # the id delay printed
   queuectl --context prod -n shop push orders '{"id": 7}' --key customer-42 --header source=cli
+  queuectl get reminders 3f2a...                               # state, due time, attempts
   queuectl stats reminders          # current kube context and namespace
-  queuectl dlq orders --limit 20    # list dead letters; --replay sends them back
+  queuectl buried reminders         # list buried jobs; buried reminders kick|delete ID
+  queuectl dlq orders --limit 20    # list pending dead letters; dlq orders replay [P:OFFSET]
+  queuectl completion bash > /etc/bash_completion.d/queuectl
 """
 
 
@@ -77,7 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--kubeconfig", metavar="FILE", help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config)"
     )
     where.add_argument("--namespace", "-n", metavar="NS", help="namespace (default: the context's)")
-    common.add_argument("--output", "-o", choices=["table", "json"], help="output format (default: table)")
+    common.add_argument("--output", "-o", choices=output.FORMATS, help="output format (default: table)")
+    common.add_argument(
+        "--body-encoding",
+        choices=output.BODY_ENCODINGS,
+        help="bodies, keys and header values: text when printable UTF-8, else base64 (auto, the "
+        "default), or always base64",
+    )
     common.add_argument(
         "--timeout", type=_duration, metavar="DUR", help="how long to wait for the servers (default: 30s)"
     )
@@ -90,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         parents=[common],
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     queue_help = "queue name (or delayqueue/NAME, kafkaqueue/NAME)"
 
@@ -101,6 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     when.add_argument("--at", type=_time, metavar="TIME", help="run at this RFC 3339 time")
 
     p = commands.add_parser("revoke", parents=[common], help="make sure a delayed job never runs")
+    p.add_argument("queue", metavar="QUEUE", help=queue_help)
+    p.add_argument("id", metavar="ID", help="the job id that delay printed")
+
+    p = commands.add_parser("get", parents=[common], help="a DelayQueue job's state, due time and attempts")
     p.add_argument("queue", metavar="QUEUE", help=queue_help)
     p.add_argument("id", metavar="ID", help="the job id that delay printed")
 
@@ -127,14 +143,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("count", metavar="N", nargs="?", type=_positive, help="at most N jobs (default: all)")
 
     p = commands.add_parser(
-        "dlq", parents=[common], help="list or replay dead letters (kq) or buried jobs (dq)"
+        "buried",
+        parents=[common],
+        help="list buried jobs of a DelayQueue, or get, kick or delete one",
+        description="Without an action: a page of buried jobs, oldest first. With one: that job.",
     )
     p.add_argument("queue", metavar="QUEUE", help=queue_help)
-    p.add_argument("--replay", action="store_true", help="send them back to the queue instead of listing")
-    p.add_argument(
-        "--limit", type=_positive, metavar="N", help="at most N (default: 100 listed, all replayed)"
+    p.add_argument("action", nargs="?", choices=["get", "kick", "delete"], help="what to do with job ID")
+    p.add_argument("ref", metavar="ID", nargs="?", help="the job id, as the listing shows it")
+    _paging(p)
+
+    p = commands.add_parser(
+        "dlq",
+        parents=[common],
+        help="list dead letters of a KafkaQueue, or get, replay or skip one (buried jobs for a DelayQueue)",
+        description="Without an action: a page of pending dead letters, oldest first. With one: "
+        "that dead letter (REF is PARTITION:OFFSET in the dead-letter topic); replay without REF "
+        "replays every pending one.",
     )
+    p.add_argument("queue", metavar="QUEUE", help=queue_help)
+    p.add_argument("action", nargs="?", choices=["get", "replay", "skip"], help="what to do with REF")
+    p.add_argument("ref", metavar="REF", nargs="?", help="PARTITION:OFFSET, as the listing shows it")
+    p.add_argument("--all", action="store_true", help="list replayed and skipped dead letters too")
+    p.add_argument("--replay", action="store_true", help="the same as the replay action (kept for scripts)")
+    _paging(p, limit_help="at most N (default: 100 listed, all replayed)")
+
+    p = commands.add_parser("completion", help="print a shell completion script")
+    p.add_argument("shell", choices=["bash", "zsh"], help="the shell")
     return parser
+
+
+def _paging(p: argparse.ArgumentParser, limit_help: str = "at most N (default: 100)") -> None:
+    p.add_argument("--limit", type=_positive, metavar="N", help=limit_help)
+    p.add_argument("--after", metavar="CURSOR", help="continue a listing: the value its last page printed")
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("queue-operator")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def _defaults(args: argparse.Namespace) -> argparse.Namespace:
@@ -144,6 +192,7 @@ def _defaults(args: argparse.Namespace) -> argparse.Namespace:
         "kubeconfig": None,
         "namespace": None,
         "output": "table",
+        "body_encoding": "auto",
         "timeout": 30.0,
         "verbose": False,
     }.items():
@@ -177,6 +226,8 @@ async def _run(args: argparse.Namespace) -> Report:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = _defaults(parser.parse_args(argv))
+    if args.command == "completion":
+        return _completion(parser, args.shell)
     if args.config is not None and any(
         v is not None for v in (args.context, args.namespace, args.kubeconfig)
     ):
@@ -212,16 +263,37 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_FAILED
-    if args.output == "json":
-        output.as_json(report.data, sys.stdout)
-    else:
-        if report.message:
-            print(report.message)
-        if report.columns:
-            output.table(report.rows, report.columns, sys.stdout)
+    _show(report, args.output)
     if report.failure:
         print(f"queuectl {args.command}: {report.failure}", file=sys.stderr)
         return EXIT_FAILED
+    return EXIT_OK
+
+
+def _show(report: Report, fmt: str) -> None:
+    out = sys.stdout
+    if fmt == "json":
+        output.as_json(report.data, out)
+        return
+    if fmt == "yaml":
+        output.as_yaml(report.data, out)
+        return
+    wide = fmt == "wide"
+    if report.message:
+        print(report.message, file=out)
+    if report.fields:
+        output.fields(report.fields, out, wide=wide)
+    if report.columns:
+        columns = report.columns + (report.wide_columns if wide else [])
+        output.table(report.rows, columns, out, wide=wide)
+    if report.after:
+        print(f"more: add --after {report.after}", file=out)
+
+
+def _completion(parser: argparse.ArgumentParser, shell: str) -> int:
+    import shtab  # noqa: PLC0415 - only this command needs it
+
+    print(shtab.complete(parser, shell=shell))
     return EXIT_OK
 
 

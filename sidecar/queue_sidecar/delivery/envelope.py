@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from queue_engine.kq.dead_letters import MESSAGE_ID
 from queue_engine.policy import Outcome
 
 if TYPE_CHECKING:
@@ -52,7 +53,7 @@ class Envelope:
         return cls(
             kind="kafka",
             queue=message.queue,
-            id=f"{message.topic}/{message.partition}/{message.offset}",
+            id=_kafka_message_id(message),
             attempt=message.attempt,
             body=_as_bytes(message.value),
             key=message.key,
@@ -60,6 +61,14 @@ class Envelope:
             offset=message.offset,
             headers=tuple(message.headers or ()),
         )
+
+
+def _kafka_message_id(message: KafkaMessage) -> str:
+    """``<topic>/<partition>/<offset>``; a replayed dead letter keeps the id it was first delivered with."""
+    first = message.header(MESSAGE_ID)
+    if first:
+        return first.decode(errors="replace")
+    return f"{message.topic}/{message.partition}/{message.offset}"
 
 
 def _as_bytes(value: bytes | str | None) -> bytes:
