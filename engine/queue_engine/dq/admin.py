@@ -17,7 +17,7 @@ from redis.exceptions import RedisError
 from queue_engine import metrics
 from queue_engine.dq.envelope import Envelope, check_job_id, due_of_job_id
 from queue_engine.dq.nodes import NodeConnection, NodeDown, check_nodes, check_tube, deleter
-from queue_engine.dq.records import RETENTION_S, JobRecords, parse_copies
+from queue_engine.dq.records import RETENTION_S, Copy, JobRecords, parse_copies
 from queue_engine.dq.redis_client import connect_redis, describe_redis_error
 from queue_engine.errors import NotFound, Unavailable
 
@@ -339,12 +339,10 @@ class DelayAdmin:
             record_may_be_lost=not data and now < due + RETENTION_S,
         )
 
-    async def _copies(
-        self, job_id: str, copies: list[tuple[str, int]]
-    ) -> tuple[list[CopyInfo], Envelope | None]:
+    async def _copies(self, job_id: str, copies: list[Copy]) -> tuple[list[CopyInfo], Envelope | None]:
         infos: list[CopyInfo] = []
         found: Envelope | None = None
-        for node, jid in copies:
+        for node, jid, _ in copies:
             if node not in self._conns:
                 infos.append(CopyInfo(node, jid, None, "not one of the queue's nodes now"))
                 continue

@@ -98,7 +98,7 @@ class DelayJobs:
 
     async def _due(self, job_id: str, copies: str) -> float:
         """The exact due time from a copy on a node; the id's due second if none answers."""
-        for node, jid in parse_copies(copies):
+        for node, jid, _ in parse_copies(copies):
             if node in self._nodes:
                 envelope = await asyncio.to_thread(self._peek, node, jid)
                 if envelope is not None and envelope.job_id == job_id:
