@@ -111,3 +111,7 @@ class Recorder:
         if asyncio.iscoroutine(result):
             result = await result
         return result
+
+
+# Production keeps librdkafka's 45 s session timeout; tests opt into a fast join (~3 s on tansu).
+FAST_GROUP = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 500}

@@ -485,6 +485,13 @@ class KafkaConsumer:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         numbers = [tp.partition for tp in partitions]
         self._forget(numbers)
+        # librdkafka keeps an application pause across unassign and assign: a partition paused
+        # for backpressure before a rebalance would come back paused and never be fetched again.
+        try:
+            consumer.assign(partitions)
+            consumer.resume(partitions)
+        except KafkaException as exc:
+            log.warning("consumer %s: resume of assigned partitions %s failed: %s", self.name, numbers, exc)
         log.info("consumer %s assigned %s partitions %s", self.name, self.topic, numbers)
         self._to_loop(self._assign, numbers)
 
