@@ -232,31 +232,6 @@ async def test_a_stuck_partition_is_paused_so_the_backlog_stays_bounded(bootstra
         await wait_for(lambda: committed(bootstrap, unique, unique, 1)[0] == 3000, 60, "everything")
 
 
-async def test_a_failing_dead_letter_write_is_retried_and_never_committed(
-    bootstrap: str, unique: str
-) -> None:
-    dlq = f"{unique}.dlq"
-    create_topics(bootstrap, (unique, 1), (dlq, 1))
-    produce_raw(bootstrap, unique, [(b"k", b"p" * 900), (b"other", b"fine")])
-    recorder = Recorder(lambda m: Outcome.drop("unwanted") if m.offset == 0 else Outcome.success())
-    # A producer limit the 900-byte body plus dead-letter headers cannot fit: every DLQ write fails.
-    consumer = KafkaConsumer(
-        [bootstrap],
-        unique,
-        unique,
-        recorder,
-        offset="first",
-        policy=FAST_POLICY,
-        extra={"message.max.bytes": 1000},
-    )
-    async with running(consumer):
-        await wait_for(lambda: len(recorder.seen) == 2, 30, "both delivered")
-        await asyncio.sleep(1.5)  # several failed DLQ writes and retries
-        assert committed(bootstrap, unique, unique, 1)[0] < 1  # the dropped one holds the commit back
-        assert await read_dead_letters([bootstrap], dlq) == []
-    assert [m.offset for m in recorder.seen] == [0, 1]  # no re-delivery to the handler meanwhile
-
-
 async def test_a_handler_cancelled_from_inside_is_a_retry_not_a_dead_worker(
     bootstrap: str, unique: str
 ) -> None:

@@ -20,6 +20,10 @@ OFFSET_RESETS = {"first": "earliest", "last": "latest"}
 FAST_GROUP = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 500}
 
 
+class TopicRefused(Unavailable):
+    """The broker refuses the topic itself (invalid name, not authorized): the same write fails again."""
+
+
 def check_brokers(brokers: Sequence[str] | str) -> str:
     """Return the bootstrap string; refuse an empty list or an entry without host:port."""
     items = brokers.split(",") if isinstance(brokers, str) else list(brokers)
@@ -81,4 +85,6 @@ def error_from_kafka(err: KafkaError | KafkaException | BaseException, what: str
         return NotFound(text)
     if code in (KafkaError._INVALID_ARG, KafkaError.INVALID_CONFIG):
         return ConfigError(text)
+    if code in (KafkaError.TOPIC_EXCEPTION, KafkaError.TOPIC_AUTHORIZATION_FAILED):
+        return TopicRefused(text)
     return Unavailable(text)

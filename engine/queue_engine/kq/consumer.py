@@ -40,7 +40,7 @@ from queue_engine.kq.config import (
     client_config,
     error_from_kafka,
 )
-from queue_engine.kq.dead_letter_headers import dead_letter_headers
+from queue_engine.kq.dead_letter_writer import DeadLetterWriter
 from queue_engine.kq.lag import partition_lag
 from queue_engine.kq.message import KafkaMessage, from_record
 from queue_engine.kq.offsets import OffsetTracker
@@ -76,6 +76,9 @@ class _Partition:
     revoked: bool = False
     running: int = 0  # handler calls and dead-letter writes in progress
     idle: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+    leaving: asyncio.Event = dataclasses.field(
+        default_factory=asyncio.Event
+    )  # revoking or stopping: cut waits short
 
 
 @dataclasses.dataclass(eq=False)
@@ -155,7 +158,7 @@ class KafkaConsumer:
         self._partitions: dict[int, _Partition] = {}
         self._ready: asyncio.Queue[_Lane | None] = asyncio.Queue()
         self._workers: list[asyncio.Task[None]] = []
-        self._dlq: KafkaPusher | None = None
+        self._dlq: DeadLetterWriter | None = None
         self._stopping = False
         self._stop_before_run = False
         self._stopped: asyncio.Event | None = None
@@ -191,13 +194,14 @@ class KafkaConsumer:
         loop = self._loop = asyncio.get_running_loop()
         self._stopped = asyncio.Event()
         self._thread_done = loop.create_future()
-        self._dlq = KafkaPusher(
+        pusher = KafkaPusher(
             self._brokers.split(","),
             self.dead_letter_topic,
             security=self._security,
             extra=_producer_extra(self._extra),
             name=self.name,
         )
+        self._dlq = DeadLetterWriter(pusher, self.dead_letter_topic, self.name, self._policy)
         self._workers = [asyncio.create_task(self._worker()) for _ in range(self._concurrency)]
         self._thread = threading.Thread(target=self._poll_main, name=f"kq-consume-{self.name}", daemon=True)
         self._thread.start()
@@ -255,7 +259,7 @@ class KafkaConsumer:
     async def _close_dlq(self) -> None:
         if self._dlq is not None:
             try:
-                await self._dlq.close(timeout=5)
+                await self._dlq.pusher.close(timeout=5)
             except QueueError as exc:
                 log.warning("dead-letter producer for %s closed with %s", self.name, exc)
 
@@ -271,6 +275,8 @@ class KafkaConsumer:
             return False, f"connecting to {self._brokers}"
         if self._brokers_down:
             return False, f"brokers unreachable: {self._brokers_down}"
+        if self._dlq is not None and self._dlq.problem:
+            return False, self._dlq.problem
         if time.monotonic() < self._app_down_until:
             return True, f"consuming {self.topic}; handler unavailable, holding messages back"
         return True, f"consuming {self.topic} ({len(self._partitions)} partition(s) assigned)"
@@ -541,6 +547,7 @@ class KafkaConsumer:
         states = [s for n in numbers if (s := self._partitions.get(n)) is not None]
         for state in states:
             state.revoking = True  # queued and backing-off messages are abandoned: uncommitted
+            state.leaving.set()
         busy = [state.idle.wait() for state in states if state.running]
         if busy and not self._stopping:
             await asyncio.wait([asyncio.ensure_future(b) for b in busy], timeout=self._revoke_grace)
@@ -725,39 +732,9 @@ class KafkaConsumer:
     async def _dead_letter(self, state: _Partition, message: KafkaMessage, reason: str, error: str) -> bool:
         """Write to the dead-letter topic and wait for its ack; True once it is safely there."""
         assert self._dlq is not None
-        headers = dead_letter_headers(message, reason, error)
-        failures = 0
-        while not state.revoked and not self._stopping:
-            try:
-                await self._dlq.push(message.value, message.key, headers)
-            except QueueError as exc:
-                failures += 1
-                delay = self._policy.backoff.jittered(failures)
-                log.error(
-                    "consumer %s: dead-letter write of %s/%d@%d failed (%s); not committing, retry in %s",
-                    self.name,
-                    message.topic,
-                    message.partition,
-                    message.offset,
-                    exc,
-                    format_duration(delay),
-                )
-                await asyncio.sleep(delay)
-                continue
-            metrics.DEAD_LETTERED.labels("kafka", self.name, reason).inc()
-            log.warning(
-                "consumer %s: %s/%d@%d dead-lettered to %s after %d attempt(s) (%s): %s",
-                self.name,
-                message.topic,
-                message.partition,
-                message.offset,
-                self.dead_letter_topic,
-                message.attempt,
-                reason,
-                error,
-            )
-            return True
-        return False
+        return await self._dlq.write(
+            message, reason, error, state.leaving, lambda: state.revoked or self._stopping
+        )
 
 
 def _poll_batch(consumer: Consumer, timeout: float) -> list[Message]:
