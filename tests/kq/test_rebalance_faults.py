@@ -55,3 +55,49 @@ async def test_a_partition_paused_for_backpressure_is_fetched_again_after_a_reba
         # b left: the partition is a's again, and must be fetched although it was paused before.
         await wait_for(lambda: a.assigned_partitions == [0], 40, "a owns the partition again")
         await wait_for(lambda: committed(bootstrap, unique, unique, 1)[0] == 20, 40, "all 20 committed")
+
+
+async def test_a_dead_letter_acked_after_the_revoke_never_rewinds_the_new_owners_commit(
+    bootstrap: str, unique: str
+) -> None:
+    dlq = f"{unique}.dlq"
+    create_topics(bootstrap, (unique, 2), (dlq, 1))
+    for partition in (0, 1):
+        produce_raw(bootstrap, unique, [(None, f"{i}".encode()) for i in range(10)], partition=partition)
+    gate = asyncio.Event()
+
+    async def answer(message: KafkaMessage) -> Outcome:
+        if message.offset == 0:
+            return Outcome.drop("unwanted")
+        await gate.wait()
+        return Outcome.success()
+
+    a_seen = Recorder(answer)
+    dead = metrics.DEAD_LETTERED.labels("kafka", unique, "drop")  # counts acked dead letters
+    before = dead._value.get()
+    # a's dead-letter producer holds each write 8 s (linger), so the acks of a's first dead
+    # letters arrive long after the rebalance below took the partitions away.
+    a = KafkaConsumer(
+        [bootstrap],
+        unique,
+        unique,
+        a_seen,
+        offset="first",
+        concurrency=32,  # every message of both partitions in the handler at once
+        revoke_grace=0.5,
+        extra={**FAST_GROUP, "linger.ms": 8000},
+    )
+    b = KafkaConsumer([bootstrap], unique, unique, Recorder(), offset="first", extra=FAST_GROUP)
+    async with running(a):
+        await wait_for(lambda: sum(m.offset == 0 for m in a_seen.seen) == 2, 30, "both offsets 0 dropped")
+        async with running(b, assigned=False):
+            # Two partitions, two members: b takes one of them while a's dead letter is in flight.
+            await wait_for(lambda: bool(a.assigned_partitions) and bool(b.assigned_partitions), 40, "a split")
+            gate.set()
+            await wait_for(
+                lambda: committed(bootstrap, unique, unique, 2) == {0: 10, 1: 10}, 40, "all committed"
+            )
+            # a's two first dead letters (acked after the revoke) and its second one of its own partition.
+            await wait_for(lambda: dead._value.get() - before >= 3, 40, "a's dead letters acked")
+            await asyncio.sleep(1)  # time for a wrong commit to go out
+            assert committed(bootstrap, unique, unique, 2) == {0: 10, 1: 10}

@@ -8,6 +8,8 @@ commits and commands back through a lock-guarded dict and a command queue.
 Guarantees:
 - an offset is committed only once the handler finished with it (success, or written to the
   dead-letter topic and acknowledged), and never past an unfinished message of its partition;
+- only partitions assigned right now commit: a completion from an earlier assignment (one
+  that finished after its revoke) is dropped, so it cannot rewind the new owner's offset;
 - records with the same key (per partition) reach the handler one at a time in offset order;
   records without a key have no order and run fully concurrently, as Kafka gives them none;
 - at most ``concurrency`` handler calls run at once; a partition whose uncommitted backlog
@@ -68,6 +70,7 @@ BROKER_RECHECK = 5.0  # seconds between metadata probes while the brokers look d
 @dataclasses.dataclass(eq=False)
 class _Partition:
     number: int
+    generation: int  # which assignment this state belongs to: completions of older ones never commit
     tracker: OffsetTracker = dataclasses.field(default_factory=OffsetTracker)
     lanes: dict[bytes, _Lane] = dataclasses.field(default_factory=dict)
     # revoking: no new dispatch, calls in progress may still finish and count; revoked: gone,
@@ -166,7 +169,12 @@ class KafkaConsumer:
         self._app_down_streak = 0
 
         # Shared with the poll thread.
-        self._pending_commits: dict[int, int] = {}
+        # partition -> (generation, offset). Only the generation we own right now may commit: a
+        # completion that arrives after a revoke (a dead-letter ack, a late handler) must not
+        # rewind the group under its new owner.
+        self._pending_commits: dict[int, tuple[int, int]] = {}
+        self._owned: dict[int, int] = {}  # partition -> generation, as librdkafka assigned it
+        self._generation = 0  # poll thread only
         # Records handed to the loop and not yet committable, per partition. The poll thread
         # adds and pauses; the loop subtracts. Pausing must happen in the poll thread: it runs
         # ahead of the loop and would otherwise fetch the whole topic before the loop noticed.
@@ -423,8 +431,21 @@ class KafkaConsumer:
     def _flush_commits(self, consumer: Consumer) -> None:
         with self._commit_lock:
             pending, self._pending_commits = self._pending_commits, {}
-        if pending:
-            self._commit(consumer, pending)
+            offsets = self._owned_offsets(pending)
+        if offsets:
+            self._commit(consumer, offsets)
+
+    def _owned_offsets(self, pending: dict[int, tuple[int, int]]) -> dict[int, int]:
+        """The offsets of ``pending`` whose generation we still own (call with the commit lock)."""
+        offsets = {}
+        for number, (generation, offset) in pending.items():
+            if self._owned.get(number) == generation:
+                offsets[number] = offset
+            else:
+                log.debug(
+                    "consumer %s: dropped a commit of %d@%d from an old assignment", self.name, number, offset
+                )
+        return offsets
 
     def _commit(self, consumer: Consumer, offsets: dict[int, int]) -> None:
         tps = [TopicPartition(self.topic, p, o) for p, o in sorted(offsets.items())]
@@ -435,7 +456,10 @@ class KafkaConsumer:
             log.warning("consumer %s: commit of %s failed, will retry: %s", self.name, offsets, exc)
             with self._commit_lock:
                 for p, o in offsets.items():
-                    self._pending_commits[p] = max(o, self._pending_commits.get(p, -1))
+                    generation = self._owned.get(p)
+                    if generation is not None:
+                        later = self._pending_commits.get(p, (generation, -1))
+                        self._pending_commits[p] = (generation, max(o, later[1]))
 
     def _count_backlog(self, records: list[Message]) -> None:
         with self._commit_lock:
@@ -499,7 +523,11 @@ class KafkaConsumer:
         except KafkaException as exc:
             log.warning("consumer %s: resume of assigned partitions %s failed: %s", self.name, numbers, exc)
         log.info("consumer %s assigned %s partitions %s", self.name, self.topic, numbers)
-        self._to_loop(self._assign, numbers)
+        self._generation += 1
+        with self._commit_lock:
+            for number in numbers:
+                self._owned[number] = self._generation
+        self._to_loop(self._assign, numbers, self._generation)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._give_up_partitions(consumer, partitions, commit=True)
@@ -514,15 +542,18 @@ class KafkaConsumer:
         finished = self._wait_loop(lambda: self._revoke(numbers), self._revoke_grace + 5) or {}
         self._forget(numbers)
         with self._commit_lock:
+            offsets = self._owned_offsets(finished)
             for number in numbers:
                 pending = self._pending_commits.pop(number, None)
                 if pending is not None:
-                    finished[number] = max(pending, finished.get(number, -1))
-        if commit and finished:
-            self._commit(consumer, finished)
-            with self._commit_lock:  # a failed final commit is not retried under a new owner
-                for number in numbers:
-                    self._pending_commits.pop(number, None)
+                    for n, o in self._owned_offsets({number: pending}).items():
+                        offsets[n] = max(o, offsets.get(n, -1))
+        if commit and offsets:
+            self._commit(consumer, offsets)
+        with self._commit_lock:  # from here on, nothing of these partitions is ours to commit
+            for number in numbers:
+                self._pending_commits.pop(number, None)
+                self._owned.pop(number, None)
 
     def _on_kafka_error(self, err: KafkaError) -> None:
         code = err.code()
@@ -535,14 +566,15 @@ class KafkaConsumer:
 
     # ---------------------------------------------------------------- event loop
 
-    def _assign(self, numbers: list[int]) -> None:
+    def _assign(self, numbers: list[int], generation: int) -> None:
         for number in numbers:
             old = self._partitions.get(number)
             if old is not None:  # assigned again without a revoke we saw: start clean
                 old.revoked = True
-            self._partitions[number] = _Partition(number)
+                old.leaving.set()
+            self._partitions[number] = _Partition(number, generation)
 
-    async def _revoke(self, numbers: list[int]) -> dict[int, int]:
+    async def _revoke(self, numbers: list[int]) -> dict[int, tuple[int, int]]:
         """Stop dispatching the partitions, let in-flight work finish briefly, return what to commit."""
         states = [s for n in numbers if (s := self._partitions.get(n)) is not None]
         for state in states:
@@ -551,11 +583,11 @@ class KafkaConsumer:
         busy = [state.idle.wait() for state in states if state.running]
         if busy and not self._stopping:
             await asyncio.wait([asyncio.ensure_future(b) for b in busy], timeout=self._revoke_grace)
-        finished: dict[int, int] = {}
+        finished: dict[int, tuple[int, int]] = {}
         for state in states:
             state.revoked = True
             if state.tracker.committable is not None:
-                finished[state.number] = state.tracker.committable
+                finished[state.number] = (state.generation, state.tracker.committable)
             if state.running:
                 log.warning(
                     "consumer %s: partition %d revoked with %d message(s) still in the handler; "
@@ -716,11 +748,21 @@ class KafkaConsumer:
     def _finish(self, lane: _Lane) -> None:
         message = lane.messages.popleft()
         state = lane.partition
+        if state.revoked or self._partitions.get(state.number) is not state:
+            # Finished after the revoke (a late dead-letter ack): the partition's next owner
+            # delivers it again; committing it here could rewind the group under that owner.
+            log.debug(
+                "consumer %s: %d@%d finished after its partition was revoked",
+                self.name,
+                state.number,
+                message.offset,
+            )
+            return
         held = state.tracker.uncommitted
         committable = state.tracker.finish(message.offset)
         if committable is not None:
             with self._commit_lock:
-                self._pending_commits[state.number] = committable
+                self._pending_commits[state.number] = (state.generation, committable)
             self._release(state, held - state.tracker.uncommitted)
         if lane.messages:
             self._ready.put_nowait(lane)
