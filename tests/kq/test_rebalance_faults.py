@@ -101,3 +101,38 @@ async def test_a_dead_letter_acked_after_the_revoke_never_rewinds_the_new_owners
             await wait_for(lambda: dead._value.get() - before >= 3, 40, "a's dead letters acked")
             await asyncio.sleep(1)  # time for a wrong commit to go out
             assert committed(bootstrap, unique, unique, 2) == {0: 10, 1: 10}
+
+
+async def test_a_key_never_runs_beside_its_call_abandoned_at_a_revoke(bootstrap: str, unique: str) -> None:
+    create_topics(bootstrap, (unique, 2))
+    for partition in (0, 1):
+        produce_raw(bootstrap, unique, [(b"k", b"first"), (b"k", b"second")], partition=partition)
+    active: dict[int, int] = {0: 0, 1: 0}
+    overlaps: list[tuple[int, int]] = []
+    started: set[tuple[int, int]] = set()
+
+    async def handle(message: KafkaMessage) -> Outcome:
+        place = (message.partition, message.offset)
+        if active[message.partition]:
+            overlaps.append(place)
+        active[message.partition] += 1
+        try:
+            if place not in started:  # the first call of each message outlasts the revoke grace
+                started.add(place)
+                await asyncio.sleep(8)
+            return Outcome.success()
+        finally:
+            active[message.partition] -= 1
+
+    a = KafkaConsumer([bootstrap], unique, unique, handle, offset="first", revoke_grace=0.5, extra=FAST_GROUP)
+    b = KafkaConsumer([bootstrap], unique, unique, Recorder(), offset="first", extra=FAST_GROUP)
+    async with running(a):
+        await wait_for(lambda: len(started) == 2, 30, "key k in the handler on both partitions")
+        async with running(b, assigned=False):
+            # Two partitions, two members: a keeps one of them and gets its key k again while
+            # the abandoned call for it still sleeps.
+            await wait_for(lambda: bool(a.assigned_partitions) and bool(b.assigned_partitions), 40, "a split")
+            await wait_for(
+                lambda: committed(bootstrap, unique, unique, 2) == {0: 2, 1: 2}, 40, "all committed"
+            )
+    assert overlaps == []

@@ -10,7 +10,9 @@ Guarantees:
   dead-letter topic and acknowledged), and never past an unfinished message of its partition;
 - only partitions assigned right now commit: a completion from an earlier assignment (one
   that finished after its revoke) is dropped, so it cannot rewind the new owner's offset;
-- records with the same key (per partition) reach the handler one at a time in offset order;
+- records with the same key (per partition) reach the handler one at a time in offset order,
+  also across a rebalance: a call abandoned at a revoke holds back the key when the partition
+  comes back to this consumer;
   records without a key have no order and run fully concurrently, as Kafka gives them none;
 - at most ``concurrency`` handler calls run at once; a partition whose uncommitted backlog
   reaches ``max_uncommitted`` is paused until it halves, so memory stays flat.
@@ -161,6 +163,10 @@ class KafkaConsumer:
         self._partitions: dict[int, _Partition] = {}
         self._ready: asyncio.Queue[_Lane | None] = asyncio.Queue()
         self._workers: list[asyncio.Task[None]] = []
+        # (partition, key) -> the lane whose call for that key runs now, in any assignment, and
+        # the lanes of later assignments waiting for it to end.
+        self._key_calls: dict[tuple[int, bytes], _Lane] = {}
+        self._key_waiting: dict[tuple[int, bytes], list[_Lane]] = {}
         self._dlq: DeadLetterWriter | None = None
         self._stopping = False
         self._stop_before_run = False
@@ -648,6 +654,15 @@ class KafkaConsumer:
                 return
             if state.revoking or state.revoked:
                 continue
+            slot = None if lane.key is None else (state.number, lane.key)
+            if slot is not None:
+                holder = self._key_calls.get(slot)
+                if holder is not None and holder is not lane:
+                    # A call of an earlier assignment, abandoned at its revoke, still runs for
+                    # this key: start the next one only after it ended, never beside it.
+                    self._key_waiting.setdefault(slot, []).append(lane)
+                    continue
+                self._key_calls[slot] = lane
             state.running += 1
             state.idle.clear()
             try:
@@ -659,6 +674,10 @@ class KafkaConsumer:
                 state.running -= 1
                 if not state.running:
                     state.idle.set()
+                if slot is not None:
+                    del self._key_calls[slot]
+                    for waiting in self._key_waiting.pop(slot, []):
+                        self._requeue(waiting)
 
     async def _wait_for_app(self) -> None:
         # The deadline can move while we sleep (another worker saw the app down again).
