@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from kq.kq_helpers import Recorder, committed, create_topics, produce_raw, running, wait_for
+from kq.kq_helpers import FAST_GROUP, Recorder, committed, create_topics, produce_raw, running, wait_for
 
 from harness.servers import Tansu
 from queue_engine.errors import Unavailable
@@ -278,3 +278,49 @@ async def _push_retrying(pusher: KafkaPusher, value: bytes, attempts: int = 5) -
             if attempt == attempts - 1:
                 raise
             await asyncio.sleep(0.5)
+
+
+def test_sync_consumer_a_hung_handler_holds_one_thread_and_never_starves_the_others(
+    bootstrap: str, unique: str
+) -> None:
+    import threading  # noqa: PLC0415
+
+    from queue_engine.kq import read_dead_letters  # noqa: PLC0415
+    from queue_engine.policy import Backoff, DeliveryPolicy  # noqa: PLC0415
+
+    create_topics(bootstrap, (unique, 1), (f"{unique}.dlq", 1))
+    produce_raw(bootstrap, unique, [(b"h", b"hang")] + [(None, f"{i}".encode()) for i in range(10)])
+    release = threading.Event()
+    hung_calls: list[int] = []
+    healthy: list[bytes] = []
+
+    def handle(message: KafkaMessage) -> Outcome:
+        if message.value == b"hang":
+            hung_calls.append(message.attempt)
+            release.wait(60)  # hangs far past the timeout
+            return Outcome.success()
+        healthy.append(message.value)
+        return Outcome.success()
+
+    policy = DeliveryPolicy(max_attempts=3, backoff=Backoff(0.05, 0.1), timeout=0.5)
+    consumer = SyncKafkaConsumer(
+        [bootstrap], unique, unique, handle, offset="first", concurrency=2, policy=policy, extra=FAST_GROUP
+    )
+    thread = threading.Thread(target=consumer.run)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 40
+        while committed(bootstrap, unique, unique, 1)[0] != 11 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert committed(bootstrap, unique, unique, 1)[0] == 11
+        assert sorted(healthy) == sorted(f"{i}".encode() for i in range(10))  # each really ran
+        assert hung_calls == [1]  # retries waited for the hung call instead of taking more threads
+        (letter,) = asyncio.run(read_dead_letters([bootstrap], f"{unique}.dlq"))
+        assert letter.value == b"hang"
+        # Handler threads never keep the process from exiting.
+        assert all(t.daemon for t in threading.enumerate() if t.name.startswith("kq-handler"))
+    finally:
+        consumer.stop(grace=5)
+        thread.join(20)
+        release.set()
+    assert not thread.is_alive()
