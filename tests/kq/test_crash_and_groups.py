@@ -324,3 +324,15 @@ def test_sync_consumer_a_hung_handler_holds_one_thread_and_never_starves_the_oth
         thread.join(20)
         release.set()
     assert not thread.is_alive()
+
+
+async def test_health_says_the_topic_does_not_exist_until_it_is_created(bootstrap: str, unique: str) -> None:
+    seen = Recorder()
+    consumer = KafkaConsumer([bootstrap], unique, unique, seen, offset="first", extra=FAST_GROUP)
+    async with running(consumer, assigned=False):
+        await wait_for(lambda: "does not exist" in consumer.health()[1], 30, "the missing topic reported")
+        assert consumer.health() == (False, f"topic {unique} does not exist")
+        create_topics(bootstrap, (unique, 1))
+        produce_raw(bootstrap, unique, [(None, b"x")])
+        await wait_for(lambda: consumer.health()[0], 60, "healthy once the topic exists")
+        await wait_for(lambda: len(seen.seen) == 1, 60, "the message")

@@ -193,6 +193,11 @@ class KafkaConsumer:
         self._thread: threading.Thread | None = None
         self._thread_done: asyncio.Future[None] | None = None
         self._brokers_down: str | None = None
+        # Why the topic cannot be consumed (missing, not authorized), or a fatal client error:
+        # both keep the consumer unhealthy, as nothing would ever arrive.
+        self._topic_problem: str | None = None
+        self._topic_checked = 0.0
+        self._fatal_error: str | None = None
         self._brokers_checked = 0.0
         self._fatal: BaseException | None = None
         self._subscribed = False
@@ -289,6 +294,10 @@ class KafkaConsumer:
             return False, f"connecting to {self._brokers}"
         if self._brokers_down:
             return False, f"brokers unreachable: {self._brokers_down}"
+        if self._fatal_error:
+            return False, f"fatal kafka error: {self._fatal_error}"
+        if self._topic_problem:
+            return False, self._topic_problem
         if self._dlq is not None and self._dlq.problem:
             return False, self._dlq.problem
         if time.monotonic() < self._app_down_until:
@@ -340,7 +349,7 @@ class KafkaConsumer:
             raise error_from_kafka(exc, "kafka consumer config") from exc
         try:
             try:
-                consumer.list_topics(self.topic, timeout=self._connect_timeout)
+                self._check_topic(consumer.list_topics(self.topic, timeout=self._connect_timeout))
             except KafkaException as exc:
                 consumer.poll(0)  # serves queued client errors (error_cb): the cause, e.g. auth refused
                 seen = f"; last broker error: {self._brokers_down}" if self._brokers_down else ""
@@ -355,6 +364,7 @@ class KafkaConsumer:
             log.info("consumer %s subscribed to %s as group %s", self.name, self.topic, self.group)
             while not self._closing.is_set():
                 self._recheck_brokers(consumer)
+                self._recheck_topic(consumer)
                 self._run_commands(consumer)
                 self._flush_commits(consumer)
                 if self._hold_intake(consumer):
@@ -364,6 +374,8 @@ class KafkaConsumer:
                 records = _poll_batch(consumer, PAUSED_POLL_TIMEOUT if self._paused else POLL_TIMEOUT)
                 if records:
                     self._brokers_down = None
+                    if any(r.error() is None for r in records):
+                        self._topic_problem = None
                     self._count_backlog(records)
                     self._to_loop(self._intake, records)
             self._run_commands(consumer)
@@ -386,6 +398,31 @@ class KafkaConsumer:
         except KafkaException:
             return
         self._brokers_down = None
+
+    def _check_topic(self, metadata: Any) -> None:
+        """Poll thread: note whether the topic exists and may be read (health says so if not)."""
+        described = metadata.topics.get(self.topic)
+        error = None if described is None else described.error
+        if described is None or (error is not None and error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART):
+            self._topic_problem = f"topic {self.topic} does not exist"
+        elif error is not None:
+            self._topic_problem = f"topic {self.topic}: {error.str()}"
+        elif not described.partitions:
+            self._topic_problem = f"topic {self.topic} has no partitions"
+        else:
+            self._topic_problem = None
+            return
+        log.warning("consumer %s: %s", self.name, self._topic_problem)
+
+    def _recheck_topic(self, consumer: Consumer) -> None:
+        """While the topic is missing or refused, ask again now and then: it may be created or allowed."""
+        if not self._topic_problem or time.monotonic() - self._topic_checked < BROKER_RECHECK:
+            return
+        self._topic_checked = time.monotonic()
+        try:
+            self._check_topic(consumer.list_topics(self.topic, timeout=2))
+        except KafkaException:
+            return
 
     def _to_loop(self, fn: Callable[..., Any], *args: Any) -> None:
         loop = self._loop
@@ -563,6 +600,10 @@ class KafkaConsumer:
 
     def _on_kafka_error(self, err: KafkaError) -> None:
         code = err.code()
+        if err.fatal():
+            self._fatal_error = err.str()
+        if code in _TOPIC_REFUSED:
+            self._topic_problem = f"topic {self.topic}: {err.str()}"
         # "all brokers down" says less than the transport or auth error before it: keep that one.
         if code in (KafkaError._TRANSPORT, KafkaError._AUTHENTICATION) or (
             code == KafkaError._ALL_BROKERS_DOWN and not self._brokers_down
@@ -610,6 +651,8 @@ class KafkaConsumer:
         for record in records:
             err = record.error()
             if err is not None:
+                if err.code() in _TOPIC_REFUSED:
+                    self._topic_problem = f"topic {self.topic}: {err.str()}"
                 if err.code() != KafkaError._PARTITION_EOF:
                     log.warning("consumer %s: %s", self.name, err.str())
                 continue
@@ -809,6 +852,16 @@ def _poll_batch(consumer: Consumer, timeout: float) -> list[Message]:
         return []
     return [first, *consumer.consume(POLL_BATCH - 1, 0)]
 
+
+# Errors that mean nothing will be read from the topic until someone changes it.
+_TOPIC_REFUSED = frozenset(
+    {
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError._UNKNOWN_TOPIC,
+        KafkaError.TOPIC_AUTHORIZATION_FAILED,
+        KafkaError.GROUP_AUTHORIZATION_FAILED,
+    }
+)
 
 _CONSUMER_ONLY_PREFIXES = ("session.", "heartbeat.", "group.", "max.poll.", "fetch.", "queued.", "partition.")
 
