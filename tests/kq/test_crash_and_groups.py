@@ -336,3 +336,20 @@ async def test_health_says_the_topic_does_not_exist_until_it_is_created(bootstra
         produce_raw(bootstrap, unique, [(None, b"x")])
         await wait_for(lambda: consumer.health()[0], 60, "healthy once the topic exists")
         await wait_for(lambda: len(seen.seen) == 1, 60, "the message")
+
+
+async def test_stop_does_not_wait_out_a_hold_for_an_unavailable_app(bootstrap: str, unique: str) -> None:
+    create_topics(bootstrap, (unique, 1))
+    produce_raw(bootstrap, unique, [(None, b"1"), (None, b"2")])
+    # The app is down and asks for a minute: the worker then waits for it before the next message.
+    seen = Recorder(lambda m: Outcome.unavailable("starting up", after=60))
+    consumer = KafkaConsumer(
+        [bootstrap], unique, unique, seen, offset="first", concurrency=1, extra=FAST_GROUP
+    )
+    task = asyncio.create_task(consumer.run())
+    await wait_for(lambda: len(seen.seen) == 1, 40, "the first delivery")
+    await asyncio.sleep(0.5)  # the worker has taken the second message and waits for the app
+    # Nothing is in a handler call, so stop closes at once instead of after the grace (or the minute).
+    await asyncio.wait_for(consumer.stop(grace=120), 20)
+    await asyncio.wait_for(task, 10)
+    assert committed(bootstrap, unique, unique, 1)[0] < 1  # handed back

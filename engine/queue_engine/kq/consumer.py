@@ -44,7 +44,7 @@ from queue_engine.kq.config import (
     client_config,
     error_from_kafka,
 )
-from queue_engine.kq.dead_letter_writer import DeadLetterWriter
+from queue_engine.kq.dead_letter_writer import DeadLetterWriter, nap
 from queue_engine.kq.lag import partition_lag
 from queue_engine.kq.message import KafkaMessage, from_record
 from queue_engine.kq.offsets import OffsetTracker
@@ -169,6 +169,7 @@ class KafkaConsumer:
         self._key_waiting: dict[tuple[int, bytes], list[_Lane]] = {}
         self._dlq: DeadLetterWriter | None = None
         self._stopping = False
+        self._stop_event = asyncio.Event()
         self._stop_before_run = False
         self._stopped: asyncio.Event | None = None
         self._app_down_until = 0.0
@@ -253,6 +254,10 @@ class KafkaConsumer:
             await self._stopped.wait()
             return
         self._stopping = True
+        # Waits for the app and dead-letter backoffs end now: only handler calls get the grace.
+        self._stop_event.set()
+        for state in self._partitions.values():
+            state.leaving.set()
         log.info("stopping consumer %s (grace %s)", self.name, format_duration(grace))
         self._command(lambda c: c.pause(c.assignment()))
         await self._shutdown_workers(grace)
@@ -724,8 +729,8 @@ class KafkaConsumer:
 
     async def _wait_for_app(self) -> None:
         # The deadline can move while we sleep (another worker saw the app down again).
-        while (wait := self._app_down_until - time.monotonic()) > 0:  # noqa: ASYNC110
-            await asyncio.sleep(wait)
+        while (wait := self._app_down_until - time.monotonic()) > 0 and not self._stopping:
+            await nap(wait, self._stop_event)
 
     async def _deliver(self, lane: _Lane) -> None:
         message = lane.messages[0]
