@@ -12,7 +12,10 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from queue_engine.kq import KafkaConsumer, KafkaMessage
+from queue_engine.kq.config import FAST_GROUP
 from queue_engine.policy import Backoff, DeliveryPolicy
+
+__all__ = ["FAST_GROUP"]  # tests opt into a fast group join with extra=FAST_GROUP
 
 FAST_POLICY = DeliveryPolicy(max_attempts=3, backoff=Backoff(initial=0.05, max=0.2, multiplier=2), timeout=5)
 
@@ -111,7 +114,3 @@ class Recorder:
         if asyncio.iscoroutine(result):
             result = await result
         return result
-
-
-# Production keeps librdkafka's 45 s session timeout; tests opt into a fast join (~3 s on tansu).
-FAST_GROUP = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 500}

@@ -59,7 +59,7 @@ async def test_killed_consumer_restarted_redelivers_exactly_the_uncommitted(
         assert {(p, o) for o in range(position)} <= set(first_run)
 
     second = Recorder()
-    consumer = KafkaConsumer([bootstrap], unique, unique, second, offset="first")
+    consumer = KafkaConsumer([bootstrap], unique, unique, second, offset="first", extra=FAST_GROUP)
     async with running(consumer):
         await wait_for(
             lambda: set(first_run) | {(m.partition, m.offset) for m in second.seen} >= everything, 60
@@ -106,8 +106,8 @@ async def test_two_members_share_partitions_and_a_leaving_one_loses_nothing(
         await asyncio.sleep(0.005)
         return await seen_a(message)
 
-    a = KafkaConsumer([bootstrap], unique, unique, slow_a, offset="first")
-    b = KafkaConsumer([bootstrap], unique, unique, seen_b, offset="first")
+    a = KafkaConsumer([bootstrap], unique, unique, slow_a, offset="first", extra=FAST_GROUP)
+    b = KafkaConsumer([bootstrap], unique, unique, seen_b, offset="first", extra=FAST_GROUP)
     total = 800
     sent = 0
 
@@ -151,7 +151,7 @@ async def test_graceful_stop_finishes_in_flight_work_and_commits_it(bootstrap: s
         finished.append(message.offset)
         return Outcome.success()
 
-    consumer = KafkaConsumer([bootstrap], unique, unique, handle, offset="first")
+    consumer = KafkaConsumer([bootstrap], unique, unique, handle, offset="first", extra=FAST_GROUP)
     task = asyncio.create_task(consumer.run())
     await wait_for(lambda: len(started) == 3, 40, "three in flight")
     await consumer.stop(grace=10)
@@ -165,7 +165,7 @@ async def test_stop_after_grace_hands_unfinished_work_back(bootstrap: str, uniqu
     create_topics(bootstrap, (unique, 1))
     produce_raw(bootstrap, unique, [(b"k", b"slow")])
     first = Recorder(lambda m: asyncio.sleep(30, Outcome.success()))
-    consumer = KafkaConsumer([bootstrap], unique, unique, first, offset="first")
+    consumer = KafkaConsumer([bootstrap], unique, unique, first, offset="first", extra=FAST_GROUP)
     task = asyncio.create_task(consumer.run())
     await wait_for(lambda: len(first.seen) == 1, 40, "in flight")
     await consumer.stop(grace=0.2)
@@ -173,7 +173,7 @@ async def test_stop_after_grace_hands_unfinished_work_back(bootstrap: str, uniqu
     assert committed(bootstrap, unique, unique, 1)[0] < 1  # not committed: handed back
 
     again = Recorder()
-    async with running(KafkaConsumer([bootstrap], unique, unique, again, offset="first")):
+    async with running(KafkaConsumer([bootstrap], unique, unique, again, offset="first", extra=FAST_GROUP)):
         await wait_for(lambda: len(again.seen) == 1, 40, "redelivery")
     assert again.seen[0].value == b"slow"
 
@@ -185,7 +185,12 @@ def test_sync_consumer_runs_a_plain_function_until_stopped(bootstrap: str, uniqu
     produce_raw(bootstrap, unique, [(None, f"{i}".encode()) for i in range(5)])
     got: list[bytes] = []
     consumer = SyncKafkaConsumer(
-        [bootstrap], unique, unique, lambda m: got.append(m.value) or Outcome.success(), offset="first"
+        [bootstrap],
+        unique,
+        unique,
+        lambda m: got.append(m.value) or Outcome.success(),
+        offset="first",
+        extra=FAST_GROUP,
     )
     thread = threading.Thread(target=consumer.run)
     thread.start()
@@ -201,18 +206,23 @@ def test_sync_consumer_runs_a_plain_function_until_stopped(bootstrap: str, uniqu
 
 async def test_health_reports_a_lost_broker_and_recovers(own_kafka_broker: Tansu, unique: str) -> None:
     create_topics(own_kafka_broker.bootstrap, (unique, 1))
-    consumer = KafkaConsumer([own_kafka_broker.bootstrap], unique, unique, Recorder(), offset="first")
+    consumer = KafkaConsumer(
+        [own_kafka_broker.bootstrap], unique, unique, Recorder(), offset="first", extra=FAST_GROUP
+    )
     async with running(consumer):
         assert consumer.health()[0]
         own_kafka_broker.kill()
         await wait_for(lambda: not consumer.health()[0], 30, "unhealthy")
         assert "unreachable" in consumer.health()[1]
         own_kafka_broker.start()
+        # The in-memory broker came back empty: the topic is gone, and health says so.
+        await wait_for(lambda: "does not exist" in consumer.health()[1], 30, "the lost topic reported")
+        create_topics(own_kafka_broker.bootstrap, (unique, 1))
         await wait_for(lambda: consumer.health()[0], 30, "healthy again")
 
 
 async def test_stop_before_run_makes_run_return_at_once(bootstrap: str, unique: str) -> None:
-    consumer = KafkaConsumer([bootstrap], unique, unique, Recorder())
+    consumer = KafkaConsumer([bootstrap], unique, unique, Recorder(), extra=FAST_GROUP)
     await consumer.stop()
     await asyncio.wait_for(consumer.run(), 5)
 
@@ -229,8 +239,8 @@ async def test_a_rebalance_lets_in_flight_work_finish_and_commits_it(bootstrap: 
         handled.append(message)
         return Outcome.success()
 
-    a = KafkaConsumer([bootstrap], unique, unique, slow, offset="first")
-    b = KafkaConsumer([bootstrap], unique, unique, slow, offset="first")
+    a = KafkaConsumer([bootstrap], unique, unique, slow, offset="first", extra=FAST_GROUP)
+    b = KafkaConsumer([bootstrap], unique, unique, slow, offset="first", extra=FAST_GROUP)
     async with running(a):
         await asyncio.wait_for(started.wait(), 30)
         async with running(b, assigned=False):
@@ -248,7 +258,7 @@ async def test_a_durable_broker_restart_loses_no_acknowledged_message(
     create_topics(bootstrap, (unique, 1))
     seen = Recorder()
     pusher = KafkaPusher([bootstrap], unique, extra={"message.timeout.ms": 3000})
-    consumer = KafkaConsumer([bootstrap], unique, unique, seen, offset="first")
+    consumer = KafkaConsumer([bootstrap], unique, unique, seen, offset="first", extra=FAST_GROUP)
     acked: list[bytes] = []
     async with running(consumer):
         for i in range(10):

@@ -37,17 +37,18 @@ from queue_engine import metrics
 from queue_engine.durations import format_duration
 from queue_engine.errors import ConfigError, QueueError, Unavailable
 from queue_engine.kq.config import (
-    FAST_GROUP,
     check_brokers,
+    check_client_config,
     check_name,
     check_offset,
     client_config,
     error_from_kafka,
 )
 from queue_engine.kq.dead_letter_writer import DeadLetterWriter, nap
-from queue_engine.kq.lag import partition_lag
+from queue_engine.kq.lag import LagProbe
 from queue_engine.kq.message import KafkaMessage, from_record
 from queue_engine.kq.offsets import OffsetTracker
+from queue_engine.kq.producer_core import PRODUCER_DEFAULTS, PRODUCER_MANAGED
 from queue_engine.kq.pusher import KafkaPusher
 from queue_engine.kq.security import KafkaSecurity
 from queue_engine.policy import DeliveryPolicy, Outcome, Verdict
@@ -57,7 +58,6 @@ Handler = Callable[[KafkaMessage], Awaitable[Outcome]]
 T = TypeVar("T")
 
 CONSUMER_DEFAULTS: dict[str, Any] = {
-    **FAST_GROUP,
     # librdkafka prefetches up to 64 MB per consumer by default; our own backlog bound is the buffer.
     "queued.max.messages.kbytes": 16384,
 }
@@ -66,6 +66,7 @@ DEFAULT_POLICY = DeliveryPolicy()
 POLL_TIMEOUT = 0.1
 PAUSED_POLL_TIMEOUT = 0.005
 HOLD_BEFORE_PAUSE = 1.0
+WATERMARKS_EVERY = 0.1  # seconds between notes of the fetched watermarks, for lag() (local reads)
 BROKER_RECHECK = 5.0  # seconds between metadata probes while the brokers look down
 
 
@@ -143,6 +144,14 @@ class KafkaConsumer:
                 "error_cb": self._on_kafka_error,
             },
         )
+        # librdkafka checks its settings only when the client is made, in run(): check them now.
+        check_client_config(self._config, "consumer")
+        check_client_config(
+            client_config(
+                self._brokers, security, PRODUCER_DEFAULTS, _producer_extra(self._extra), PRODUCER_MANAGED
+            ),
+            "dead-letter producer",
+        )
         self._handler = handler
         # Metric children looked up once: labels() costs more than the increment itself.
         self._received = metrics.RECEIVED.labels("kafka", self.name)
@@ -202,6 +211,19 @@ class KafkaConsumer:
         self._brokers_checked = 0.0
         self._fatal: BaseException | None = None
         self._subscribed = False
+        # partition -> (low, high) watermarks from our fetches, noted by the poll thread for lag():
+        # reading them from another thread would wait for the poll thread's rebalance callbacks.
+        self._watermarks: dict[int, tuple[int, int]] = {}
+        self._watermarks_noted = 0.0
+        self._lag_probe = LagProbe(
+            client_config(
+                self._brokers,
+                security,
+                {},
+                self._extra,
+                {"group.id": self.group, "enable.auto.commit": False, "enable.auto.offset.store": False},
+            )
+        )
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -281,6 +303,7 @@ class KafkaConsumer:
         await asyncio.gather(*self._workers, return_exceptions=True)
 
     async def _close_dlq(self) -> None:
+        await asyncio.to_thread(self._lag_probe.close)
         if self._dlq is not None:
             try:
                 await self._dlq.pusher.close(timeout=5)
@@ -315,16 +338,18 @@ class KafkaConsumer:
         return sorted(n for n, state in self._partitions.items() if not (state.revoking or state.revoked))
 
     async def lag(self) -> dict[int, int]:
-        """partition -> high watermark - committed offset, for every partition of the topic."""
-        if self._thread is not None and self._thread.is_alive():
-            lags = await self._on_poll_thread(lambda c: partition_lag(c, self.topic, timeout=10))
-        else:
-            from queue_engine.kq.lag import group_lag  # noqa: PLC0415 - avoid a cycle at import
+        """partition -> high watermark - committed offset, for every partition of the topic.
 
-            lags = await group_lag(self._brokers.split(","), self.topic, self.group, security=self._security)
+        The round trips run in a worker thread on a client of their own, never on the poll thread.
+        """
+        lags = await asyncio.to_thread(self._lag_probe.lag, self.topic, 10, self._fetched_watermarks)
         for partition, value in lags.items():
             metrics.KAFKA_LAG.labels(self.name, str(partition)).set(value)
         return lags
+
+    def _fetched_watermarks(self, partition: int) -> tuple[int, int] | None:
+        """The watermarks our own fetches saw, as the poll thread last noted them."""
+        return self._watermarks.get(partition)
 
     # --------------------------------------------------------------- poll thread
 
@@ -370,6 +395,7 @@ class KafkaConsumer:
             while not self._closing.is_set():
                 self._recheck_brokers(consumer)
                 self._recheck_topic(consumer)
+                self._note_watermarks(consumer)
                 self._run_commands(consumer)
                 self._flush_commits(consumer)
                 if self._hold_intake(consumer):
@@ -404,10 +430,28 @@ class KafkaConsumer:
             return
         self._brokers_down = None
 
+    def _note_watermarks(self, consumer: Consumer) -> None:
+        """Poll thread, every 0.1 s: the watermarks fetch responses carried (local reads)."""
+        if time.monotonic() - self._watermarks_noted < WATERMARKS_EVERY:
+            return
+        self._watermarks_noted = time.monotonic()
+        with self._commit_lock:
+            owned = list(self._owned)
+        noted = {}
+        for number in owned:
+            try:
+                low, high = consumer.get_watermark_offsets(TopicPartition(self.topic, number), cached=True)
+            except KafkaException:
+                continue
+            if high >= 0:
+                noted[number] = (int(low), int(high))
+        self._watermarks = noted  # replaced whole: lag() reads it from another thread
+
     def _check_topic(self, metadata: Any) -> None:
         """Poll thread: note whether the topic exists and may be read (health says so if not)."""
         described = metadata.topics.get(self.topic)
         error = None if described is None else described.error
+        before = self._topic_problem
         if described is None or (error is not None and error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART):
             self._topic_problem = f"topic {self.topic} does not exist"
         elif error is not None:
@@ -416,8 +460,8 @@ class KafkaConsumer:
             self._topic_problem = f"topic {self.topic} has no partitions"
         else:
             self._topic_problem = None
-            return
-        log.warning("consumer %s: %s", self.name, self._topic_problem)
+        if self._topic_problem and self._topic_problem != before:
+            log.warning("consumer %s: %s", self.name, self._topic_problem)
 
     def _recheck_topic(self, consumer: Consumer) -> None:
         """While the topic is missing or refused, ask again now and then: it may be created or allowed."""
