@@ -3,7 +3,8 @@
 Threads: librdkafka's Consumer is a blocking client, so one poll thread owns it (consume,
 commit, pause/resume, rebalance callbacks); everything else runs in the event loop. The poll
 thread hands batches of records to the loop with ``call_soon_threadsafe``; the loop hands
-commits and commands back through a lock-guarded dict and a command queue.
+commits and commands back through a lock-guarded dict and a command queue. ``lag()`` uses a
+client of its own in a worker thread, never the poll thread.
 
 Guarantees:
 - an offset is committed only once the handler finished with it (success, or written to the
@@ -12,10 +13,13 @@ Guarantees:
   that finished after its revoke) is dropped, so it cannot rewind the new owner's offset;
 - records with the same key (per partition) reach the handler one at a time in offset order,
   also across a rebalance: a call abandoned at a revoke holds back the key when the partition
-  comes back to this consumer;
-  records without a key have no order and run fully concurrently, as Kafka gives them none;
+  comes back to this consumer. Records without a key have no order and run fully
+  concurrently, as Kafka gives them none;
 - at most ``concurrency`` handler calls run at once; a partition whose uncommitted backlog
-  reaches ``max_uncommitted`` is paused until it halves, so memory stays flat.
+  reaches ``max_uncommitted`` is paused until it halves, so memory stays flat; every partition
+  is resumed when it is assigned (librdkafka keeps a pause across a rebalance);
+- a dead letter that cannot be written is never committed past; waits for the app and
+  dead-letter backoffs end at stop (and a revoke), so only handler calls use the grace.
 """
 
 from __future__ import annotations
