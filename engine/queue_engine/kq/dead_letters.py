@@ -4,7 +4,9 @@
 ``replay_dead_letters`` sends each dead letter back to the topic named in its
 ``x-original-topic`` header (with its key and original headers) and remembers how far it got
 in the consumer group ``<dlq topic>.replay``, so a dead letter is replayed once even if
-``replay`` runs again. Its offsets are committed only after the replayed copies were acked.
+``replay`` runs again. A letter written without its body (``x-dead-letter-dropped``, see
+``dead_letter_headers``) is skipped with a warning: replaying an empty body would be wrong.
+Its offsets are committed only after the replayed copies were acked.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from queue_engine.errors import NotFound, QueueError, Unavailable
 from queue_engine.kq.config import check_brokers, check_name, client_config, error_from_kafka
-from queue_engine.kq.dead_letter_headers import ATTEMPTS, ORIGINAL_TOPIC, original_headers
+from queue_engine.kq.dead_letter_headers import ATTEMPTS, DROPPED, ORIGINAL_TOPIC, original_headers
 from queue_engine.kq.message import Delivered, KafkaMessage, from_record
 from queue_engine.kq.producer_core import Batch, ProducerCore
 from queue_engine.kq.security import KafkaSecurity
@@ -123,14 +125,12 @@ def _replay(bootstrap: str, topic: str, limit: int | None, security: KafkaSecuri
         for letter in letters:
             future: concurrent.futures.Future[Delivered] = concurrent.futures.Future()
             target = letter.header(ORIGINAL_TOPIC)
-            if target is None:
-                log.warning(
-                    "%s/%d@%d has no %s header; skipped",
-                    topic,
-                    letter.partition,
-                    letter.offset,
-                    ORIGINAL_TOPIC,
-                )
+            dropped = letter.header(DROPPED)
+            if target is None or dropped is not None:
+                why = f"has no {ORIGINAL_TOPIC} header"
+                if dropped is not None:
+                    why = f"was written without its {dropped.decode(errors='replace')}"
+                log.warning("%s/%d@%d %s; skipped", topic, letter.partition, letter.offset, why)
                 future.set_result(Delivered(topic, letter.partition, letter.offset))
             else:
                 refused = producer.produce(
@@ -153,7 +153,7 @@ def _replay(bootstrap: str, topic: str, limit: int | None, security: KafkaSecuri
                 failed[letter.partition] = exc if isinstance(exc, QueueError) else Unavailable("no ack")
                 continue
             commit[letter.partition] = letter.offset + 1
-            replayed += letter.header(ORIGINAL_TOPIC) is not None
+            replayed += letter.header(ORIGINAL_TOPIC) is not None and letter.header(DROPPED) is None
         if commit:
             consumer.commit(
                 offsets=[TopicPartition(topic, p, o) for p, o in commit.items()], asynchronous=False
