@@ -136,24 +136,3 @@ async def test_a_key_never_runs_beside_its_call_abandoned_at_a_revoke(bootstrap:
                 lambda: committed(bootstrap, unique, unique, 2) == {0: 2, 1: 2}, 40, "all committed"
             )
     assert overlaps == []
-
-
-async def test_lag_answers_while_the_poll_thread_waits_out_a_revoke(bootstrap: str, unique: str) -> None:
-    create_topics(bootstrap, (unique, 1))
-    produce_raw(bootstrap, unique, [(None, b"x")])
-    started = asyncio.Event()
-
-    async def stuck(message: KafkaMessage) -> Outcome:
-        started.set()
-        await asyncio.Event().wait()
-        return Outcome.success()
-
-    # During a revoke the poll thread waits (up to revoke_grace) for the handler call to end.
-    a = KafkaConsumer([bootstrap], unique, unique, stuck, offset="first", revoke_grace=15, extra=FAST_GROUP)
-    b = KafkaConsumer([bootstrap], unique, unique, Recorder(), offset="first", extra=FAST_GROUP)
-    async with running(a):
-        await asyncio.wait_for(started.wait(), 30)
-        async with running(b, assigned=False):
-            await wait_for(lambda: a.assigned_partitions == [], 30, "a's revoke under way")
-            # lag()'s round trips do not queue behind the poll thread, which is busy for 15 s.
-            assert await asyncio.wait_for(a.lag(), 5) == {0: 1}

@@ -49,7 +49,7 @@ from queue_engine.kq.config import (
     error_from_kafka,
 )
 from queue_engine.kq.dead_letter_writer import DeadLetterWriter, nap
-from queue_engine.kq.lag import LagProbe
+from queue_engine.kq.lag import LagProbe, partition_lag
 from queue_engine.kq.message import KafkaMessage, from_record
 from queue_engine.kq.offsets import OffsetTracker
 from queue_engine.kq.producer_core import PRODUCER_DEFAULTS, PRODUCER_MANAGED
@@ -344,9 +344,14 @@ class KafkaConsumer:
     async def lag(self) -> dict[int, int]:
         """partition -> high watermark - committed offset, for every partition of the topic.
 
-        The round trips run in a worker thread on a client of their own, never on the poll thread.
+        While the consumer runs, on its own client (poll thread): a second client with the
+        group's id doing offset fetches made tansu re-balance the group again and again and leave
+        a ghost member behind, so the probe client serves only a stopped consumer.
         """
-        lags = await asyncio.to_thread(self._lag_probe.lag, self.topic, 10, self._fetched_watermarks)
+        if self._thread is not None and self._thread.is_alive():
+            lags = await self._on_poll_thread(lambda c: partition_lag(c, self.topic, timeout=10))
+        else:
+            lags = await asyncio.to_thread(self._lag_probe.lag, self.topic, 10, self._fetched_watermarks)
         for partition, value in lags.items():
             metrics.KAFKA_LAG.labels(self.name, str(partition)).set(value)
         return lags
