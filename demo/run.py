@@ -110,6 +110,8 @@ def main() -> int:
                     "offset": "first",
                     "deadLetterTopic": "orders.dlq",
                     "delivery": {"maxAttempts": 3},
+                    # The local broker (tansu) joins a group in ~3 s with these, ~23 s without.
+                    "librdkafka": {"session.timeout.ms": 6000, "heartbeat.interval.ms": 500},
                 },
             ],
         }

@@ -229,6 +229,8 @@ class KafkaQueueConfig(_QueueBase):
     offset: Offset = "last"
     dead_letter_topic: str = ""  # default: <topic>.dlq
     auth: KafkaAuthConfig | None = None
+    # librdkafka properties for the consumer, e.g. {session.timeout.ms: 10000}; checked at start.
+    librdkafka: dict[str, str | int | float | bool] = Field(default_factory=dict)
     _password: SecretStr = PrivateAttr(SecretStr(""))
     _username: str = PrivateAttr("")
 

@@ -132,6 +132,7 @@ class Sidecar:
                 dead_letter_topic=queue.dead_letter_topic,
                 security=security,
                 name=queue.name,
+                extra=dict(queue.librdkafka) or None,
             )
             self.kafka_consumers[queue.name] = consumer
             return consumer

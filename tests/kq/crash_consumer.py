@@ -12,6 +12,7 @@ import os
 import sys
 
 from queue_engine.kq import KafkaConsumer, KafkaMessage
+from queue_engine.kq.config import FAST_GROUP
 from queue_engine.policy import Outcome
 
 
@@ -23,7 +24,9 @@ async def main(bootstrap: str, topic: str, group: str, outfile: str) -> None:
         os.write(fd, f"{message.partition} {message.offset}\n".encode())
         return Outcome.success()
 
-    await KafkaConsumer([bootstrap], topic, group, handle, offset="first", concurrency=4).run()
+    await KafkaConsumer(
+        [bootstrap], topic, group, handle, offset="first", concurrency=4, extra=FAST_GROUP
+    ).run()
 
 
 if __name__ == "__main__":

@@ -12,7 +12,10 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from queue_engine.kq import KafkaConsumer, KafkaMessage
+from queue_engine.kq.config import FAST_GROUP
 from queue_engine.policy import Backoff, DeliveryPolicy
+
+__all__ = ["FAST_GROUP"]  # tests opt into a fast group join with extra=FAST_GROUP
 
 FAST_POLICY = DeliveryPolicy(max_attempts=3, backoff=Backoff(initial=0.05, max=0.2, multiplier=2), timeout=5)
 

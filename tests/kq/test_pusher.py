@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 from kq.kq_helpers import create_topics, read_raw
@@ -133,3 +134,22 @@ async def test_bad_types_are_a_client_error_naming_what_to_fix(  # noqa: PLR0917
         with pytest.raises(InvalidRequest, match=message) as caught:
             await pusher.push(value, key=key, headers=headers)  # type: ignore[arg-type]
     assert not isinstance(caught.value, Unavailable)  # a 400 for the sidecar, not a retryable 503
+
+
+def test_a_push_made_while_close_runs_gets_a_result() -> None:
+    import concurrent.futures  # noqa: PLC0415
+
+    from harness.servers import free_port  # noqa: PLC0415
+
+    # Nothing listens there: the first push is still queued when close gives up on it.
+    pusher = SyncKafkaPusher([f"127.0.0.1:{free_port()}"], "orders")
+    late: list[concurrent.futures.Future[Delivered]] = []
+    first = pusher.push_async(b"queued")
+    # Its failure is reported inside close(); a push made then (by another thread, or here by
+    # the callback) lands after close flushed but before it stopped.
+    first.add_done_callback(lambda _: late.append(pusher.push_async(b"late")))
+    with contextlib.suppress(Unavailable):
+        pusher.close(timeout=0.5)
+    assert isinstance(first.exception(timeout=5), Unavailable)
+    (after,) = late
+    assert isinstance(after.exception(timeout=5), Unavailable)  # refused, never left hanging

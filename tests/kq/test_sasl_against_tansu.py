@@ -15,6 +15,7 @@ import pytest
 from harness.servers import Tansu
 from queue_engine.errors import Unavailable
 from queue_engine.kq import KafkaConsumer, KafkaPusher, KafkaSecurity
+from queue_engine.kq.config import FAST_GROUP
 from queue_engine.policy import Outcome
 
 
@@ -50,7 +51,7 @@ async def test_consumer_with_refused_scram_login_does_not_start(auth_broker: Tan
         return Outcome.success()
 
     consumer = KafkaConsumer(
-        [auth_broker.bootstrap], "orders", "g", handle, security=SCRAM, connect_timeout=3
+        [auth_broker.bootstrap], "orders", "g", handle, security=SCRAM, connect_timeout=3, extra=FAST_GROUP
     )
     with pytest.raises(Unavailable, match="not reachable") as caught:
         await consumer.run()

@@ -57,7 +57,13 @@ def sidecar(
                 "redis": {"url": shared_redis.url},
                 "maxJobBytes": 1024,
             },
-            {"kind": "KafkaQueue", "name": "orders", "brokers": [kafka_broker.bootstrap], "topic": unique},
+            {
+                "kind": "KafkaQueue",
+                "name": "orders",
+                "brokers": [kafka_broker.bootstrap],
+                "topic": unique,
+                "librdkafka": {"session.timeout.ms": 6000, "heartbeat.interval.ms": 500},
+            },
         ],
     }
     process = Sidecar(tmp_path / "sidecar", config)

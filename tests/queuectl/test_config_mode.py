@@ -17,6 +17,7 @@ from queue_engine.dq import DelayAdmin, DelayConsumer, DelayJob, DeliveryPolicy,
 from queue_engine.dq.envelope import Envelope
 from queue_engine.errors import NotFound
 from queue_engine.kq import KafkaConsumer, KafkaMessage, read_dead_letters
+from queue_engine.kq.config import FAST_GROUP
 from queue_engine.policy import Backoff
 
 
@@ -163,6 +164,7 @@ async def test_dlq_lists_dead_letters_and_replays_them_once(setup: Setup) -> Non
         refuse,
         offset="first",
         dead_letter_topic=setup.dead_letter_topic,
+        extra=FAST_GROUP,
     )
     runner = asyncio.create_task(consumer.run())
     try:

@@ -218,6 +218,7 @@ def kafka_queue(name: str, bootstrap: str, **delivery: Any) -> dict[str, Any]:
         "offset": "first",
         "deadLetterTopic": f"{name}.dlq",
         "delivery": {**FAST_DELIVERY, **delivery},
+        "librdkafka": FAST_GROUP,  # tansu: a group join in ~3 s instead of ~23 s
     }
 
 

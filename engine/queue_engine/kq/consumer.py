@@ -3,15 +3,23 @@
 Threads: librdkafka's Consumer is a blocking client, so one poll thread owns it (consume,
 commit, pause/resume, rebalance callbacks); everything else runs in the event loop. The poll
 thread hands batches of records to the loop with ``call_soon_threadsafe``; the loop hands
-commits and commands back through a lock-guarded dict and a command queue.
+commits and commands back through a lock-guarded dict and a command queue. ``lag()`` uses a
+client of its own in a worker thread, never the poll thread.
 
 Guarantees:
 - an offset is committed only once the handler finished with it (success, or written to the
   dead-letter topic and acknowledged), and never past an unfinished message of its partition;
-- records with the same key (per partition) reach the handler one at a time in offset order;
-  records without a key have no order and run fully concurrently, as Kafka gives them none;
+- only partitions assigned right now commit: a completion from an earlier assignment (one
+  that finished after its revoke) is dropped, so it cannot rewind the new owner's offset;
+- records with the same key (per partition) reach the handler one at a time in offset order,
+  also across a rebalance: a call abandoned at a revoke holds back the key when the partition
+  comes back to this consumer. Records without a key have no order and run fully
+  concurrently, as Kafka gives them none;
 - at most ``concurrency`` handler calls run at once; a partition whose uncommitted backlog
-  reaches ``max_uncommitted`` is paused until it halves, so memory stays flat.
+  reaches ``max_uncommitted`` is paused until it halves, so memory stays flat; every partition
+  is resumed when it is assigned (librdkafka keeps a pause across a rebalance);
+- a dead letter that cannot be written is never committed past; waits for the app and
+  dead-letter backoffs end at stop (and a revoke), so only handler calls use the grace.
 """
 
 from __future__ import annotations
@@ -33,17 +41,18 @@ from queue_engine import metrics
 from queue_engine.durations import format_duration
 from queue_engine.errors import ConfigError, QueueError, Unavailable
 from queue_engine.kq.config import (
-    FAST_GROUP,
     check_brokers,
+    check_client_config,
     check_name,
     check_offset,
     client_config,
     error_from_kafka,
 )
-from queue_engine.kq.dead_letter_headers import dead_letter_headers
-from queue_engine.kq.lag import partition_lag
+from queue_engine.kq.dead_letter_writer import DeadLetterWriter, nap
+from queue_engine.kq.lag import LagProbe, partition_lag
 from queue_engine.kq.message import KafkaMessage, from_record
 from queue_engine.kq.offsets import OffsetTracker
+from queue_engine.kq.producer_core import PRODUCER_DEFAULTS, PRODUCER_MANAGED
 from queue_engine.kq.pusher import KafkaPusher
 from queue_engine.kq.security import KafkaSecurity
 from queue_engine.policy import DeliveryPolicy, Outcome, Verdict
@@ -53,7 +62,6 @@ Handler = Callable[[KafkaMessage], Awaitable[Outcome]]
 T = TypeVar("T")
 
 CONSUMER_DEFAULTS: dict[str, Any] = {
-    **FAST_GROUP,
     # librdkafka prefetches up to 64 MB per consumer by default; our own backlog bound is the buffer.
     "queued.max.messages.kbytes": 16384,
 }
@@ -62,12 +70,14 @@ DEFAULT_POLICY = DeliveryPolicy()
 POLL_TIMEOUT = 0.1
 PAUSED_POLL_TIMEOUT = 0.005
 HOLD_BEFORE_PAUSE = 1.0
+WATERMARKS_EVERY = 0.1  # seconds between notes of the fetched watermarks, for lag() (local reads)
 BROKER_RECHECK = 5.0  # seconds between metadata probes while the brokers look down
 
 
 @dataclasses.dataclass(eq=False)
 class _Partition:
     number: int
+    generation: int  # which assignment this state belongs to: completions of older ones never commit
     tracker: OffsetTracker = dataclasses.field(default_factory=OffsetTracker)
     lanes: dict[bytes, _Lane] = dataclasses.field(default_factory=dict)
     # revoking: no new dispatch, calls in progress may still finish and count; revoked: gone,
@@ -76,6 +86,9 @@ class _Partition:
     revoked: bool = False
     running: int = 0  # handler calls and dead-letter writes in progress
     idle: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+    leaving: asyncio.Event = dataclasses.field(
+        default_factory=asyncio.Event
+    )  # revoking or stopping: cut waits short
 
 
 @dataclasses.dataclass(eq=False)
@@ -135,6 +148,14 @@ class KafkaConsumer:
                 "error_cb": self._on_kafka_error,
             },
         )
+        # librdkafka checks its settings only when the client is made, in run(): check them now.
+        check_client_config(self._config, "consumer")
+        check_client_config(
+            client_config(
+                self._brokers, security, PRODUCER_DEFAULTS, _producer_extra(self._extra), PRODUCER_MANAGED
+            ),
+            "dead-letter producer",
+        )
         self._handler = handler
         # Metric children looked up once: labels() costs more than the increment itself.
         self._received = metrics.RECEIVED.labels("kafka", self.name)
@@ -155,15 +176,25 @@ class KafkaConsumer:
         self._partitions: dict[int, _Partition] = {}
         self._ready: asyncio.Queue[_Lane | None] = asyncio.Queue()
         self._workers: list[asyncio.Task[None]] = []
-        self._dlq: KafkaPusher | None = None
+        # (partition, key) -> the lane whose call for that key runs now, in any assignment, and
+        # the lanes of later assignments waiting for it to end.
+        self._key_calls: dict[tuple[int, bytes], _Lane] = {}
+        self._key_waiting: dict[tuple[int, bytes], list[_Lane]] = {}
+        self._dlq: DeadLetterWriter | None = None
         self._stopping = False
+        self._stop_event = asyncio.Event()
         self._stop_before_run = False
         self._stopped: asyncio.Event | None = None
         self._app_down_until = 0.0
         self._app_down_streak = 0
 
         # Shared with the poll thread.
-        self._pending_commits: dict[int, int] = {}
+        # partition -> (generation, offset). Only the generation we own right now may commit: a
+        # completion that arrives after a revoke (a dead-letter ack, a late handler) must not
+        # rewind the group under its new owner.
+        self._pending_commits: dict[int, tuple[int, int]] = {}
+        self._owned: dict[int, int] = {}  # partition -> generation, as librdkafka assigned it
+        self._generation = 0  # poll thread only
         # Records handed to the loop and not yet committable, per partition. The poll thread
         # adds and pauses; the loop subtracts. Pausing must happen in the poll thread: it runs
         # ahead of the loop and would otherwise fetch the whole topic before the loop noticed.
@@ -176,9 +207,27 @@ class KafkaConsumer:
         self._thread: threading.Thread | None = None
         self._thread_done: asyncio.Future[None] | None = None
         self._brokers_down: str | None = None
+        # Why the topic cannot be consumed (missing, not authorized), or a fatal client error:
+        # both keep the consumer unhealthy, as nothing would ever arrive.
+        self._topic_problem: str | None = None
+        self._topic_checked = 0.0
+        self._fatal_error: str | None = None
         self._brokers_checked = 0.0
         self._fatal: BaseException | None = None
         self._subscribed = False
+        # partition -> (low, high) watermarks from our fetches, noted by the poll thread for lag():
+        # reading them from another thread would wait for the poll thread's rebalance callbacks.
+        self._watermarks: dict[int, tuple[int, int]] = {}
+        self._watermarks_noted = 0.0
+        self._lag_probe = LagProbe(
+            client_config(
+                self._brokers,
+                security,
+                {},
+                self._extra,
+                {"group.id": self.group, "enable.auto.commit": False, "enable.auto.offset.store": False},
+            )
+        )
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -191,13 +240,14 @@ class KafkaConsumer:
         loop = self._loop = asyncio.get_running_loop()
         self._stopped = asyncio.Event()
         self._thread_done = loop.create_future()
-        self._dlq = KafkaPusher(
+        pusher = KafkaPusher(
             self._brokers.split(","),
             self.dead_letter_topic,
             security=self._security,
             extra=_producer_extra(self._extra),
             name=self.name,
         )
+        self._dlq = DeadLetterWriter(pusher, self.dead_letter_topic, self.name, self._policy)
         self._workers = [asyncio.create_task(self._worker()) for _ in range(self._concurrency)]
         self._thread = threading.Thread(target=self._poll_main, name=f"kq-consume-{self.name}", daemon=True)
         self._thread.start()
@@ -230,6 +280,10 @@ class KafkaConsumer:
             await self._stopped.wait()
             return
         self._stopping = True
+        # Waits for the app and dead-letter backoffs end now: only handler calls get the grace.
+        self._stop_event.set()
+        for state in self._partitions.values():
+            state.leaving.set()
         log.info("stopping consumer %s (grace %s)", self.name, format_duration(grace))
         self._command(lambda c: c.pause(c.assignment()))
         await self._shutdown_workers(grace)
@@ -253,9 +307,10 @@ class KafkaConsumer:
         await asyncio.gather(*self._workers, return_exceptions=True)
 
     async def _close_dlq(self) -> None:
+        await asyncio.to_thread(self._lag_probe.close)
         if self._dlq is not None:
             try:
-                await self._dlq.close(timeout=5)
+                await self._dlq.pusher.close(timeout=5)
             except QueueError as exc:
                 log.warning("dead-letter producer for %s closed with %s", self.name, exc)
 
@@ -271,6 +326,12 @@ class KafkaConsumer:
             return False, f"connecting to {self._brokers}"
         if self._brokers_down:
             return False, f"brokers unreachable: {self._brokers_down}"
+        if self._fatal_error:
+            return False, f"fatal kafka error: {self._fatal_error}"
+        if self._topic_problem:
+            return False, self._topic_problem
+        if self._dlq is not None and self._dlq.problem:
+            return False, self._dlq.problem
         if time.monotonic() < self._app_down_until:
             return True, f"consuming {self.topic}; handler unavailable, holding messages back"
         return True, f"consuming {self.topic} ({len(self._partitions)} partition(s) assigned)"
@@ -281,16 +342,23 @@ class KafkaConsumer:
         return sorted(n for n, state in self._partitions.items() if not (state.revoking or state.revoked))
 
     async def lag(self) -> dict[int, int]:
-        """partition -> high watermark - committed offset, for every partition of the topic."""
+        """partition -> high watermark - committed offset, for every partition of the topic.
+
+        While the consumer runs, on its own client (poll thread): a second client with the
+        group's id doing offset fetches made tansu re-balance the group again and again and leave
+        a ghost member behind, so the probe client serves only a stopped consumer.
+        """
         if self._thread is not None and self._thread.is_alive():
             lags = await self._on_poll_thread(lambda c: partition_lag(c, self.topic, timeout=10))
         else:
-            from queue_engine.kq.lag import group_lag  # noqa: PLC0415 - avoid a cycle at import
-
-            lags = await group_lag(self._brokers.split(","), self.topic, self.group, security=self._security)
+            lags = await asyncio.to_thread(self._lag_probe.lag, self.topic, 10, self._fetched_watermarks)
         for partition, value in lags.items():
             metrics.KAFKA_LAG.labels(self.name, str(partition)).set(value)
         return lags
+
+    def _fetched_watermarks(self, partition: int) -> tuple[int, int] | None:
+        """The watermarks our own fetches saw, as the poll thread last noted them."""
+        return self._watermarks.get(partition)
 
     # --------------------------------------------------------------- poll thread
 
@@ -320,7 +388,7 @@ class KafkaConsumer:
             raise error_from_kafka(exc, "kafka consumer config") from exc
         try:
             try:
-                consumer.list_topics(self.topic, timeout=self._connect_timeout)
+                self._check_topic(consumer.list_topics(self.topic, timeout=self._connect_timeout))
             except KafkaException as exc:
                 consumer.poll(0)  # serves queued client errors (error_cb): the cause, e.g. auth refused
                 seen = f"; last broker error: {self._brokers_down}" if self._brokers_down else ""
@@ -335,6 +403,8 @@ class KafkaConsumer:
             log.info("consumer %s subscribed to %s as group %s", self.name, self.topic, self.group)
             while not self._closing.is_set():
                 self._recheck_brokers(consumer)
+                self._recheck_topic(consumer)
+                self._note_watermarks(consumer)
                 self._run_commands(consumer)
                 self._flush_commits(consumer)
                 if self._hold_intake(consumer):
@@ -344,6 +414,8 @@ class KafkaConsumer:
                 records = _poll_batch(consumer, PAUSED_POLL_TIMEOUT if self._paused else POLL_TIMEOUT)
                 if records:
                     self._brokers_down = None
+                    if any(r.error() is None for r in records):
+                        self._topic_problem = None
                     self._count_backlog(records)
                     self._to_loop(self._intake, records)
             self._run_commands(consumer)
@@ -366,6 +438,49 @@ class KafkaConsumer:
         except KafkaException:
             return
         self._brokers_down = None
+
+    def _note_watermarks(self, consumer: Consumer) -> None:
+        """Poll thread, every 0.1 s: the watermarks fetch responses carried (local reads)."""
+        if time.monotonic() - self._watermarks_noted < WATERMARKS_EVERY:
+            return
+        self._watermarks_noted = time.monotonic()
+        with self._commit_lock:
+            owned = list(self._owned)
+        noted = {}
+        for number in owned:
+            try:
+                low, high = consumer.get_watermark_offsets(TopicPartition(self.topic, number), cached=True)
+            except KafkaException:
+                continue
+            if high >= 0:
+                noted[number] = (int(low), int(high))
+        self._watermarks = noted  # replaced whole: lag() reads it from another thread
+
+    def _check_topic(self, metadata: Any) -> None:
+        """Poll thread: note whether the topic exists and may be read (health says so if not)."""
+        described = metadata.topics.get(self.topic)
+        error = None if described is None else described.error
+        before = self._topic_problem
+        if described is None or (error is not None and error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART):
+            self._topic_problem = f"topic {self.topic} does not exist"
+        elif error is not None:
+            self._topic_problem = f"topic {self.topic}: {error.str()}"
+        elif not described.partitions:
+            self._topic_problem = f"topic {self.topic} has no partitions"
+        else:
+            self._topic_problem = None
+        if self._topic_problem and self._topic_problem != before:
+            log.warning("consumer %s: %s", self.name, self._topic_problem)
+
+    def _recheck_topic(self, consumer: Consumer) -> None:
+        """While the topic is missing or refused, ask again now and then: it may be created or allowed."""
+        if not self._topic_problem or time.monotonic() - self._topic_checked < BROKER_RECHECK:
+            return
+        self._topic_checked = time.monotonic()
+        try:
+            self._check_topic(consumer.list_topics(self.topic, timeout=2))
+        except KafkaException:
+            return
 
     def _to_loop(self, fn: Callable[..., Any], *args: Any) -> None:
         loop = self._loop
@@ -417,8 +532,21 @@ class KafkaConsumer:
     def _flush_commits(self, consumer: Consumer) -> None:
         with self._commit_lock:
             pending, self._pending_commits = self._pending_commits, {}
-        if pending:
-            self._commit(consumer, pending)
+            offsets = self._owned_offsets(pending)
+        if offsets:
+            self._commit(consumer, offsets)
+
+    def _owned_offsets(self, pending: dict[int, tuple[int, int]]) -> dict[int, int]:
+        """The offsets of ``pending`` whose generation we still own (call with the commit lock)."""
+        offsets = {}
+        for number, (generation, offset) in pending.items():
+            if self._owned.get(number) == generation:
+                offsets[number] = offset
+            else:
+                log.debug(
+                    "consumer %s: dropped a commit of %d@%d from an old assignment", self.name, number, offset
+                )
+        return offsets
 
     def _commit(self, consumer: Consumer, offsets: dict[int, int]) -> None:
         tps = [TopicPartition(self.topic, p, o) for p, o in sorted(offsets.items())]
@@ -429,7 +557,10 @@ class KafkaConsumer:
             log.warning("consumer %s: commit of %s failed, will retry: %s", self.name, offsets, exc)
             with self._commit_lock:
                 for p, o in offsets.items():
-                    self._pending_commits[p] = max(o, self._pending_commits.get(p, -1))
+                    generation = self._owned.get(p)
+                    if generation is not None:
+                        later = self._pending_commits.get(p, (generation, -1))
+                        self._pending_commits[p] = (generation, max(o, later[1]))
 
     def _count_backlog(self, records: list[Message]) -> None:
         with self._commit_lock:
@@ -485,8 +616,19 @@ class KafkaConsumer:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         numbers = [tp.partition for tp in partitions]
         self._forget(numbers)
+        # librdkafka keeps an application pause across unassign and assign: a partition paused
+        # for backpressure before a rebalance would come back paused and never be fetched again.
+        try:
+            consumer.assign(partitions)
+            consumer.resume(partitions)
+        except KafkaException as exc:
+            log.warning("consumer %s: resume of assigned partitions %s failed: %s", self.name, numbers, exc)
         log.info("consumer %s assigned %s partitions %s", self.name, self.topic, numbers)
-        self._to_loop(self._assign, numbers)
+        self._generation += 1
+        with self._commit_lock:
+            for number in numbers:
+                self._owned[number] = self._generation
+        self._to_loop(self._assign, numbers, self._generation)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._give_up_partitions(consumer, partitions, commit=True)
@@ -501,18 +643,25 @@ class KafkaConsumer:
         finished = self._wait_loop(lambda: self._revoke(numbers), self._revoke_grace + 5) or {}
         self._forget(numbers)
         with self._commit_lock:
+            offsets = self._owned_offsets(finished)
             for number in numbers:
                 pending = self._pending_commits.pop(number, None)
                 if pending is not None:
-                    finished[number] = max(pending, finished.get(number, -1))
-        if commit and finished:
-            self._commit(consumer, finished)
-            with self._commit_lock:  # a failed final commit is not retried under a new owner
-                for number in numbers:
-                    self._pending_commits.pop(number, None)
+                    for n, o in self._owned_offsets({number: pending}).items():
+                        offsets[n] = max(o, offsets.get(n, -1))
+        if commit and offsets:
+            self._commit(consumer, offsets)
+        with self._commit_lock:  # from here on, nothing of these partitions is ours to commit
+            for number in numbers:
+                self._pending_commits.pop(number, None)
+                self._owned.pop(number, None)
 
     def _on_kafka_error(self, err: KafkaError) -> None:
         code = err.code()
+        if err.fatal():
+            self._fatal_error = err.str()
+        if code in _TOPIC_REFUSED:
+            self._topic_problem = f"topic {self.topic}: {err.str()}"
         # "all brokers down" says less than the transport or auth error before it: keep that one.
         if code in (KafkaError._TRANSPORT, KafkaError._AUTHENTICATION) or (
             code == KafkaError._ALL_BROKERS_DOWN and not self._brokers_down
@@ -522,26 +671,28 @@ class KafkaConsumer:
 
     # ---------------------------------------------------------------- event loop
 
-    def _assign(self, numbers: list[int]) -> None:
+    def _assign(self, numbers: list[int], generation: int) -> None:
         for number in numbers:
             old = self._partitions.get(number)
             if old is not None:  # assigned again without a revoke we saw: start clean
                 old.revoked = True
-            self._partitions[number] = _Partition(number)
+                old.leaving.set()
+            self._partitions[number] = _Partition(number, generation)
 
-    async def _revoke(self, numbers: list[int]) -> dict[int, int]:
+    async def _revoke(self, numbers: list[int]) -> dict[int, tuple[int, int]]:
         """Stop dispatching the partitions, let in-flight work finish briefly, return what to commit."""
         states = [s for n in numbers if (s := self._partitions.get(n)) is not None]
         for state in states:
             state.revoking = True  # queued and backing-off messages are abandoned: uncommitted
+            state.leaving.set()
         busy = [state.idle.wait() for state in states if state.running]
         if busy and not self._stopping:
             await asyncio.wait([asyncio.ensure_future(b) for b in busy], timeout=self._revoke_grace)
-        finished: dict[int, int] = {}
+        finished: dict[int, tuple[int, int]] = {}
         for state in states:
             state.revoked = True
             if state.tracker.committable is not None:
-                finished[state.number] = state.tracker.committable
+                finished[state.number] = (state.generation, state.tracker.committable)
             if state.running:
                 log.warning(
                     "consumer %s: partition %d revoked with %d message(s) still in the handler; "
@@ -558,6 +709,8 @@ class KafkaConsumer:
         for record in records:
             err = record.error()
             if err is not None:
+                if err.code() in _TOPIC_REFUSED:
+                    self._topic_problem = f"topic {self.topic}: {err.str()}"
                 if err.code() != KafkaError._PARTITION_EOF:
                     log.warning("consumer %s: %s", self.name, err.str())
                 continue
@@ -602,6 +755,15 @@ class KafkaConsumer:
                 return
             if state.revoking or state.revoked:
                 continue
+            slot = None if lane.key is None else (state.number, lane.key)
+            if slot is not None:
+                holder = self._key_calls.get(slot)
+                if holder is not None and holder is not lane:
+                    # A call of an earlier assignment, abandoned at its revoke, still runs for
+                    # this key: start the next one only after it ended, never beside it.
+                    self._key_waiting.setdefault(slot, []).append(lane)
+                    continue
+                self._key_calls[slot] = lane
             state.running += 1
             state.idle.clear()
             try:
@@ -613,11 +775,15 @@ class KafkaConsumer:
                 state.running -= 1
                 if not state.running:
                     state.idle.set()
+                if slot is not None:
+                    del self._key_calls[slot]
+                    for waiting in self._key_waiting.pop(slot, []):
+                        self._requeue(waiting)
 
     async def _wait_for_app(self) -> None:
         # The deadline can move while we sleep (another worker saw the app down again).
-        while (wait := self._app_down_until - time.monotonic()) > 0:  # noqa: ASYNC110
-            await asyncio.sleep(wait)
+        while (wait := self._app_down_until - time.monotonic()) > 0 and not self._stopping:
+            await nap(wait, self._stop_event)
 
     async def _deliver(self, lane: _Lane) -> None:
         message = lane.messages[0]
@@ -702,11 +868,21 @@ class KafkaConsumer:
     def _finish(self, lane: _Lane) -> None:
         message = lane.messages.popleft()
         state = lane.partition
+        if state.revoked or self._partitions.get(state.number) is not state:
+            # Finished after the revoke (a late dead-letter ack): the partition's next owner
+            # delivers it again; committing it here could rewind the group under that owner.
+            log.debug(
+                "consumer %s: %d@%d finished after its partition was revoked",
+                self.name,
+                state.number,
+                message.offset,
+            )
+            return
         held = state.tracker.uncommitted
         committable = state.tracker.finish(message.offset)
         if committable is not None:
             with self._commit_lock:
-                self._pending_commits[state.number] = committable
+                self._pending_commits[state.number] = (state.generation, committable)
             self._release(state, held - state.tracker.uncommitted)
         if lane.messages:
             self._ready.put_nowait(lane)
@@ -718,39 +894,9 @@ class KafkaConsumer:
     async def _dead_letter(self, state: _Partition, message: KafkaMessage, reason: str, error: str) -> bool:
         """Write to the dead-letter topic and wait for its ack; True once it is safely there."""
         assert self._dlq is not None
-        headers = dead_letter_headers(message, reason, error)
-        failures = 0
-        while not state.revoked and not self._stopping:
-            try:
-                await self._dlq.push(message.value, message.key, headers)
-            except QueueError as exc:
-                failures += 1
-                delay = self._policy.backoff.jittered(failures)
-                log.error(
-                    "consumer %s: dead-letter write of %s/%d@%d failed (%s); not committing, retry in %s",
-                    self.name,
-                    message.topic,
-                    message.partition,
-                    message.offset,
-                    exc,
-                    format_duration(delay),
-                )
-                await asyncio.sleep(delay)
-                continue
-            metrics.DEAD_LETTERED.labels("kafka", self.name, reason).inc()
-            log.warning(
-                "consumer %s: %s/%d@%d dead-lettered to %s after %d attempt(s) (%s): %s",
-                self.name,
-                message.topic,
-                message.partition,
-                message.offset,
-                self.dead_letter_topic,
-                message.attempt,
-                reason,
-                error,
-            )
-            return True
-        return False
+        return await self._dlq.write(
+            message, reason, error, state.leaving, lambda: state.revoked or self._stopping
+        )
 
 
 def _poll_batch(consumer: Consumer, timeout: float) -> list[Message]:
@@ -764,6 +910,16 @@ def _poll_batch(consumer: Consumer, timeout: float) -> list[Message]:
         return []
     return [first, *consumer.consume(POLL_BATCH - 1, 0)]
 
+
+# Errors that mean nothing will be read from the topic until someone changes it.
+_TOPIC_REFUSED = frozenset(
+    {
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError._UNKNOWN_TOPIC,
+        KafkaError.TOPIC_AUTHORIZATION_FAILED,
+        KafkaError.GROUP_AUTHORIZATION_FAILED,
+    }
+)
 
 _CONSUMER_ONLY_PREFIXES = ("session.", "heartbeat.", "group.", "max.poll.", "fetch.", "queued.", "partition.")
 

@@ -30,6 +30,7 @@ from queue_engine.errors import InvalidRequest, NotFound, QueueError, Unavailabl
 from queue_engine.kq.config import check_brokers, check_name, client_config, error_from_kafka
 from queue_engine.kq.dead_letter_headers import (
     ATTEMPTS,
+    DROPPED,
     ORIGINAL_OFFSET,
     ORIGINAL_PARTITION,
     ORIGINAL_TOPIC,
@@ -292,8 +293,8 @@ def _handle_one(target: _Target, partition: int, offset: int, action: str) -> De
             copy = _replayed_copy(letter.message)
             if copy is None:
                 raise InvalidRequest(
-                    f"dead letter {partition}:{offset} has no {ORIGINAL_TOPIC} header, so it cannot be "
-                    "replayed; skip it instead"
+                    f"dead letter {partition}:{offset} has no {ORIGINAL_TOPIC} header or was written "
+                    f"without its body ({DROPPED}), so it cannot be replayed; skip it instead"
                 )
             _send(producer, [copy], f"replay of {topic} {partition}:{offset}")
         _send(producer, [_marker(topic, partition, offset, action)], f"marking {topic} {partition}:{offset}")
@@ -347,8 +348,8 @@ def _marker(topic: str, partition: int, offset: int, action: str) -> _Record:
 def _replayed_copy(letter: KafkaMessage) -> _Record | None:
     """The record a replay sends: to the original topic, with the message's first id."""
     target = letter.header(ORIGINAL_TOPIC)
-    if target is None:
-        return None
+    if target is None or letter.header(DROPPED) is not None:
+        return None  # nowhere to send it, or written without its body: replaying it would be wrong
     headers = [(k, v) for k, v in original_headers(letter.headers) if k != MESSAGE_ID]
     first_id = letter.header(MESSAGE_ID)  # replayed before: keep the first id
     if first_id is None:
@@ -402,7 +403,7 @@ def _replay(target: _Target, limit: int | None) -> int:
             copy = _replayed_copy(letter)
             if copy is None:
                 log.warning(
-                    "%s %d:%d has no %s header; marked skipped",
+                    "%s %d:%d has no %s header or was written without its body; marked skipped",
                     topic,
                     letter.partition,
                     letter.offset,

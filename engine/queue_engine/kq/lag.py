@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
@@ -12,9 +13,16 @@ from queue_engine.errors import NotFound, Unavailable
 from queue_engine.kq.config import check_brokers, check_name, client_config, error_from_kafka
 from queue_engine.kq.security import KafkaSecurity
 
+Watermarks = Callable[[int], tuple[int, int] | None]
 
-def partition_lag(consumer: Consumer, topic: str, timeout: float) -> dict[int, int]:
-    """partition -> high watermark - committed (or - low watermark when nothing is committed)."""
+
+def partition_lag(
+    consumer: Consumer, topic: str, timeout: float, fetched: Watermarks | None = None
+) -> dict[int, int]:
+    """partition -> high watermark - committed (or - low watermark when nothing is committed).
+
+    ``fetched(partition)`` may give the watermarks a fetching consumer saw (see _watermarks).
+    """
     try:
         metadata = consumer.list_topics(topic, timeout=timeout)
         described = metadata.topics.get(topic)
@@ -24,7 +32,8 @@ def partition_lag(consumer: Consumer, topic: str, timeout: float) -> dict[int, i
         committed = {tp.partition: tp.offset for tp in consumer.committed(tps, timeout=timeout)}
         lags: dict[int, int] = {}
         for tp in tps:
-            low, high = _watermarks(consumer, tp, timeout)
+            known = fetched(tp.partition) if fetched is not None else None
+            low, high = known if known is not None else _watermarks(consumer, tp, timeout)
             position = committed.get(tp.partition, -1)
             lags[tp.partition] = max(0, high - (position if position >= 0 else low))
         return lags
@@ -43,6 +52,35 @@ def _watermarks(consumer: Consumer, tp: TopicPartition, timeout: float) -> tuple
         return int(cached[0]), int(cached[1])
     low, high = consumer.get_watermark_offsets(tp, timeout=timeout, cached=False)
     return int(low), int(high)
+
+
+class LagProbe:
+    """A client of its own for the lag's round trips (metadata, committed offsets, watermarks).
+
+    The consumer's client belongs to its poll thread, which must keep polling: blocking round
+    trips there would hold back fetches, commits and rebalance callbacks. This client never
+    subscribes, so it does not join the group; it is made on first use and kept.
+    """
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        self._config = dict(config)
+        self._client: Consumer | None = None
+        self._lock = threading.Lock()
+
+    def lag(self, topic: str, timeout: float, fetched: Watermarks | None = None) -> dict[int, int]:
+        with self._lock:
+            if self._client is None:
+                try:
+                    self._client = Consumer(self._config)
+                except KafkaException as exc:
+                    raise error_from_kafka(exc, f"lag of {topic}") from exc
+            return partition_lag(self._client, topic, timeout, fetched)
+
+    def close(self) -> None:
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
 
 
 def _group_lag(config: dict[str, Any], topic: str, timeout: float) -> dict[int, int]:

@@ -119,6 +119,9 @@ class ProducerCore:
         self._reports: Batch = []
         self._reports_lock = threading.Lock()
         self._closed = threading.Event()
+        # Set (under the swap lock) when close() starts: a push accepted after close's flush
+        # would never be polled, so from then on every push is refused at once.
+        self._closing = False
         self._thread = threading.Thread(target=self._poll_loop, name=f"kq-push-{self.name}", daemon=True)
         self._thread.start()
 
@@ -131,8 +134,6 @@ class ProducerCore:
         topic: str | None = None,
     ) -> QueueError | None:
         """Queue one message; a local refusal comes back at once, broker results via the sink."""
-        if self._closed.is_set():
-            return Unavailable(f"pusher for {self.topic} is closed")
         topic = topic or self.topic
         try:
             check_key_and_value(value, key)
@@ -156,6 +157,8 @@ class ProducerCore:
 
         try:
             with self._swap_lock:
+                if self._closing:
+                    return Unavailable(f"pusher for {self.topic} is closed")
                 self._producer.produce(
                     topic, value=value, key=key, headers=encoded_headers, on_delivery=report
                 )
@@ -223,6 +226,8 @@ class ProducerCore:
 
     def close(self, timeout: float) -> int:
         """Flush, then fail whatever is left (so no caller waits forever) and stop the thread."""
+        with self._swap_lock:
+            self._closing = True
         left = self.flush(timeout)
         if left:
             self._producer.purge()

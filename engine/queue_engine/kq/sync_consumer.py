@@ -1,18 +1,28 @@
-"""The consumer for scripts: a blocking ``run()`` with a plain function as handler."""
+"""The consumer for scripts: a blocking ``run()`` with a plain function as handler.
+
+The function runs in :class:`HandlerThreads` (daemon threads; the timeout counts from when a
+thread starts the call; a hung call gets a replacement thread and never a second one for the
+same message), so the engine's own per-call timeout is lifted: time waiting for a thread is
+not a failed attempt.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import signal
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from queue_engine.kq.consumer import KafkaConsumer
+from queue_engine.kq.consumer import DEFAULT_POLICY, KafkaConsumer
+from queue_engine.kq.handler_threads import HandlerThreads
 from queue_engine.kq.message import KafkaMessage
-from queue_engine.policy import Outcome
+from queue_engine.policy import DeliveryPolicy, Outcome
+
+# The engine's per-call timeout, lifted: HandlerThreads applies the policy's from the call's start.
+UNBOUNDED = 10.0 * 365 * 86400
 
 
 class SyncKafkaConsumer:
@@ -31,16 +41,18 @@ class SyncKafkaConsumer:
         handler: Callable[[KafkaMessage], Outcome],
         **options: Any,
     ) -> None:
-
-        async def call(message: KafkaMessage) -> Outcome:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, handler, message)
-
+        policy: DeliveryPolicy = options.pop("policy", DEFAULT_POLICY)
+        self._threads = HandlerThreads(
+            handler, int(options.get("concurrency", 8)), policy.timeout, str(options.get("name") or topic)
+        )
         # Built here so config errors surface at construction, as with the async consumer.
-        self._consumer = KafkaConsumer(brokers, topic, group, call, **options)
-        # One thread per concurrent call: the default executor may be smaller than
-        # ``concurrency``, and time spent queueing there would count against the handler timeout.
-        self._executor = ThreadPoolExecutor(
-            max_workers=int(options.get("concurrency", 8)), thread_name_prefix="kq-handler"
+        self._consumer = KafkaConsumer(
+            brokers,
+            topic,
+            group,
+            self._threads.call,
+            policy=dataclasses.replace(policy, timeout=UNBOUNDED),
+            **options,
         )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = threading.Event()
@@ -56,7 +68,7 @@ class SyncKafkaConsumer:
             asyncio.run(self._main(handle_signals))
         finally:
             # A call past its timeout cannot be interrupted in a thread: do not wait for it.
-            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._threads.close()
 
     async def _main(self, handle_signals: bool) -> None:
         self._loop = asyncio.get_running_loop()
@@ -79,4 +91,7 @@ class SyncKafkaConsumer:
                 loop.call_soon_threadsafe(self._stop_soon)
 
     def health(self) -> tuple[bool, str]:
-        return self._consumer.health()
+        healthy, why = self._consumer.health()
+        if self._threads.stuck:
+            why += f"; {self._threads.stuck} handler call(s) hung past the timeout"
+        return healthy, why
