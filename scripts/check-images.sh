@@ -43,40 +43,30 @@ stop() {
     pkill -f "beanstalkd -l 127.0.0.1 -p $port"
     wait || true
 }
-serve
-.venv/bin/python - "$port" put <<'PY'
+# Put a job (and see it reserved) before a restart; take it after: MODE put|take.
+cat >"$work/jobs.py" <<'PY'
 import sys, time, greenstalk
+mode, port = sys.argv[1], int(sys.argv[2])
 deadline = time.monotonic() + 20
 while True:
     try:
-        client = greenstalk.Client(("127.0.0.1", int(sys.argv[1])), encoding=None)
+        client = greenstalk.Client(("127.0.0.1", port), encoding=None)
         break
     except OSError:
         if time.monotonic() > deadline:
             raise
         time.sleep(0.1)
-client.put(b"survives a restart")
+if mode == "put":
+    client.put(b"survives a restart")
 job = client.reserve(timeout=5)
 assert job.body == b"survives a restart", job.body
-client.release(job)
+client.release(job) if mode == "put" else client.delete(job)
 PY
+serve
+.venv/bin/python "$work/jobs.py" put "$port"
 stop
 [ -n "$(ls "$work/binlog")" ] || { echo "beanstalkd wrote no binlog to the mounted directory" >&2; exit 1; }
 serve
-.venv/bin/python - "$port" <<'PY'
-import sys, time, greenstalk
-deadline = time.monotonic() + 20
-while True:
-    try:
-        client = greenstalk.Client(("127.0.0.1", int(sys.argv[1])), encoding=None)
-        break
-    except OSError:
-        if time.monotonic() > deadline:
-            raise
-        time.sleep(0.1)
-job = client.reserve(timeout=5)
-assert job.body == b"survives a restart", job.body
-client.delete(job)
-PY
+.venv/bin/python "$work/jobs.py" take "$port"
 stop
 echo "beanstalkd image: put and reserve, binlog on the mounted volume, the job survives a restart"
