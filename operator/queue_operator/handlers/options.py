@@ -11,12 +11,14 @@ from typing import Any
 import kopf
 from kopf._core.intents.handlers import TimerHandler
 
+from queue_operator import metrics
 from queue_operator.topics import AdminPool
 
 GROUP = "queue-operator.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 FINALIZER = f"{GROUP}/finalizer"
+KINDS = {"delayqueues": "DelayQueue", "kafkaqueues": "KafkaQueue"}
 STATEFULSET_SELECTOR = "app.kubernetes.io/managed-by=queue-operator,app.kubernetes.io/name=beanstalkd"
 
 
@@ -48,6 +50,12 @@ def register_level_based(
     """The shape both resources share: one ``reconcile`` for create, spec update and resume,
     and an ``observe`` timer that compares what exists with the spec and writes status."""
     on: dict[str, Any] = {"registry": registry, "backoff": options.retry_delay}
+    kind = KINDS[plural]
+    reconcile = metrics.instrumented(kind, "reconcile", reconcile)
+    observe = metrics.instrumented(kind, "observe", observe)
+    kopf.on.event(GROUP, VERSION, plural, id="readiness-metric", registry=registry)(
+        metrics.track_readiness(kind)
+    )
     kopf.on.create(GROUP, VERSION, plural, id="reconcile", **on)(reconcile)
     kopf.on.resume(GROUP, VERSION, plural, id="reconcile", **on)(reconcile)
     kopf.on.update(GROUP, VERSION, plural, id="reconcile", field="spec", **on)(reconcile)
