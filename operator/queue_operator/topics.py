@@ -127,10 +127,18 @@ class TopicAdmin:
         return {name: len(topic.partitions) for name, topic in metadata.topics.items() if topic.error is None}
 
     def ensure(
-        self, name: str, partitions: int, replication_factor: int | None, config: Mapping[str, str]
+        self,
+        name: str,
+        partitions: int,
+        replication_factor: int | None,
+        config: Mapping[str, str],
+        existing: Mapping[str, int] | None = None,
     ) -> TopicReport:
-        """Create the topic, or bring an existing one as close to the spec as Kafka allows."""
-        existing = self.partitions()
+        """Create the topic, or bring an existing one as close to the spec as Kafka allows.
+
+        ``existing``: a listing from :meth:`partitions` the caller already has (saves one).
+        """
+        existing = self.partitions() if existing is None else existing
         if name not in existing:
             return self._create(name, partitions, replication_factor, config)
         current = existing[name]
@@ -227,7 +235,8 @@ class TopicAdmin:
 
     def delete(self, names: Iterable[str]) -> list[str]:
         """Delete the topics that exist; returns those deleted (absent ones are already gone)."""
-        present = [name for name in names if name in self.partitions()]
+        existing = self.partitions()
+        present = [name for name in names if name in existing]
         if not present:
             return []
         futures = self._admin.delete_topics(present, request_timeout=self.timeout)

@@ -227,12 +227,14 @@ def converge(
                 # Dead letters are rare: the topic is created alike, but never resized.
                 (spec.dead_letter_topic, existing or spec.partitions, {}),
             ):
-                result = topics.ensure(name, count, spec.replication_factor, config)
+                # One listing serves both topics and the status: a steady state costs one call.
+                result = topics.ensure(name, count, spec.replication_factor, config, existing=partitions)
+                if result.partitions > 0:
+                    partitions[name] = result.partitions
                 if result.created and name not in created:
                     created.append(name)
                 if result.problem:
                     problems.append(result.problem)
-            partitions = topics.partitions()
             if spec.offset == "last" and spec.topic in partitions:
                 topics.start_group_at_end(spec.group, spec.topic, partitions[spec.topic])
     except (SecretMissing, ClientConfigInvalid, BrokerUnavailable) as exc:
