@@ -15,6 +15,7 @@ import http.server
 import logging
 import os
 import secrets
+import signal
 import socket
 import threading
 import urllib.parse
@@ -230,15 +231,20 @@ def cli(argv: Sequence[str] | None = None) -> None:
     log.info("role %s, watching %s", args.role, ", ".join(namespaces) if namespaces else "all namespaces")
     if args.metrics_port is not None:
         metrics.serve(args.metrics_port, args.metrics_host)
+    # SIGTERM before kopf has its own handlers (while waiting for the Lease, or just after taking
+    # it) must still stop the process the graceful way, so that a leader releases its Lease.
+    terminating = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: terminating.set())
     elector = None
     if args.leader_elect and args.role != "webhook":
         elector = _election(args, Kube.from_environment(timeout=5.0))
         # A follower is alive while it waits: answer the liveness probe until kopf takes the port.
         with _liveness_while_waiting(args.liveness):
-            elector.acquire(threading.Event())
+            if not elector.acquire(terminating):
+                return
     if args.role != "webhook":
         metrics.LEADER.set(1)
-    lost = asyncio.run(_operate(args, registry, settings, runtime, elector))
+    lost = asyncio.run(_operate(args, registry, settings, runtime, elector, terminating=terminating))
     if lost:
         raise SystemExit(1)
     if elector is not None:
@@ -251,10 +257,17 @@ async def _operate(
     settings: kopf.OperatorSettings,
     runtime: Runtime,
     elector: LeaderElection | None,
+    *,
+    terminating: threading.Event,
 ) -> bool:
     """Run kopf until SIGTERM, or until the leadership is lost (then True)."""
     loop = asyncio.get_running_loop()
     stop, lost, renewing = asyncio.Event(), threading.Event(), threading.Event()
+    # Until kopf installs its own: a SIGTERM stops kopf through its stop flag (one that came
+    # before the loop ran is seen here too).
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    if terminating.is_set():
+        stop.set()
     if elector is not None:
 
         def on_lost() -> None:

@@ -40,17 +40,12 @@ from queue_engine.kq.group_start import (
     start_group_at_end,
 )
 from queue_engine.kq.security import KafkaSecurity
+from queue_operator.kafka_errors import BrokerUnavailable, ClientConfigInvalid
+
+__all__ = ["AdminPool", "BrokerUnavailable", "ClientConfigInvalid", "TopicAdmin", "TopicReport"]
 
 log = logging.getLogger("queue_operator.topics")
 librdkafka_log = logging.getLogger("queue_operator.topics.librdkafka")
-
-
-class BrokerUnavailable(Exception):
-    """The brokers did not answer (or answered a transient error): retry later."""
-
-
-class ClientConfigInvalid(Exception):
-    """librdkafka refused the connection settings (e.g. a CA bundle that is not PEM)."""
 
 
 @dataclass(frozen=True)

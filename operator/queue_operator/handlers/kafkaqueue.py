@@ -14,7 +14,7 @@ import contextlib
 import dataclasses
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import kopf
 
@@ -26,7 +26,10 @@ from queue_operator.handlers.conditions import Verdict, parse_or_report, report
 from queue_operator.handlers.options import GROUP, VERSION, Options, Runtime, register_level_based
 from queue_operator.kube import SecretMissing, SecretNotAllowed
 from queue_operator.spec import KafkaQueueSpec, SpecError
-from queue_operator.topics import BrokerUnavailable, ClientConfigInvalid, TopicAdmin
+
+if TYPE_CHECKING:
+    from queue_operator.topics import TopicAdmin
+from queue_operator.kafka_errors import BrokerUnavailable, ClientConfigInvalid
 
 PLURAL = "kafkaqueues"
 
