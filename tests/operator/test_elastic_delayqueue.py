@@ -131,6 +131,14 @@ class Kubelet:
         self._copy_configmap()
         self._note_conditions()
 
+    def kill_node(self, ordinal: int) -> None:
+        """The node's process dies and stays dead (its pod still counts as there)."""
+        self.procs[ordinal].kill()
+        self.procs[ordinal].wait(10)
+
+    def revive_node(self, ordinal: int) -> None:
+        self.procs[ordinal] = self._start_node(ordinal)
+
     def _start_node(self, ordinal: int) -> subprocess.Popen[bytes]:
         data = self.workdir / f"data-{ordinal}"  # the node's PVC: kept when the pod goes
         data.mkdir(exist_ok=True)
@@ -408,3 +416,42 @@ def test_scaling_3_5_2_under_load_loses_nothing(
     assert "drain" not in (body.get("status") or {})
     nodes = json.loads(kubelet.nodes_file.read_text())["nodes"]
     assert [n["state"] for n in nodes] == ["active", "active"]
+
+
+def condition(cluster: Cluster, kind: str) -> dict[str, Any]:
+    conditions = (cluster.get("delayqueues", NAME).get("status") or {}).get("conditions") or []
+    return next(c for c in conditions if c["type"] == kind)
+
+
+def test_a_drain_that_cannot_finish_is_reported_and_retried_never_forced(
+    cluster: Cluster, elastic: tuple[Kubelet, Sidecar, App]
+) -> None:
+    kubelet, sidecar, app = elastic
+    url = f"{sidecar.publish_url}/v1/delayqueues/{NAME}/jobs"
+    due = time.time() + 15
+    for i in range(20):
+        body = json.dumps({"i": i, "due": due}).encode()
+        Publisher._request("POST", f"{url}?delay={due - time.time():.3f}s", body)
+    kubelet.kill_node(2)  # the leaving node is unreachable: its jobs cannot be moved
+    cluster.patch("delayqueues", NAME, {"spec": {"replicas": 2}})
+    degraded = eventually(
+        lambda: (c := condition(cluster, "Degraded"))["reason"] == "DrainStuck" and c,
+        timeout=30,
+        what="DrainStuck",
+    )
+    assert degraded["status"] == "True" and "unreachable" in degraded["message"], degraded
+    assert condition(cluster, "Progressing")["reason"] == "Draining"
+    time.sleep(3)  # retried, never forced: the node stays
+    assert kubelet.replicas_seen[-1][1] == 3
+    kubelet.revive_node(2)  # back with its binlog: the drain finishes, then the node goes
+    eventually(lambda: len(kubelet.procs) == 2, timeout=60, what="the StatefulSet shrunk after the drain")
+    eventually(lambda: condition(cluster, "Degraded")["status"] == "False", what="Degraded cleared")
+    eventually(
+        lambda: len(app.received()) >= 20,
+        timeout=max(10.0, due - time.time() + 15),
+        what="every job delivered",
+    )
+    time.sleep(2)
+    counts = Counter(json.loads(entry["body"])["i"] for entry in app.received())
+    assert counts == Counter(range(20)), "each job exactly once"
+    assert all(entry["t"] >= due for entry in app.received()), "none early"
