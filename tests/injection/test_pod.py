@@ -89,6 +89,8 @@ def test_the_sidecar_is_added_as_a_native_sidecar_with_probes_and_a_config_the_s
     # The node list comes from the operator's ConfigMap, mounted and watched (no restart when
     # nodes are added or drained).
     assert reminders.nodes is None
+    # The pod may reach the queue's nodes through its NetworkPolicy.
+    assert mutated["metadata"]["labels"]["delayqueue.queue-operator.dev/reminders"] == "client"
     assert str(reminders.nodes_file) == "/etc/queue-sidecar/nodes/0/nodes.json"
     volume = next(v for v in mutated["spec"]["volumes"] if v["name"] == "queue-sidecar-nodes-0")
     assert volume["configMap"] == {"name": "reminders-nodes"}

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from kubernetes import client
 
 from harness.kube_operator import Cluster, OperatorProcess, eventually
 
@@ -74,6 +75,14 @@ def test_deleting_a_delayqueue_keeps_its_volumes_unless_delete_claim(
     statefulsets = [f"{NAME}-beanstalkd", f"{NAME}-redis"]
     for name in statefulsets:
         eventually(lambda n=name: cluster.apps.read_namespaced_stateful_set(n, cluster.namespace), what=name)
+    # The NetworkPolicy is a child too: owned by the DelayQueue, gone with it.
+    owner = cluster.get("delayqueues", NAME)["metadata"]["uid"]
+    networking = client.NetworkingV1Api(cluster.api)
+    policy = eventually(
+        lambda: networking.read_namespaced_network_policy(f"{NAME}-delayqueue", cluster.namespace),
+        what="the NetworkPolicy",
+    )
+    assert [ref.uid for ref in policy.metadata.owner_references] == [owner]
     created = {c for name in statefulsets for c in create_claims_as_the_controller_would(cluster, name)}
     assert created == {
         f"data-{NAME}-beanstalkd-0",
@@ -85,6 +94,10 @@ def test_deleting_a_delayqueue_keeps_its_volumes_unless_delete_claim(
     eventually(
         lambda: not cluster.apps.list_namespaced_stateful_set(cluster.namespace).items,
         what="its StatefulSets garbage-collected",
+    )
+    eventually(
+        lambda: not networking.list_namespaced_network_policy(cluster.namespace).items,
+        what="its NetworkPolicy garbage-collected",
     )
     if delete_claim:
         eventually(lambda: not claims(cluster), what="the PVCs deleted with it")

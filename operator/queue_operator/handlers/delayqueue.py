@@ -17,7 +17,7 @@ from typing import Any
 import kopf
 
 from queue_operator import drain
-from queue_operator.builders import beanstalkd, nodes, redis, scaling
+from queue_operator.builders import beanstalkd, network_policy, nodes, redis, scaling
 from queue_operator.builders.labels import MANAGED_BY
 from queue_operator.handlers import autoscaling
 from queue_operator.handlers.conditions import Verdict, parse_or_report, report, status_of, write_status
@@ -123,7 +123,8 @@ def apply_children(
     )
     running = dataclasses.replace(spec, replicas=current.replicas)
     node_list = nodes.configmap(body, current.active, current.draining)
-    for child in [node_list, *beanstalkd.children(body, running), *redis.children(body, spec)]:
+    policy = network_policy.network_policy(body, spec)
+    for child in [node_list, *beanstalkd.children(body, running), *redis.children(body, spec), policy]:
         kind, name = child["kind"], child["metadata"]["name"]
         if only_drifted:
             actual = kube.read(child["apiVersion"], kind, namespace, name)

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from queue_operator.builders.network_policy import client_label
 from queue_operator.builders.nodes import NODES_FILE, nodes_configmap_name
 from queue_operator.injection.annotations import InjectionError, QueueRef
 from queue_operator.spec import DelayQueueSpec, KafkaQueueSpec, SpecError
@@ -34,6 +35,7 @@ class SidecarQueue:
     config: dict[str, Any]  # an entry of the config's ``queues`` list (camelCase, as the YAML)
     volumes: list[dict[str, Any]] = field(default_factory=list)  # pod volumes (Secrets)
     mounts: list[dict[str, Any]] = field(default_factory=list)  # the sidecar's volumeMounts
+    labels: dict[str, str] = field(default_factory=dict)  # pod labels (NetworkPolicy clients)
 
 
 def sidecar_queue(ref: QueueRef, body: Mapping[str, Any], index: int) -> SidecarQueue:
@@ -47,7 +49,8 @@ def sidecar_queue(ref: QueueRef, body: Mapping[str, Any], index: int) -> Sidecar
 
 
 def _delay_queue(ref: QueueRef, body: Mapping[str, Any], spec: DelayQueueSpec, index: int) -> SidecarQueue:
-    queue = SidecarQueue(config={})
+    # The label lets this pod through the queue's NetworkPolicy.
+    queue = SidecarQueue(config={}, labels=client_label(ref.name))
     # The node list is a ConfigMap the operator keeps current (nodes added, draining, removed);
     # the kubelet updates the mounted file in place and the sidecar watches it: no restart.
     nodes_volume = f"queue-sidecar-nodes-{index}"
