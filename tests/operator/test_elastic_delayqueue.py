@@ -18,6 +18,7 @@ Size: ``ELASTIC_JOBS`` jobs (default 600 over about 30 s, delays 0-20 s); the is
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import random
@@ -264,6 +265,7 @@ class Publisher(threading.Thread):
         self.count, self.seconds = count, seconds
         self.published: dict[int, float] = {}  # index -> due time
         self.revoked: set[int] = set()
+        self.uncertain: set[int] = set()  # revokes that failed: may or may not hold
         self.failures: list[str] = []
         self.rng = random.Random(14)
 
@@ -287,6 +289,7 @@ class Publisher(threading.Thread):
                     self._request("DELETE", f"{self.url}/{job_id}", b"")
                     self.revoked.add(i)
                 except Exception as exc:
+                    self.uncertain.add(i)
                     self.failures.append(f"revoke {i}: {exc}")
 
     @staticmethod
@@ -432,6 +435,13 @@ def test_a_drain_that_cannot_finish_is_reported_and_retried_never_forced(
     for i in range(20):
         body = json.dumps({"i": i, "due": due}).encode()
         Publisher._request("POST", f"{url}?delay={due - time.time():.3f}s", body)
+    # The user-supplied Redis here has no AOF: reported in a condition and in /v1/status.
+    durable = eventually(lambda: condition(cluster, "RedisDurable"), what="RedisDurable")
+    assert (durable["status"], durable["reason"]) == ("False", "RedisMayLoseRecords"), durable
+    assert "appendonly" in durable["message"] and "redis://" not in durable["message"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{sidecar.port}/v1/status", timeout=5) as response:
+        warnings = json.loads(response.read())["queues"][NAME]["warnings"]
+    assert any("appendonly" in w for w in warnings), warnings
     kubelet.kill_node(2)  # the leaving node is unreachable: its jobs cannot be moved
     cluster.patch("delayqueues", NAME, {"spec": {"replicas": 2}})
     degraded = eventually(
@@ -455,3 +465,116 @@ def test_a_drain_that_cannot_finish_is_reported_and_retried_never_forced(
     counts = Counter(json.loads(entry["body"])["i"] for entry in app.received())
     assert counts == Counter(range(20)), "each job exactly once"
     assert all(entry["t"] >= due for entry in app.received()), "none early"
+
+
+class PodRedis:
+    """redis-server with the command line and password of the operator's pod spec, on the
+    address its Service name resolves to (a stand-in for the provisioned Redis's pod)."""
+
+    def __init__(self, workdir: Path, container: dict[str, Any], password: str, address: str) -> None:
+        self.workdir, self.address = workdir, address
+        workdir.mkdir(parents=True, exist_ok=True)
+        args = [re.sub(r"\$\((\w+)\)", lambda _: password, a) for a in container["args"]]
+        args[args.index("--dir") + 1] = str(workdir)  # the pod's data volume
+        self.argv = [tools.redis_server(), *args, "--bind", address]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = (self.workdir / "redis.log").open("ab")
+        self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with socket.socket() as sock:
+                if sock.connect_ex((self.address, 6379)) == 0:
+                    return
+            time.sleep(0.05)
+        raise RuntimeError("redis did not start")
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()  # SIGKILL: no shutdown save, only the AOF
+        self.proc.wait(10)
+
+
+def test_the_provisioned_redis_killed_mid_stream_loses_nothing(
+    cluster: Cluster, operator: OperatorProcess, tmp_path: Path
+) -> None:
+    kubelet = Kubelet(cluster, NAME, tmp_path / "kubelet", nodes_file=tmp_path / "nodes.json")
+    kubelet.workdir.mkdir()
+    redis_address = f"{kubelet.net}100"
+    kubelet.start()
+    with kubelet.hosts_file.open("a") as hosts:
+        hosts.write(f"{redis_address} {NAME}-redis.{cluster.namespace}.svc\n")
+    operator.stop()
+    operator.wrapper = private_hosts(kubelet.hosts_file)
+    operator.start()
+    app = App(tmp_path / "app")
+    app.start()
+    redis: PodRedis | None = None
+    sidecar: Sidecar | None = None
+    try:
+        doc = {"apiVersion": "queue-operator.dev/v1alpha1", "kind": "DelayQueue", "metadata": {"name": NAME}}
+        cluster.apply([{**doc, "spec": {"replicas": 3}}])  # no spec.redis: provisioned
+        sts = eventually(
+            lambda: cluster.apps.read_namespaced_stateful_set(f"{NAME}-redis", cluster.namespace),
+            what="Redis",
+        )
+        (container,) = cluster.api.sanitize_for_serialization(sts.spec.template)["spec"]["containers"]
+        secret = cluster.core.read_namespaced_secret(f"{NAME}-redis", cluster.namespace)
+        password = base64.b64decode(secret.data["password"]).decode()
+        url_file = tmp_path / "redis-url"  # as the webhook mounts the Secret's url key
+        url_file.write_text(base64.b64decode(secret.data["url"]).decode())
+        redis = PodRedis(tmp_path / "redis", container, password, redis_address)
+        redis.start()
+        eventually(lambda: kubelet.nodes_file.exists() and len(kubelet.procs) == 3, what="3 nodes")
+        config = {
+            "app": {"protocol": "http", "port": app.port, "timeout": "5s"},
+            "queues": [
+                {
+                    "kind": "DelayQueue",
+                    "name": NAME,
+                    "nodesFile": str(kubelet.nodes_file),
+                    "redis": {"urlFile": str(url_file)},
+                }
+            ],
+        }
+        sidecar = Sidecar(tmp_path / "sidecar", config, private_hosts(kubelet.hosts_file))
+        sidecar.start()
+        count, seconds = 300, 15.0
+        publisher = Publisher(sidecar, count, seconds)
+        publisher.start()
+        time.sleep(seconds * 0.4)
+        redis.kill()
+        time.sleep(1.0)
+        redis.start()  # from its append-only file
+        publisher.join(seconds + 30)
+        expected = set(publisher.published) - publisher.revoked - publisher.uncertain
+        last_due = max(publisher.published.values())
+
+        def delivered() -> Counter[int]:
+            return Counter(json.loads(entry["body"])["i"] for entry in app.received())
+
+        eventually(
+            lambda: expected <= set(delivered()),
+            timeout=max(30.0, last_due - time.time() + 30),
+            what="every job",
+        )
+        time.sleep(3)
+        counts = delivered()
+        refused = count - len(publisher.published)
+        print(
+            f"\nredis SIGKILL: {len(publisher.published)} published ({refused} refused "
+            f"during the outage), {len(publisher.revoked)} revoked, {sum(counts.values())} delivered, "
+            f"{sum(n - 1 for n in counts.values())} duplicates"
+        )
+        assert not (expected - set(counts)), "nothing lost"
+        assert not (publisher.revoked & set(counts)), "no revoked job delivered"
+        assert sidecar.proc is not None and sidecar.proc.poll() is None
+    finally:
+        if sidecar is not None:
+            sidecar.kill()
+        if redis is not None and redis.proc is not None and redis.proc.poll() is None:
+            redis.kill()
+        app.kill()
+        kubelet.stop()

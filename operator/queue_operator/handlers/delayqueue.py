@@ -16,7 +16,7 @@ from typing import Any
 
 import kopf
 
-from queue_operator import drain
+from queue_operator import drain, redis_check
 from queue_operator.builders import beanstalkd, network_policy, nodes, redis, scaling
 from queue_operator.builders.labels import MANAGED_BY
 from queue_operator.handlers import autoscaling
@@ -58,7 +58,8 @@ def reconcile(
     runtime: Runtime = memo.runtime
     failure = apply_children(runtime.kube, body, spec, logger, only_drifted=False)
     progress = scale_down(runtime, body, spec, logger) if failure is None else None
-    write_status(body, patch, observe_state(runtime.kube, body, spec, failure, progress=progress))
+    status = observe_state(runtime.kube, body, spec, failure, progress=progress)
+    write_status(body, patch, with_redis_check(runtime.kube, body, spec, status))
     if failure is not None:
         delay = runtime.options.backoff(retry)
         raise kopf.TemporaryError(f"{failure}; retrying in {delay:g}s", delay=delay)
@@ -267,7 +268,24 @@ def observe(body: kopf.Body, patch: kopf.Patch, memo: Any, logger: kopf.Logger, 
         return
     kube = memo.runtime.kube
     failure = apply_children(kube, body, spec, logger, only_drifted=True)
-    write_status(body, patch, observe_state(kube, body, spec, failure))
+    write_status(body, patch, with_redis_check(kube, body, spec, observe_state(kube, body, spec, failure)))
+
+
+def with_redis_check(
+    kube: Kube, body: kopf.Body, spec: DelayQueueSpec, status: dict[str, Any]
+) -> dict[str, Any]:
+    """``status`` with the ``RedisDurable`` condition (see queue_operator.redis_check)."""
+    previous = (body.get("status") or {}).get("conditions")
+    generation = int(body.metadata.get("generation") or 1)
+    redis_check.with_condition(
+        status,
+        previous,
+        generation,
+        redis_check.cached_check(
+            kube, str(body.metadata.namespace), str(body.metadata.name), generation, spec
+        ),
+    )
+    return status
 
 
 def contains(actual: Any, desired: Any) -> bool:
