@@ -78,6 +78,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="how often each resource's actual state is checked against its spec (default %(default)s)",
     )
     timing.add_argument(
+        "--drain-grace",
+        type=float,
+        default=defaults.drain_grace,
+        help="before moving a leaving node's jobs, wait this long for every sidecar to see it draining "
+        "(the kubelet's ConfigMap sync, up to about a minute, plus the 2 s poll; default %(default)s)",
+    )
+    timing.add_argument(
         "--retry-delay",
         type=float,
         default=defaults.retry_delay,
@@ -214,6 +221,7 @@ def cli(argv: Sequence[str] | None = None) -> None:
         delete_retries=args.delete_retries,
         delete_timeout=args.delete_timeout,
         workers=args.workers,
+        drain_grace=args.drain_grace,
     )
     kopf.configure(verbose=args.verbose, debug=args.debug)
     if args.role == "webhook" and args.webhook_port is None:

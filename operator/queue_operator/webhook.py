@@ -177,6 +177,8 @@ def _set_patch(patch: kopf.Patch, pod: Mapping[str, Any], mutated: Mapping[str, 
     """Hand kopf the changed parts; it answers with the JSON patch between pod and result."""
     if mutated.get("metadata") != pod.get("metadata"):
         patch["metadata"] = {"annotations": dict(mutated["metadata"].get("annotations") or {})}
+        if mutated["metadata"].get("labels") != (pod.get("metadata") or {}).get("labels"):
+            patch["metadata"]["labels"] = dict(mutated["metadata"].get("labels") or {})
     spec, new_spec = pod.get("spec") or {}, mutated.get("spec") or {}
     changed = {key: value for key, value in new_spec.items() if spec.get(key) != value}
     if changed:

@@ -27,6 +27,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 from redis.connection import parse_url as parse_redis_url
 
+from queue_engine.dq.membership import Membership, read_nodes_file
 from queue_engine.durations import parse_duration
 from queue_engine.errors import ConfigError as EngineConfigError
 from queue_engine.policy import DeliveryPolicy
@@ -193,7 +194,10 @@ class _QueueBase(_Model):
 
 class DelayQueueConfig(_QueueBase):
     kind: Literal["DelayQueue"]
-    nodes: list[str] = Field(min_length=1)
+    # Exactly one: a fixed list, or a file the operator keeps current (a mounted ConfigMap,
+    # watched for changes; see queue_engine.dq.membership).
+    nodes: list[str] | None = Field(None, min_length=1)
+    nodes_file: Path | None = None
     tube: str = ""  # default: the queue's name
     redis: RedisConfig
     max_job_bytes: int = Field(65535, ge=1)
@@ -201,7 +205,8 @@ class DelayQueueConfig(_QueueBase):
 
     @model_validator(mode="after")
     def _resolve(self) -> DelayQueueConfig:
-        for node in self.nodes:
+        _one_of(self, "nodes", "nodesFile")
+        for node in self.nodes or []:
             host, sep, port = node.rpartition(":")
             if not sep or not host or not port.isdigit():
                 raise ValueError(f"node {node!r} must be host:port")
@@ -219,6 +224,13 @@ class DelayQueueConfig(_QueueBase):
     @property
     def redis_url(self) -> str:
         return self._redis_url.get_secret_value()
+
+    def membership(self) -> Membership:
+        """The nodes now: the fixed list (all active), or what the nodes file says (read here,
+        not when the config is parsed: the file is the operator's, mounted beside the config)."""
+        if self.nodes_file is not None:
+            return read_nodes_file(self.nodes_file)
+        return Membership.of(self.nodes or [])
 
 
 class KafkaQueueConfig(_QueueBase):

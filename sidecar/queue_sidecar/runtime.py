@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from aiohttp import web
 from prometheus_client import Gauge
 
 from queue_engine.dq import DelayAdmin, DelayConsumer, DelayProducer
+from queue_engine.dq.membership import Membership, NodesFileWatcher
 from queue_engine.kq import KafkaConsumer, KafkaPusher
 from queue_engine.policy import DeliveryPolicy
 from queue_sidecar.config import DelayQueueConfig, KafkaQueueConfig, SidecarConfig
@@ -68,6 +70,7 @@ class Sidecar:
         self.delay_admins: dict[str, DelayAdmin] = {}
         self.kafka_consumers: dict[str, KafkaConsumer] = {}
         self._new_consumer: dict[str, Callable[[], Consumer]] = {}
+        self._node_watches: dict[str, NodesFileWatcher] = {}  # DelayQueues given a nodesFile
         self._consuming = False
         self._serving = False
         self._stop = asyncio.Event()
@@ -88,14 +91,24 @@ class Sidecar:
 
     def _open_delay_queue(self, queue: DelayQueueConfig) -> None:
         policy = queue.policy()
+        nodes = queue.membership()
         self.targets.delay[queue.name] = DelayProducer(
-            queue.nodes, queue.tube, queue.redis_url, max_job_bytes=queue.max_job_bytes, name=queue.name
+            nodes.active, queue.tube, queue.redis_url, max_job_bytes=queue.max_job_bytes, name=queue.name
         )
-        self.targets.delay_jobs[queue.name] = DelayJobs(queue.name, queue.nodes, queue.tube, queue.redis_url)
+        if nodes.draining:
+            self.targets.delay[queue.name].set_nodes(nodes.active, nodes.draining)
+        self.targets.delay_jobs[queue.name] = DelayJobs(queue.name, nodes.all, queue.tube, queue.redis_url)
+        if queue.nodes_file is not None:
+            self._node_watches[queue.name] = NodesFileWatcher(
+                queue.nodes_file, functools.partial(self._nodes_changed, queue.name)
+            )
 
         def new_consumer() -> Consumer:
+            # A consumer started again after a failure starts on the nodes known now.
+            watch = self._node_watches.get(queue.name)
+            current = watch.current if watch is not None else nodes
             return DelayConsumer(
-                queue.nodes,
+                current.all,
                 queue.tube,
                 queue.redis_url,
                 self.delivery.delay_handler(policy.timeout),
@@ -106,7 +119,16 @@ class Sidecar:
 
         self._new_consumer[queue.name] = new_consumer
         self.consumers[queue.name] = new_consumer()  # now, so that a bad setting fails at start
-        self.delay_admins[queue.name] = DelayAdmin(queue.nodes, queue.tube, queue.redis_url, name=queue.name)
+        self.delay_admins[queue.name] = DelayAdmin(nodes.all, queue.tube, queue.redis_url, name=queue.name)
+
+    async def _nodes_changed(self, name: str, nodes: Membership) -> None:
+        """The operator changed the queue's nodes: producer, consumer and admin follow, live."""
+        self.targets.delay[name].set_nodes(nodes.active, nodes.draining)
+        self.targets.delay_jobs[name].set_nodes(nodes.all)
+        self.delay_admins[name].set_nodes(nodes.active, nodes.draining)
+        consumer = self.consumers[name]
+        if isinstance(consumer, DelayConsumer):
+            consumer.set_nodes(nodes.active, nodes.draining)
 
     def _open_kafka_queue(self, queue: KafkaQueueConfig) -> None:
         policy = queue.policy()
@@ -224,6 +246,8 @@ class Sidecar:
                     name="queue-gauges",
                 )
             )
+            for name, watch in self._node_watches.items():
+                background.append(asyncio.create_task(watch.run(), name=f"nodes-{name}"))
             for name in self.consumers:
                 consumer_tasks[name] = asyncio.create_task(self._supervise(name), name=f"consume-{name}")
             self._consuming = True

@@ -50,6 +50,7 @@ class OperatorProcess:
         self.reconcile_interval = 1.0  # change before (re)start to take timers out of a test
         self.extra_args: list[str] = []
         self.all_namespaces = False  # watch the whole cluster instead of the test's namespace
+        self.wrapper: list[str] = []  # runs the operator through this (e.g. a private /etc/hosts)
 
     def start(self) -> None:
         log = self.log_path.open("ab")
@@ -70,7 +71,7 @@ class OperatorProcess:
             *self.extra_args,
         ]
         env = {**os.environ, "KUBECONFIG": str(self.kube.kubeconfig_path)}
-        self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+        self.proc = subprocess.Popen([*self.wrapper, *argv], stdout=log, stderr=subprocess.STDOUT, env=env)
         log.close()
 
     def stop(self) -> None:

@@ -86,10 +86,17 @@ def test_the_sidecar_is_added_as_a_native_sidecar_with_probes_and_a_config_the_s
     assert config.publish.port == 3500
     reminders, orders = config.queue("reminders"), config.queue("orders")
     assert isinstance(reminders, DelayQueueConfig) and isinstance(orders, KafkaQueueConfig)
-    # No status yet: the nodes' stable DNS names, as the operator will create them.
-    assert reminders.nodes == [
-        f"reminders-beanstalkd-{i}.reminders-beanstalkd.{NAMESPACE}.svc:11300" for i in range(3)
-    ]
+    # The node list comes from the operator's ConfigMap, mounted and watched (no restart when
+    # nodes are added or drained).
+    assert reminders.nodes is None
+    # The pod may reach the queue's nodes through its NetworkPolicy.
+    assert mutated["metadata"]["labels"]["delayqueue.queue-operator.dev/reminders"] == "client"
+    assert str(reminders.nodes_file) == "/etc/queue-sidecar/nodes/0/nodes.json"
+    volume = next(v for v in mutated["spec"]["volumes"] if v["name"] == "queue-sidecar-nodes-0")
+    assert volume["configMap"] == {"name": "reminders-nodes"}
+    assert {"name": "queue-sidecar-nodes-0", "mountPath": "/etc/queue-sidecar/nodes/0", "readOnly": True} in (
+        sidecar["volumeMounts"]
+    )
     assert (reminders.tube, reminders.redis_url) == ("reminders", "redis://redis:6379/0")
     assert (orders.brokers, orders.topic, orders.group, orders.offset, orders.dead_letter_topic) == (
         ["kafka-0.kafka:9092"],
@@ -107,7 +114,7 @@ def test_the_mutated_pod_validates_strictly_against_the_kubernetes_schema() -> N
     kubernetes_validate.validate(mutated, KUBE_VERSION, strict=True)
 
 
-def test_status_endpoints_and_spec_details_reach_the_config() -> None:
+def test_spec_details_reach_the_config() -> None:
     reminders = delay_queue(
         "reminders",
         tube="jobs",
@@ -115,7 +122,6 @@ def test_status_endpoints_and_spec_details_reach_the_config() -> None:
         maxJobBytes=1024,
         delivery={"maxAttempts": 7, "timeout": "5s", "backoff": {"initial": "100ms"}},
     )
-    reminders["status"] = {"endpoints": ["10.0.0.1:11300", "10.0.0.2:11300"]}
     orders = kafka_queue(
         "orders",
         topic={"name": "orders.events"},
@@ -126,7 +132,11 @@ def test_status_endpoints_and_spec_details_reach_the_config() -> None:
     config = config_of(injected(BASIC, {"reminders": reminders, "orders": orders}))
     dq, kq = config.queue("reminders"), config.queue("orders")
     assert isinstance(dq, DelayQueueConfig) and isinstance(kq, KafkaQueueConfig)
-    assert (dq.nodes, dq.tube, dq.max_job_bytes) == (["10.0.0.1:11300", "10.0.0.2:11300"], "jobs", 1024)
+    assert (str(dq.nodes_file), dq.tube, dq.max_job_bytes) == (
+        "/etc/queue-sidecar/nodes/0/nodes.json",
+        "jobs",
+        1024,
+    )
     policy = dq.policy()
     assert (policy.max_attempts, policy.timeout, policy.backoff.initial) == (7, 5.0, 0.1)
     assert (kq.topic, kq.group, kq.offset, kq.dead_letter_topic) == (
@@ -253,7 +263,11 @@ def test_existing_init_containers_and_volumes_are_kept() -> None:
         SETTINGS,
     )
     assert [c["name"] for c in mutated["spec"]["initContainers"]] == [CONTAINER, "migrate"]
-    assert [v["name"] for v in mutated["spec"]["volumes"]] == ["data", "queue-sidecar-config"]
+    assert [v["name"] for v in mutated["spec"]["volumes"]] == [
+        "data",
+        "queue-sidecar-config",
+        "queue-sidecar-nodes-0",
+    ]
     assert original["spec"]["initContainers"] == [
         {"name": "migrate", "image": "example/migrate:1"}
     ]  # not mutated

@@ -73,8 +73,8 @@ def test_a_pod_naming_existing_queues_gets_the_sidecar_once(webhook: Webhook, cl
     config = parse_config(yaml.safe_load(mutated["metadata"]["annotations"][SIDECAR_CONFIG]))
     reminders = config.queue("reminders")
     assert isinstance(reminders, DelayQueueConfig)
-    # The nodes live in the pod's namespace (taken from the request: a controller's pod has none).
-    assert reminders.nodes[0].endswith(f".{cluster.namespace}.svc:11300")
+    # The nodes come from the DelayQueue's ConfigMap, mounted (in the pod's own namespace).
+    assert str(reminders.nodes_file) == "/etc/queue-sidecar/nodes/0/nodes.json"
     assert [q.name for q in config.queues] == ["reminders", "orders"]
 
     # Re-invoked on the already mutated pod: nothing more to change.

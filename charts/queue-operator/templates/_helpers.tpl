@@ -68,9 +68,17 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: [""]
   resources: [services]
   verbs: [get, list, watch, create, patch, delete]
+# A DelayQueue's node list (<name>-nodes) that its sidecars mount and watch.
+- apiGroups: [""]
+  resources: [configmaps]
+  verbs: [get, create, patch, delete]
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
   verbs: [get, list, watch, create, patch, delete]
+# A DelayQueue's NetworkPolicy: only its client pods and the operator reach its nodes and Redis.
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  verbs: [get, create, patch, delete]
 # A provisioned Redis's generated Secret (created once, never listed).
 - apiGroups: [""]
   resources: [secrets]

@@ -16,7 +16,9 @@ from redis.exceptions import RedisError
 
 from queue_engine import metrics
 from queue_engine.dq.envelope import Envelope, check_job_id, due_of_job_id
+from queue_engine.dq.membership import Membership
 from queue_engine.dq.nodes import NodeConnection, NodeDown, check_nodes, check_tube, deleter
+from queue_engine.dq.producer import MAX_NODES
 from queue_engine.dq.records import RETENTION_S, Copy, JobRecords, parse_copies
 from queue_engine.dq.redis_client import connect_redis, describe_redis_error
 from queue_engine.errors import NotFound, Unavailable
@@ -109,15 +111,31 @@ class DelayAdmin:
         self._nodes = check_nodes(nodes)
         self._tube = check_tube(tube)
         self.queue = name or tube
-        self._conns = {
-            node: NodeConnection(
-                node, self._tube, connect_timeout=connect_timeout, io_timeout=connect_timeout
-            )
-            for node in self._nodes
-        }
-        self._executor = ThreadPoolExecutor(max_workers=len(self._nodes) + 1, thread_name_prefix="dq-admin")
+        self._connect_timeout = connect_timeout
+        self._conns = {node: self._connection(node) for node in self._nodes}
+        self._executor = ThreadPoolExecutor(
+            max_workers=max(MAX_NODES, len(self._nodes)) + 1, thread_name_prefix="dq-admin"
+        )
         self._redis = connect_redis(redis_url, connect_timeout)
         self._records = JobRecords(self._redis, self._tube)
+
+    def _connection(self, node: str) -> NodeConnection:
+        timeout = self._connect_timeout
+        return NodeConnection(node, self._tube, connect_timeout=timeout, io_timeout=timeout)
+
+    @property
+    def nodes(self) -> list[str]:
+        return list(self._nodes)
+
+    def set_nodes(self, active: Sequence[str], draining: Sequence[str] = ()) -> None:
+        """Look at ``active`` and ``draining`` nodes from now on (both still hold jobs)."""
+        nodes = list(Membership.of(active, draining).all)
+        for node in nodes:
+            if node not in self._conns:
+                self._conns[node] = self._connection(node)
+        for node in [n for n in self._conns if n not in nodes]:
+            self._conns.pop(node).close()
+        self._nodes = nodes
 
     async def stats(self) -> list[NodeStats]:
         """Jobs per node and state (copies: each job is counted once per node holding it)."""

@@ -36,6 +36,7 @@ from queue_engine import metrics
 from queue_engine.dq.envelope import Envelope
 from queue_engine.dq.held import RESERVE_TIMEOUT, Held, Local, NodeLine, burier, reserve_batch
 from queue_engine.dq.job import DelayJob
+from queue_engine.dq.membership import Membership
 from queue_engine.dq.nodes import (
     PRIORITY,
     NodeConnection,
@@ -46,7 +47,7 @@ from queue_engine.dq.nodes import (
     copy_deleter,
     deleter,
 )
-from queue_engine.dq.producer import JOB_TTR
+from queue_engine.dq.producer import JOB_TTR, MAX_NODES
 from queue_engine.dq.records import Claim, Copy, JobRecords
 from queue_engine.dq.redis_client import (
     DEFAULT_POOL,
@@ -121,6 +122,10 @@ class DelayConsumer:
         # Shared by every connection to a node: one timeout makes the node suspect, and calls
         # on it then fail at once instead of each waiting out a timeout (see nodes.py).
         self._health = {node: NodeHealth(node) for node in self._nodes}
+        self._reservers = min(concurrency, RESERVERS_PER_NODE)
+        self._control: dict[str, NodeConnection] = {}
+        self._lines: dict[str, NodeLine] = {}
+        self._workers: dict[str, list[asyncio.Task[None]]] = {}
         self._inflight: set[asyncio.Task[Outcome]] = set()
         self._held_per_node = max(64, 8 * concurrency)  # copies held at once per node, at most
         self._holders: set[asyncio.Task[None]] = set()
@@ -142,10 +147,13 @@ class DelayConsumer:
             raise RuntimeError("this consumer is already running")
         self._running = True
         nodes = len(self._nodes)
-        reservers = min(self._concurrency, RESERVERS_PER_NODE)
+        reservers = self._reservers
         # Reserves block a thread for up to a second each; other calls get threads of their own
-        # so that a touch or delete never waits behind them.
-        self._reserving = ThreadPoolExecutor(max_workers=nodes * reservers, thread_name_prefix="dq-reserve")
+        # so that a touch or delete never waits behind them. Sized for the most nodes a queue
+        # may get later (set_nodes); threads start only when needed.
+        self._reserving = ThreadPoolExecutor(
+            max_workers=max(MAX_NODES, nodes) * reservers, thread_name_prefix="dq-reserve"
+        )
         self._executor = ThreadPoolExecutor(
             max_workers=2 * self._concurrency + 4, thread_name_prefix="dq-ops"
         )
@@ -157,31 +165,26 @@ class DelayConsumer:
         self._watch_client = connect_redis(self._redis_url, self._connect_timeout, max_connections=2)
         self._records = JobRecords(self._redis, self._tube)
         # Deletes of other copies; quick calls only, so a short I/O timeout.
-        self._control = {
-            node: NodeConnection(
-                node,
-                self._tube,
-                connect_timeout=self._connect_timeout,
-                io_timeout=self._connect_timeout,
-                health=self._health[node],
-            )
-            for node in self._nodes
-        }
-        self._lines = {node: NodeLine(self._held_per_node) for node in self._nodes}
+        self._control = {}
+        self._lines = {}
+        self._workers = {}
         with contextlib.suppress(RedisError):
             await self._measure_clock()  # before the first copy is held; the watchdog keeps it up
         watchdog = asyncio.create_task(self._watch_redis(), name=f"dq-{self.queue}-redis")
-        workers = [
-            asyncio.create_task(self._work(node), name=f"dq-{self.queue}-{node}-{i}")
-            for node in self._nodes
-            for i in range(reservers)
-        ]
+        for node in self._nodes:
+            self._start_node(node)
         log.info("dq consumer %s started on %d node(s), concurrency %d", self.queue, nodes, self._concurrency)
+        workers: set[asyncio.Task[None]] = set()
         try:
-            await asyncio.wait(workers)
+            while True:  # until every worker ended (stop), including those of nodes added meanwhile
+                workers = {t for tasks in self._workers.values() for t in tasks if not t.done()}
+                if not workers:
+                    break
+                await asyncio.wait(workers, return_when=asyncio.FIRST_COMPLETED)
             while self._holders:  # copies still held: they hand themselves back
                 await asyncio.wait(set(self._holders))
         finally:
+            workers = {t for tasks in self._workers.values() for t in tasks}
             for task in [*workers, *self._holders]:
                 task.cancel()  # only left after run() itself was cancelled
             # The watchdog is asked to end, not cancelled: redis-py can swallow a cancellation
@@ -196,6 +199,52 @@ class DelayConsumer:
             self._running = False
             self._finished.set()
             log.info("dq consumer %s stopped", self.queue)
+
+    @property
+    def nodes(self) -> list[str]:
+        """The nodes consumed now (active and draining)."""
+        return list(self._nodes)
+
+    def set_nodes(self, active: Sequence[str], draining: Sequence[str] = ()) -> None:
+        """Consume from ``active`` and ``draining`` nodes from now on; no restart needed.
+
+        Call it on the consumer's event loop. A new node gets its reserving workers at once; a
+        node in neither list stops being reserved from (copies already held there are still
+        settled on their own connections). Draining nodes are consumed like active ones: their
+        jobs stay deliverable until they have been moved away.
+        """
+        nodes = list(Membership.of(active, draining).all)
+        added = [node for node in nodes if node not in self._nodes]
+        removed = [node for node in self._nodes if node not in nodes]
+        self._nodes = nodes
+        for node in nodes:
+            self._health.setdefault(node, NodeHealth(node))
+        for node in removed:
+            self._node_errors.pop(node, None)
+        if self._running and not self._stopping.is_set():
+            for node in added:
+                self._start_node(node)
+        if added or removed:
+            log.info("dq %s: consuming from %s (added %s, removed %s)", self.queue, nodes, added, removed)
+
+    def _start_node(self, node: str) -> None:
+        """Start reserving from ``node`` (its control connection and line are kept once made:
+        settled jobs may still name copies there)."""
+        if node not in self._control:
+            self._control[node] = NodeConnection(
+                node,
+                self._tube,
+                connect_timeout=self._connect_timeout,
+                io_timeout=self._connect_timeout,
+                health=self._health[node],
+            )
+        self._lines.setdefault(node, NodeLine(self._held_per_node))
+        running = [t for t in self._workers.get(node, []) if not t.done()]
+        # Workers of a node removed and added back may still be ending: they end on their own.
+        self._workers[node] = running + [
+            asyncio.create_task(self._work(node), name=f"dq-{self.queue}-{node}-{i}")
+            for i in range(self._reservers - len(running))
+        ]
 
     async def stop(self, grace: float = 30.0) -> None:
         """Stop taking jobs; let handlers finish within ``grace`` seconds, hand back the rest."""
@@ -234,7 +283,7 @@ class DelayConsumer:
             return False, "consumer not running"
         if self._redis_error is not None:
             return False, f"redis unreachable: {self._redis_error}"
-        down = dict(self._node_errors)
+        down = {node: error for node, error in self._node_errors.items() if node in self._nodes}
         if len(down) == len(self._nodes):
             return False, "no beanstalkd node reachable: " + "; ".join(f"{n} ({e})" for n, e in down.items())
         if down:
@@ -262,7 +311,7 @@ class DelayConsumer:
         conn = line.take() or self._connection(node)
         backoff = 0.1
         try:
-            while not self._stopping.is_set():
+            while not self._stopping.is_set() and node in self._nodes:
                 if self._redis_error is not None:
                     await self._pause(0.1)  # never take a job that cannot be de-duplicated
                     continue

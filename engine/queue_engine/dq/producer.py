@@ -17,6 +17,7 @@ from redis.exceptions import RedisError
 
 from queue_engine import metrics
 from queue_engine.dq.envelope import HEADER_BYTES, Envelope, check_job_id, new_job_id
+from queue_engine.dq.membership import Membership
 from queue_engine.dq.nodes import (
     PRIORITY,
     NodeConnection,
@@ -37,6 +38,7 @@ T = TypeVar("T")
 # Seconds a consumer may hold a reservation between touches (it touches well before this).
 JOB_TTR = 20
 REPLICAS = 3
+MAX_NODES = 9  # spec.replicas' maximum
 MAX_DELAY_SECONDS = 2**32 - 1  # beanstalkd's delay is an unsigned 32-bit number of seconds
 
 
@@ -72,21 +74,55 @@ class DelayProducer:
                 f"maxJobBytes is {max_job_bytes}; it must exceed the {HEADER_BYTES}-byte job header"
             )
         self.max_body_bytes = max_job_bytes - HEADER_BYTES
+        self._connect_timeout = connect_timeout
         self.copies = min(REPLICAS, len(self._nodes))
         self.quorum = quorum_of(self.copies)
-        self._pools = {
-            node: NodePool(
-                node, self._tube, size=2, connect_timeout=connect_timeout, io_timeout=connect_timeout
-            )
-            for node in self._nodes
-        }
+        self._pools = {node: self._pool(node) for node in self._nodes}
+        # Sized for the most nodes a DelayQueue can have, as nodes may be added later; threads
+        # start only when needed.
         self._executor = ThreadPoolExecutor(
-            max_workers=4 * len(self._nodes), thread_name_prefix="dq-producer"
+            max_workers=4 * max(MAX_NODES, len(self._nodes)), thread_name_prefix="dq-producer"
         )
         self._redis = connect_redis(redis_url, connect_timeout)
         self._records = JobRecords(self._redis, self._tube)
         self._turn = 0
         self._closed = False
+
+    def _pool(self, node: str) -> NodePool:
+        timeout = self._connect_timeout
+        return NodePool(node, self._tube, size=2, connect_timeout=timeout, io_timeout=timeout)
+
+    @property
+    def nodes(self) -> list[str]:
+        """The nodes new copies are written to (draining nodes are not among them)."""
+        return list(self._nodes)
+
+    def set_nodes(self, active: Sequence[str], draining: Sequence[str] = ()) -> None:
+        """Write new jobs to ``active`` from now on; no restart needed.
+
+        A draining node takes no new copies, but its connections are kept so that revoking a
+        job still deletes the copies there. Nodes in neither list are forgotten. Publishes in
+        flight finish on the nodes they chose.
+        """
+        membership = Membership.of(active, draining)
+        for node in membership.all:
+            if node not in self._pools:
+                self._pools[node] = self._pool(node)
+        gone = [node for node in self._pools if node not in membership.all]
+        self._nodes = list(membership.active)
+        self.copies = min(REPLICAS, len(self._nodes))
+        self.quorum = quorum_of(self.copies)
+        self._turn = self._turn % len(self._nodes)
+        for node in gone:
+            self._pools.pop(node).close()
+        log.info(
+            "dq %s: writing to %d node(s), quorum %d of %d; draining %s",
+            self.queue,
+            len(self._nodes),
+            self.quorum,
+            self.copies,
+            list(membership.draining) or "none",
+        )
 
     async def delay(self, body: bytes, delay: float | timedelta) -> str:
         """Deliver ``body`` after ``delay`` (seconds or a timedelta); returns the job id."""
@@ -203,6 +239,9 @@ class DelayProducer:
                 pending, failing = failing[:missing], failing[missing:]
             if not pending:
                 break
+            for node in [n for n in pending if n not in self._pools]:
+                failures[node] = "removed from the node list"  # by set_nodes, meanwhile
+            pending = [n for n in pending if n in self._pools]
             conns = [self._pools[node].pick() for node in pending]
             results = await self._run(_put_each, conns, data, due)
             for node, result in zip(pending, results, strict=True):
@@ -242,7 +281,10 @@ class DelayProducer:
                 )
 
     async def _delete_copy(self, copy: Copy, job_id: str) -> bool:
-        conn = self._pools[copy.node].pick()
+        pool = self._pools.get(copy.node)
+        if pool is None:
+            raise NodeDown(copy.node, "removed from the node list")
+        conn = pool.pick()
         return await self._run(conn.call, copy_deleter(conn, copy.jid, copy.server, job_id))
 
     def _count(self, result: str) -> None:

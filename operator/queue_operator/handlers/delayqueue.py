@@ -16,7 +16,8 @@ from typing import Any
 
 import kopf
 
-from queue_operator.builders import beanstalkd, redis, scaling
+from queue_operator import drain, redis_check
+from queue_operator.builders import beanstalkd, network_policy, nodes, redis, scaling
 from queue_operator.builders.labels import MANAGED_BY
 from queue_operator.handlers import autoscaling
 from queue_operator.handlers.conditions import Verdict, parse_or_report, report, status_of, write_status
@@ -56,10 +57,56 @@ def reconcile(
     spec = parse(body, patch)
     runtime: Runtime = memo.runtime
     failure = apply_children(runtime.kube, body, spec, logger, only_drifted=False)
-    write_status(body, patch, observe_state(runtime.kube, body, spec, failure))
+    progress = scale_down(runtime, body, spec, logger) if failure is None else None
+    status = observe_state(runtime.kube, body, spec, failure, progress=progress)
+    write_status(body, patch, with_redis_check(runtime.kube, body, spec, status))
     if failure is not None:
         delay = runtime.options.backoff(retry)
         raise kopf.TemporaryError(f"{failure}; retrying in {delay:g}s", delay=delay)
+    if progress is not None and progress.status is not None:
+        # Level-based, but a drain should not wait for the periodic check: come back soon.
+        delay = max(1.0, min(progress.waiting or 2.0, 5.0))
+        raise kopf.TemporaryError(f"draining: {progress.status['message']}", delay=delay)
+
+
+@dataclasses.dataclass(frozen=True)
+class DrainProgress:
+    status: dict[str, Any] | None  # status.drain; None once no node is leaving
+    waiting: float = 0.0
+    error: str | None = None
+
+
+def scale_down(runtime: Runtime, body: kopf.Body, spec: DelayQueueSpec, logger: kopf.Logger) -> DrainProgress:
+    """Move the leaving nodes' jobs, then shrink the StatefulSet; see queue_operator.drain."""
+    kube, namespace = runtime.kube, str(body.metadata.namespace)
+    current = drain.plan(
+        body, spec, kube.read("apps/v1", "StatefulSet", namespace, beanstalkd.child_name(body))
+    )
+    if not current.draining:
+        return DrainProgress(None)
+    try:
+        result = drain.step(kube, body, spec, current, grace=runtime.options.drain_grace)
+    except (SecretMissing, KubeError) as exc:
+        return DrainProgress(
+            {"nodes": current.draining, "message": str(exc)}, error=f"reading the Redis URL: {exc}"
+        )
+    if result.error is not None:
+        logger.warning("drain of %s stuck: %s; retrying", current.draining, result.error)
+    if not result.finished:
+        status = {**result.status, "error": result.error} if result.error else result.status
+        return DrainProgress(status, result.waiting, result.error)
+    # Empty: now the nodes may go. The ConfigMap first, so that nothing consumes a node after it left.
+    final = drain.Plan(spec.replicas, current.active, [])
+    for child in [nodes.configmap(body, final.active, []), beanstalkd.statefulset(body, spec)]:
+        kopf.adopt(child, owner=body)
+        kube.apply(child)
+    logger.info(
+        "drained %s (%s job copies moved); StatefulSet scaled to %d",
+        current.draining,
+        result.status["moved"],
+        spec.replicas,
+    )
+    return DrainProgress(None)
 
 
 def apply_children(
@@ -71,11 +118,19 @@ def apply_children(
         failure = _ensure_redis_secret(kube, body, logger)
         if failure is not None:
             return failure
-    for child in [*beanstalkd.children(body, spec), *redis.children(body, spec)]:
+    # While nodes drain, the StatefulSet keeps them and the ConfigMap marks them draining.
+    current = drain.plan(
+        body, spec, kube.read("apps/v1", "StatefulSet", namespace, beanstalkd.child_name(body))
+    )
+    running = dataclasses.replace(spec, replicas=current.replicas)
+    node_list = nodes.configmap(body, current.active, current.draining)
+    policy = network_policy.network_policy(body, spec)
+    for child in [node_list, *beanstalkd.children(body, running), *redis.children(body, spec), policy]:
         kind, name = child["kind"], child["metadata"]["name"]
         if only_drifted:
             actual = kube.read(child["apiVersion"], kind, namespace, name)
-            if actual is not None and contains(actual.get("spec"), child["spec"]):
+            part = "spec" if "spec" in child else "data"  # a ConfigMap has data, no spec
+            if actual is not None and contains(actual.get(part), child[part]):
                 continue
             logger.info("%s %s is missing or drifted; re-applying it", kind, name)
         kopf.adopt(child, owner=body)
@@ -120,6 +175,7 @@ def observe_state(
     apply_failure: str | None = None,
     *,
     applied: bool | None = None,  # default: applied unless the apply failed
+    progress: DrainProgress | None = None,  # None: keep what status.drain says
 ) -> dict[str, Any]:
     """Read what the status reports on: the StatefulSet, and that the Redis Secret is there."""
     namespace = str(body["metadata"]["namespace"])
@@ -142,9 +198,20 @@ def observe_state(
     if apply_failure is not None:
         redis_problem = redis_problem or ("ApplyFailed", apply_failure)
     applied = apply_failure is None if applied is None else applied
-    return observed_status(
-        body, spec, statefulset, redis_problem, applied=applied, redis_statefulset=redis_statefulset
+    if progress is None:
+        drain_status = (body.get("status") or {}).get("drain")
+        progress = DrainProgress(drain_status) if drain_status else DrainProgress(None)
+    status = observed_status(
+        body,
+        spec,
+        statefulset,
+        redis_problem,
+        applied=applied and progress.status is None,
+        redis_statefulset=redis_statefulset,
+        progress=progress,
     )
+    status["drain"] = progress.status
+    return status
 
 
 def statefulset_changed(type: str | None, body: kopf.Body, memo: Any, logger: kopf.Logger, **_: Any) -> None:
@@ -201,7 +268,24 @@ def observe(body: kopf.Body, patch: kopf.Patch, memo: Any, logger: kopf.Logger, 
         return
     kube = memo.runtime.kube
     failure = apply_children(kube, body, spec, logger, only_drifted=True)
-    write_status(body, patch, observe_state(kube, body, spec, failure))
+    write_status(body, patch, with_redis_check(kube, body, spec, observe_state(kube, body, spec, failure)))
+
+
+def with_redis_check(
+    kube: Kube, body: kopf.Body, spec: DelayQueueSpec, status: dict[str, Any]
+) -> dict[str, Any]:
+    """``status`` with the ``RedisDurable`` condition (see queue_operator.redis_check)."""
+    previous = (body.get("status") or {}).get("conditions")
+    generation = int(body.metadata.get("generation") or 1)
+    redis_check.with_condition(
+        status,
+        previous,
+        generation,
+        redis_check.cached_check(
+            kube, str(body.metadata.namespace), str(body.metadata.name), generation, spec
+        ),
+    )
+    return status
 
 
 def contains(actual: Any, desired: Any) -> bool:
@@ -225,6 +309,7 @@ def observed_status(
     *,
     applied: bool = True,
     redis_statefulset: Mapping[str, Any] | None = None,  # the provisioned Redis's, when there is one
+    progress: DrainProgress | None = None,
 ) -> dict[str, Any]:
     ready = int(((statefulset or {}).get("status") or {}).get("readyReplicas") or 0)
     fields = {"readyReplicas": ready, "endpoints": beanstalkd.endpoints(body, spec)}
@@ -235,12 +320,36 @@ def observed_status(
             name = provisioned_redis_name(str(body["metadata"]["name"]))
             message = f"the nodes are ready; waiting for the provisioned Redis (StatefulSet {name})"
             verdict = Verdict(False, "RedisNotReady", message, progressing=True)
+    if progress is not None and progress.status is not None:
+        verdict = drain_verdict(spec, verdict.ready, progress)
     if problem is not None:
         reason, message = problem
         # A refused apply leaves the previous generation running: Ready still says whether it serves.
         serving = verdict.ready and reason == "ApplyFailed"
         verdict = Verdict(serving, reason, message, degraded=True)
     return status_of(body, dataclasses.replace(verdict, applied=applied and problem is None), **fields)
+
+
+def drain_verdict(spec: DelayQueueSpec, ready: bool, progress: DrainProgress) -> Verdict:
+    """Progressing while nodes drain; Degraded (DrainStuck) while the drain cannot go on."""
+    status = progress.status or {}
+    leaving = ", ".join(str(node).split(".")[0] for node in status.get("nodes") or [])
+    message = f"scaling down to {spec.replicas}: draining {leaving}: {status.get('message', '')}"
+    if status.get("moved"):
+        message += f" ({status['moved']} job copies moved so far)"
+    error = progress.error or status.get("error")
+    if not error:
+        return Verdict(ready, "Draining", message, progressing=True)
+    stuck = f"the drain of {leaving} cannot finish, retrying (never forced): {error}"
+    return Verdict(
+        ready,
+        "Draining",
+        message,
+        progressing=True,
+        degraded=True,
+        degraded_reason="DrainStuck",
+        degraded_message=stuck,
+    )
 
 
 def nodes_verdict(name: str, replicas: int, statefulset: Mapping[str, Any] | None) -> Verdict:

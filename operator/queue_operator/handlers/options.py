@@ -37,6 +37,9 @@ class Options:
     delete_retries: int = 30  # tries to delete topics before the finalizer is released anyway
     delete_timeout: float = 300.0  # and the time since deletion after which it is released anyway
     workers: int = 8  # threads for the (blocking) handlers
+    # Before a leaving node's jobs move: every sidecar must have seen it draining. Mounted
+    # ConfigMaps reach pods within the kubelet's sync period (a minute by default) plus its cache.
+    drain_grace: float = 120.0
 
     def backoff(self, retry: int) -> float:
         """The wait before retry number ``retry + 1``: doubling from retry_delay, capped."""

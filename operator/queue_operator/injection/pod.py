@@ -92,6 +92,9 @@ def inject(
     if not has_sidecar(result):
         config = yaml.dump(render_config(request, queues), Dumper=_DUMPER, sort_keys=False)
         result.setdefault("metadata", {}).setdefault("annotations", {})[SIDECAR_CONFIG] = config
+        labels = result["metadata"].setdefault("labels", {})
+        for queue in queues:
+            labels.update(queue.labels)
         volumes = spec.setdefault("volumes", [])
         for volume in [_config_volume(), *(v for q in queues for v in q.volumes)]:
             if not any(v.get("name") == volume["name"] for v in volumes):

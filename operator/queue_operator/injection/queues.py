@@ -14,12 +14,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from queue_operator.builders import beanstalkd
+from queue_operator.builders.network_policy import client_label
+from queue_operator.builders.nodes import NODES_FILE, nodes_configmap_name
 from queue_operator.injection.annotations import InjectionError, QueueRef
 from queue_operator.spec import DelayQueueSpec, KafkaQueueSpec, SpecError
 
 SECRETS_DIR = "/etc/queue-sidecar/secrets"  # <i>/: the credentials of the pod's i-th queue
 TLS_DIR = "/etc/queue-sidecar/tls"  # <i>/ca.crt: the CA bundle of the pod's i-th queue
+NODES_DIR = "/etc/queue-sidecar/nodes"  # <i>/nodes.json: the node list of the pod's i-th queue
 REDIS_URL_FILE = "redis-url"
 USERNAME_FILE = "username"
 PASSWORD_FILE = "password"
@@ -33,6 +35,7 @@ class SidecarQueue:
     config: dict[str, Any]  # an entry of the config's ``queues`` list (camelCase, as the YAML)
     volumes: list[dict[str, Any]] = field(default_factory=list)  # pod volumes (Secrets)
     mounts: list[dict[str, Any]] = field(default_factory=list)  # the sidecar's volumeMounts
+    labels: dict[str, str] = field(default_factory=dict)  # pod labels (NetworkPolicy clients)
 
 
 def sidecar_queue(ref: QueueRef, body: Mapping[str, Any], index: int) -> SidecarQueue:
@@ -46,12 +49,13 @@ def sidecar_queue(ref: QueueRef, body: Mapping[str, Any], index: int) -> Sidecar
 
 
 def _delay_queue(ref: QueueRef, body: Mapping[str, Any], spec: DelayQueueSpec, index: int) -> SidecarQueue:
-    status = body.get("status")
-    nodes = status.get("endpoints") if isinstance(status, Mapping) else None
-    if not nodes or not isinstance(nodes, list):
-        # The operator has not written status yet: the names it will give the nodes are stable.
-        nodes = beanstalkd.endpoints(body, spec)
-    queue = SidecarQueue(config={})
+    # The label lets this pod through the queue's NetworkPolicy.
+    queue = SidecarQueue(config={}, labels=client_label(ref.name))
+    # The node list is a ConfigMap the operator keeps current (nodes added, draining, removed);
+    # the kubelet updates the mounted file in place and the sidecar watches it: no restart.
+    nodes_volume = f"queue-sidecar-nodes-{index}"
+    queue.volumes.append({"name": nodes_volume, "configMap": {"name": nodes_configmap_name(body)}})
+    queue.mounts.append({"name": nodes_volume, "mountPath": f"{NODES_DIR}/{index}", "readOnly": True})
     if spec.redis_secret_ref is not None:
         secret = spec.redis_secret_ref
         keys = [(secret.key, REDIS_URL_FILE)]
@@ -64,7 +68,7 @@ def _delay_queue(ref: QueueRef, body: Mapping[str, Any], spec: DelayQueueSpec, i
     queue.config.update(
         kind="DelayQueue",
         name=ref.name,
-        nodes=[str(node) for node in nodes],
+        nodesFile=f"{NODES_DIR}/{index}/{NODES_FILE}",
         tube=spec.tube,
         redis=redis,
         maxJobBytes=spec.max_job_bytes,

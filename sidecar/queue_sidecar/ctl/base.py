@@ -53,7 +53,7 @@ def kafka_queue(queue: QueueSettings, command: str) -> KafkaQueueConfig:
 
 def producer(queue: DelayQueueConfig, args: argparse.Namespace) -> DelayProducer:
     return DelayProducer(
-        queue.nodes,
+        queue.membership().active,
         queue.tube,
         queue.redis_url,
         max_job_bytes=queue.max_job_bytes,
@@ -64,7 +64,11 @@ def producer(queue: DelayQueueConfig, args: argparse.Namespace) -> DelayProducer
 
 def admin(queue: DelayQueueConfig, args: argparse.Namespace) -> DelayAdmin:
     return DelayAdmin(
-        queue.nodes, queue.tube, queue.redis_url, name=queue.name, connect_timeout=min(args.timeout, 5.0)
+        queue.membership().all,
+        queue.tube,
+        queue.redis_url,
+        name=queue.name,
+        connect_timeout=min(args.timeout, 5.0),
     )
 
 

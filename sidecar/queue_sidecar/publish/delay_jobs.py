@@ -69,6 +69,10 @@ class DelayJobs:
         self._records = JobRecords(self._redis, self._tube)
         self.keys = RedisKeys(self._redis, f"dq:{self._tube}:idem:")
 
+    def set_nodes(self, nodes: Sequence[str]) -> None:
+        """The nodes that may hold copies now (active and draining)."""
+        self._nodes = check_nodes(nodes)
+
     async def state(self, job_id: str) -> JobState:
         """The job's state, due time and attempts; NotFound when Redis has no record of it."""
         check_job_id(job_id)
