@@ -43,7 +43,8 @@ def received(records: Path) -> list[dict[str, Any]]:
 
 
 def condition(obj: dict[str, Any], kind: str = "Ready") -> dict[str, Any]:
-    found = next((c for c in (obj.get("status") or {}).get("conditions") or [] if c["type"] == kind), {})
+    conditions: list[dict[str, Any]] = (obj.get("status") or {}).get("conditions") or []
+    found = next((c for c in conditions if c["type"] == kind), {})
     return dict(found)
 
 
