@@ -162,6 +162,8 @@ class Controllers:
                 return
             if not is_ready(pod):
                 return  # OrderedReady: one at a time
+        if self.running(meta["uid"]) > len(pods):
+            return  # a deleted pod is still stopping: one at a time, as the controller waits
         extra = sorted(o for o in pods if o >= want)
         if extra:
             self.api.delete("pods", namespace, pods[extra[-1]]["metadata"]["name"])
