@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from e2e import manifests
 from e2e.manifests import NAMESPACE
 from e2e.user import condition, kill_process, publish, ready_pods, received
@@ -184,6 +185,38 @@ def test_nothing_lost(bed: Bed, records: Path) -> None:
     dq_ids = [r["id"] for r in received(records) if r["kind"] == "delay"]
     expected = {published[b] for b in published if published[b] != "kafka"}
     assert expected <= set(dq_ids)
+
+
+def _bare_pod(name: str, annotations: dict[str, str]) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": NAMESPACE, "annotations": annotations},
+        "spec": {"containers": [{"name": "c", "image": "localhost/sleep:dev", "command": ["sleep", "600"]}]},
+    }
+
+
+ASKS = {
+    "queue-operator.dev/inject": "true",
+    "queue-operator.dev/queues": f"delayqueue/{DQ}",
+    "queue-operator.dev/app-port": "8080",
+}
+
+
+def test_webhook_down_refuses_only_pods_asking_for_injection(bed: Bed) -> None:
+    webhook_path = f"/apis/apps/v1/namespaces/{RELEASE_NAMESPACE}/deployments/qo-queue-operator-webhook"
+    bed.patch(webhook_path, {"spec": {"replicas": 0}})
+    eventually(lambda: not bed.pods(RELEASE_NAMESPACE, WEBHOOK), 30, "the webhook pods gone")
+    bed.apply(_bare_pod("plain", {}))  # matchConditions keep it away from the webhook
+    with pytest.raises(RuntimeError, match="failed calling webhook"):  # failurePolicy: Fail
+        bed.apply(_bare_pod("asks", ASKS))
+    eventually(
+        lambda: is_ready(bed.get(f"/api/v1/namespaces/{NAMESPACE}/pods/plain")), 30, "the plain pod runs"
+    )
+    bed.patch(webhook_path, {"spec": {"replicas": 2}})
+    eventually(lambda: len(ready_pods(bed, RELEASE_NAMESPACE, WEBHOOK)) == 2, 30, "the webhook back")
+    injected = bed.apply(_bare_pod("asks", ASKS))
+    assert injected["spec"]["initContainers"][0]["name"] == "queue-sidecar"
 
 
 def test_uninstall_nothing_hangs(bed: Bed) -> None:

@@ -6,8 +6,8 @@ POSTed over HTTPS to the Service named in ``clientConfig`` (resolved to a ready 
 on the Service's ``targetPort``: there is no kube-proxy), the server certificate checked
 against ``caBundle`` for the name ``<service>.<namespace>.svc``; the returned JSONPatch is
 applied; a refusal is the API server's 400 with the webhook's message, and a call that fails
-is refused or ignored as ``failurePolicy`` says. ``matchConditions`` are CEL and not evaluated:
-every matching pod is sent (the project's webhook answers unannotated pods with no patch).
+is refused or ignored as ``failurePolicy`` says. ``matchConditions`` are evaluated with
+cel-python (variables ``object``, ``oldObject`` and ``request``), as the API server does.
 """
 
 from __future__ import annotations
@@ -20,6 +20,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
+import celpy
+from celpy.adapter import json_to_cel
+from celpy.evaluation import CELEvalError
 
 from harness.kube_objects import ApiError, JsonObj, json_patch
 
@@ -93,6 +96,25 @@ def _endpoint(store: Store, service: JsonObj) -> tuple[str, int]:
     raise ConnectionError(f'no endpoints available for service "{name}"')
 
 
+def _conditions_match(webhook: JsonObj, review: JsonObj) -> bool:
+    """Every ``matchConditions`` expression is true (an error counts as a failed call)."""
+    env = celpy.Environment()
+    request = review["request"]
+    activation = {
+        "object": json_to_cel(request["object"]),
+        "oldObject": json_to_cel(request["oldObject"]),
+        "request": json_to_cel(request),
+    }
+    for condition in webhook.get("matchConditions") or []:
+        program = env.program(env.compile(condition["expression"]))
+        result = program.evaluate(activation)
+        if isinstance(result, CELEvalError):
+            raise result
+        if not bool(result):
+            return False
+    return True
+
+
 async def _call(store: Store, webhook: JsonObj, review: JsonObj) -> JsonObj:
     config = webhook["clientConfig"]
     service = config["service"]
@@ -150,8 +172,17 @@ async def admit_pod(store: Store, namespace: str, pod: JsonObj) -> JsonObj:
                 },
             }
             try:
+                if not _conditions_match(webhook, review):
+                    continue
                 response = (await _call(store, webhook, review)).get("response") or {}
-            except (OSError, aiohttp.ClientError, TimeoutError, ValueError, ssl.SSLError) as exc:
+            except (
+                OSError,
+                aiohttp.ClientError,
+                TimeoutError,
+                ValueError,
+                ssl.SSLError,
+                CELEvalError,
+            ) as exc:
                 if webhook.get("failurePolicy", "Fail") == "Ignore":
                     continue
                 raise ApiError(
