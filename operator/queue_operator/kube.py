@@ -2,8 +2,9 @@
 
 Create-or-patch (409 on create means "exists": merge-patch it to the desired state), delete
 (404 means "already gone"), read (404 means ``None``) and Secret values. Objects are plain
-dicts in and out: the requests go through the ``kubernetes`` client's configuration, auth and
-connection pool, but skip its typed models, which the operator does not need.
+dicts in and out, over :class:`queue_operator.credentials.HttpTransport` (urllib3 with kopf's
+login), or, for kubeconfigs that need an exec plugin, through the ``kubernetes`` client's
+configuration, auth and connection pool, skipping its typed models.
 """
 
 from __future__ import annotations
@@ -14,12 +15,15 @@ import logging
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from queue_operator import credentials
+
 log = logging.getLogger("queue_operator.kube")
 
 MERGE_PATCH = "application/merge-patch+json"
 
 # apiVersion, kind -> plural: the kinds this operator reads or writes.
 PLURALS: dict[tuple[str, str], str] = {
+    ("v1", "Namespace"): "namespaces",
     ("v1", "Service"): "services",
     ("v1", "Secret"): "secrets",
     ("v1", "Pod"): "pods",
@@ -75,7 +79,7 @@ def object_path(api_version: str, kind: str, namespace: str | None, name: str | 
 
 
 class Kube:
-    """Idempotent object operations over one ``kubernetes.client.ApiClient``."""
+    """Idempotent object operations over an :class:`HttpTransport` or a ``kubernetes`` ApiClient."""
 
     def __init__(self, api_client: Any, timeout: float = 30.0) -> None:
         self._client = api_client
@@ -84,7 +88,12 @@ class Kube:
     @classmethod
     def from_environment(cls, timeout: float = 30.0) -> Kube:
         """In-cluster service account credentials, else the kubeconfig (``KUBECONFIG``)."""
-        from kubernetes import client, config  # noqa: PLC0415 - heavy import, only when run
+        if not credentials.needs_kubernetes_library():
+            import kopf  # noqa: PLC0415
+
+            settings = kopf.OperatorSettings()
+            return cls(credentials.HttpTransport(lambda: credentials.login(settings)), timeout)
+        from kubernetes import client, config  # noqa: PLC0415 - heavy import, only when needed
 
         try:
             config.load_incluster_config()  # type: ignore[no-untyped-call]
@@ -100,21 +109,26 @@ class Kube:
         content_type: str = "application/json",
         query: list[tuple[str, str]] | None = None,
     ) -> tuple[int, dict[str, Any]]:
-        serialized = self._client.param_serialize(
-            method=method,
-            resource_path=path,
-            query_params=query or None,
-            header_params={"Content-Type": content_type, "Accept": "application/json"},
-            body=body,
-            auth_settings=["BearerToken"],
-        )
-        response = self._client.call_api(*serialized, _request_timeout=self.timeout)
-        raw = response.read()
+        if isinstance(self._client, credentials.HttpTransport):
+            status, raw = self._client.request(
+                method, path, body, content_type=content_type, query=query, timeout=self.timeout
+            )
+        else:
+            serialized = self._client.param_serialize(
+                method=method,
+                resource_path=path,
+                query_params=query or None,
+                header_params={"Content-Type": content_type, "Accept": "application/json"},
+                body=body,
+                auth_settings=["BearerToken"],
+            )
+            response = self._client.call_api(*serialized, _request_timeout=self.timeout)
+            status, raw = int(response.status), response.read()
         try:
             payload = json.loads(raw) if raw else {}
         except ValueError:
             payload = {"message": raw[:200].decode(errors="replace")}
-        return int(response.status), payload if isinstance(payload, dict) else {}
+        return status, payload if isinstance(payload, dict) else {}
 
     def _checked(self, status: int, payload: dict[str, Any]) -> dict[str, Any]:
         if status >= 400:

@@ -15,6 +15,7 @@ import http.server
 import logging
 import os
 import secrets
+import signal
 import socket
 import threading
 import urllib.parse
@@ -23,7 +24,7 @@ from typing import Any
 
 import kopf
 
-from queue_operator import handlers, webhook
+from queue_operator import handlers, metrics, webhook
 from queue_operator.handlers.options import Options, Runtime, operator_settings
 from queue_operator.kube import Kube, own_namespace
 from queue_operator.leader import LeaderElection, Timing
@@ -56,6 +57,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--liveness",
         metavar="URL",
         help="serve a liveness probe, e.g. http://0.0.0.0:8080/healthz",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve Prometheus metrics at http://<metrics-host>:PORT/metrics (default: not served)",
+    )
+    parser.add_argument(
+        "--metrics-host", default="0.0.0.0", help="address the metrics port binds (default %(default)s)"
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log more (kopf's verbose mode)")
     parser.add_argument("--debug", action="store_true", help="log every API call (kopf's debug mode)")
@@ -219,13 +229,22 @@ def cli(argv: Sequence[str] | None = None) -> None:
         webhook.enable(args, registry, settings, runtime.kube)
     namespaces = args.namespace
     log.info("role %s, watching %s", args.role, ", ".join(namespaces) if namespaces else "all namespaces")
+    if args.metrics_port is not None:
+        metrics.serve(args.metrics_port, args.metrics_host)
+    # SIGTERM before kopf has its own handlers (while waiting for the Lease, or just after taking
+    # it) must still stop the process the graceful way, so that a leader releases its Lease.
+    terminating = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: terminating.set())
     elector = None
     if args.leader_elect and args.role != "webhook":
         elector = _election(args, Kube.from_environment(timeout=5.0))
         # A follower is alive while it waits: answer the liveness probe until kopf takes the port.
         with _liveness_while_waiting(args.liveness):
-            elector.acquire(threading.Event())
-    lost = asyncio.run(_operate(args, registry, settings, runtime, elector))
+            if not elector.acquire(terminating):
+                return
+    if args.role != "webhook":
+        metrics.LEADER.set(1)
+    lost = asyncio.run(_operate(args, registry, settings, runtime, elector, terminating=terminating))
     if lost:
         raise SystemExit(1)
     if elector is not None:
@@ -238,13 +257,21 @@ async def _operate(
     settings: kopf.OperatorSettings,
     runtime: Runtime,
     elector: LeaderElection | None,
+    *,
+    terminating: threading.Event,
 ) -> bool:
     """Run kopf until SIGTERM, or until the leadership is lost (then True)."""
     loop = asyncio.get_running_loop()
     stop, lost, renewing = asyncio.Event(), threading.Event(), threading.Event()
+    # Until kopf installs its own: a SIGTERM stops kopf through its stop flag (one that came
+    # before the loop ran is seen here too).
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    if terminating.is_set():
+        stop.set()
     if elector is not None:
 
         def on_lost() -> None:
+            metrics.LEADER.set(0)
             lost.set()
             loop.call_soon_threadsafe(stop.set)
             _exit_soon(1, after=5.0)

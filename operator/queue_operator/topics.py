@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import ConsumerGroupTopicPartitions, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import (
     AdminClient,
     AlterConfigOpType,
@@ -30,21 +30,22 @@ from confluent_kafka.admin import (
     ConfigResource,
     NewPartitions,
     NewTopic,
-    OffsetSpec,
 )
 
+from queue_engine.kq.group_start import (
+    TRANSIENT,
+    GroupStartFailed,
+    describe,
+    kafka_error,
+    start_group_at_end,
+)
 from queue_engine.kq.security import KafkaSecurity
+from queue_operator.kafka_errors import BrokerUnavailable, ClientConfigInvalid
+
+__all__ = ["AdminPool", "BrokerUnavailable", "ClientConfigInvalid", "TopicAdmin", "TopicReport"]
 
 log = logging.getLogger("queue_operator.topics")
 librdkafka_log = logging.getLogger("queue_operator.topics.librdkafka")
-
-
-class BrokerUnavailable(Exception):
-    """The brokers did not answer (or answered a transient error): retry later."""
-
-
-class ClientConfigInvalid(Exception):
-    """librdkafka refused the connection settings (e.g. a CA bundle that is not PEM)."""
 
 
 @dataclass(frozen=True)
@@ -55,15 +56,6 @@ class TopicReport:
     partitions: int
     created: bool = False
     problem: str | None = None  # set when the topic differs from the spec and a person must act
-
-
-def _error(exc: KafkaException) -> KafkaError | None:
-    return exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
-
-
-def _describe(exc: BaseException) -> str:
-    err = _error(exc) if isinstance(exc, KafkaException) else None
-    return f"{err.str()} ({err.name()})" if err is not None else str(exc)
 
 
 class TopicAdmin:
@@ -106,7 +98,7 @@ class TopicAdmin:
         except KafkaException as exc:
             self.close()
             raise ClientConfigInvalid(
-                f"cannot set up a Kafka client for {self.brokers}: {_describe(exc)}"
+                f"cannot set up a Kafka client for {self.brokers}: {describe(exc)}"
             ) from exc
 
     def close(self) -> None:
@@ -125,15 +117,23 @@ class TopicAdmin:
         try:
             metadata = self._admin.list_topics(timeout=self.timeout)
         except KafkaException as exc:
-            raise BrokerUnavailable(f"brokers {self.brokers} did not answer: {_describe(exc)}") from exc
+            raise BrokerUnavailable(f"brokers {self.brokers} did not answer: {describe(exc)}") from exc
         self.cluster_id = metadata.cluster_id or None
         return {name: len(topic.partitions) for name, topic in metadata.topics.items() if topic.error is None}
 
     def ensure(
-        self, name: str, partitions: int, replication_factor: int | None, config: Mapping[str, str]
+        self,
+        name: str,
+        partitions: int,
+        replication_factor: int | None,
+        config: Mapping[str, str],
+        existing: Mapping[str, int] | None = None,
     ) -> TopicReport:
-        """Create the topic, or bring an existing one as close to the spec as Kafka allows."""
-        existing = self.partitions()
+        """Create the topic, or bring an existing one as close to the spec as Kafka allows.
+
+        ``existing``: a listing from :meth:`partitions` the caller already has (saves one).
+        """
+        existing = self.partitions() if existing is None else existing
         if name not in existing:
             return self._create(name, partitions, replication_factor, config)
         current = existing[name]
@@ -165,14 +165,14 @@ class TopicAdmin:
         try:
             future.result(timeout=self.timeout * 2)
         except KafkaException as exc:
-            err = _error(exc)
+            err = kafka_error(exc)
             if err is not None and err.code() == KafkaError.TOPIC_ALREADY_EXISTS:
                 return TopicReport(name, self.partitions().get(name, partitions))
-            if err is not None and not err.retriable() and err.code() not in _TRANSIENT:
+            if err is not None and not err.retriable() and err.code() not in TRANSIENT:
                 return TopicReport(
-                    name, 0, problem=f"the brokers refused to create topic {name}: {_describe(exc)}"
+                    name, 0, problem=f"the brokers refused to create topic {name}: {describe(exc)}"
                 )
-            raise BrokerUnavailable(f"creating topic {name} failed: {_describe(exc)}") from exc
+            raise BrokerUnavailable(f"creating topic {name} failed: {describe(exc)}") from exc
         log.info(
             "created topic %s (%d partitions, replication factor %s)",
             name,
@@ -188,15 +188,15 @@ class TopicAdmin:
         try:
             future.result(timeout=self.timeout * 2)
         except KafkaException as exc:
-            err = _error(exc)
-            if err is not None and err.code() in _TRANSIENT:
-                raise BrokerUnavailable(f"raising partitions of {name} failed: {_describe(exc)}") from exc
+            err = kafka_error(exc)
+            if err is not None and err.code() in TRANSIENT:
+                raise BrokerUnavailable(f"raising partitions of {name} failed: {describe(exc)}") from exc
             return TopicReport(
                 name,
                 current,
                 problem=(
                     f"topic {name} has {current} partitions and spec asks for {wanted}, but the brokers "
-                    f"refused to add partitions: {_describe(exc)}"
+                    f"refused to add partitions: {describe(exc)}"
                 ),
             )
         log.info("raised partitions of topic %s from %d to %d", name, current, wanted)
@@ -214,61 +214,24 @@ class TopicAdmin:
         try:
             future.result(timeout=self.timeout * 2)
         except KafkaException as exc:
-            raise BrokerUnavailable(f"applying the config of topic {name} failed: {_describe(exc)}") from exc
+            raise BrokerUnavailable(f"applying the config of topic {name} failed: {describe(exc)}") from exc
 
     def start_group_at_end(self, group: str, topic: str, partitions: int) -> list[int]:
-        """Commit the end offset for ``group`` on each partition where it has none; the partitions set.
-
-        A group that starts "at the latest offset" picks that offset when its first consumer
-        joins, so whatever was published before then would be skipped. Committing the end now
-        makes the group start here instead: nothing published from now on is skipped, however
-        late the first consumer comes. Partitions that already have an offset are left alone;
-        a group with active members (which have chosen their positions) is left alone too.
-        """
-        wanted = [TopicPartition(topic, p) for p in range(partitions)]
-        request = [ConsumerGroupTopicPartitions(group, wanted)]
+        """Commit the end offset for ``group`` on each partition where it has none; the partitions
+        set (see :func:`queue_engine.kq.group_start.start_group_at_end`). Any failure to read or
+        set them is retried by the caller: the resource is not Ready until the start is set."""
         try:
-            committed = self._result(
-                self._admin.list_consumer_group_offsets(request, request_timeout=self.timeout)[group]
-            )
-            missing = [tp.partition for tp in committed.topic_partitions if tp.offset < 0]
-            if not missing:
-                return []
-            latest = OffsetSpec.latest()  # type: ignore[no-untyped-call]
-            ends = self._admin.list_offsets(
-                {TopicPartition(topic, p): latest for p in missing}, request_timeout=self.timeout
-            )
-            offsets = [
-                TopicPartition(tp.topic, tp.partition, self._result(f).offset) for tp, f in ends.items()
-            ]
-        except KafkaException as exc:
-            raise BrokerUnavailable(f"reading the offsets of group {group} failed: {_describe(exc)}") from exc
-        future = self._admin.alter_consumer_group_offsets(
-            [ConsumerGroupTopicPartitions(group, offsets)], request_timeout=self.timeout
-        )[group]
-        try:
-            result = self._result(future)
-            failed = next((tp.error for tp in result.topic_partitions if tp.error is not None), None)
-            if failed is not None:
-                raise KafkaException(failed)
-        except KafkaException as exc:
-            err = _error(exc)
-            if err is None or err.retriable() or err.code() in _TRANSIENT:
-                raise BrokerUnavailable(
-                    f"setting the start offsets of group {group} failed: {_describe(exc)}"
-                ) from exc
-            # Typically members joined meanwhile: they have their positions and will commit.
-            log.info("left group %s as it is: %s", group, _describe(exc))
-            return []
-        log.info("group %s starts at the end of %s partitions %s", group, topic, sorted(missing))
-        return sorted(missing)
+            return start_group_at_end(self._admin, group, topic, range(partitions), timeout=self.timeout)
+        except GroupStartFailed as exc:
+            raise BrokerUnavailable(str(exc)) from exc
 
     def _result(self, future: Any) -> Any:
         return future.result(timeout=self.timeout * 2)
 
     def delete(self, names: Iterable[str]) -> list[str]:
         """Delete the topics that exist; returns those deleted (absent ones are already gone)."""
-        present = [name for name in names if name in self.partitions()]
+        existing = self.partitions()
+        present = [name for name in names if name in existing]
         if not present:
             return []
         futures = self._admin.delete_topics(present, request_timeout=self.timeout)
@@ -276,21 +239,11 @@ class TopicAdmin:
             try:
                 future.result(timeout=self.timeout * 2)
             except KafkaException as exc:
-                err = _error(exc)
+                err = kafka_error(exc)
                 if err is None or err.code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
-                    raise BrokerUnavailable(f"deleting topic {name} failed: {_describe(exc)}") from exc
+                    raise BrokerUnavailable(f"deleting topic {name} failed: {describe(exc)}") from exc
         log.info("deleted topics %s", ", ".join(present))
         return present
-
-
-_TRANSIENT = {
-    KafkaError._TRANSPORT,
-    KafkaError._TIMED_OUT,
-    KafkaError._ALL_BROKERS_DOWN,
-    KafkaError.REQUEST_TIMED_OUT,
-    KafkaError.NOT_CONTROLLER,
-    KafkaError.LEADER_NOT_AVAILABLE,
-}
 
 
 class AdminPool:

@@ -13,13 +13,14 @@ import asyncio
 import copy
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import aiohttp.web
 import kopf
 
-from queue_operator import missed_injections
+from queue_operator import metrics, missed_injections
 from queue_operator.handlers.options import API_VERSION
 from queue_operator.injection import (
     InjectionError,
@@ -57,7 +58,16 @@ class AdmissionServer(kopf.WebhookServer):
             headers: kopf.Headers | None = None,
             sslpeer: kopf.SSLPeer | None = None,
         ) -> Any:
-            return await fn(_checked_review(request), webhook=webhook, headers=headers, sslpeer=sslpeer)
+            started = time.perf_counter()
+            result = "error"
+            try:
+                review = _checked_review(request)
+                response = await fn(review, webhook=webhook, headers=headers, sslpeer=sslpeer)
+                result = metrics.admission_result(response)
+                return response
+            finally:
+                metrics.ADMISSIONS.labels(result).inc()
+                metrics.ADMISSION_SECONDS.observe(time.perf_counter() - started)
 
         async for client_config in super().__call__(checked):
             yield client_config

@@ -29,6 +29,7 @@ from queue_operator.injection.annotations import HEALTH_PORT
 KUBE_VERSION = "1.33.0"
 ALL_ON = (
     "monitoring.podMonitor.enabled=true",
+    "monitoring.serviceMonitor.enabled=true",
     "monitoring.rules.enabled=true",
     "monitoring.dashboard.enabled=true",
 )
@@ -40,6 +41,13 @@ ALERTS = {
     "QueueBackendDown",
     "QueueDqLatenessHigh",
     "QueueSidecarAppMisconfigured",
+}
+# On the operator's own metrics: only with the ServiceMonitor that scrapes them.
+OPERATOR_ALERTS = {
+    "QueueOperatorNoLeader",
+    "QueueNotReady",
+    "QueueOperatorReconcileFailing",
+    "QueueWebhookErrors",
 }
 
 
@@ -65,7 +73,8 @@ def exported_series() -> set[str]:
     for family in REGISTRY.collect():
         suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"]}.get(family.type, [""])
         names |= {family.name + suffix for suffix in suffixes}
-    return names
+    # Another test imports the operator's metrics into this process's registry: not the sidecar's.
+    return {name for name in names if not name.startswith("queue_operator_")}
 
 
 def metric_names(expr: str) -> set[str]:
@@ -77,7 +86,8 @@ def test_monitoring_is_off_by_default() -> None:
     assert not by_kind(objects, "PodMonitor")
     assert not by_kind(objects, "PrometheusRule")
     assert not [o for o in by_kind(objects, "ConfigMap") if "grafana_dashboard" in o["metadata"]["labels"]]
-    assert not by_kind(objects, "ServiceMonitor")  # the operator has no metrics endpoint
+    assert not by_kind(objects, "ServiceMonitor")
+    assert not [o for o in by_kind(objects, "Service") if o["metadata"]["name"].endswith("-metrics")]
 
 
 def test_helm_lint_is_clean_with_monitoring_on() -> None:
@@ -97,7 +107,61 @@ def test_monitoring_objects_are_well_formed() -> None:
             assert obj["metadata"]["namespace"] == "queue-system" and obj["spec"]
         else:
             kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
-    assert {o["kind"] for o in objects} >= {"PodMonitor", "PrometheusRule", "ConfigMap"}
+    assert {o["kind"] for o in objects} >= {"PodMonitor", "ServiceMonitor", "PrometheusRule", "ConfigMap"}
+
+
+def test_servicemonitor_scrapes_the_operators_metrics_port_on_both_deployments() -> None:
+    objects = render("monitoring.serviceMonitor.enabled=true", "metrics.port=9100")
+    (monitor,) = by_kind(objects, "ServiceMonitor")
+    (endpoint,) = monitor["spec"]["endpoints"]
+    selected = [
+        s
+        for s in by_kind(objects, "Service")
+        if monitor["spec"]["selector"]["matchLabels"].items() <= s["metadata"]["labels"].items()
+    ]
+    assert sorted(s["metadata"]["name"] for s in selected) == [
+        "qo-queue-operator-metrics",
+        "qo-queue-operator-webhook-metrics",
+    ]
+    deployments = by_kind(objects, "Deployment")
+    for service in selected:
+        (port,) = [p for p in service["spec"]["ports"] if p["name"] == endpoint["port"]]
+        # The Service picks exactly one Deployment's pods, whose container names that port.
+        (deployment,) = [
+            d
+            for d in deployments
+            if service["spec"]["selector"].items() <= d["spec"]["template"]["metadata"]["labels"].items()
+        ]
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert ports[port["targetPort"]] == 9100
+        assert "--metrics-port=9100" in container["args"]
+    assert endpoint["path"] == "/metrics" and endpoint["honorLabels"] is True
+    # Without the webhook, only the controller's Service.
+    objects = render("monitoring.serviceMonitor.enabled=true", "webhook.enabled=false")
+    names = [s["metadata"]["name"] for s in by_kind(objects, "Service")]
+    assert "qo-queue-operator-metrics" in names and "qo-queue-operator-webhook-metrics" not in names
+
+
+def test_operator_alerts_come_with_the_servicemonitor_and_use_its_metrics(tmp_path: Path) -> None:
+    from queue_operator import metrics  # noqa: PLC0415 - here only: its registry is the operator's
+
+    spec = rules_spec("monitoring.serviceMonitor.enabled=true")
+    rules = spec["groups"][0]["rules"]
+    assert {r["alert"] for r in rules} == ALERTS | OPERATOR_ALERTS
+    path = tmp_path / "rules.yml"
+    path.write_text(yaml.safe_dump(spec))
+    result = subprocess.run(
+        [tools.promtool(), "check", "rules", str(path)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    operator_series = set()
+    for collector in (metrics.LEADER, metrics.RECONCILIATIONS, metrics.ADMISSIONS, metrics.READINESS):
+        for family in collector.collect():
+            operator_series |= {family.name, family.name + "_total"}
+    for rule in rules:
+        if rule["alert"] in OPERATOR_ALERTS:
+            assert metric_names(rule["expr"]) <= operator_series, rule["expr"]
 
 
 def test_podmonitor_scrapes_the_port_the_webhook_gives_the_sidecar() -> None:
@@ -235,7 +299,8 @@ def test_dashboard_configmap_carries_the_grafana_sidecar_label() -> None:
         ("monitoring.rules.disabled={QueueNoSuchAlert}", "disabled"),
         ("monitoring.rules.thresholds.errorRatio=2", "errorRatio"),
         ("monitoring.podMonitor.port=9464", "Additional property port is not allowed"),
-        ("monitoring.serviceMonitor.enabled=true", "Additional property serviceMonitor is not allowed"),
+        ("monitoring.serviceMonitor.port=9464", "Additional property port is not allowed"),
+        ("metrics.port=0", "metrics"),
     ],
 )
 def test_values_schema_refuses_bad_monitoring_values(value: str, message: str) -> None:

@@ -14,7 +14,7 @@ import contextlib
 import dataclasses
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import kopf
 
@@ -26,7 +26,10 @@ from queue_operator.handlers.conditions import Verdict, parse_or_report, report
 from queue_operator.handlers.options import GROUP, VERSION, Options, Runtime, register_level_based
 from queue_operator.kube import SecretMissing, SecretNotAllowed
 from queue_operator.spec import KafkaQueueSpec, SpecError
-from queue_operator.topics import BrokerUnavailable, ClientConfigInvalid, TopicAdmin
+
+if TYPE_CHECKING:
+    from queue_operator.topics import TopicAdmin
+from queue_operator.kafka_errors import BrokerUnavailable, ClientConfigInvalid
 
 PLURAL = "kafkaqueues"
 
@@ -227,12 +230,14 @@ def converge(
                 # Dead letters are rare: the topic is created alike, but never resized.
                 (spec.dead_letter_topic, existing or spec.partitions, {}),
             ):
-                result = topics.ensure(name, count, spec.replication_factor, config)
+                # One listing serves both topics and the status: a steady state costs one call.
+                result = topics.ensure(name, count, spec.replication_factor, config, existing=partitions)
+                if result.partitions > 0:
+                    partitions[name] = result.partitions
                 if result.created and name not in created:
                     created.append(name)
                 if result.problem:
                     problems.append(result.problem)
-            partitions = topics.partitions()
             if spec.offset == "last" and spec.topic in partitions:
                 topics.start_group_at_end(spec.group, spec.topic, partitions[spec.topic])
     except (SecretMissing, ClientConfigInvalid, BrokerUnavailable) as exc:
