@@ -66,7 +66,17 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--once", action="store_true", help="exit when the demo messages have arrived")
+    parser.add_argument(
+        "--k8s",
+        action="store_true",
+        help="the Kubernetes path instead: chart, operator, webhook and pods on the e2e bed (demo/k8s.py)",
+    )
     args = parser.parse_args()
+    if args.k8s:
+        sys.path.insert(0, str(REPO))
+        from demo.k8s import run  # noqa: PLC0415 - only this path needs the bed
+
+        return run(once=args.once)
 
     work = Path(tempfile.mkdtemp(prefix="queue-operator-demo-"))
     cluster = BeanstalkdCluster(work / "beanstalkd", size=3)

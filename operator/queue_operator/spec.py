@@ -207,6 +207,8 @@ class KafkaQueueSpec:
     # SASL credentials may go over a plaintext listener only when the spec says so explicitly.
     allow_plaintext: bool = False
     autoscaling: Autoscaling | None = None
+    # librdkafka properties for the sidecars' consumers (spec.librdkafka), passed through.
+    librdkafka: dict[str, str | int | float | bool] = field(default_factory=dict)
 
     @property
     def plaintext_credentials_refused(self) -> str | None:
@@ -243,6 +245,7 @@ class KafkaQueueSpec:
                 "deletionPolicy",
                 "delivery",
                 "autoscaling",
+                "librdkafka",
             },
         )
         brokers = _brokers(spec)
@@ -293,6 +296,7 @@ class KafkaQueueSpec:
             allow_plaintext=_bool(
                 _section(spec, "auth", "spec.auth"), "allowPlaintext", "spec.auth.allowPlaintext", False
             ),
+            librdkafka=_librdkafka(spec),
         )
 
 
@@ -520,6 +524,20 @@ def _topic_config(topic_section: Mapping[str, Any]) -> dict[str, str]:
             result[key] = str(value)
         else:
             raise SpecError(f"{path} must be a string, number or boolean, got {type(value).__name__}")
+    return result
+
+
+def _librdkafka(spec: Mapping[str, Any]) -> dict[str, str | int | float | bool]:
+    result: dict[str, str | int | float | bool] = {}
+    for key, value in _section(spec, "librdkafka", "spec.librdkafka").items():
+        path = f"spec.librdkafka.{key}"
+        if not isinstance(key, str) or not _TOPIC_CONFIG_KEY.match(key):
+            raise SpecError(f"{path}: a librdkafka property name looks like session.timeout.ms")
+        if key.startswith(("security.", "sasl.", "ssl.")):
+            raise SpecError(f"{path}: security settings come from spec.auth, not spec.librdkafka")
+        if not isinstance(value, bool | int | float | str):
+            raise SpecError(f"{path} must be a string, number or boolean, got {type(value).__name__}")
+        result[key] = value
     return result
 
 

@@ -49,8 +49,15 @@ class KubeApi(ManagedProcess):
 
     name = "kube-emulator"
 
-    def __init__(self, workdir: Path, port: int | None = None, *, kubeconfig: Path | None = None) -> None:
-        super().__init__(workdir, port)
+    def __init__(
+        self,
+        workdir: Path,
+        port: int | None = None,
+        *,
+        kubeconfig: Path | None = None,
+        host: str | None = None,
+    ) -> None:
+        super().__init__(workdir, port, host=host)
         self._external = kubeconfig
         self.kubeconfig_path = kubeconfig or workdir / "kubeconfig.yaml"
 
@@ -67,10 +74,10 @@ class KubeApi(ManagedProcess):
     def url(self) -> str:
         if self._external is not None:
             return str(self.client().configuration.host)
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def argv(self) -> Sequence[str]:
-        return [sys.executable, "-m", "harness.kube_emulator", "--port", str(self.port)]
+        return [sys.executable, "-m", "harness.kube_emulator", "--host", self.host, "--port", str(self.port)]
 
     def env(self) -> dict[str, str]:
         env = super().env()

@@ -17,10 +17,13 @@ object API itself is served here:
 - finalizers (delete sets ``deletionTimestamp``; the object goes once they are removed),
   owner references with background garbage collection of dependents, namespaces whose
   deletion removes their objects;
+- mutating admission webhooks for pod creates (``harness.kube_admission``): a real
+  AdmissionReview over TLS to the webhook's pod, its JSONPatch applied;
 - watch streams (ADDED / MODIFIED / DELETED) resumable from a ``resourceVersion`` (410 when
   too old), ``timeoutSeconds`` honoured.
 
-There are no controllers: nothing fills Deployment or StatefulSet status; tests write it.
+There are no controllers here: nothing fills Deployment or StatefulSet status; tests write it,
+or the e2e bed's kubelet stand-in (``harness.kubelet``) does.
 Run it with ``python -m harness.kube_emulator --port PORT`` (see ``harness.kube.KubeApi``).
 """
 
@@ -45,6 +48,7 @@ from typing import Any
 import kmock
 from aiohttp import web
 
+from harness.kube_admission import admit_pod
 from harness.kube_objects import (
     ApiError,
     JsonObj,
@@ -254,6 +258,13 @@ class Emulator:
             if request.method == "GET" and request.query.get("watch") in ("true", "1"):
                 return await self._watch(request, kind, route)
             body = await self._body(request)
+            if (route.group, route.plural, route.name, request.method) == (
+                "",
+                "pods",
+                None,
+                "POST",
+            ) and isinstance(body, dict):
+                body = await admit_pod(self.objects, route.namespace or "default", body)
             status, payload = self._dispatch(request, kind, route, body)
             return web.json_response(payload, status=status, dumps=json.dumps)
         except ApiError as exc:

@@ -25,23 +25,27 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for_port(port: int, timeout: float = 10.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+def wait_for_port(
+    port: int, timeout: float = 10.0, proc: subprocess.Popen[bytes] | None = None, host: str = "127.0.0.1"
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.2):
             return
         time.sleep(0.02)
-    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+    raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s")
 
 
 class ManagedProcess:
     """A server process with start / stop (SIGTERM) / kill (SIGKILL) / restart / pause."""
 
     name = "server"
+    host = "127.0.0.1"  # another loopback address for servers that pods must reach (harness.kubelet)
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, *, host: str | None = None) -> None:
+        self.host = host or self.host
         self.port = port or free_port()
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -49,7 +53,7 @@ class ManagedProcess:
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     @property
     def log_path(self) -> Path:
@@ -81,7 +85,7 @@ class ManagedProcess:
         )
         log.close()
         try:
-            wait_for_port(self.port, timeout, self.proc)
+            wait_for_port(self.port, timeout, self.proc, self.host)
         except (RuntimeError, TimeoutError) as exc:
             self.kill()
             raise RuntimeError(
@@ -112,7 +116,7 @@ class ManagedProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.1):
+                with socket.create_connection((self.host, self.port), timeout=0.1):
                     pass
             except OSError:
                 return
@@ -216,8 +220,10 @@ class Tansu(ManagedProcess):
 
     name = "tansu"
 
-    def __init__(self, workdir: Path, port: int | None = None, *, s3: MotoS3 | None = None) -> None:
-        super().__init__(workdir, port)
+    def __init__(
+        self, workdir: Path, port: int | None = None, *, s3: MotoS3 | None = None, host: str | None = None
+    ) -> None:
+        super().__init__(workdir, port, host=host)
         self.s3 = s3
 
     @property
@@ -225,7 +231,7 @@ class Tansu(ManagedProcess):
         return self.address
 
     def argv(self) -> Sequence[str]:
-        url = f"tcp://127.0.0.1:{self.port}"
+        url = f"tcp://{self.host}:{self.port}"
         storage = f"s3://{MotoS3.bucket}/" if self.s3 else "memory://tansu/"
         return [
             tools.tansu(),

@@ -91,14 +91,14 @@ def test_schema_is_structural(kind: str) -> None:
     assert untyped == []
 
 
-def test_unknown_fields_are_kept_only_in_the_topic_config() -> None:
+def test_unknown_fields_are_kept_only_in_the_free_form_maps() -> None:
     free_form = {
         (kind, path)
         for kind in KINDS
         for path, node in schema_nodes(openapi_schema(kind))
         if node.get("x-kubernetes-preserve-unknown-fields")
     }
-    assert free_form == {("KafkaQueue", "spec.topic.config")}
+    assert free_form == {("KafkaQueue", "spec.topic.config"), ("KafkaQueue", "spec.librdkafka")}
 
 
 @pytest.mark.parametrize("kind", KINDS)

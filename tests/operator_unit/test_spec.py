@@ -120,6 +120,12 @@ def test_kafkaqueue_defaults() -> None:
     assert spec.security_protocol == "PLAINTEXT"
 
 
+def test_kafkaqueue_librdkafka_passes_through() -> None:
+    settings = {"session.timeout.ms": 6000, "enable.partition.eof": False, "client.rack": "a"}
+    spec = KafkaQueueSpec.from_body(kq_body({"brokers": ["k:9092"], "librdkafka": settings}))
+    assert spec.librdkafka == settings
+
+
 def test_kafkaqueue_every_field() -> None:
     spec = KafkaQueueSpec.from_body(
         kq_body(
@@ -380,6 +386,14 @@ def test_missing_name_is_reported() -> None:
         ),
         ({"brokers": ["k:9092"], "auth": {"kerberos": {}}}, "unknown field(s) spec.auth.kerberos"),
         ({"brokers": ["k:9092"], "delivery": {"maxAttempts": -1}}, "spec.delivery.maxAttempts is -1"),
+        (
+            {"brokers": ["k:9092"], "librdkafka": {"sasl.password": "x"}},
+            "spec.librdkafka.sasl.password: security settings come from spec.auth",
+        ),
+        (
+            {"brokers": ["k:9092"], "librdkafka": {"fetch.wait.max.ms": [1]}},
+            "spec.librdkafka.fetch.wait.max.ms must",
+        ),
     ],
 )
 def test_kafkaqueue_errors_name_the_field(spec: dict[str, Any], message: str) -> None:

@@ -113,6 +113,8 @@ def _kafka_queue(ref: QueueRef, spec: KafkaQueueSpec, index: int) -> SidecarQueu
                 queue, f"queue-sidecar-ca-{index}", f"{TLS_DIR}/{index}", ca.name, [(ca.key, CA_FILE)]
             )
             auth["tls"] = {"caFile": f"{directory}/{CA_FILE}"}
+    if spec.librdkafka:
+        queue.config["librdkafka"] = dict(spec.librdkafka)
     if auth:
         queue.config["auth"] = auth
     if spec.delivery:

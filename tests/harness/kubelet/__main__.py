@@ -1,0 +1,3 @@
+from harness.kubelet.main import main
+
+main()
