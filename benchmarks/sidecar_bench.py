@@ -463,8 +463,14 @@ async def run_sidecar(  # noqa: PLR0917
                 )
             )
             return read_rows(out)[1:], cpu
+        except Exception:
+            print(f"sidecar log ({run_dir / 'sidecar.log'}):", file=sys.stderr)
+            print((run_dir / "sidecar.log").read_text()[-3000:], file=sys.stderr)
+            raise
         finally:
             for proc in (sidecar, app):
+                if proc.returncode is not None:
+                    continue
                 proc.terminate()
                 try:
                     await asyncio.wait_for(proc.wait(), 25)

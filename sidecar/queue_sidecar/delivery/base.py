@@ -90,6 +90,9 @@ class AppDelivery:
         self.misconfiguration: str | None = None
         self._throttle = Throttle()
         self._batchers: list[Batcher] = []
+        # Metric children by label values: labels() costs more than the observation itself.
+        self._call_histograms: dict[tuple[str, str], Histogram] = {}
+        self._answers: dict[tuple[str, str, str], Counter] = {}
         APP_MISCONFIGURED.set(0)
 
     async def deliver(self, envelope: Envelope, attempt_timeout: float) -> Outcome:
@@ -98,7 +101,7 @@ class AppDelivery:
         async with self._slots:
             started = time.perf_counter()
             outcome = await self.transport.send(envelope, attempt_timeout)
-            APP_CALL_SECONDS.labels(envelope.kind, envelope.queue).observe(time.perf_counter() - started)
+            self._call_seconds(envelope).observe(time.perf_counter() - started)
         self._note(envelope, outcome)
         return outcome
 
@@ -107,11 +110,18 @@ class AppDelivery:
         async with self._slots:
             started = time.perf_counter()
             outcomes = await self.transport.send_batch(envelopes, attempt_timeout)
-            first = envelopes[0]
-            APP_CALL_SECONDS.labels(first.kind, first.queue).observe(time.perf_counter() - started)
+            self._call_seconds(envelopes[0]).observe(time.perf_counter() - started)
         for envelope, outcome in zip(envelopes, outcomes, strict=True):
             self._note(envelope, outcome)
         return outcomes
+
+    def _call_seconds(self, envelope: Envelope) -> Histogram:
+        histogram = self._call_histograms.get((envelope.kind, envelope.queue))
+        if histogram is None:
+            histogram = self._call_histograms[envelope.kind, envelope.queue] = APP_CALL_SECONDS.labels(
+                envelope.kind, envelope.queue
+            )
+        return histogram
 
     def _note(self, envelope: Envelope, outcome: Outcome) -> None:
         if isinstance(outcome, PathMisconfigured):
@@ -124,7 +134,12 @@ class AppDelivery:
             if not outcome.attempted:
                 self.probe.mark(False)
             answer = "unavailable" if not outcome.attempted else outcome.verdict.value.lower()
-        APP_ANSWERS.labels(envelope.kind, envelope.queue, answer).inc()
+        counter = self._answers.get((envelope.kind, envelope.queue, answer))
+        if counter is None:
+            counter = self._answers[envelope.kind, envelope.queue, answer] = APP_ANSWERS.labels(
+                envelope.kind, envelope.queue, answer
+            )
+        counter.inc()
         if outcome.verdict is not Verdict.SUCCESS:
             # The line with the documented fields for each failed attempt (the engines then log
             # the retry or give-up); a message handed back while the app is down is not news.

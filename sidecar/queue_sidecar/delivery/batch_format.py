@@ -31,6 +31,10 @@ from queue_sidecar.delivery.envelope import Envelope, header_text
 
 __all__ = ["batch_body", "outcomes_from_results", "outcomes_from_text"]
 
+# Outcomes are immutable: the common answers are shared, not built per message.
+_SUCCESS = Outcome.success()
+_UNANSWERED = Outcome.retry("the app's bulk answer has no result for this message")
+
 
 def batch_body(envelopes: Sequence[Envelope]) -> bytes:
     return orjson.dumps([_message(envelope) for envelope in envelopes])
@@ -65,7 +69,7 @@ def _message(envelope: Envelope) -> dict[str, Any]:
 def outcomes_from_text(envelopes: Sequence[Envelope], text: bytes) -> list[Outcome]:
     """The outcome of each message from a 2xx answer's body."""
     if not text.strip():
-        return [Outcome.success() for _ in envelopes]
+        return [_SUCCESS] * len(envelopes)
     try:
         document = orjson.loads(text)
     except orjson.JSONDecodeError:
@@ -73,17 +77,16 @@ def outcomes_from_text(envelopes: Sequence[Envelope], text: bytes) -> list[Outco
     results = document.get("results") if isinstance(document, dict) else None
     if not isinstance(results, list):
         return _all_retry(envelopes, 'the app\'s bulk answer has no "results" list')
-    answers: list[tuple[str, str, str, float | None]] = []
-    for result in results:
-        if isinstance(result, dict):
-            answers.append(
-                (
-                    str(result.get("id", "")),
-                    str(result.get("status", "")),
-                    str(result.get("error") or ""),
-                    _seconds(result.get("retryAfter")),
-                )
-            )
+    answers = [
+        (
+            str(result.get("id") or ""),
+            str(result.get("status", "")),
+            str(result.get("error") or ""),
+            _seconds(result.get("retryAfter")),
+        )
+        for result in results
+        if isinstance(result, dict)
+    ]
     return outcomes_from_results(envelopes, answers)
 
 
@@ -98,15 +101,13 @@ def outcomes_from_results(
     by_id: dict[str, Outcome] = {}
     by_position: dict[int, Outcome] = {}
     for position, (message_id, status, error, retry_after) in enumerate(answers):
-        outcome = _outcome(status, error, retry_after)
+        outcome = _SUCCESS if status == "SUCCESS" else _outcome(status, error, retry_after)
         if message_id:
             by_id[message_id] = outcome
         else:
             by_position[position] = outcome
     return [
-        by_id.get(envelope.id)
-        or by_position.get(position)
-        or Outcome.retry("the app's bulk answer has no result for this message")
+        by_id.get(envelope.id) or by_position.get(position) or _UNANSWERED
         for position, envelope in enumerate(envelopes)
     ]
 
@@ -114,7 +115,7 @@ def outcomes_from_results(
 def _outcome(status: str, error: str, retry_after: float | None) -> Outcome:
     status = status.upper()
     if status == "SUCCESS":
-        return Outcome.success()
+        return _SUCCESS
     if status == "DROP":
         return Outcome.drop(error or "app answered DROP")
     if status == "RETRY":

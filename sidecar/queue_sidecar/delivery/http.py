@@ -36,6 +36,7 @@ class HttpTransport:
         self.url = f"http://{host}:{port}{path}"
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
+        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -51,7 +52,7 @@ class HttpTransport:
                 self.url,
                 data=envelope.body,
                 headers=headers_for(envelope),
-                timeout=aiohttp.ClientTimeout(total=attempt_timeout),
+                timeout=self._timeout(attempt_timeout),
                 allow_redirects=False,
             ) as response:
                 body = await response.read()
@@ -79,7 +80,7 @@ class HttpTransport:
                 self.url,
                 data=batch_body(envelopes),
                 headers=headers,
-                timeout=aiohttp.ClientTimeout(total=attempt_timeout),
+                timeout=self._timeout(attempt_timeout),
                 allow_redirects=False,
             ) as response:
                 body = await response.read()
@@ -94,6 +95,13 @@ class HttpTransport:
             return [Outcome.retry(f"app did not answer within {attempt_timeout:g}s")] * len(envelopes)
         except aiohttp.ClientError as exc:
             return [self._broken(exc)] * len(envelopes)
+
+    def _timeout(self, seconds: float) -> aiohttp.ClientTimeout:
+        # One object per distinct timeout (there is one per queue), not one per attempt.
+        timeout = self._timeouts.get(seconds)
+        if timeout is None:
+            timeout = self._timeouts[seconds] = aiohttp.ClientTimeout(total=seconds)
+        return timeout
 
     def _misrouted(self, status: int) -> Outcome:
         return PathMisconfigured.unavailable(
