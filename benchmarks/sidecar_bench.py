@@ -1,11 +1,16 @@
 """What the sidecar costs: delivery rate, added latency and CPU, against the engine in-process.
 
-Run: ``.venv/bin/python benchmarks/sidecar_bench.py [--kafka-messages N] [--dq-jobs N]``
+Run: ``.venv/bin/python benchmarks/sidecar_bench.py [--kafka-messages N] [--dq-jobs N] [--modes M]``
 
-Same servers, same run, three ways of handling each message:
+Same servers, same run, several ways of handling each message:
 - ``in-process``: the engine (KafkaConsumer / DelayConsumer) calls a Python handler directly;
 - ``sidecar+http``: the real ``queue-sidecar`` process delivers to an HTTP app on loopback;
-- ``sidecar+grpc``: the same, to a gRPC app.
+- ``sidecar+grpc``: the same, to a gRPC app;
+- ``sidecar+http+bulk``, ``sidecar+grpc+bulk``: the same with bulk delivery (a JSON array, or
+  ``HandleBatch``), the apps answering one result per message.
+
+``--profile DIR`` runs each sidecar under cProfile and leaves ``<queue>.prof`` files in DIR
+(CPU figures then include the profiler's own cost).
 
 Measured: delivery rate with a backlog (messages/s between the first and last arrival), end-to-end
 latency at light load (producer send -> handler, p50 and p99; "added" is the difference to
@@ -53,6 +58,8 @@ APP_CALL = "queue_sidecar_app_call_seconds"
 # Light load for the latency runs: dq does more work per job (replicas, Redis), so it gets more room.
 PACE = {"kafka": 0.005, "delay": 0.02}
 PAD = b"x" * 64
+BULK = {"maxMessages": 100, "maxWait": "10ms"}
+MODES = ("http", "grpc", "http+bulk", "grpc+bulk")
 
 
 # ---------------------------------------------------------------- the app (a child process)
@@ -90,6 +97,13 @@ async def serve_app(protocol: str, port: int, out: Path) -> None:
         from aiohttp import web  # noqa: PLC0415
 
         async def handle(request: web.Request) -> web.Response:
+            if request.headers.get("X-Batch-Size"):
+                # Bulk delivery: a JSON array in, one result per message out (what a real app does).
+                results = []
+                for message in json.loads(await request.read()):
+                    recorder.note(message["body"].encode())
+                    results.append({"id": message["id"], "status": "SUCCESS"})
+                return web.json_response({"results": results})
             recorder.note(await request.read())
             return web.Response(status=200)
 
@@ -108,6 +122,13 @@ async def serve_app(protocol: str, port: int, out: Path) -> None:
             async def Handle(self, request: Any, context: Any) -> Any:
                 recorder.note(request.body)
                 return queue_pb2.Ack(status=queue_pb2.Ack.SUCCESS)
+
+            async def HandleBatch(self, request: Any, context: Any) -> Any:
+                acks = []
+                for message in request.messages:
+                    recorder.note(message.body)
+                    acks.append(queue_pb2.Ack(id=message.id, status=queue_pb2.Ack.SUCCESS))
+                return queue_pb2.AckBatch(acks=acks)
 
         server = grpc.aio.server()
         queue_pb2_grpc.add_MessageHandlerServicer_to_server(Handler(), server)  # type: ignore[no-untyped-call]
@@ -393,13 +414,15 @@ async def wait_healthy(consumer: Any, limit: float = 60) -> None:
 
 
 async def run_sidecar(  # noqa: PLR0917
-    protocol: str, kind: str, servers: Servers, count: int, latency_count: int, work: Path
+    mode: str, kind: str, servers: Servers, count: int, latency_count: int, work: Path, profile: Path | None
 ) -> Result:
-    result = Result(f"sidecar+{protocol}", kind)
+    """``mode``: ``http`` or ``grpc``, with ``+bulk`` for bulk delivery."""
+    result = Result(f"sidecar+{mode}", kind)
+    protocol, _, bulk = mode.partition("+")
     calls: list[tuple[float, float]] = []
 
     async def phase(pace: float, expect: int, concurrency: int) -> tuple[list[tuple[float, float]], float]:
-        target = new_target(kind, servers, f"sidecar+{protocol}")
+        target = new_target(kind, servers, f"sidecar+{mode}")
         run_dir = work / target.name
         run_dir.mkdir()
         app_port, health_port = free_port(), free_port()
@@ -407,18 +430,22 @@ async def run_sidecar(  # noqa: PLR0917
         app = await asyncio.create_subprocess_exec(
             sys.executable, __file__, "--serve", protocol, "--port", str(app_port), "--out", str(out)
         )
+        queue_config = target.queue_config()
+        if bulk:
+            queue_config["delivery"] = {**queue_config["delivery"], "bulk": BULK}
         config = {
             "app": {"protocol": protocol, "port": app_port, "maxConcurrency": concurrency, "timeout": "10s"},
             "publish": {"port": free_port()},
             "health": {"port": health_port},
-            "queues": [target.queue_config()],
+            "queues": [queue_config],
             "logLevel": "warning",
         }
         (run_dir / "sidecar.yaml").write_text(yaml.safe_dump(config))
         log = (run_dir / "sidecar.log").open("w")
-        sidecar = await asyncio.create_subprocess_exec(
-            str(SIDECAR_BIN), "--config", str(run_dir / "sidecar.yaml"), stdout=log, stderr=subprocess.STDOUT
-        )
+        argv = [str(SIDECAR_BIN), "--config", str(run_dir / "sidecar.yaml")]
+        if profile is not None:
+            argv = [sys.executable, "-m", "cProfile", "-o", str(profile / f"{target.name}.prof"), *argv]
+        sidecar = await asyncio.create_subprocess_exec(*argv, stdout=log, stderr=subprocess.STDOUT)
         try:
             await asyncio.to_thread(wait_for_port, app_port, 20)
             await wait_ready(health_port, 60)
@@ -436,8 +463,14 @@ async def run_sidecar(  # noqa: PLR0917
                 )
             )
             return read_rows(out)[1:], cpu
+        except Exception:
+            print(f"sidecar log ({run_dir / 'sidecar.log'}):", file=sys.stderr)
+            print((run_dir / "sidecar.log").read_text()[-3000:], file=sys.stderr)
+            raise
         finally:
             for proc in (sidecar, app):
+                if proc.returncode is not None:
+                    continue
                 proc.terminate()
                 try:
                     await asyncio.wait_for(proc.wait(), 25)
@@ -507,9 +540,11 @@ async def main(args: argparse.Namespace) -> None:
                 if count <= 0:
                     continue
                 results.append(await run_in_process(kind, servers, count, args.latency_messages))
-                for protocol in ("http", "grpc"):
+                for mode in args.modes.split(","):
                     results.append(
-                        await run_sidecar(protocol, kind, servers, count, args.latency_messages, work)
+                        await run_sidecar(
+                            mode, kind, servers, count, args.latency_messages, work, args.profile
+                        )
                     )
                 print(f"done: {kind}", file=sys.stderr)
         finally:
@@ -518,7 +553,7 @@ async def main(args: argparse.Namespace) -> None:
         f"\nsidecar benchmark: backlog of {args.kafka_messages} Kafka messages (3 partitions) and "
         f"{args.dq_jobs} dq jobs (3 beanstalkd nodes + Redis), concurrency {CONCURRENCY}; then "
         f"{args.latency_messages} of each paced (Kafka 5 ms apart, dq 20 ms), one at a time; "
-        f"{os.cpu_count()} CPUs\n"
+        f"+bulk: bulk delivery {BULK}; {os.cpu_count()} CPUs\n"
     )
     print(table(results))
     print(
@@ -556,6 +591,10 @@ def cli() -> None:
     parser.add_argument("--kafka-messages", type=int, default=3000)
     parser.add_argument("--dq-jobs", type=int, default=600)
     parser.add_argument("--latency-messages", type=int, default=400)
+    parser.add_argument(
+        "--modes", default=",".join(MODES), help=f"comma-separated sidecar modes (default: {','.join(MODES)})"
+    )
+    parser.add_argument("--profile", type=Path, help="write a cProfile file per sidecar run here")
     parser.add_argument("--serve", choices=["http", "grpc"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)

@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from queue_engine.durations import parse_duration
 from queue_engine.policy import DeliveryPolicy
 
 # The project's own beanstalkd image (images/beanstalkd): Debian bookworm's 1.12, non-root.
@@ -434,13 +435,30 @@ def _autoscaling(spec: Mapping[str, Any]) -> Autoscaling | None:
 def _delivery(spec: Mapping[str, Any]) -> dict[str, Any]:
     delivery = dict(_section(spec, "delivery", "spec.delivery"))
     try:
-        DeliveryPolicy.from_mapping(delivery)
+        policy = {key: value for key, value in delivery.items() if key != "bulk"}
+        DeliveryPolicy.from_mapping(policy)
+        if "bulk" in delivery:
+            _check_bulk(delivery["bulk"])
     except (ValueError, TypeError) as exc:
         message = str(exc)
         if not message.startswith("delivery"):
             message = f"delivery: {message}"
         raise SpecError(f"spec.{message}") from exc
     return delivery
+
+
+def _check_bulk(bulk: Any) -> None:
+    """``spec.delivery.bulk``: what the sidecar accepts (the CRD schema says the same)."""
+    if not isinstance(bulk, Mapping):
+        raise ValueError("delivery.bulk: expected a mapping, e.g. {maxMessages: 100, maxWait: 10ms}")
+    unknown = set(bulk) - {"maxMessages", "maxWait"}
+    if unknown:
+        raise ValueError(f"delivery.bulk: unknown key(s) {', '.join(sorted(unknown))}")
+    count = bulk.get("maxMessages", 100)
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 1000:
+        raise ValueError(f"delivery.bulk.maxMessages: {count!r}; use a whole number from 1 to 1000")
+    if not 0 <= parse_duration(bulk.get("maxWait", "10ms")) <= 10:
+        raise ValueError("delivery.bulk.maxWait: use a duration from 0 to 10s, e.g. 10ms")
 
 
 def _resources(spec: Mapping[str, Any]) -> dict[str, Any]:

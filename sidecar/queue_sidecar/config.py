@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AppConfig",
+    "BulkConfig",
     "ConfigError",
     "DelayQueueConfig",
     "DeliveryConfig",
@@ -50,6 +51,7 @@ __all__ = [
 ]
 
 DEFAULT_TIMEOUT = 30.0
+MAX_BULK_MESSAGES = 1000  # messages per bulk call at most: each is held in memory until answered
 
 
 class ConfigError(EngineConfigError):
@@ -120,13 +122,22 @@ class BackoffConfig(_Model):
     multiplier: float | None = Field(None, ge=1)
 
 
+class BulkConfig(_Model):
+    """Bulk delivery: up to ``maxMessages`` messages, or what came within ``maxWait``, per call."""
+
+    max_messages: int = Field(100, ge=1, le=MAX_BULK_MESSAGES)
+    # How long the first message of a batch waits for more; the price of bulk at light load.
+    max_wait: Duration = Field(0.01, ge=0, le=10)
+
+
 class DeliveryConfig(_Model):
     max_attempts: int | None = Field(None, ge=1)
     backoff: BackoffConfig | None = None
     timeout: Duration | None = Field(None, gt=0)
+    bulk: BulkConfig | None = None  # off unless given: one message per call
 
     def policy(self, default_timeout: float) -> DeliveryPolicy:
-        data: dict[str, Any] = self.model_dump(by_alias=True, exclude_none=True)
+        data: dict[str, Any] = self.model_dump(by_alias=True, exclude_none=True, exclude={"bulk"})
         data.setdefault("timeout", default_timeout)
         return DeliveryPolicy.from_mapping(data)
 

@@ -50,6 +50,10 @@ GAUGE_REFRESH_SECONDS = 10.0
 RESTART_INITIAL_SECONDS = 1.0
 RESTART_MAX_SECONDS = 30.0
 STABLE_RUN_SECONDS = 60.0  # a consumer that ran this long starts its next backoff afresh
+# Messages in flight at once per queue under bulk delivery, at most. The dq consumer keeps a
+# thread and a Redis connection per call in flight, so it gets fewer than Kafka's async lanes.
+KQ_MAX_BULK_CONCURRENCY = 2000
+DQ_MAX_BULK_CONCURRENCY = 256
 
 
 class Consumer(Protocol):
@@ -89,6 +93,19 @@ class Sidecar:
         backstop = policy.timeout * max(1, len(self.config.queues)) + 5.0
         return dataclasses.replace(policy, timeout=backstop)
 
+    def _engine_concurrency(self, queue: DelayQueueConfig | KafkaQueueConfig, cap: int) -> int:
+        """Messages the engine hands out at once: one per app call, or enough to fill every batch.
+
+        With bulk delivery the app still sees at most ``maxConcurrency`` calls at a time (one
+        per batch); the engine must hold that many batches' worth of messages to fill them.
+        """
+        bulk = queue.delivery.bulk
+        if bulk is None:
+            return self.config.app.max_concurrency
+        return max(
+            self.config.app.max_concurrency, min(cap, self.config.app.max_concurrency * bulk.max_messages)
+        )
+
     def _open_delay_queue(self, queue: DelayQueueConfig) -> None:
         policy = queue.policy()
         nodes = queue.membership()
@@ -111,9 +128,9 @@ class Sidecar:
                 current.all,
                 queue.tube,
                 queue.redis_url,
-                self.delivery.delay_handler(policy.timeout),
+                self.delivery.delay_handler(policy.timeout, queue.delivery.bulk),
                 policy=self._engine_policy(policy),
-                concurrency=self.config.app.max_concurrency,
+                concurrency=self._engine_concurrency(queue, DQ_MAX_BULK_CONCURRENCY),
                 name=queue.name,
             )
 
@@ -147,9 +164,9 @@ class Sidecar:
                 queue.brokers,
                 queue.topic,
                 queue.group,
-                self.delivery.kafka_handler(policy.timeout),
+                self.delivery.kafka_handler(policy.timeout, queue.delivery.bulk),
                 offset=queue.offset,
-                concurrency=self.config.app.max_concurrency,
+                concurrency=self._engine_concurrency(queue, KQ_MAX_BULK_CONCURRENCY),
                 policy=self._engine_policy(policy),
                 dead_letter_topic=queue.dead_letter_topic,
                 security=security,

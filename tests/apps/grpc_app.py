@@ -25,26 +25,48 @@ class Handler(queue_pb2_grpc.MessageHandlerServicer):
     def __init__(self, script: Script) -> None:
         self.script = script
 
+    async def HandleBatch(
+        self, request: queue_pb2.MessageBatch, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> Any:
+        number, whole = self.script.batch_answer()
+        acks = []
+        for message in request.messages:
+            self.script.record({"batch": number, "batch_size": len(request.messages), **self._entry(message)})
+            ack = self._ack(self.script.answer_for(message.body))
+            ack.id = message.id
+            acks.append(ack)
+        if whole.get("sleep"):
+            await asyncio.sleep(float(whole["sleep"]))
+        if whole.get("code"):
+            await context.abort(grpc.StatusCode[whole["code"]], whole.get("error", "scripted failure"))
+        return queue_pb2.AckBatch(acks=acks)
+
+    @staticmethod
+    def _entry(request: queue_pb2.Message) -> dict[str, Any]:
+        return {
+            "kind": request.kind,
+            "queue": request.queue,
+            "id": request.id,
+            "attempt": request.attempt,
+            "body": request.body.decode("utf-8", "replace"),
+            "due_at": request.due_at.ToJsonString() if request.HasField("due_at") else None,
+            "key": request.key.decode("utf-8", "replace") if request.HasField("key") else None,
+            "partition": request.partition,
+            "offset": request.offset,
+            "headers": [[h.key, base64.b64encode(h.value).decode()] for h in request.headers],
+        }
+
     async def Handle(self, request: queue_pb2.Message, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        self.script.record(
-            {
-                "kind": request.kind,
-                "queue": request.queue,
-                "id": request.id,
-                "attempt": request.attempt,
-                "body": request.body.decode("utf-8", "replace"),
-                "due_at": request.due_at.ToJsonString() if request.HasField("due_at") else None,
-                "key": request.key.decode("utf-8", "replace") if request.HasField("key") else None,
-                "partition": request.partition,
-                "offset": request.offset,
-                "headers": [[h.key, base64.b64encode(h.value).decode()] for h in request.headers],
-            }
-        )
+        self.script.record(self._entry(request))
         answer = self.script.answer_for(request.body)
         if answer.get("sleep"):
             await asyncio.sleep(float(answer["sleep"]))
         if answer.get("code"):
             await context.abort(grpc.StatusCode[answer["code"]], answer.get("error", "scripted failure"))
+        return self._ack(answer)
+
+    @staticmethod
+    def _ack(answer: dict[str, Any]) -> queue_pb2.Ack:
         ack = queue_pb2.Ack(
             status=queue_pb2.Ack.Status.Value(answer.get("ack", "SUCCESS")), error=answer.get("error", "")
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 from pathlib import Path
 
@@ -26,9 +27,40 @@ def build(script: Script, path: str) -> web.Application:
         body = await request.read()
         in_flight += 1
         try:
+            if request.headers.get("X-Batch-Size"):
+                return await respond_batch(request, body)
             return await respond(request, body, in_flight)
         finally:
             in_flight -= 1
+
+    async def respond_batch(request: web.Request, body: bytes) -> web.Response:
+        number, whole = script.batch_answer()
+        messages = json.loads(body)
+        results = []
+        for message in messages:
+            text = message.get("body") or base64.b64decode(message.get("bodyBase64", "")).decode()
+            script.record(
+                {
+                    "batch": number,
+                    "batch_size": len(messages),
+                    "path": request.path,
+                    "headers": dict(request.headers),
+                    **message,
+                    "body": text,
+                }
+            )
+            answer = script.answer_for(text.encode())
+            result = {"id": message["id"], "status": answer.get("ack", "SUCCESS")}
+            if "error" in answer:
+                result["error"] = answer["error"]
+            if "retryAfter" in answer:
+                result["retryAfter"] = answer["retryAfter"]
+            results.append(result)
+        if whole.get("sleep"):
+            await asyncio.sleep(float(whole["sleep"]))
+        if int(whole.get("status", 200)) >= 300:
+            return web.Response(status=int(whole["status"]), text=whole.get("text", "batch failed"))
+        return web.json_response({"results": results})
 
     async def respond(request: web.Request, body: bytes, now_in_flight: int) -> web.Response:
         script.record(

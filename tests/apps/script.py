@@ -10,6 +10,11 @@ repeats. Answer fields: HTTP ``status``, ``headers``, ``json``; gRPC ``ack`` (SU
 DROP), ``error``, ``retryAfter`` (seconds), ``code`` (a gRPC status name to fail with); both
 ``sleep`` (seconds before answering). Every message is appended to the record file as one JSON
 line the moment it arrives, before any sleep.
+
+Bulk delivery: each call takes the next answer of the optional ``batches`` list (the last one
+repeats; HTTP ``status``, gRPC ``code``); unless that fails the whole call, each message of the
+batch is answered by its body's answer as ``ack``/``error``/``retryAfter`` (both protocols), and
+recorded with ``batch`` (the call's number, from 1) and ``batch_size``.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ class Script:
         self._mtime = -1.0
         self._script: dict[str, Any] = {}
         self._seen: dict[str, int] = {}
+        self._batches = 0
 
     def _load(self) -> dict[str, Any]:
         try:
@@ -49,6 +55,12 @@ class Script:
         index = self._seen.get(text, 0)
         self._seen[text] = index + 1
         return dict(answers[min(index, len(answers) - 1)])
+
+    def batch_answer(self) -> tuple[int, dict[str, Any]]:
+        """The number of this bulk call (from 1) and its whole-call answer."""
+        answers = self._load().get("batches") or [{}]
+        self._batches += 1
+        return self._batches, dict(answers[min(self._batches - 1, len(answers) - 1)])
 
     def record(self, entry: dict[str, Any]) -> None:
         entry = {"t": time.time(), "pid": os.getpid(), **entry}

@@ -3,8 +3,9 @@
 Threads: librdkafka's Consumer is a blocking client, so one poll thread owns it (consume,
 commit, pause/resume, rebalance callbacks); everything else runs in the event loop. The poll
 thread hands batches of records to the loop with ``call_soon_threadsafe``; the loop hands
-commits and commands back through a lock-guarded dict and a command queue. ``lag()`` uses a
-client of its own in a worker thread, never the poll thread.
+commits and commands back through a lock-guarded dict and a command queue. ``lag()`` reads
+what the poll thread noted (its own commits, the fetched watermarks); it asks the broker, on
+the poll thread, only before those are known (see ``_lag_on_poll_thread``).
 
 Guarantees:
 - an offset is committed only once the handler finished with it (success, or written to the
@@ -200,6 +201,8 @@ class KafkaConsumer:
         # ahead of the loop and would otherwise fetch the whole topic before the loop noticed.
         self._backlog: dict[int, int] = {}
         self._paused: set[int] = set()  # poll thread only
+        # partition -> the offset this member last committed in its current assignment (poll thread).
+        self._committed_here: dict[int, int] = {}
         self._over_since: float | None = None  # poll thread only
         self._commit_lock = threading.Lock()
         self._commands: thread_queue.SimpleQueue[Callable[[Consumer], None]] = thread_queue.SimpleQueue()
@@ -342,19 +345,38 @@ class KafkaConsumer:
         return sorted(n for n, state in self._partitions.items() if not (state.revoking or state.revoked))
 
     async def lag(self) -> dict[int, int]:
-        """partition -> high watermark - committed offset, for every partition of the topic.
+        """partition -> high watermark - committed offset: the partitions this member owns while
+        it runs and has committed in each (no round trip), else every partition of the topic.
 
         While the consumer runs, on its own client (poll thread): a second client with the
         group's id doing offset fetches made tansu re-balance the group again and again and leave
         a ghost member behind, so the probe client serves only a stopped consumer.
         """
         if self._thread is not None and self._thread.is_alive():
-            lags = await self._on_poll_thread(lambda c: partition_lag(c, self.topic, timeout=10))
+            lags = await self._on_poll_thread(self._lag_on_poll_thread)
         else:
             lags = await asyncio.to_thread(self._lag_probe.lag, self.topic, 10, self._fetched_watermarks)
         for partition, value in lags.items():
             metrics.KAFKA_LAG.labels(self.name, str(partition)).set(value)
         return lags
+
+    def _lag_on_poll_thread(self, consumer: Consumer) -> dict[int, int]:
+        """Poll thread: from what this member committed and fetched, once it has both for every
+        partition it owns, so without a round trip; else the broker's answer for every partition.
+
+        A round trip here holds up polling: tansu took seconds to answer an OffsetFetch while the
+        consumer fetched a backlog, and the sidecar asks for the lag every 10 s. So while this
+        member owns partitions it reports theirs only (each member reports its own).
+        """
+        with self._commit_lock:
+            owned = sorted(self._owned)
+        lags: dict[int, int] = {}
+        for number in owned:
+            committed, seen = self._committed_here.get(number), self._watermarks.get(number)
+            if committed is None or seen is None:
+                return partition_lag(consumer, self.topic, timeout=10)
+            lags[number] = max(0, seen[1] - committed)
+        return lags or partition_lag(consumer, self.topic, timeout=10)
 
     def _fetched_watermarks(self, partition: int) -> tuple[int, int] | None:
         """The watermarks our own fetches saw, as the poll thread last noted them."""
@@ -552,6 +574,7 @@ class KafkaConsumer:
         tps = [TopicPartition(self.topic, p, o) for p, o in sorted(offsets.items())]
         try:
             consumer.commit(offsets=tps, asynchronous=False)
+            self._committed_here.update(offsets)
             log.debug("consumer %s committed %s", self.name, offsets)
         except KafkaException as exc:
             log.warning("consumer %s: commit of %s failed, will retry: %s", self.name, offsets, exc)
@@ -612,6 +635,8 @@ class KafkaConsumer:
             for number in numbers:
                 self._backlog.pop(number, None)
         self._paused.difference_update(numbers)
+        for number in numbers:
+            self._committed_here.pop(number, None)
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         numbers = [tp.partition for tp in partitions]

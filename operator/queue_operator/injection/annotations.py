@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from queue_engine.durations import parse_duration
+
 PREFIX = "queue-operator.dev/"
 INJECT = f"{PREFIX}inject"
 QUEUES = f"{PREFIX}queues"
@@ -19,6 +21,9 @@ APP_PROTOCOL = f"{PREFIX}app-protocol"
 APP_PATH = f"{PREFIX}app-path"
 MAX_CONCURRENCY = f"{PREFIX}max-concurrency"
 PUBLISH_PORT = f"{PREFIX}publish-port"
+# Bulk delivery for every queue of the pod: setting either turns it on (the other defaults).
+BULK_MAX_MESSAGES = f"{PREFIX}bulk-max-messages"
+BULK_MAX_WAIT = f"{PREFIX}bulk-max-wait"
 # Written by the webhook: the sidecar's rendered config, mounted through the downward API.
 SIDECAR_CONFIG = f"{PREFIX}sidecar-config"
 
@@ -28,6 +33,8 @@ DEFAULT_MAX_CONCURRENCY = 8
 MAX_MAX_CONCURRENCY = 10_000  # the sidecar's own bound
 DEFAULT_PUBLISH_PORT = 3500
 HEALTH_PORT = 9464  # the sidecar's health port: an app or publish port may not take it
+MAX_BULK_MESSAGES = 1000  # the sidecar's own bound
+MAX_BULK_WAIT = 10.0  # seconds, the sidecar's own bound
 
 # kind/NAME, with the short forms kubectl users know.
 KINDS = {
@@ -63,6 +70,8 @@ class InjectionRequest:
     app_path: str
     max_concurrency: int
     publish_port: int
+    # The sidecar config's ``delivery.bulk`` for every queue, or None: one message per call.
+    bulk: dict[str, Any] | None = None
 
 
 def wants_injection(pod: Mapping[str, Any]) -> bool:
@@ -101,7 +110,28 @@ def read_request(pod: Mapping[str, Any]) -> InjectionRequest:
         app_path=path,
         max_concurrency=concurrency,
         publish_port=publish_port,
+        bulk=_bulk(annotations),
     )
+
+
+def _bulk(annotations: Mapping[str, Any]) -> dict[str, Any] | None:
+    if BULK_MAX_MESSAGES not in annotations and BULK_MAX_WAIT not in annotations:
+        return None
+    bulk: dict[str, Any] = {}
+    if BULK_MAX_MESSAGES in annotations:
+        bulk["maxMessages"] = _int(annotations, BULK_MAX_MESSAGES, None, 1, MAX_BULK_MESSAGES)
+    if BULK_MAX_WAIT in annotations:
+        text = str(annotations[BULK_MAX_WAIT]).strip()
+        try:
+            seconds = parse_duration(text)
+        except ValueError:
+            seconds = -1.0
+        if not 0 <= seconds <= MAX_BULK_WAIT:
+            raise InjectionError(
+                f'annotation {BULK_MAX_WAIT}: {text!r} is not a duration from 0 to 10s, e.g. "10ms"'
+            )
+        bulk["maxWait"] = text
+    return bulk
 
 
 def _annotations(pod: Mapping[str, Any]) -> Mapping[str, Any]:

@@ -72,8 +72,15 @@ def render_config(request: InjectionRequest, queues: Sequence[SidecarQueue]) -> 
         },
         "publish": {"port": request.publish_port},
         "health": {"port": HEALTH_PORT},
-        "queues": [queue.config for queue in queues],
+        "queues": [_with_bulk(queue.config, request.bulk) for queue in queues],
     }
+
+
+def _with_bulk(queue: dict[str, Any], bulk: dict[str, Any] | None) -> dict[str, Any]:
+    """The pod's bulk annotations win over the queue resource's ``spec.delivery.bulk``."""
+    if bulk is None:
+        return queue
+    return {**queue, "delivery": {**queue.get("delivery", {}), "bulk": dict(bulk)}}
 
 
 def inject(

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import Counter, Gauge, Histogram
 
 from queue_engine.policy import Outcome, Verdict
+from queue_sidecar.delivery.batcher import Batcher
 from queue_sidecar.delivery.envelope import Envelope, PathMisconfigured
 from queue_sidecar.delivery.readiness import AppProbe
 from queue_sidecar.logs import Throttle
@@ -18,6 +19,7 @@ from queue_sidecar.logs import Throttle
 if TYPE_CHECKING:
     from queue_engine.dq import DelayJob
     from queue_engine.kq import KafkaMessage
+    from queue_sidecar.config import BulkConfig
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,10 @@ class Transport(Protocol):
 
     async def send(self, envelope: Envelope, attempt_timeout: float) -> Outcome: ...
 
+    async def send_batch(self, envelopes: Sequence[Envelope], attempt_timeout: float) -> list[Outcome]:
+        """Bulk delivery: one call for all, one Outcome per envelope in the same order."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -83,6 +89,10 @@ class AppDelivery:
         # Set while the app answers the configured route with 404/405; any other answer clears it.
         self.misconfiguration: str | None = None
         self._throttle = Throttle()
+        self._batchers: list[Batcher] = []
+        # Metric children by label values: labels() costs more than the observation itself.
+        self._call_histograms: dict[tuple[str, str], Histogram] = {}
+        self._answers: dict[tuple[str, str, str], Counter] = {}
         APP_MISCONFIGURED.set(0)
 
     async def deliver(self, envelope: Envelope, attempt_timeout: float) -> Outcome:
@@ -91,7 +101,29 @@ class AppDelivery:
         async with self._slots:
             started = time.perf_counter()
             outcome = await self.transport.send(envelope, attempt_timeout)
-            APP_CALL_SECONDS.labels(envelope.kind, envelope.queue).observe(time.perf_counter() - started)
+            self._call_seconds(envelope).observe(time.perf_counter() - started)
+        self._note(envelope, outcome)
+        return outcome
+
+    async def deliver_batch(self, envelopes: Sequence[Envelope], attempt_timeout: float) -> list[Outcome]:
+        """Bulk delivery: one slot and one app call for the batch; each message's answer noted alone."""
+        async with self._slots:
+            started = time.perf_counter()
+            outcomes = await self.transport.send_batch(envelopes, attempt_timeout)
+            self._call_seconds(envelopes[0]).observe(time.perf_counter() - started)
+        for envelope, outcome in zip(envelopes, outcomes, strict=True):
+            self._note(envelope, outcome)
+        return outcomes
+
+    def _call_seconds(self, envelope: Envelope) -> Histogram:
+        histogram = self._call_histograms.get((envelope.kind, envelope.queue))
+        if histogram is None:
+            histogram = self._call_histograms[envelope.kind, envelope.queue] = APP_CALL_SECONDS.labels(
+                envelope.kind, envelope.queue
+            )
+        return histogram
+
+    def _note(self, envelope: Envelope, outcome: Outcome) -> None:
         if isinstance(outcome, PathMisconfigured):
             answer = "misconfigured"
             self._report_misconfiguration(outcome.error)
@@ -102,7 +134,12 @@ class AppDelivery:
             if not outcome.attempted:
                 self.probe.mark(False)
             answer = "unavailable" if not outcome.attempted else outcome.verdict.value.lower()
-        APP_ANSWERS.labels(envelope.kind, envelope.queue, answer).inc()
+        counter = self._answers.get((envelope.kind, envelope.queue, answer))
+        if counter is None:
+            counter = self._answers[envelope.kind, envelope.queue, answer] = APP_ANSWERS.labels(
+                envelope.kind, envelope.queue, answer
+            )
+        counter.inc()
         if outcome.verdict is not Verdict.SUCCESS:
             # The line with the documented fields for each failed attempt (the engines then log
             # the retry or give-up); a message handed back while the app is down is not news.
@@ -117,7 +154,6 @@ class AppDelivery:
                     "error": outcome.error,
                 },
             )
-        return outcome
 
     def _report_misconfiguration(self, error: str) -> None:
         self.misconfiguration = error
@@ -126,17 +162,39 @@ class AppDelivery:
         if left_out is not None:
             log.error("app route misconfigured: messages held", extra={"error": error, "repeats": left_out})
 
-    def delay_handler(self, timeout: float) -> Callable[[DelayJob], Awaitable[Outcome]]:
+    def delay_handler(
+        self, timeout: float, bulk: BulkConfig | None = None
+    ) -> Callable[[DelayJob], Awaitable[Outcome]]:
+        send = self._sender(timeout, bulk)
+
         async def handle(job: DelayJob) -> Outcome:
-            return await self.deliver(Envelope.from_delay_job(job), timeout)
+            return await send(Envelope.from_delay_job(job))
 
         return handle
 
-    def kafka_handler(self, timeout: float) -> Callable[[KafkaMessage], Awaitable[Outcome]]:
+    def kafka_handler(
+        self, timeout: float, bulk: BulkConfig | None = None
+    ) -> Callable[[KafkaMessage], Awaitable[Outcome]]:
+        send = self._sender(timeout, bulk)
+
         async def handle(message: KafkaMessage) -> Outcome:
-            return await self.deliver(Envelope.from_kafka_message(message), timeout)
+            return await send(Envelope.from_kafka_message(message))
 
         return handle
+
+    def _sender(self, timeout: float, bulk: BulkConfig | None) -> Callable[[Envelope], Awaitable[Outcome]]:
+        """One message per app call, or (bulk) a batcher of the queue's own: batches never mix queues."""
+        if bulk is None:
+            return lambda envelope: self.deliver(envelope, timeout)
+
+        async def send_batch(envelopes: Sequence[Envelope]) -> list[Outcome]:
+            return await self.deliver_batch(envelopes, timeout)
+
+        batcher = Batcher(send_batch, bulk.max_messages, bulk.max_wait)
+        self._batchers.append(batcher)
+        return batcher.deliver
 
     async def close(self) -> None:
+        for batcher in self._batchers:
+            await batcher.close()
         await self.transport.close()

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import grpc
 
 from queue_engine.policy import Outcome
+from queue_sidecar.delivery.batch_format import outcomes_from_results
 from queue_sidecar.delivery.envelope import Envelope
 from queue_sidecar.proto import queue_pb2, queue_pb2_grpc
 
@@ -38,6 +41,23 @@ class GrpcTransport:
         except grpc.aio.AioRpcError as exc:
             return outcome_for_error(exc.code(), exc.details() or "", attempt_timeout)
         return outcome_for_ack(ack)
+
+    async def send_batch(self, envelopes: Sequence[Envelope], attempt_timeout: float) -> list[Outcome]:
+        batch = queue_pb2.MessageBatch(messages=[message_for(envelope) for envelope in envelopes])
+        try:
+            reply = await self._handle().HandleBatch(batch, timeout=attempt_timeout)
+        except grpc.aio.AioRpcError as exc:
+            return [outcome_for_error(exc.code(), exc.details() or "", attempt_timeout)] * len(envelopes)
+        answers = [
+            (
+                ack.id,
+                queue_pb2.Ack.Status.Name(ack.status),
+                ack.error,
+                ack.retry_after.ToTimedelta().total_seconds() if ack.HasField("retry_after") else None,
+            )
+            for ack in reply.acks
+        ]
+        return outcomes_from_results(envelopes, answers)
 
     async def close(self) -> None:
         if self._channel is not None:

@@ -7,12 +7,13 @@ import json
 import logging
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC
 
 import aiohttp
 
 from queue_engine.policy import Outcome
+from queue_sidecar.delivery.batch_format import batch_body, outcomes_from_text
 from queue_sidecar.delivery.envelope import Envelope, PathMisconfigured, header_text
 
 # While the app is down, a refused message comes back after this long (no attempt counted).
@@ -35,6 +36,7 @@ class HttpTransport:
         self.url = f"http://{host}:{port}{path}"
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
+        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -50,27 +52,73 @@ class HttpTransport:
                 self.url,
                 data=envelope.body,
                 headers=headers_for(envelope),
-                timeout=aiohttp.ClientTimeout(total=attempt_timeout),
+                timeout=self._timeout(attempt_timeout),
                 allow_redirects=False,
             ) as response:
                 body = await response.read()
                 if response.status in _MISROUTED_STATUSES:
-                    return PathMisconfigured.unavailable(
-                        f"the app answered HTTP {response.status} to POST {self.url}: is app.path "
-                        "(annotation queue-operator.dev/app-path) right? Messages are held meanwhile",
-                        MISROUTED_RETRY_AFTER,
-                    )
+                    return self._misrouted(response.status)
                 return outcome_for(response.status, response.headers, body)
         except aiohttp.ClientConnectorError as exc:
-            # Nothing listening (app starting, restarting or crashed): it never saw the message.
-            return Outcome.unavailable(
-                f"app not reachable at {self.url}: {exc.os_error}", UNAVAILABLE_RETRY_AFTER
-            )
+            return self._unreachable(exc)
         except TimeoutError:
             return Outcome.retry(f"app did not answer within {attempt_timeout:g}s")
         except aiohttp.ClientError as exc:
-            # The app took the request but the exchange broke (it crashed mid-request, ...).
-            return Outcome.retry(f"delivery to {self.url} failed: {type(exc).__name__}: {exc}")
+            return self._broken(exc)
+
+    async def send_batch(self, envelopes: Sequence[Envelope], attempt_timeout: float) -> list[Outcome]:
+        """One POST of a JSON array (see :mod:`~queue_sidecar.delivery.batch_format`)."""
+        first = envelopes[0]
+        headers = {
+            "Content-Type": "application/json",
+            "X-Queue-Kind": first.kind,
+            "X-Queue-Name": first.queue,
+            "X-Batch-Size": str(len(envelopes)),
+        }
+        try:
+            async with self._client().post(
+                self.url,
+                data=batch_body(envelopes),
+                headers=headers,
+                timeout=self._timeout(attempt_timeout),
+                allow_redirects=False,
+            ) as response:
+                body = await response.read()
+                if 200 <= response.status < 300:
+                    return outcomes_from_text(envelopes, body)
+                if response.status in _MISROUTED_STATUSES:
+                    return [self._misrouted(response.status)] * len(envelopes)
+                return [outcome_for(response.status, response.headers, body)] * len(envelopes)
+        except aiohttp.ClientConnectorError as exc:
+            return [self._unreachable(exc)] * len(envelopes)
+        except TimeoutError:
+            return [Outcome.retry(f"app did not answer within {attempt_timeout:g}s")] * len(envelopes)
+        except aiohttp.ClientError as exc:
+            return [self._broken(exc)] * len(envelopes)
+
+    def _timeout(self, seconds: float) -> aiohttp.ClientTimeout:
+        # One object per distinct timeout (there is one per queue), not one per attempt.
+        timeout = self._timeouts.get(seconds)
+        if timeout is None:
+            timeout = self._timeouts[seconds] = aiohttp.ClientTimeout(total=seconds)
+        return timeout
+
+    def _misrouted(self, status: int) -> Outcome:
+        return PathMisconfigured.unavailable(
+            f"the app answered HTTP {status} to POST {self.url}: is app.path "
+            "(annotation queue-operator.dev/app-path) right? Messages are held meanwhile",
+            MISROUTED_RETRY_AFTER,
+        )
+
+    def _unreachable(self, exc: aiohttp.ClientConnectorError) -> Outcome:
+        # Nothing listening (app starting, restarting or crashed): it never saw the message.
+        return Outcome.unavailable(
+            f"app not reachable at {self.url}: {exc.os_error}", UNAVAILABLE_RETRY_AFTER
+        )
+
+    def _broken(self, exc: aiohttp.ClientError) -> Outcome:
+        # The app took the request but the exchange broke (it crashed mid-request, ...).
+        return Outcome.retry(f"delivery to {self.url} failed: {type(exc).__name__}: {exc}")
 
     async def close(self) -> None:
         if self._session is not None:

@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0bqueue.proto\x12\x10queueoperator.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"$\n\x06Header\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c\"\xe5\x01\n\x07Message\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12\n\n\x02id\x18\x03 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\r\x12\x0c\n\x04\x62ody\x18\x05 \x01(\x0c\x12*\n\x06\x64ue_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x03key\x18\x07 \x01(\x0cH\x00\x88\x01\x01\x12\x11\n\tpartition\x18\x08 \x01(\x05\x12\x0e\n\x06offset\x18\t \x01(\x03\x12)\n\x07headers\x18\n \x03(\x0b\x32\x18.queueoperator.v1.HeaderB\x06\n\x04_key\"\x9e\x01\n\x03\x41\x63k\x12,\n\x06status\x18\x01 \x01(\x0e\x32\x1c.queueoperator.v1.Ack.Status\x12\r\n\x05\x65rror\x18\x02 \x01(\t\x12.\n\x0bretry_after\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"*\n\x06Status\x12\x0b\n\x07SUCCESS\x10\x00\x12\t\n\x05RETRY\x10\x01\x12\x08\n\x04\x44ROP\x10\x02\"\xa2\x01\n\x0c\x44\x65layRequest\x12\r\n\x05queue\x18\x01 \x01(\t\x12\x0c\n\x04\x62ody\x18\x02 \x01(\x0c\x12*\n\x05\x64\x65lay\x18\x03 \x01(\x0b\x32\x19.google.protobuf.DurationH\x00\x12(\n\x02\x61t\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\tB\x06\n\x04when\"\x18\n\nDelayReply\x12\n\n\x02id\x18\x01 \x01(\t\"*\n\rRevokeRequest\x12\r\n\x05queue\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\"\r\n\x0bRevokeReply\"*\n\rGetJobRequest\x12\r\n\x05queue\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\"\xb6\x01\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12*\n\x06\x64ue_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x61ttempts\x18\x05 \x01(\r\x12\x33\n\x0fnext_attempt_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nlast_error\x18\x07 \x01(\t\"\x88\x01\n\x0bPushRequest\x12\r\n\x05queue\x18\x01 \x01(\t\x12\x0c\n\x04\x62ody\x18\x02 \x01(\x0c\x12\x10\n\x03key\x18\x03 \x01(\x0cH\x00\x88\x01\x01\x12)\n\x07headers\x18\x04 \x03(\x0b\x32\x18.queueoperator.v1.Header\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\tB\x06\n\x04_key\".\n\tPushReply\x12\x11\n\tpartition\x18\x01 \x01(\x05\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x32L\n\x0eMessageHandler\x12:\n\x06Handle\x12\x19.queueoperator.v1.Message\x1a\x15.queueoperator.v1.Ack2\xa2\x02\n\tPublisher\x12\x45\n\x05\x44\x65lay\x12\x1e.queueoperator.v1.DelayRequest\x1a\x1c.queueoperator.v1.DelayReply\x12H\n\x06Revoke\x12\x1f.queueoperator.v1.RevokeRequest\x1a\x1d.queueoperator.v1.RevokeReply\x12@\n\x06GetJob\x12\x1f.queueoperator.v1.GetJobRequest\x1a\x15.queueoperator.v1.Job\x12\x42\n\x04Push\x12\x1d.queueoperator.v1.PushRequest\x1a\x1b.queueoperator.v1.PushReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0bqueue.proto\x12\x10queueoperator.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"$\n\x06Header\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c\"\xe5\x01\n\x07Message\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12\n\n\x02id\x18\x03 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\r\x12\x0c\n\x04\x62ody\x18\x05 \x01(\x0c\x12*\n\x06\x64ue_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x03key\x18\x07 \x01(\x0cH\x00\x88\x01\x01\x12\x11\n\tpartition\x18\x08 \x01(\x05\x12\x0e\n\x06offset\x18\t \x01(\x03\x12)\n\x07headers\x18\n \x03(\x0b\x32\x18.queueoperator.v1.HeaderB\x06\n\x04_key\"\xaa\x01\n\x03\x41\x63k\x12,\n\x06status\x18\x01 \x01(\x0e\x32\x1c.queueoperator.v1.Ack.Status\x12\r\n\x05\x65rror\x18\x02 \x01(\t\x12.\n\x0bretry_after\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\n\n\x02id\x18\x04 \x01(\t\"*\n\x06Status\x12\x0b\n\x07SUCCESS\x10\x00\x12\t\n\x05RETRY\x10\x01\x12\x08\n\x04\x44ROP\x10\x02\";\n\x0cMessageBatch\x12+\n\x08messages\x18\x01 \x03(\x0b\x32\x19.queueoperator.v1.Message\"/\n\x08\x41\x63kBatch\x12#\n\x04\x61\x63ks\x18\x01 \x03(\x0b\x32\x15.queueoperator.v1.Ack\"\xa2\x01\n\x0c\x44\x65layRequest\x12\r\n\x05queue\x18\x01 \x01(\t\x12\x0c\n\x04\x62ody\x18\x02 \x01(\x0c\x12*\n\x05\x64\x65lay\x18\x03 \x01(\x0b\x32\x19.google.protobuf.DurationH\x00\x12(\n\x02\x61t\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\tB\x06\n\x04when\"\x18\n\nDelayReply\x12\n\n\x02id\x18\x01 \x01(\t\"*\n\rRevokeRequest\x12\r\n\x05queue\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\"\r\n\x0bRevokeReply\"*\n\rGetJobRequest\x12\r\n\x05queue\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\"\xb6\x01\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12*\n\x06\x64ue_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x61ttempts\x18\x05 \x01(\r\x12\x33\n\x0fnext_attempt_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nlast_error\x18\x07 \x01(\t\"\x88\x01\n\x0bPushRequest\x12\r\n\x05queue\x18\x01 \x01(\t\x12\x0c\n\x04\x62ody\x18\x02 \x01(\x0c\x12\x10\n\x03key\x18\x03 \x01(\x0cH\x00\x88\x01\x01\x12)\n\x07headers\x18\x04 \x03(\x0b\x32\x18.queueoperator.v1.Header\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\tB\x06\n\x04_key\".\n\tPushReply\x12\x11\n\tpartition\x18\x01 \x01(\x05\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x32\x97\x01\n\x0eMessageHandler\x12:\n\x06Handle\x12\x19.queueoperator.v1.Message\x1a\x15.queueoperator.v1.Ack\x12I\n\x0bHandleBatch\x12\x1e.queueoperator.v1.MessageBatch\x1a\x1a.queueoperator.v1.AckBatch2\xa2\x02\n\tPublisher\x12\x45\n\x05\x44\x65lay\x12\x1e.queueoperator.v1.DelayRequest\x1a\x1c.queueoperator.v1.DelayReply\x12H\n\x06Revoke\x12\x1f.queueoperator.v1.RevokeRequest\x1a\x1d.queueoperator.v1.RevokeReply\x12@\n\x06GetJob\x12\x1f.queueoperator.v1.GetJobRequest\x1a\x15.queueoperator.v1.Job\x12\x42\n\x04Push\x12\x1d.queueoperator.v1.PushRequest\x1a\x1b.queueoperator.v1.PushReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,27 +38,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MESSAGE']._serialized_start=137
   _globals['_MESSAGE']._serialized_end=366
   _globals['_ACK']._serialized_start=369
-  _globals['_ACK']._serialized_end=527
-  _globals['_ACK_STATUS']._serialized_start=485
-  _globals['_ACK_STATUS']._serialized_end=527
-  _globals['_DELAYREQUEST']._serialized_start=530
-  _globals['_DELAYREQUEST']._serialized_end=692
-  _globals['_DELAYREPLY']._serialized_start=694
-  _globals['_DELAYREPLY']._serialized_end=718
-  _globals['_REVOKEREQUEST']._serialized_start=720
-  _globals['_REVOKEREQUEST']._serialized_end=762
-  _globals['_REVOKEREPLY']._serialized_start=764
-  _globals['_REVOKEREPLY']._serialized_end=777
-  _globals['_GETJOBREQUEST']._serialized_start=779
-  _globals['_GETJOBREQUEST']._serialized_end=821
-  _globals['_JOB']._serialized_start=824
-  _globals['_JOB']._serialized_end=1006
-  _globals['_PUSHREQUEST']._serialized_start=1009
-  _globals['_PUSHREQUEST']._serialized_end=1145
-  _globals['_PUSHREPLY']._serialized_start=1147
-  _globals['_PUSHREPLY']._serialized_end=1193
-  _globals['_MESSAGEHANDLER']._serialized_start=1195
-  _globals['_MESSAGEHANDLER']._serialized_end=1271
-  _globals['_PUBLISHER']._serialized_start=1274
-  _globals['_PUBLISHER']._serialized_end=1564
+  _globals['_ACK']._serialized_end=539
+  _globals['_ACK_STATUS']._serialized_start=497
+  _globals['_ACK_STATUS']._serialized_end=539
+  _globals['_MESSAGEBATCH']._serialized_start=541
+  _globals['_MESSAGEBATCH']._serialized_end=600
+  _globals['_ACKBATCH']._serialized_start=602
+  _globals['_ACKBATCH']._serialized_end=649
+  _globals['_DELAYREQUEST']._serialized_start=652
+  _globals['_DELAYREQUEST']._serialized_end=814
+  _globals['_DELAYREPLY']._serialized_start=816
+  _globals['_DELAYREPLY']._serialized_end=840
+  _globals['_REVOKEREQUEST']._serialized_start=842
+  _globals['_REVOKEREQUEST']._serialized_end=884
+  _globals['_REVOKEREPLY']._serialized_start=886
+  _globals['_REVOKEREPLY']._serialized_end=899
+  _globals['_GETJOBREQUEST']._serialized_start=901
+  _globals['_GETJOBREQUEST']._serialized_end=943
+  _globals['_JOB']._serialized_start=946
+  _globals['_JOB']._serialized_end=1128
+  _globals['_PUSHREQUEST']._serialized_start=1131
+  _globals['_PUSHREQUEST']._serialized_end=1267
+  _globals['_PUSHREPLY']._serialized_start=1269
+  _globals['_PUSHREPLY']._serialized_end=1315
+  _globals['_MESSAGEHANDLER']._serialized_start=1318
+  _globals['_MESSAGEHANDLER']._serialized_end=1469
+  _globals['_PUBLISHER']._serialized_start=1472
+  _globals['_PUBLISHER']._serialized_end=1762
 # @@protoc_insertion_point(module_scope)

@@ -39,6 +39,11 @@ class MessageHandlerStub:
                 request_serializer=queue__pb2.Message.SerializeToString,
                 response_deserializer=queue__pb2.Ack.FromString,
                 _registered_method=True)
+        self.HandleBatch = channel.unary_unary(
+                '/queueoperator.v1.MessageHandler/HandleBatch',
+                request_serializer=queue__pb2.MessageBatch.SerializeToString,
+                response_deserializer=queue__pb2.AckBatch.FromString,
+                _registered_method=True)
 
 
 class MessageHandlerServicer:
@@ -50,6 +55,13 @@ class MessageHandlerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def HandleBatch(self, request, context):
+        """only called when bulk delivery is on
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MessageHandlerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -57,6 +69,11 @@ def add_MessageHandlerServicer_to_server(servicer, server):
                     servicer.Handle,
                     request_deserializer=queue__pb2.Message.FromString,
                     response_serializer=queue__pb2.Ack.SerializeToString,
+            ),
+            'HandleBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.HandleBatch,
+                    request_deserializer=queue__pb2.MessageBatch.FromString,
+                    response_serializer=queue__pb2.AckBatch.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -86,6 +103,33 @@ class MessageHandler:
             '/queueoperator.v1.MessageHandler/Handle',
             queue__pb2.Message.SerializeToString,
             queue__pb2.Ack.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def HandleBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/queueoperator.v1.MessageHandler/HandleBatch',
+            queue__pb2.MessageBatch.SerializeToString,
+            queue__pb2.AckBatch.FromString,
             options,
             channel_credentials,
             insecure,

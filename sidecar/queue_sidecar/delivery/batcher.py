@@ -1,0 +1,71 @@
+"""Gathers one queue's concurrent delivery attempts into batches: bulk delivery's only new state.
+
+The engines stay as they are: they call the handler once per message, concurrently, and act
+on each message's own Outcome (retry with backoff, bury, dead-letter) exactly as in single
+delivery. Each call here parks its message until the batch is full (``max_messages``) or the
+first message waited ``max_wait``; one call to the app then answers them all.
+
+Per-key order comes from the Kafka engine for free: it hands a key's next message to the
+handler only after the previous one's outcome is settled, so a batch never holds two messages
+of one key and no two batches in flight share a key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+
+from queue_engine.policy import Outcome
+from queue_sidecar.delivery.envelope import Envelope
+
+log = logging.getLogger(__name__)
+
+SendBatch = Callable[[Sequence[Envelope]], Awaitable[Sequence[Outcome]]]
+
+
+class Batcher:
+    def __init__(self, send: SendBatch, max_messages: int, max_wait: float) -> None:
+        self._send = send
+        self._max_messages = max_messages
+        self._max_wait = max_wait
+        self._waiting: list[tuple[Envelope, asyncio.Future[Outcome]]] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._sending: set[asyncio.Task[None]] = set()  # strong references until each is done
+
+    async def deliver(self, envelope: Envelope) -> Outcome:
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self._waiting.append((envelope, future))
+        if len(self._waiting) >= self._max_messages:
+            self._flush()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self._max_wait, self._flush)
+        # A call cancelled here (stop, the engine's backstop timer) leaves its message in the
+        # batch; its answer is then ignored and the engine hands the message back as usual.
+        return await future
+
+    def _flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        batch, self._waiting = self._waiting, []
+        if batch:
+            task = asyncio.get_running_loop().create_task(self._send_batch(batch))
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
+
+    async def _send_batch(self, batch: list[tuple[Envelope, asyncio.Future[Outcome]]]) -> None:
+        envelopes = [envelope for envelope, _ in batch]
+        try:
+            outcomes: Sequence[Outcome] = await self._send(envelopes)
+        except Exception as exc:  # a bug must not leave the engine's calls waiting forever
+            log.exception("bulk delivery of %d messages failed", len(batch))
+            outcomes = [Outcome.retry(f"bulk delivery failed: {type(exc).__name__}: {exc}")] * len(batch)
+        for (_, future), outcome in zip(batch, outcomes, strict=True):
+            if not future.done():
+                future.set_result(outcome)
+
+    async def close(self) -> None:
+        self._flush()
+        if self._sending:
+            await asyncio.gather(*self._sending, return_exceptions=True)
