@@ -37,6 +37,7 @@ from typing import Any
 
 import greenstalk
 import pytest
+import redis as redis_client
 
 from harness import tools
 from harness.kube_operator import REPO, Cluster, OperatorProcess, eventually
@@ -265,6 +266,8 @@ class Publisher(threading.Thread):
         self.count, self.seconds = count, seconds
         self.published: dict[int, float] = {}  # index -> due time
         self.revoked: set[int] = set()
+        self.ids: dict[int, str] = {}
+        self.revoked_at: dict[int, float] = {}
         self.uncertain: set[int] = set()  # revokes that failed: may or may not hold
         self.failures: list[str] = []
         self.rng = random.Random(14)
@@ -284,10 +287,12 @@ class Publisher(threading.Thread):
                 self.failures.append(f"publish {i}: {exc}")
                 continue
             self.published[i] = due
+            self.ids[i] = job_id
             if delay > 5 and self.rng.random() < 0.1:
                 try:
                     self._request("DELETE", f"{self.url}/{job_id}", b"")
                     self.revoked.add(i)
+                    self.revoked_at[i] = time.time()
                 except Exception as exc:
                     self.uncertain.add(i)
                     self.failures.append(f"revoke {i}: {exc}")
@@ -546,8 +551,15 @@ def test_the_provisioned_redis_killed_mid_stream_loses_nothing(
         publisher.start()
         time.sleep(seconds * 0.4)
         redis.kill()
+        killed_at = time.time()
         time.sleep(1.0)
         redis.start()  # from its append-only file
+        # Tombstones written before the kill (past the AOF's 1 s fsync) came back with it.
+        store = redis_client.Redis.from_url(
+            url_file.read_text().replace(f"{NAME}-redis.{cluster.namespace}.svc", redis_address)
+        )
+        before = [publisher.ids[i] for i, at in publisher.revoked_at.items() if at < killed_at - 1.5]
+        assert before and all(store.hget(f"dq:{NAME}:j:{job}", "revoked") for job in before)
         publisher.join(seconds + 30)
         expected = set(publisher.published) - publisher.revoked - publisher.uncertain
         last_due = max(publisher.published.values())

@@ -11,6 +11,7 @@ brings ``readyReplicas`` and ``Ready`` up to date as soon as pods become ready.
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -56,9 +57,10 @@ def reconcile(
     reported in ``Degraded`` with the API's message and retried; ``observedGeneration`` stays."""
     spec = parse(body, patch)
     runtime: Runtime = memo.runtime
-    failure = apply_children(runtime.kube, body, spec, logger, only_drifted=False)
-    progress = scale_down(runtime, body, spec, logger) if failure is None else None
-    status = observe_state(runtime.kube, body, spec, failure, progress=progress)
+    with _exclusive(body):
+        failure = apply_children(runtime.kube, body, spec, logger, only_drifted=False)
+        progress = scale_down(runtime, body, spec, logger) if failure is None else None
+        status = observe_state(runtime.kube, body, spec, failure, progress=progress)
     write_status(body, patch, with_redis_check(runtime.kube, body, spec, status))
     if failure is not None:
         delay = runtime.options.backoff(retry)
@@ -67,6 +69,18 @@ def reconcile(
         # Level-based, but a drain should not wait for the periodic check: come back soon.
         delay = max(1.0, min(progress.waiting or 2.0, 5.0))
         raise kopf.TemporaryError(f"draining: {progress.status['message']}", delay=delay)
+
+
+_locks: dict[str, threading.Lock] = {}
+_locks_guard = threading.Lock()
+
+
+def _exclusive(body: kopf.Body) -> threading.Lock:
+    """One DelayQueue's children are applied by one handler at a time: kopf runs the periodic
+    check beside the change handlers, and a check that read the StatefulSet before a drain
+    finished must not grow it back after the drain shrank it."""
+    with _locks_guard:
+        return _locks.setdefault(str(body.metadata.uid), threading.Lock())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -267,7 +281,8 @@ def observe(body: kopf.Body, patch: kopf.Patch, memo: Any, logger: kopf.Logger, 
         report(body, patch, Verdict.problem("InvalidSpec", str(exc)))
         return
     kube = memo.runtime.kube
-    failure = apply_children(kube, body, spec, logger, only_drifted=True)
+    with _exclusive(body):
+        failure = apply_children(kube, body, spec, logger, only_drifted=True)
     write_status(body, patch, with_redis_check(kube, body, spec, observe_state(kube, body, spec, failure)))
 
 
