@@ -147,3 +147,27 @@ def test_statefulset_ordinals_and_graceful_deletion(cluster: Bed, records: Path)
         "status",
     )
     assert sts["status"]["observedGeneration"] == sts["metadata"]["generation"]
+
+
+def test_a_deployment_rolls_one_surge_pod_at_a_time(cluster: Bed) -> None:
+    path = f"/apis/apps/v1/namespaces/{NS}/deployments/web"
+    before = {p["metadata"]["name"] for p in cluster.pods(NS, {"app": "web"})}
+    cluster.patch(path, {"spec": {"template": {"metadata": {"annotations": {"rev": "2"}}}}})
+    seen: set[int] = set()
+
+    def rolled() -> bool:
+        pods = cluster.pods(NS, {"app": "web"})
+        seen.add(len(pods))
+        names = {p["metadata"]["name"] for p in pods}
+        return len(pods) == 1 and not names & before and is_ready(pods[0])
+
+    eventually(rolled, 30, "rolled to a new pod")
+    assert max(seen) <= 2  # maxSurge 1: never more than one extra pod
+    eventually(
+        lambda: (
+            (s := cluster.get(path)["status"])["updatedReplicas"] == 1 == s["readyReplicas"] == s["replicas"]
+        ),
+        10,
+        "the Deployment's status",
+    )
+    assert cluster.get(path)["status"]["observedGeneration"] == cluster.get(path)["metadata"]["generation"]
