@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from harness.e2e_bed import Bed, eventually
+from harness.kubelet.containers import HOST_PATHS, hides_host_path
 from harness.kubelet.probes import is_ready
 
 NS = "kubelet"
@@ -171,3 +172,13 @@ def test_a_deployment_rolls_one_surge_pod_at_a_time(cluster: Bed) -> None:
         "the Deployment's status",
     )
     assert cluster.get(path)["status"]["observedGeneration"] == cluster.get(path)["metadata"]["generation"]
+
+
+def test_no_volume_hides_the_checkout_or_the_interpreter() -> None:
+    """A checkout under /tmp (a CI machine's) and the chart's /tmp emptyDir: the volume is left
+    out, or the container would not find its executable."""
+    for path in HOST_PATHS:
+        assert hides_host_path(str(path))
+        assert hides_host_path(str(path.parent))
+    assert not hides_host_path("/etc/queue-sidecar/secrets/0")
+    assert not hides_host_path("/var/lib/beanstalkd")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 from harness.kubelet.api import JsonObj
@@ -18,6 +19,19 @@ from harness.kubelet.images import entrypoint, executable
 from harness.kubelet.volumes import field_value
 
 VARIABLE = re.compile(r"\$\((\w+)\)")
+
+# Where the containers' programs come from: the checkout, its virtualenv and the interpreter.
+# A volume mounted over one of them (the chart's /tmp emptyDir, with a checkout under /tmp)
+# would hide the executable, so such a volume is left out: that path stays the machine's.
+HOST_PATHS = tuple(
+    {Path(p).resolve() for p in (Path(__file__).resolve().parents[3], sys.prefix, sys.base_prefix)}
+)
+
+
+def hides_host_path(mount_path: str) -> bool:
+    target = Path(mount_path)
+    return any(target == path or target in path.parents for path in HOST_PATHS)
+
 
 # $1 hosts file, $2 hostname, then source/target pairs up to "--", then the command.
 WRAPPER = """set -e
@@ -80,7 +94,7 @@ def start(  # noqa: PLR0917 - the pod, and what the kubelet prepared for this co
 ) -> subprocess.Popen[bytes]:
     mounts: list[str] = []
     for mount in container.get("volumeMounts") or []:
-        if mount["name"] in volumes and not mount.get("subPath"):
+        if mount["name"] in volumes and not mount.get("subPath") and not hides_host_path(mount["mountPath"]):
             mounts += [str(volumes[mount["name"]]), mount["mountPath"]]
     wrapped = [
         "unshare",
