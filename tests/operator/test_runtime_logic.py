@@ -88,6 +88,21 @@ def test_a_statefulset_rolling_out_is_progressing_not_ready() -> None:
     assert conditions(delayqueue.observed_status(DQ, spec, unseen))["Progressing"] == ("True", "RollingOut")
 
 
+def test_a_statefulset_shrinking_after_a_drain_is_scaling_down_not_rolling_out() -> None:
+    """spec.replicas 3, the StatefulSet still at 5 and its controller behind: no rollout."""
+    spec = DelayQueueSpec.from_body(DQ)
+    shrinking = {
+        "metadata": {"generation": 9},
+        "status": {
+            **{"observedGeneration": 8, "replicas": 5, "readyReplicas": 5, "updatedReplicas": 5},
+            **{"currentRevision": "a", "updateRevision": "a"},
+        },
+    }
+    found = conditions(delayqueue.observed_status(DQ, spec, shrinking))
+    assert found["Ready"] == ("True", "ScalingDown")
+    assert found["Progressing"] == ("True", "ScalingDown")
+
+
 def test_a_refused_apply_is_degraded_with_the_api_message_and_keeps_the_generation() -> None:
     spec = DelayQueueSpec.from_body(DQ)
     body = {**DQ, "status": {"observedGeneration": 3}}

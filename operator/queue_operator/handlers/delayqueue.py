@@ -389,13 +389,15 @@ def nodes_verdict(name: str, replicas: int, statefulset: Mapping[str, Any] | Non
     if ready < replicas:
         message = f"{ready}/{replicas} beanstalkd nodes are ready; waiting for the pods of StatefulSet {name}"
         return Verdict(False, "NodesNotReady", message, progressing=True)
+    current = int(status.get("replicas") or ready)
+    same_revision = (status.get("currentRevision") or "") == (status.get("updateRevision") or "")
+    if current > replicas and updated >= replicas and same_revision:
+        # Shrinking after a drain (the controller may not have observed it yet): no rollout.
+        message = f"{ready} beanstalkd nodes are ready; StatefulSet {name} is scaling down to {replicas}"
+        return Verdict(True, "ScalingDown", message, progressing=True)
     if rolling:
         message = (
             f"StatefulSet {name} is rolling out: {updated}/{replicas} nodes updated, {ready}/{replicas} ready"
         )
         return Verdict(False, "RollingOut", message, progressing=True)
-    current = int(status.get("replicas") or ready)
-    if current > replicas:
-        message = f"{ready} beanstalkd nodes are ready; StatefulSet {name} is scaling down to {replicas}"
-        return Verdict(True, "ScalingDown", message, progressing=True)
     return Verdict(True, "NodesReady", f"{ready}/{replicas} beanstalkd nodes are ready")
