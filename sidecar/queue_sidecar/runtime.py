@@ -110,12 +110,15 @@ class Sidecar:
         )
         self.targets.delay_jobs[queue.name] = DelayJobs(queue.name, queue.nodes, queue.tube, queue.redis_url)
 
+        # One handler (and with bulk delivery one batcher) per queue, kept across consumer rebuilds.
+        handler = self.delivery.delay_handler(policy.timeout, queue.delivery.bulk)
+
         def new_consumer() -> Consumer:
             return DelayConsumer(
                 queue.nodes,
                 queue.tube,
                 queue.redis_url,
-                self.delivery.delay_handler(policy.timeout, queue.delivery.bulk),
+                handler,
                 policy=self._engine_policy(policy),
                 concurrency=self._engine_concurrency(queue, DQ_MAX_BULK_CONCURRENCY),
                 name=queue.name,
@@ -137,12 +140,14 @@ class Sidecar:
                 list(queue.brokers), queue.topic, queue.group, security
             )
 
+        handler = self.delivery.kafka_handler(policy.timeout, queue.delivery.bulk)
+
         def new_consumer() -> Consumer:
             consumer = KafkaConsumer(
                 queue.brokers,
                 queue.topic,
                 queue.group,
-                self.delivery.kafka_handler(policy.timeout, queue.delivery.bulk),
+                handler,
                 offset=queue.offset,
                 concurrency=self._engine_concurrency(queue, KQ_MAX_BULK_CONCURRENCY),
                 policy=self._engine_policy(policy),
