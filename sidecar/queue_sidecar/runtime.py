@@ -120,6 +120,9 @@ class Sidecar:
                 queue.nodes_file, functools.partial(self._nodes_changed, queue.name)
             )
 
+        # One handler (and with bulk delivery one batcher) per queue, kept across consumer rebuilds.
+        handler = self.delivery.delay_handler(policy.timeout, queue.delivery.bulk)
+
         def new_consumer() -> Consumer:
             # A consumer started again after a failure starts on the nodes known now.
             watch = self._node_watches.get(queue.name)
@@ -128,7 +131,7 @@ class Sidecar:
                 current.all,
                 queue.tube,
                 queue.redis_url,
-                self.delivery.delay_handler(policy.timeout, queue.delivery.bulk),
+                handler,
                 policy=self._engine_policy(policy),
                 concurrency=self._engine_concurrency(queue, DQ_MAX_BULK_CONCURRENCY),
                 name=queue.name,
@@ -159,12 +162,14 @@ class Sidecar:
                 list(queue.brokers), queue.topic, queue.group, security
             )
 
+        handler = self.delivery.kafka_handler(policy.timeout, queue.delivery.bulk)
+
         def new_consumer() -> Consumer:
             consumer = KafkaConsumer(
                 queue.brokers,
                 queue.topic,
                 queue.group,
-                self.delivery.kafka_handler(policy.timeout, queue.delivery.bulk),
+                handler,
                 offset=queue.offset,
                 concurrency=self._engine_concurrency(queue, KQ_MAX_BULK_CONCURRENCY),
                 policy=self._engine_policy(policy),

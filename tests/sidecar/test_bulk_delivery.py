@@ -11,9 +11,11 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from confluent_kafka import Producer
 
 from harness.servers import BeanstalkdCluster, RedisServer, Tansu
+from queue_sidecar.config import ConfigError, parse_config
 
 from .clients import committed_offsets, create_topics, dq_delay, kafka_read_all, tube_counts
 from .conftest import App, Sidecar, app_config, delay_queue, kafka_queue, wait_until
@@ -225,3 +227,24 @@ def test_grpc_bulk_per_message_acks_failed_call_and_key_order(
     assert dead.value() == b"g-drop"
     assert b"bad order" in dict(dead.headers())["x-last-error"]
     assert_key_order(deliveries)
+
+
+def test_bulk_settings_are_checked_like_every_other_key() -> None:
+    def config(bulk: Any) -> dict[str, Any]:
+        queue = kafka_queue("orders", "127.0.0.1:9092", bulk=bulk)
+        return {"app": {"port": 8080}, "queues": [queue]}
+
+    bulk = parse_config(config({})).queues[0].delivery.bulk
+    assert bulk is not None and (bulk.max_messages, bulk.max_wait) == (100, 0.01)
+    assert (
+        parse_config({**config({}), "queues": [kafka_queue("o", "k:9092")]}).queues[0].delivery.bulk is None
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"queues\[0\]\.delivery\.bulk\.maxMesages: unknown key \(did you mean maxMessages\?\)",
+    ):
+        parse_config(config({"maxMesages": 5}))
+    with pytest.raises(ConfigError, match=r"bulk\.maxMessages"):
+        parse_config(config({"maxMessages": 1001}))
+    with pytest.raises(ConfigError, match=r"bulk\.maxWait"):
+        parse_config(config({"maxWait": "1m"}))
