@@ -1,7 +1,8 @@
 """The app of the end-to-end bed: records what its sidecar delivers, publishes through it.
 
 ``e2e_app.py --port P --records DIR``: every delivery (``POST /messages``) is appended as one
-JSON line to ``DIR/<pod name>.jsonl`` (a hostPath volume: the records outlive a rolled pod);
+JSON line, with the time it arrived, to ``DIR/<pod name>.jsonl`` (a hostPath volume: the
+records outlive a rolled pod);
 ``POST /publish/delayqueues/Q?delay=..|at=..`` and ``POST /publish/kafkaqueues/Q`` forward the
 body to the sidecar at ``$QUEUE_PUBLISH_URL``, as an app would, and answer what it answered.
 """
@@ -12,6 +13,7 @@ import argparse
 import json
 import os
 import socket
+import time
 from pathlib import Path
 
 import aiohttp
@@ -30,6 +32,7 @@ def build(records: Path) -> web.Application:
             "id": request.headers.get("X-Message-Id"),
             "due": request.headers.get("X-Due-At"),
             "body": (await request.read()).decode(errors="replace"),
+            "at": time.time(),  # when it arrived (checked against "due": nothing early)
         }
         with record_file.open("a") as file:
             file.write(json.dumps(line) + "\n")

@@ -2,18 +2,21 @@
 
 A Helm-rendered install; a DelayQueue and a KafkaQueue become Ready; an annotated app gets its
 sidecar; it publishes delayed, timed and Kafka messages through QUEUE_PUBLISH_URL and receives
-them; the operator leader is killed, the DelayQueue scaled, a beanstalkd pod deleted and the app
-rolled while messages are pending: none is lost; uninstalling leaves nothing hanging.
+them; the operator leader is killed, the DelayQueue scaled up, a beanstalkd pod deleted, the
+DelayQueue scaled down (jobs pending on the leaving nodes) and the app rolled while messages are
+pending: none is lost; uninstalling leaves nothing hanging.
 Each step needs the ones before it (they share the module's bed).
 """
 
 from __future__ import annotations
 
 import datetime
+import json
 import time
 from pathlib import Path
 from typing import Any
 
+import greenstalk
 import pytest
 from e2e import manifests
 from e2e.manifests import NAMESPACE
@@ -25,17 +28,27 @@ from harness.kubelet.probes import is_ready
 DQ, KQ = "reminders", "orders"
 DQ_PATH = f"/apis/queue-operator.dev/v1alpha1/namespaces/{NAMESPACE}/delayqueues/{DQ}"
 KQ_PATH = f"/apis/queue-operator.dev/v1alpha1/namespaces/{NAMESPACE}/kafkaqueues/{KQ}"
+STS_PATH = f"/apis/apps/v1/namespaces/{NAMESPACE}/statefulsets/{DQ}-beanstalkd"
+NODES_PATH = f"/api/v1/namespaces/{NAMESPACE}/configmaps/{DQ}-nodes"
 APP_PATH = f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments/app"
 LEASE_PATH = f"/apis/coordination.k8s.io/v1/namespaces/{RELEASE_NAMESPACE}/leases/qo-queue-operator"
 CONTROLLER = {"app.kubernetes.io/component": "controller"}
+LEAVING = {f"{DQ}-beanstalkd-3", f"{DQ}-beanstalkd-4"}
 WEBHOOK = {"app.kubernetes.io/component": "webhook"}
 
 # Every message published, by body: what must arrive before the end (filled as the steps go).
 published: dict[str, str] = {}
+# The scale-down's jobs, by body: no delivery may come before this (publish time plus delay).
+not_before: dict[str, float] = {}
 
 
 def _publish_dq(bed: Bed, body: str, query: str) -> None:
     published[body] = publish(bed, "delayqueues", DQ, body, query)["id"]
+
+
+def _publish_delayed(bed: Bed, body: str, delay: int) -> None:
+    not_before[body] = time.time() + delay
+    _publish_dq(bed, body, f"delay={delay}s")
 
 
 def _publish_kq(bed: Bed, body: str) -> None:
@@ -155,6 +168,84 @@ def test_beanstalkd_pod_deleted_comes_back(bed: Bed) -> None:
     eventually(back, 60, "beanstalkd-1 recreated and ready")
 
 
+def _nodes(bed: Bed) -> dict[str, str]:
+    """The nodes ConfigMap the sidecars watch: each node's state, by ordinal."""
+    listed = json.loads(bed.get(NODES_PATH)["data"]["nodes.json"])["nodes"]
+    return {n["address"].split(".")[0].rsplit("-", 1)[1]: n["state"] for n in listed}
+
+
+def _jobs_on(bed: Bed, ordinal: int) -> int:
+    """The DelayQueue's jobs (any state) on one beanstalkd node, asked directly."""
+    pod = bed.get(f"/api/v1/namespaces/{NAMESPACE}/pods/{DQ}-beanstalkd-{ordinal}")
+    with greenstalk.Client((pod["status"]["podIP"], 11300), use=DQ, watch=DQ) as client:
+        try:
+            stats = client.stats_tube(DQ)
+        except greenstalk.NotFoundError:
+            return 0
+    counts = [stats["current-jobs-ready"], stats["current-jobs-delayed"], stats["current-jobs-reserved"]]
+    return sum(counts) + stats["current-jobs-buried"]
+
+
+def _check_scale_down_deliveries(records: Path) -> None:
+    """Each scale-down job arrived exactly once, with its id, and not before it was due."""
+    deliveries: dict[str, list[dict[str, Any]]] = {}
+    for record in received(records):
+        deliveries.setdefault(record["body"], []).append(record)
+    for body, floor in not_before.items():
+        got = deliveries.get(body, [])
+        assert len(got) == 1, (body, got)
+        due = datetime.datetime.fromisoformat(got[0]["due"].replace("Z", "+00:00")).timestamp()
+        assert got[0]["id"] == published[body], (body, got[0])
+        assert due >= floor - 0.001, (body, due, floor)  # X-Due-At is cut to milliseconds
+        assert got[0]["at"] >= due, (body, got[0]["at"], due)
+
+
+def test_delayqueue_scales_down_while_jobs_wait_on_leaving_nodes(bed: Bed, records: Path) -> None:
+    # Written to 3 of the 5 nodes each: the leaving nodes 3 and 4 hold copies of most.
+    for i, delay in enumerate((3, 6, 9, 12, 15, 18, 20, 20)):
+        _publish_delayed(bed, f"down-before-{i}", delay)
+    eventually(lambda: _jobs_on(bed, 3) and _jobs_on(bed, 4), 10, "jobs pending on nodes 3 and 4")
+    bed.patch(DQ_PATH, {"spec": {"replicas": 3}})
+    draining = {"0": "active", "1": "active", "2": "active", "3": "draining", "4": "draining"}
+    eventually(
+        lambda: _nodes(bed) == draining and bed.get(DQ_PATH)["status"].get("drain"),
+        30,
+        "nodes 3 and 4 marked draining (ConfigMap and status.drain)",
+    )
+    # Published while the sidecar may still write to them (the drain grace covers that).
+    for i, delay in enumerate((2, 5, 10, 15, 20)):
+        _publish_delayed(bed, f"down-during-{i}", delay)
+
+    def shrunk() -> bool:
+        sts = bed.get(STS_PATH)
+        leaving = [p for p in bed.pods(NAMESPACE) if p["metadata"]["name"] in LEAVING]
+        return (
+            sts["spec"]["replicas"] == 3
+            and sts["status"]["readyReplicas"] == 3 == sts["status"]["replicas"]
+            and not leaving
+            and _nodes(bed) == {"0": "active", "1": "active", "2": "active"}
+        )
+
+    eventually(shrunk, 60, "the StatefulSet at 3 nodes, nodes 3 and 4 gone")
+    dq = eventually(
+        lambda: (
+            (dq := bed.get(DQ_PATH))["status"].get("readyReplicas") == 3
+            and condition(dq)["status"] == "True"
+            and not dq["status"].get("drain")
+            and dq
+        ),
+        30,
+        "the DelayQueue Ready at 3 nodes",
+    )
+    assert len(dq["status"]["endpoints"]) == 3
+    try:
+        eventually(lambda: not set(not_before) - {r["body"] for r in received(records)}, 60, "delivered")
+    except AssertionError as exc:
+        missing = set(not_before) - {r["body"] for r in received(records)}
+        raise AssertionError(f"{exc}; missing: {sorted(missing)}") from None
+    _check_scale_down_deliveries(records)
+
+
 def test_app_rolled(bed: Bed, records: Path) -> None:
     _pending_jobs(bed, "roll", 3)
     before = {p["metadata"]["name"] for p in bed.pods(NAMESPACE, {"app": "app"})}
@@ -185,6 +276,7 @@ def test_nothing_lost(bed: Bed, records: Path) -> None:
     dq_ids = [r["id"] for r in received(records) if r["kind"] == "delay"]
     expected = {published[b] for b in published if published[b] != "kafka"}
     assert expected <= set(dq_ids)
+    _check_scale_down_deliveries(records)  # still once each, after the app rolled
 
 
 def _bare_pod(name: str, annotations: dict[str, str]) -> dict[str, Any]:

@@ -44,6 +44,9 @@ FAST_OPERATOR_ARGS = [
     "--retry-delay=0.5",
     "--retry-delay-max=2",
     "--kafka-timeout=2",
+    # A leaving DelayQueue node's jobs move this long after it is marked draining: the stand-in's
+    # ConfigMap refresh (0.3 s) plus the sidecars' 2 s poll of the nodes file, and some slack.
+    "--drain-grace=6",
 ]
 KEEP_ENV = "QUEUE_OPERATOR_E2E_KEEP"
 CHART_SETS = ("leaderElection.leaseSeconds=4",)
