@@ -127,39 +127,27 @@ class HttpTransport:
         query: list[tuple[str, str]] | None,
         timeout: float,
     ) -> tuple[int, bytes]:
-        options: dict[str, Any] = {"content_type": content_type, "query": query, "timeout": timeout}
-        status, raw = self._send(method, path, body, **options)
-        if status == 401:
-            self._connect()
-            status, raw = self._send(method, path, body, **options)
-        return status, raw
-
-    def _send(
-        self,
-        method: str,
-        path: str,
-        body: Any,
-        *,
-        content_type: str,
-        query: list[tuple[str, str]] | None,
-        timeout: float,
-    ) -> tuple[int, bytes]:
         import urllib3  # noqa: PLC0415
 
-        with self._lock:
-            pool, server, headers = self._pool, self._server, dict(self._headers)
-        assert pool is not None
-        url = server + path + ("?" + urllib.parse.urlencode(query) if query else "")
-        headers.update({"Content-Type": content_type, "Accept": "application/json"})
+        url_tail = path + ("?" + urllib.parse.urlencode(query) if query else "")
         payload = None if body is None else json.dumps(body).encode()
-        response = pool.request(
-            method,
-            url,
-            body=payload,
-            headers=headers,
-            timeout=urllib3.Timeout(total=timeout),
-            # A pooled connection the server closed meanwhile: connecting again is always safe;
-            # resending after the request went out is not (a POST may have been applied).
-            retries=urllib3.Retry(total=2, connect=2, read=0, status=0, redirect=False),
-        )
+        for fresh_login in (False, True):
+            if fresh_login:
+                self._connect()
+            with self._lock:
+                pool, server, headers = self._pool, self._server, dict(self._headers)
+            assert pool is not None
+            headers.update({"Content-Type": content_type, "Accept": "application/json"})
+            response = pool.request(
+                method,
+                server + url_tail,
+                body=payload,
+                headers=headers,
+                timeout=urllib3.Timeout(total=timeout),
+                # A pooled connection the server closed meanwhile: connecting again is always
+                # safe; resending after the request went out is not (a POST may have been applied).
+                retries=urllib3.Retry(total=2, connect=2, read=0, status=0, redirect=False),
+            )
+            if response.status != 401 or fresh_login:
+                break
         return int(response.status), bytes(response.data)

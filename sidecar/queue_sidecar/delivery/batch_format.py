@@ -21,7 +21,6 @@ from __future__ import annotations
 import base64
 import math
 from collections.abc import Sequence
-from datetime import UTC
 from typing import Any
 
 import orjson
@@ -51,10 +50,8 @@ def _message(envelope: Envelope) -> dict[str, Any]:
         item["body"] = envelope.body.decode("utf-8")
     except UnicodeDecodeError:
         item["bodyBase64"] = base64.b64encode(envelope.body).decode("ascii")
-    if envelope.due_at is not None:
-        item["dueAt"] = (
-            envelope.due_at.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-        )
+    if envelope.due_text is not None:
+        item["dueAt"] = envelope.due_text
     if envelope.kind == "kafka":
         if envelope.key is not None:
             item["key"] = header_text(envelope.key)

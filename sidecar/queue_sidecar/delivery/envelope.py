@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from queue_engine.kq.dead_letters import MESSAGE_ID
@@ -36,6 +36,13 @@ class Envelope:
     partition: int | None = None
     offset: int | None = None
     headers: tuple[tuple[str, bytes], ...] = ()
+
+    @property
+    def due_text(self) -> str | None:
+        """The due time as the app sees it (``X-Due-At``, ``dueAt``): RFC 3339, UTC, milliseconds."""
+        if self.due_at is None:
+            return None
+        return self.due_at.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
     @classmethod
     def from_delay_job(cls, job: DelayJob) -> Envelope:

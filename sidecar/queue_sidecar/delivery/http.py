@@ -134,10 +134,8 @@ def headers_for(envelope: Envelope) -> dict[str, str]:
         "X-Message-Id": envelope.id,
         "X-Attempt": str(envelope.attempt),
     }
-    if envelope.due_at is not None:
-        headers["X-Due-At"] = (
-            envelope.due_at.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-        )
+    if envelope.due_text is not None:
+        headers["X-Due-At"] = envelope.due_text
     if envelope.kind == "kafka":
         if envelope.key is not None:
             headers["X-Kafka-Key"] = header_text(envelope.key)
