@@ -252,7 +252,10 @@ def cli(argv: Sequence[str] | None = None) -> None:
                 return
     if args.role != "webhook":
         metrics.LEADER.set(1)
-    lost = asyncio.run(_operate(args, registry, settings, runtime, elector, terminating=terminating))
+    try:
+        lost = asyncio.run(_operate(args, registry, settings, runtime, elector, terminating=terminating))
+    finally:
+        runtime.redis_checks.shutdown()
     if lost:
         raise SystemExit(1)
     if elector is not None:

@@ -11,6 +11,7 @@ brings ``readyReplicas`` and ``Ready`` up to date as soon as pods become ready.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
 from collections.abc import Mapping
 from typing import Any
@@ -32,6 +33,7 @@ from queue_operator.kube import Kube, KubeError, SecretMissing, SecretNotAllowed
 from queue_operator.spec import DelayQueueSpec, SpecError, provisioned_redis_name
 
 PLURAL = "delayqueues"
+log = logging.getLogger(__name__)
 
 
 def register(registry: kopf.OperatorRegistry, options: Options) -> None:
@@ -61,7 +63,7 @@ def reconcile(
         failure = apply_children(runtime.kube, body, spec, logger, only_drifted=False)
         progress = scale_down(runtime, body, spec, logger) if failure is None else None
         status = observe_state(runtime.kube, body, spec, failure, progress=progress)
-    write_status(body, patch, with_redis_check(runtime.kube, body, spec, status))
+    write_status(body, patch, with_redis_check(runtime, body, spec, status))
     if failure is not None:
         delay = runtime.options.backoff(retry)
         raise kopf.TemporaryError(f"{failure}; retrying in {delay:g}s", delay=delay)
@@ -229,22 +231,32 @@ def observe_state(
 
 
 def statefulset_changed(type: str | None, body: kopf.Body, memo: Any, logger: kopf.Logger, **_: Any) -> None:
-    """Pods became ready (or not): bring the owning DelayQueue's status up to date at once.
-
-    Only the observed fields move; ``observedGeneration`` stays for ``reconcile`` to advance.
-    A refused apply reported by ``reconcile`` stays reported until an apply succeeds.
-    """
+    """Pods became ready (or not): bring the owning DelayQueue's status up to date at once."""
     owner = next(
         (ref for ref in body.metadata.get("ownerReferences") or [] if ref.get("kind") == "DelayQueue"), None
     )
     if owner is None or type == "DELETED":
         return  # a vanished StatefulSet is noticed and re-created by the periodic check
-    kube: Kube = memo.runtime.kube
-    namespace = str(body.metadata.namespace)
-    queue = kube.read(API_VERSION, "DelayQueue", namespace, owner["name"])
+    refresh_status(memo.runtime, str(body.metadata.namespace), owner["name"], owner.get("uid"), logger)
+
+
+def refresh_status(
+    runtime: Runtime,
+    namespace: str,
+    name: str,
+    uid: str | None = None,
+    logger: logging.Logger | kopf.Logger = log,
+) -> None:
+    """Write what is observed now into a DelayQueue's status, outside its change handlers.
+
+    Only the observed fields move; ``observedGeneration`` stays for ``reconcile`` to advance.
+    A refused apply reported by ``reconcile`` stays reported until an apply succeeds.
+    """
+    kube: Kube = runtime.kube
+    queue = kube.read(API_VERSION, "DelayQueue", namespace, name)
     if (
         queue is None
-        or queue["metadata"].get("uid") != owner.get("uid")
+        or (uid is not None and queue["metadata"].get("uid") != uid)
         or queue["metadata"].get("deletionTimestamp")
     ):
         return
@@ -259,15 +271,15 @@ def statefulset_changed(type: str | None, body: kopf.Body, memo: Any, logger: ko
     )
     failure = degraded.get("message") if degraded.get("reason") == "ApplyFailed" else None
     applied = current.get("observedGeneration") == queue["metadata"].get("generation")
-    desired = observe_state(kube, queue, spec, failure, applied=applied)
+    desired = with_redis_check(
+        runtime, queue, spec, observe_state(kube, queue, spec, failure, applied=applied)
+    )
     changes = {
         key: desired[key] for key in ("readyReplicas", "conditions") if current.get(key) != desired[key]
     }
     if changes:
-        kube.patch_status(API_VERSION, "DelayQueue", namespace, owner["name"], changes)
-        logger.debug(
-            "DelayQueue %s: %s/%s nodes ready", owner["name"], desired["readyReplicas"], spec.replicas
-        )
+        kube.patch_status(API_VERSION, "DelayQueue", namespace, name, changes)
+        logger.debug("DelayQueue %s: %s/%s nodes ready", name, desired["readyReplicas"], spec.replicas)
 
 
 def observe(body: kopf.Body, patch: kopf.Patch, memo: Any, logger: kopf.Logger, **_: Any) -> None:
@@ -280,26 +292,25 @@ def observe(body: kopf.Body, patch: kopf.Patch, memo: Any, logger: kopf.Logger, 
     except SpecError as exc:
         report(body, patch, Verdict.problem("InvalidSpec", str(exc)))
         return
-    kube = memo.runtime.kube
+    runtime: Runtime = memo.runtime
     with _exclusive(body):
-        failure = apply_children(kube, body, spec, logger, only_drifted=True)
-    write_status(body, patch, with_redis_check(kube, body, spec, observe_state(kube, body, spec, failure)))
+        failure = apply_children(runtime.kube, body, spec, logger, only_drifted=True)
+    status = observe_state(runtime.kube, body, spec, failure)
+    write_status(body, patch, with_redis_check(runtime, body, spec, status))
 
 
 def with_redis_check(
-    kube: Kube, body: kopf.Body, spec: DelayQueueSpec, status: dict[str, Any]
+    runtime: Runtime, body: Mapping[str, Any], spec: DelayQueueSpec, status: dict[str, Any]
 ) -> dict[str, Any]:
-    """``status`` with the ``RedisDurable`` condition (see queue_operator.redis_check)."""
-    previous = (body.get("status") or {}).get("conditions")
-    generation = int(body.metadata.get("generation") or 1)
-    redis_check.with_condition(
-        status,
-        previous,
-        generation,
-        redis_check.cached_check(
-            kube, str(body.metadata.namespace), str(body.metadata.name), generation, spec
-        ),
+    """``status`` with the ``RedisDurable`` condition as last checked (never waiting for Redis:
+    a check still running reports itself when done; see queue_operator.redis_check)."""
+    metadata = body["metadata"]
+    namespace, name, uid = str(metadata["namespace"]), str(metadata["name"]), metadata.get("uid")
+    verdict = runtime.redis_checks.verdict(
+        runtime.kube, namespace, name, spec, then=lambda: refresh_status(runtime, namespace, name, uid)
     )
+    previous = (body.get("status") or {}).get("conditions")
+    redis_check.with_condition(status, previous, int(metadata.get("generation") or 1), verdict)
     return status
 
 

@@ -13,6 +13,7 @@ import kopf
 from kopf._core.intents.handlers import TimerHandler
 
 from queue_operator import metrics
+from queue_operator.redis_check import RedisChecks
 
 if TYPE_CHECKING:
     from queue_operator.topics import AdminPool
@@ -128,6 +129,7 @@ class Runtime:
         self.kube = kube
         self._admins: AdminPool | None = None
         self._admins_lock = threading.Lock()
+        self.redis_checks = RedisChecks()
 
     @property
     def admins(self) -> AdminPool:
