@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Check the images scripts/build-images.sh built, by running them with buildah:
 # - queue-operator: `queue-operator --help`, `queuectl --help`, and `queue-sidecar --check` on
-#   the example sidecar config pass, as the non-root user the image declares;
+#   the example sidecar config pass, as the non-root user the image declares; every package and
+#   extension module in it imports (the image is FROM scratch: a missing library shows here), the
+#   `kubernetes` library (kept as bytecode) loads a kubeconfig, and TLS finds the CA bundle;
 # - beanstalkd: serves a put and a reserve with its binlog on a mounted directory, and still has
 #   the job after a restart.
 set -euo pipefail
@@ -29,10 +31,44 @@ user=$("${BUILDAH[@]}" inspect --format '{{.OCIv1.Config.User}}' "$operator")
 "${BUILDAH[@]}" "${RUN[@]}" "$operator" -- queuectl --help | grep -q "delay"
 "${BUILDAH[@]}" "${RUN[@]}" -v "$PWD/examples/sidecar:/config:ro" "$operator" -- \
     queue-sidecar --check --config /config/sidecar.yaml
-echo "queue-operator image: queue-operator --help, queuectl --help, queue-sidecar --check pass"
+cat >"$work/imports.py" <<'PY'
+import importlib, pathlib, pkgutil, ssl, sys, sysconfig
+site = pathlib.Path(sysconfig.get_path("purelib"))
+dynload = pathlib.Path(sysconfig.get_path("platstdlib")) / "lib-dynload"
+names = {m.name for m in pkgutil.iter_modules([str(site)]) if not m.name.startswith("_")}
+names |= {m.name for m in pkgutil.iter_modules([str(dynload)])}
+for so in site.rglob("*.so"):  # each extension module, stripped in the build
+    names.add(".".join(so.relative_to(site).with_suffix("").with_suffix("").parts))
+names |= {"google.protobuf", "kubernetes.client", "queue_operator.entry", "queue_sidecar.main"}
+for name in sorted(names):
+    importlib.import_module(name)
+cas = ssl.create_default_context().cert_store_stats()["x509_ca"]
+assert cas > 100, f"TLS sees {cas} CA certificates"
+assert not sys.flags.optimize
+print(f"{len(names)} modules import; TLS sees {cas} CA certificates")
+PY
+cat >"$work/kubeconfig" <<'YAML'
+apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "https://127.0.0.1:1"}}]
+users: [{name: u, user: {token: t}}]
+contexts: [{name: c, context: {cluster: c, user: u, namespace: ns}}]
+current-context: c
+YAML
+chmod a+r "$work/imports.py" "$work/kubeconfig"
+chmod a+x "$work"
+"${BUILDAH[@]}" "${RUN[@]}" -v "$work:/check:ro" "$operator" -- python3 /check/imports.py
+"${BUILDAH[@]}" "${RUN[@]}" -v "$work:/check:ro" "$operator" -- python3 -c '
+from queue_sidecar.ctl.kube import KubeSource
+source = KubeSource(kubeconfig="/check/kubeconfig")
+assert (source.context, source.namespace) == ("c", "ns"), (source.context, source.namespace)'
+echo "queue-operator image: queue-operator --help, queuectl --help, queue-sidecar --check pass;" \
+    "everything imports; the kubernetes library reads a kubeconfig"
 
 beanstalkd=$("${BUILDAH[@]}" from --pull-never "localhost/beanstalkd:$BEANSTALKD_TAG")
 containers+=("$beanstalkd")
+user=$("${BUILDAH[@]}" inspect --format '{{.OCIv1.Config.User}}' "$beanstalkd")
+[ "$user" = "65534:65534" ] || { echo "beanstalkd image runs as '$user', not 65534" >&2; exit 1; }
 mkdir -p "$work/binlog"
 chown 65534:65534 "$work/binlog"
 serve() {
