@@ -13,9 +13,10 @@
 #   Python...) and their copyright files.
 # No shell, package manager or coreutils: nothing but what the image runs.
 set -euo pipefail
-root=$1
+root=$(realpath -m "$1")
 shift
 mkdir -p "$root"
+cd / # cp --parents stumbles on some working directories
 
 # Merged /usr (bookworm): /bin, /lib... are symlinks into /usr; keep them so, so that paths
 # compiled into binaries (/lib64/ld-linux-x86-64.so.2) resolve.

@@ -3,7 +3,8 @@
 # - queue-operator: `queue-operator --help`, `queuectl --help`, and `queue-sidecar --check` on
 #   the example sidecar config pass, as the non-root user the image declares; every package and
 #   extension module in it imports (the image is FROM scratch: a missing library shows here), the
-#   `kubernetes` library (kept as bytecode) loads a kubeconfig, and TLS finds the CA bundle;
+#   `kubernetes` library (kept as bytecode) loads a kubeconfig, TLS finds the CA bundle, and names
+#   resolve through /etc/hosts;
 # - beanstalkd: serves a put and a reserve with its binlog on a mounted directory, and still has
 #   the job after a restart.
 set -euo pipefail
@@ -32,7 +33,7 @@ user=$("${BUILDAH[@]}" inspect --format '{{.OCIv1.Config.User}}' "$operator")
 "${BUILDAH[@]}" "${RUN[@]}" -v "$PWD/examples/sidecar:/config:ro" "$operator" -- \
     queue-sidecar --check --config /config/sidecar.yaml
 cat >"$work/imports.py" <<'PY'
-import importlib, pathlib, pkgutil, ssl, sys, sysconfig
+import getpass, importlib, os, pathlib, pkgutil, socket, ssl, sys, sysconfig
 site = pathlib.Path(sysconfig.get_path("purelib"))
 dynload = pathlib.Path(sysconfig.get_path("platstdlib")) / "lib-dynload"
 names = {m.name for m in pkgutil.iter_modules([str(site)]) if not m.name.startswith("_")}
@@ -45,6 +46,8 @@ for name in sorted(names):
 cas = ssl.create_default_context().cert_store_stats()["x509_ca"]
 assert cas > 100, f"TLS sees {cas} CA certificates"
 assert not sys.flags.optimize
+assert socket.getaddrinfo("localhost", 11300)  # /etc/hosts through nsswitch.conf
+assert (getpass.getuser(), os.path.expanduser("~")) == ("nonroot", "/home/nonroot")
 print(f"{len(names)} modules import; TLS sees {cas} CA certificates")
 PY
 cat >"$work/kubeconfig" <<'YAML'
