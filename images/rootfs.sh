@@ -60,7 +60,7 @@ for lib in $libs; do
     add "$lib"
 done
 # glibc loads libgcc_s itself when a thread exits or is cancelled (pthread_exit unwinds).
-gcc_s=$(ldconfig -p | awk '$1 == "libgcc_s.so.1" {print $NF; exit}')
+gcc_s=$(ldconfig -p | awk '$1 == "libgcc_s.so.1" && !found {print $NF; found = 1}')
 [ -z "$gcc_s" ] || add "$gcc_s"
 
 [ ! -e /etc/os-release ] || add /etc/os-release
