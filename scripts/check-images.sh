@@ -4,7 +4,8 @@
 #   the example sidecar config pass, as the non-root user the image declares; every package and
 #   extension module in it imports (the image is FROM scratch: a missing library shows here) from
 #   bytecode compiled in the build, the `kubernetes` library (kept as bytecode only) loads a
-#   kubeconfig, TLS finds the CA bundle, and names resolve through /etc/hosts;
+#   kubeconfig, TLS finds the CA bundle, names resolve through /etc/hosts, and the sidecar
+#   serves its health endpoints;
 # - beanstalkd: serves a put and a reserve with its binlog on a mounted directory, and still has
 #   the job after a restart.
 set -euo pipefail
@@ -16,12 +17,17 @@ BUILDAH=(buildah --storage-driver vfs)
 RUN=(run --isolation chroot)
 work=$(mktemp -d)
 containers=()
+sidecar=
 cleanup() {
     pkill -f "beanstalkd -l 127.0.0.1 -p $port" 2>/dev/null || true
+    [ -z "$sidecar" ] || kill "$sidecar" 2>/dev/null || true
     for c in "${containers[@]}"; do "${BUILDAH[@]}" rm "$c" >/dev/null 2>&1 || true; done
     rm -rf "$work"
 }
-port=$(.venv/bin/python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+free_port() {
+    .venv/bin/python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+port=$(free_port)
 trap cleanup EXIT
 
 operator=$("${BUILDAH[@]}" from --pull-never "localhost/queue-operator:$VERSION")
@@ -70,8 +76,44 @@ chmod a+x "$work"
 from queue_sidecar.ctl.kube import KubeSource
 source = KubeSource(kubeconfig="/check/kubeconfig")
 assert (source.context, source.namespace) == ("c", "ns"), (source.context, source.namespace)'
+
+# The sidecar runs and serves: /healthz and /readyz answer 200, /v1/status reports its queue,
+# while the app and the queue's broker are away (event loop, sockets, librdkafka's threads).
+health_port=$(free_port)
+cat >"$work/sidecar.yaml" <<YAML
+app: {port: $(free_port)}
+publish: {port: $(free_port)}
+health: {port: $health_port, host: 127.0.0.1}
+queues: [{kind: KafkaQueue, name: smoke, brokers: ["127.0.0.1:9"]}]
+YAML
+chmod a+r "$work/sidecar.yaml"
+"${BUILDAH[@]}" "${RUN[@]}" -v "$work:/check:ro" "$operator" -- \
+    queue-sidecar --config /check/sidecar.yaml >"$work/sidecar.log" 2>&1 &
+sidecar=$!
+if ! .venv/bin/python - "$health_port" <<'PY'; then
+import json, sys, time, urllib.request
+base = f"http://127.0.0.1:{sys.argv[1]}"
+deadline = time.monotonic() + 30
+while True:
+    try:
+        urllib.request.urlopen(f"{base}/healthz", timeout=2).read()
+        break
+    except OSError:
+        if time.monotonic() > deadline:
+            raise
+        time.sleep(0.2)
+assert json.load(urllib.request.urlopen(f"{base}/readyz", timeout=2)) == {"ready": True}
+status = json.load(urllib.request.urlopen(f"{base}/v1/status", timeout=2))
+assert "smoke" in status["queues"], status
+PY
+    cat "$work/sidecar.log" >&2
+    exit 1
+fi
+kill "$sidecar"
+wait "$sidecar" 2>/dev/null || true
+sidecar=
 echo "queue-operator image: queue-operator --help, queuectl --help, queue-sidecar --check pass;" \
-    "everything imports; the kubernetes library reads a kubeconfig"
+    "everything imports; the kubernetes library reads a kubeconfig; the sidecar serves"
 
 beanstalkd=$("${BUILDAH[@]}" from --pull-never "localhost/beanstalkd:$BEANSTALKD_TAG")
 containers+=("$beanstalkd")
