@@ -2,9 +2,11 @@
 # Build the project's two images with buildah (no Docker engine needed), from this repository:
 #   localhost/queue-operator:<version>      operator, sidecar and queuectl (images/queue-operator)
 #   localhost/beanstalkd:<beanstalkd tag>   Debian's beanstalkd, non-root (images/beanstalkd)
-# Where no registry is reachable (these machines), the Debian bookworm bases are made from
-# Debian's packages with mmdebstrap and cached in .cache/images; PUBLIC_BASES=1 uses the public
-# bases named in the Containerfiles instead. Prints each image's size and the build times.
+# Both images are FROM scratch: a Debian bookworm base only runs their build stage, which copies
+# what the image runs into a root of its own (images/rootfs.sh). Where no registry is reachable
+# (these machines), that base is made from Debian's packages with mmdebstrap and cached in
+# .cache/images; PUBLIC_BASES=1 uses the public bases named in the Containerfiles instead.
+# Prints each image's size and the build times.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,8 +31,10 @@ base_image() {  # NAME TARBALL PACKAGES
         return
     fi
     if [ ! -s "$tarball" ]; then
-        # Small, as the slim public bases are: no docs, man pages, locales or apt lists.
+        # Merged /usr by mmdebstrap's hook rather than the usrmerge package (which needs perl);
+        # no docs, man pages, locales or apt lists.
         mmdebstrap --quiet --variant=minbase --include="$packages" \
+            --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr \
             --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
             --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/locale/*' \
             --dpkgopt='path-exclude=/usr/share/info/*' \
@@ -48,11 +52,12 @@ base_image() {  # NAME TARBALL PACKAGES
 if [ -n "${PUBLIC_BASES:-}" ]; then
     python_base=() beanstalkd_base=()
 else
-    base_image localhost/queue-operator-base:bookworm-python "$CACHE/bookworm-python.tar" \
-        python3,python3-venv,ca-certificates
-    base_image localhost/queue-operator-base:bookworm "$CACHE/bookworm.tar" ca-certificates
-    python_base=(--build-arg BASE=localhost/queue-operator-base:bookworm-python)
-    beanstalkd_base=(--build-arg BASE=localhost/queue-operator-base:bookworm)
+    # One base builds both images (beanstalkd's stage installs its package with apt); binutils
+    # for strip. Named for its contents: a change of the list makes a new base, not a stale one.
+    base_image localhost/queue-operator-build:bookworm-1 "$CACHE/bookworm-build-1.tar" \
+        python3,python3-venv,ca-certificates,binutils
+    python_base=(--build-arg BASE=localhost/queue-operator-build:bookworm-1)
+    beanstalkd_base=("${python_base[@]}")
 fi
 bases_done=$(date +%s)
 
@@ -72,7 +77,7 @@ wheels_done=$(date +%s)
     -f images/queue-operator/Containerfile -t "localhost/queue-operator:$VERSION" . >/dev/null
 operator_done=$(date +%s)
 "${BUILDAH[@]}" "${BUD[@]}" --quiet "${beanstalkd_base[@]}" \
-    -f images/beanstalkd/Containerfile -t "localhost/beanstalkd:$BEANSTALKD_TAG" images/beanstalkd >/dev/null
+    -f images/beanstalkd/Containerfile -t "localhost/beanstalkd:$BEANSTALKD_TAG" images >/dev/null
 finished=$(date +%s)
 
 echo "image                                          size"
