@@ -151,3 +151,28 @@ class HttpTransport:
             if response.status != 401 or fresh_login:
                 break
         return int(response.status), bytes(response.data)
+
+    def stream(self, path: str, query: list[tuple[str, str]], *, timeout: float) -> urllib3.BaseHTTPResponse:
+        """A GET whose body is read as it arrives (a watch); the caller closes the response."""
+        import urllib3  # noqa: PLC0415
+
+        url_tail = path + "?" + urllib.parse.urlencode(query)
+        for fresh_login in (False, True):
+            if fresh_login:
+                self._connect()
+            with self._lock:
+                pool, server, headers = self._pool, self._server, dict(self._headers)
+            assert pool is not None
+            headers["Accept"] = "application/json"
+            response = pool.request(
+                "GET",
+                server + url_tail,
+                headers=headers,
+                timeout=urllib3.Timeout(connect=timeout, read=timeout),
+                retries=urllib3.Retry(total=2, connect=2, read=0, status=0, redirect=False),
+                preload_content=False,
+            )
+            if response.status != 401 or fresh_login:
+                break
+            response.release_conn()
+        return response

@@ -10,6 +10,7 @@ configuration, auth and connection pool, skipping its typed models.
 from __future__ import annotations
 
 import base64
+import builtins
 import json
 import logging
 from collections.abc import Iterator, Mapping
@@ -168,6 +169,73 @@ class Kube:
             token = str((payload.get("metadata") or {}).get("continue") or "")
             if not token:
                 return
+
+    def list_with_version(
+        self, api_version: str, kind: str, namespace: str | None, *, page: int = 500
+    ) -> tuple[builtins.list[dict[str, Any]], str]:
+        """Every object of ``kind`` and the list's resourceVersion (to watch from)."""
+        items: builtins.list[dict[str, Any]] = []
+        token, version = "", ""
+        while True:
+            query = [("limit", str(page))] + ([("continue", token)] if token else [])
+            payload = self._checked(
+                *self._request("GET", object_path(api_version, kind, namespace), query=query)
+            )
+            items.extend(payload.get("items") or [])
+            meta = payload.get("metadata") or {}
+            version = str(meta.get("resourceVersion") or version)
+            token = str(meta.get("continue") or "")
+            if not token:
+                return items, version
+
+    def watch(
+        self, api_version: str, kind: str, namespace: str | None, resource_version: str, timeout: float
+    ) -> Iterator[dict[str, Any]]:
+        """The watch events (``{"type": ..., "object": ...}``) after ``resource_version``, as they
+        come, for about ``timeout`` seconds (the server ends the watch then). A :class:`KubeError`
+        with status 410 means the version is too old: list again."""
+        query = [
+            ("watch", "true"),
+            ("resourceVersion", resource_version),
+            ("allowWatchBookmarks", "true"),
+            ("timeoutSeconds", str(int(timeout))),
+        ]
+        path = object_path(api_version, kind, namespace)
+        read_timeout = timeout + 10  # the server ends the watch; this only catches a silent one
+        if isinstance(self._client, credentials.HttpTransport):
+            response: Any = self._client.stream(path, query, timeout=read_timeout)
+        else:
+            serialized = self._client.param_serialize(
+                method="GET",
+                resource_path=path,
+                query_params=query,
+                header_params={"Accept": "application/json"},
+                auth_settings=["BearerToken"],
+            )
+            response = self._client.call_api(*serialized, _request_timeout=read_timeout).response
+        try:
+            if response.status >= 400:
+                payload = json.loads(response.read() or b"{}")
+                raise KubeError(
+                    response.status, str(payload.get("reason", "")), str(payload.get("message", ""))
+                )
+            pending = b""
+            while chunk := response.read1(65536):
+                lines = (pending + chunk).split(b"\n")
+                pending = lines.pop()
+                for line in lines:
+                    if line.strip():
+                        event = json.loads(line)
+                        if event.get("type") == "ERROR":
+                            status = event.get("object") or {}
+                            raise KubeError(
+                                int(status.get("code") or 500),
+                                str(status.get("reason", "")),
+                                str(status.get("message", "")),
+                            )
+                        yield event
+        finally:
+            response.close()  # never back to the pool: a watch ended early leaves data unread
 
     def create(self, obj: Mapping[str, Any]) -> dict[str, Any]:
         """Create; a 409 (it exists) is a :class:`KubeError` like any other refusal."""

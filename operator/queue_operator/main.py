@@ -230,11 +230,10 @@ def cli(argv: Sequence[str] | None = None) -> None:
     handlers.register_login(registry)
     if args.role in ("all", "controller"):
         handlers.register(registry, options)
-    # The webhook's own reads (a queue not indexed yet) must answer within its admission timeout.
-    runtime = Runtime(options, Kube.from_environment(timeout=5.0 if args.role == "webhook" else 30.0))
+    runtime = Runtime(options, Kube.from_environment(timeout=30.0))
     settings = operator_settings(options)
     if args.role in ("all", "webhook"):
-        webhook.enable(args, registry, settings, runtime.kube)
+        webhook.enable(args, registry)  # its own threads, API client and event loop
     namespaces = args.namespace
     log.info("role %s, watching %s", args.role, ", ".join(namespaces) if namespaces else "all namespaces")
     if args.metrics_port is not None:

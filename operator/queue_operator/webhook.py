@@ -1,26 +1,28 @@
 """The mutating admission webhook that adds the sidecar to annotated pods (SPEC section 3).
 
-kopf serves it (``@kopf.on.mutate`` on pods, kopf's ``WebhookServer``) on the path
-``/inject-sidecar``; the MutatingWebhookConfiguration comes from the Helm chart, so kopf does not
-manage one. Here only the lookups of the named queues live; everything else is the pure
-``queue_operator.injection``.
+Served on ``/inject-sidecar`` by :class:`queue_operator.admission_server.AdmissionServer` (its
+own thread and event loop), answered from :class:`queue_operator.queue_cache.QueueCache` (its own
+watch threads), so neither kopf's loop nor the controller's work delays an admission. The
+MutatingWebhookConfiguration comes from the Helm chart. Here only the AdmissionReview handling
+and the lookups of the named queues live; everything else is the pure ``queue_operator.injection``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import copy
 import json
 import logging
-import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-import aiohttp.web
 import kopf
+import orjson
 
-from queue_operator import metrics, missed_injections
+from queue_operator import missed_injections
+from queue_operator.admission_server import AdmissionServer, BadReview
 from queue_operator.handlers.options import API_VERSION
 from queue_operator.injection import (
     InjectionError,
@@ -34,155 +36,130 @@ from queue_operator.injection import (
     wants_injection,
 )
 from queue_operator.injection.pod import DEFAULT_IMAGE, DEFAULT_RESOURCES
-from queue_operator.kube import own_namespace
+from queue_operator.kube import Kube, own_namespace
+from queue_operator.queue_cache import QueueCache
 
 log = logging.getLogger("queue_operator.webhook")
 
-WEBHOOK_ID = "inject-sidecar"  # kopf's handler id is the URL path: https://<service>/inject-sidecar
+PATH = "/inject-sidecar"
 DEFAULT_PORT = 9443
+SYNC_WAIT_SECONDS = 10.0  # at start, serve only once the queues are listed, or after this long
 
 
-class AdmissionServer(kopf.WebhookServer):
-    """kopf's webhook server, with the admission review checked and completed before kopf sees it.
+class Injector:
+    """AdmissionReview in, AdmissionReview with the answer out (``BadReview`` for a malformed one)."""
 
-    A request that is not an AdmissionReview gets 400 instead of an error deep in kopf. A pod
-    created by a controller may arrive without ``metadata.namespace`` (the API server fills it
-    in later); the request's ``namespace`` is copied in so the handler can find the queues.
-    """
+    def __init__(self, cache: QueueCache, kube: Kube, settings: SidecarSettings) -> None:
+        self.cache = cache
+        self.kube = kube  # reads a queue the cache has not seen yet (short timeout)
+        self.settings = settings
 
-    async def __call__(self, fn: kopf.WebhookFn) -> AsyncIterator[kopf.WebhookClientConfig]:
-        async def checked(
-            request: Any,
-            *,
-            webhook: str | None = None,
-            headers: kopf.Headers | None = None,
-            sslpeer: kopf.SSLPeer | None = None,
-        ) -> Any:
-            started = time.perf_counter()
-            result = "error"
-            try:
-                review = _checked_review(request)
-                response = await fn(review, webhook=webhook, headers=headers, sslpeer=sslpeer)
-                result = metrics.admission_result(response)
-                return response
-            finally:
-                metrics.ADMISSIONS.labels(result).inc()
-                metrics.ADMISSION_SECONDS.observe(time.perf_counter() - started)
+    async def review(self, data: Any) -> dict[str, Any]:
+        request = checked_request(data)
+        answer: dict[str, Any] = {"uid": request.get("uid", ""), "allowed": True}
+        try:
+            patch = await self._patch(request)
+        except InjectionError as exc:
+            answer.update(allowed=False, status={"message": str(exc), "code": 400})
+        except Exception as exc:  # a bug: refuse (failurePolicy decides nothing here) and say why
+            log.exception("answering an admission review failed")
+            answer.update(allowed=False, status={"message": str(exc) or repr(exc), "code": 500})
+        else:
+            if patch:
+                answer["patch"] = base64.b64encode(orjson.dumps(patch)).decode("ascii")
+                answer["patchType"] = "JSONPatch"
+        return {
+            "apiVersion": data.get("apiVersion", "admission.k8s.io/v1"),
+            "kind": data.get("kind", "AdmissionReview"),
+            "response": answer,
+        }
 
-        async for client_config in super().__call__(checked):
-            yield client_config
+    async def _patch(self, request: Mapping[str, Any]) -> list[dict[str, Any]]:
+        pod: dict[str, Any] = request["object"]
+        if request.get("operation", "CREATE") != "CREATE" or not wants_injection(pod):
+            return []
+        wanted = read_request(pod)
+        if has_sidecar(pod):
+            queues: list[SidecarQueue] = []  # left as it is; only new app containers get the URL
+        else:
+            namespace = str(pod["metadata"].get("namespace") or "default")
+            queues = await self._resolve(namespace, wanted)
+        return json_patch(pod, inject(pod, wanted, queues, self.settings))
+
+    async def _resolve(self, namespace: str, request: InjectionRequest) -> list[SidecarQueue]:
+        bodies: list[Mapping[str, Any]] = []
+        missing: list[str] = []
+        for ref in request.queues:
+            found = self.cache.get(ref.kind, namespace, ref.name)
+            if found is None:  # created a moment ago, or the cache is still listing: ask the API
+                try:
+                    loop = asyncio.get_running_loop()
+                    found = await loop.run_in_executor(
+                        None, self.kube.read, API_VERSION, ref.kind, namespace, ref.name
+                    )
+                except Exception as exc:  # the API failed: refuse, the pod can be created again
+                    log.warning("reading %s in %s failed: %s", ref, namespace, exc)
+                    raise InjectionError(f"cannot read {ref} in namespace {namespace}: {exc}") from None
+            if found is None:
+                missing.append(str(ref))
+            else:
+                bodies.append(found)
+        if missing:
+            raise InjectionError(
+                f"queue(s) {', '.join(missing)} not found in namespace {namespace}; create them first or "
+                "fix the annotation queue-operator.dev/queues"
+            )
+        return [
+            sidecar_queue(ref, copy.deepcopy(body), i)
+            for i, (ref, body) in enumerate(zip(request.queues, bodies, strict=True))
+        ]
 
 
-def _checked_review(data: Any) -> Any:
+def checked_request(data: Any) -> dict[str, Any]:
+    """The review's ``request``, checked; a pod created by a controller may arrive without
+    ``metadata.namespace`` (the API server fills it in later): the request's is copied in."""
     request = data.get("request") if isinstance(data, Mapping) else None
     if not isinstance(request, dict):
-        raise aiohttp.web.HTTPBadRequest(reason="expected an AdmissionReview with a request")
+        raise BadReview("expected an AdmissionReview with a request")
     resource = request.get("resource")
     if not isinstance(resource, Mapping) or not all(k in resource for k in ("group", "version", "resource")):
-        raise aiohttp.web.HTTPBadRequest(reason="request.resource needs group, version and resource")
-    request.setdefault("userInfo", {})
+        raise BadReview("request.resource needs group, version and resource")
+    if (resource.get("group"), resource.get("resource")) != ("", "pods"):
+        raise BadReview(f"this webhook admits pods, not {resource.get('resource')}")
     pod = request.get("object")
     if not isinstance(pod, dict) or not isinstance(pod.get("metadata", {}), dict):
-        raise aiohttp.web.HTTPBadRequest(reason="request.object must be an object with metadata")
+        raise BadReview("request.object must be an object with metadata")
     metadata = pod.setdefault("metadata", {})
     if not metadata.get("namespace") and isinstance(request.get("namespace"), str):
         metadata["namespace"] = request["namespace"]
-    return data
+    return request
 
 
-def register(registry: kopf.OperatorRegistry, kube: Any, settings: SidecarSettings) -> None:
-    """Install the mutating handler on pods; ``kube`` is a ``queue_operator.kube.Kube``.
+def json_patch(pod: Mapping[str, Any], mutated: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The JSONPatch from ``pod`` to ``mutated``: the changed annotations, labels and spec fields."""
+    ops: list[dict[str, Any]] = []
 
-    The handler runs in the event loop and answers from an in-memory index of the queues (kept
-    by kopf's watch), so an admission costs no API call and never waits for a thread that
-    reconciliation work holds. A queue created a moment ago and not indexed yet is read once
-    from the API, with the short timeout of ``kube``.
-    """
-    for plural, index_id in INDEXES.items():
-        kopf.index(GROUP, VERSION, plural, id=index_id, registry=registry)(_index_entry)
+    def put(path: str, old: Mapping[str, Any], key: str, value: Any) -> None:
+        op = "replace" if key in old else "add"
+        ops.append({"op": op, "path": f"{path}/{_pointer(key)}", "value": value})
 
-    @kopf.on.mutate("v1", "pods", id=WEBHOOK_ID, operations=["CREATE"], side_effects=False, registry=registry)
-    async def inject_sidecar(body: kopf.Body, patch: kopf.Patch, **kwargs: Any) -> None:
-        pod: Mapping[str, Any] = body
-        if not wants_injection(pod):
-            return
-        try:
-            request = read_request(pod)
-            if has_sidecar(pod):
-                queues: list[SidecarQueue] = []  # left as it is; only new app containers get the URL
-            else:
-                namespace = str(body.metadata.namespace or "default")
-                queues = await _resolve(kube, namespace, request, kwargs)
-            mutated = inject(pod, request, queues, settings)
-        except InjectionError as exc:
-            raise kopf.AdmissionError(str(exc), code=400) from None
-        _set_patch(patch, pod, mutated)
+    meta, new_meta = pod.get("metadata") or {}, mutated.get("metadata") or {}
+    for key in ("annotations", "labels"):
+        if new_meta.get(key) != meta.get(key):
+            put("/metadata", meta, key, new_meta.get(key) or {})
+    spec, new_spec = pod.get("spec"), mutated.get("spec") or {}
+    if not isinstance(spec, Mapping):
+        if new_spec:
+            ops.append({"op": "add", "path": "/spec", "value": new_spec})
+        return ops
+    for key, value in new_spec.items():
+        if spec.get(key) != value:
+            put("/spec", spec, key, value)
+    return ops
 
 
-GROUP, VERSION = API_VERSION.split("/")
-INDEXES = {"delayqueues": "delayqueue_index", "kafkaqueues": "kafkaqueue_index"}
-INDEX_OF_KIND = {"DelayQueue": "delayqueue_index", "KafkaQueue": "kafkaqueue_index"}
-
-
-def _index_entry(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
-    """Index: (namespace, name) -> the queue as the webhook needs it (a copy, not kopf's view)."""
-    meta = body.metadata
-    entry = {
-        "metadata": {"name": meta.name, "namespace": meta.namespace, "uid": meta.uid},
-        "spec": copy.deepcopy(dict(body.spec)),
-        "status": copy.deepcopy(dict(body.status)),
-    }
-    return {(str(meta.namespace), str(meta.name)): entry}
-
-
-async def _resolve(
-    kube: Any, namespace: str, request: InjectionRequest, indexes: Mapping[str, Any]
-) -> list[SidecarQueue]:
-    bodies: list[Mapping[str, Any]] = []
-    missing: list[str] = []
-    for ref in request.queues:
-        found = _indexed(indexes.get(INDEX_OF_KIND[ref.kind]), namespace, ref.name)
-        if found is None:
-            try:
-                loop = asyncio.get_running_loop()
-                found = await loop.run_in_executor(
-                    None, kube.read, API_VERSION, ref.kind, namespace, ref.name
-                )
-            except Exception as exc:  # the API failed: refuse, the pod can be created again
-                log.warning("reading %s in %s failed: %s", ref, namespace, exc)
-                raise InjectionError(f"cannot read {ref} in namespace {namespace}: {exc}") from None
-        if found is None:
-            missing.append(str(ref))
-        else:
-            bodies.append(found)
-    if missing:
-        raise InjectionError(
-            f"queue(s) {', '.join(missing)} not found in namespace {namespace}; create them first or fix "
-            "the annotation queue-operator.dev/queues"
-        )
-    return [
-        sidecar_queue(ref, body, i) for i, (ref, body) in enumerate(zip(request.queues, bodies, strict=True))
-    ]
-
-
-def _indexed(index: Any, namespace: str, name: str) -> dict[str, Any] | None:
-    if index is None:
-        return None
-    for entry in index.get((namespace, name), []):
-        return copy.deepcopy(entry)  # type: ignore[no-any-return]
-    return None
-
-
-def _set_patch(patch: kopf.Patch, pod: Mapping[str, Any], mutated: Mapping[str, Any]) -> None:
-    """Hand kopf the changed parts; it answers with the JSON patch between pod and result."""
-    if mutated.get("metadata") != pod.get("metadata"):
-        patch["metadata"] = {"annotations": dict(mutated["metadata"].get("annotations") or {})}
-        if mutated["metadata"].get("labels") != (pod.get("metadata") or {}).get("labels"):
-            patch["metadata"]["labels"] = dict(mutated["metadata"].get("labels") or {})
-    spec, new_spec = pod.get("spec") or {}, mutated.get("spec") or {}
-    changed = {key: value for key, value in new_spec.items() if spec.get(key) != value}
-    if changed:
-        patch["spec"] = changed
+def _pointer(key: str) -> str:
+    return key.replace("~", "~0").replace("/", "~1")
 
 
 # --- command line ----------------------------------------------------------------------------
@@ -258,21 +235,38 @@ def sidecar_settings(args: argparse.Namespace) -> SidecarSettings:
     )
 
 
-def enable(args: argparse.Namespace, registry: kopf.OperatorRegistry, settings: Any, kube: Any) -> None:
-    """Register the webhook and its server on kopf's ``settings`` when ``--webhook-port`` is given."""
+def enable(args: argparse.Namespace, registry: kopf.OperatorRegistry) -> None:
+    """Serve the webhook when ``--webhook-port`` is given: the queue cache and the HTTPS server
+    start now, on their own threads; kopf only runs the missed-injection sweep and stops them."""
     if args.webhook_port is None:
         return
     if not args.webhook_insecure and not (args.webhook_cert and args.webhook_key):
         raise SystemExit("--webhook-port needs --webhook-cert and --webhook-key (or --webhook-insecure)")
-    register(registry, kube, sidecar_settings(args))
-    settings.admission.server = AdmissionServer(
-        addr="0.0.0.0",
+    # Its own API client with a short timeout: a lookup must answer within the admission timeout.
+    kube = Kube.from_environment(timeout=5.0)
+    cache = QueueCache(kube, args.namespace or (), watch_timeout=args.watch_timeout)
+    injector = Injector(cache, kube, sidecar_settings(args))
+    server = AdmissionServer(
+        injector.review,
         port=args.webhook_port,
+        path=PATH,
         certfile=None if args.webhook_insecure else args.webhook_cert,
-        pkeyfile=None if args.webhook_insecure else args.webhook_key,
-        insecure=args.webhook_insecure,
+        keyfile=None if args.webhook_insecure else args.webhook_key,
     )
-    log.info("serving the sidecar injection webhook on port %d", args.webhook_port)
+    cache.start()
+    server.start(before=lambda: cache.wait_synced(SYNC_WAIT_SECONDS))
+
+    @kopf.on.probe(registry=registry, id="webhook")
+    def serving(**_: Any) -> bool:
+        if server.failed:
+            raise RuntimeError("the admission server stopped")  # the liveness probe fails: restart
+        return server.serving
+
+    @kopf.on.cleanup(registry=registry, id="webhook")
+    def stop(**_: Any) -> None:
+        server.stop()
+        cache.stop()
+
     if args.missed_injection_interval > 0:
         _sweep_periodically(registry, kube, args.namespace or None, args.missed_injection_interval)
 
