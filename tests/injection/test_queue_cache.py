@@ -40,13 +40,18 @@ def started() -> Iterator[list[QueueCache]]:
         cache.stop()
 
 
+@pytest.mark.parametrize("transport", ["urllib3", "kubernetes library"])
 def test_listed_then_watched_with_only_what_injection_reads(
-    cluster: Cluster, started: list[QueueCache]
+    kube: KubeApi, cluster: Cluster, started: list[QueueCache], transport: str
 ) -> None:
     ns = cluster.namespace
     create(cluster, delay_queue("reminders"))
     create(cluster, delay_queue("elsewhere"), namespace=f"{ns}-other")
-    cache = QueueCache(Kube.from_environment(timeout=5.0), [ns], watch_timeout=1)
+    # The kubernetes library's client is what kubeconfigs with an exec plugin get.
+    client = (
+        Kube.from_environment(timeout=5.0) if transport == "urllib3" else Kube(kube.client(), timeout=5.0)
+    )
+    cache = QueueCache(client, [ns], watch_timeout=1)
     started.append(cache)
     cache.start()
     assert cache.wait_synced(10)
