@@ -95,8 +95,12 @@ class QueueCache:
                 if not version:
                     version = self._relist(kind, namespace)
                     synced.set()
-                    delay = 0.5
+                began = time.monotonic()
                 version = self._follow(kind, namespace, version)
+                delay = 0.5
+                if time.monotonic() - began < 1.0:  # ended at once: do not spin on the API
+                    self._stop.wait(1.0)
+                continue  # the server ended the watch (timeoutSeconds): resume at once
             except KubeError as exc:
                 if exc.status == 410:  # too old: list again (and drop what was deleted meanwhile)
                     version = ""
@@ -110,7 +114,8 @@ class QueueCache:
     def _relist(self, kind: str, namespace: str | None) -> str:
         items, version = self._kube.list_with_version(API_VERSION, kind, namespace, page=self._page)
         fresh = {self._key(kind, item): lean(item) for item in items if self._wanted(item)}
-        for key in [k for k in self._entries if k[0] == kind and self._scoped(k[1], namespace)]:
+        # list(): a copy taken at once; the other kinds' threads add entries meanwhile.
+        for key in [k for k in list(self._entries) if k[0] == kind and self._scoped(k[1], namespace)]:
             if key not in fresh:
                 del self._entries[key]
         self._entries.update(fresh)
