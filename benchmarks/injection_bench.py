@@ -16,7 +16,9 @@ reconciling and are spread over at least ``--loaded-seconds`` (default 10), so t
 its work (its status writes reach the webhook's watch); the table says how many reconciles ran
 meanwhile. The raw client is timed under that load too. The webhook answers from its own watch
 cache and event loop, so the controller's work must not show in its latency (goal: p99 < 20 ms).
-The machine's cores are shared by the emulator, the controller, the webhook and this client.
+The machine's cores are shared by the emulator, the controller, the webhook and this client:
+the "floor" row times the webhook while two plain CPU-bound processes run instead of the
+controller and emulator, i.e. what the operating system's scheduling alone adds.
 
 Run: ``.venv/bin/python benchmarks/injection_bench.py [--requests 300] [--queues 1000]``
 """
@@ -27,6 +29,7 @@ import argparse
 import http.client
 import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -147,13 +150,25 @@ def main() -> None:
                         )
                     )
 
+                    # The floor the machine sets: the same paced admissions while two CPU-bound
+                    # processes (about what the emulator and the controller take) share the cores.
+                    gap = args.loaded_seconds / rounds
+                    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+                    try:
+                        rows.append(
+                            ("webhook: idle, 2 CPU-bound processes (floor)", timed(admission, rounds, gap))
+                        )
+                    finally:
+                        for burner in burners:
+                            burner.kill()
+                            burner.wait()
+
                     controller.start()
                     deadline = time.monotonic() + 120
                     while reconciles(controller) < 1 and time.monotonic() < deadline:
                         time.sleep(0.2)
                     before = reconciles(controller)
                     started = time.monotonic()
-                    gap = args.loaded_seconds / rounds
                     loaded = timed(admission, rounds, gap)
                     loaded_raw = timed(lookups, rounds, gap)
                     elapsed = time.monotonic() - started

@@ -16,6 +16,8 @@ import logging
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+import orjson
+
 from queue_operator import credentials
 
 log = logging.getLogger("queue_operator.kube")
@@ -225,7 +227,7 @@ class Kube:
                 pending = lines.pop()
                 for line in lines:
                     if line.strip():
-                        event = json.loads(line)
+                        event = orjson.loads(line)  # a few times faster: every queue change
                         if event.get("type") == "ERROR":
                             status = event.get("object") or {}
                             raise KubeError(
