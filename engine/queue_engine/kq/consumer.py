@@ -3,9 +3,10 @@
 Threads: librdkafka's Consumer is a blocking client, so one poll thread owns it (consume,
 commit, pause/resume, rebalance callbacks); everything else runs in the event loop. The poll
 thread hands batches of records to the loop with ``call_soon_threadsafe``; the loop hands
-commits and commands back through a lock-guarded dict and a command queue. ``lag()`` reads
-what the poll thread noted (its own commits, the fetched watermarks); it asks the broker, on
-the poll thread, only before those are known (see ``_lag_on_poll_thread``).
+commits and commands back through a lock-guarded dict and a command queue (poll_commands.py:
+a command queued after the thread exited fails at once). ``lag()`` never uses the poll thread:
+it reads what that thread noted (its own commits, the fetched watermarks) and asks the rest
+through an AdminClient (lag.py).
 
 Guarantees:
 - an offset is committed only once the handler finished with it (success, or written to the
@@ -21,6 +22,10 @@ Guarantees:
   is resumed when it is assigned (librdkafka keeps a pause across a rebalance);
 - a dead letter that cannot be written is never committed past; waits for the app and
   dead-letter backoffs end at stop (and a revoke), so only handler calls use the grace.
+- attempt counts survive restarts and rebalances (attempt_book.py): no call starts on an
+  offset the attempts journal does not cover, and after a crash each message the dead process
+  may have had in the handler is called alone, so a message that kills the process every time
+  is dead-lettered after ``max_attempts`` deaths and its bystanders are not.
 """
 
 from __future__ import annotations
@@ -29,7 +34,6 @@ import asyncio
 import concurrent.futures
 import dataclasses
 import logging
-import queue as thread_queue
 import threading
 import time
 import uuid
@@ -53,9 +57,10 @@ from queue_engine.kq.config import (
     error_from_kafka,
 )
 from queue_engine.kq.dead_letter_writer import DeadLetterWriter, nap
-from queue_engine.kq.lag import LagProbe, partition_lag
+from queue_engine.kq.lag import AdminLag
 from queue_engine.kq.message import KafkaMessage, from_record
 from queue_engine.kq.offsets import OffsetTracker
+from queue_engine.kq.poll_commands import PollCommands
 from queue_engine.kq.producer_core import PRODUCER_DEFAULTS, PRODUCER_MANAGED
 from queue_engine.kq.pusher import KafkaPusher
 from queue_engine.kq.security import KafkaSecurity
@@ -241,7 +246,7 @@ class KafkaConsumer:
         self._committed_here: dict[int, int] = {}
         self._over_since: float | None = None  # poll thread only
         self._commit_lock = threading.Lock()
-        self._commands: thread_queue.SimpleQueue[Callable[[Consumer], None]] = thread_queue.SimpleQueue()
+        self._commands = PollCommands(self.name)
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
         self._thread_done: asyncio.Future[None] | None = None
@@ -258,14 +263,9 @@ class KafkaConsumer:
         # reading them from another thread would wait for the poll thread's rebalance callbacks.
         self._watermarks: dict[int, tuple[int, int]] = {}
         self._watermarks_noted = 0.0
-        self._lag_probe = LagProbe(
-            client_config(
-                self._brokers,
-                security,
-                {},
-                self._extra,
-                {"group.id": self.group, "enable.auto.commit": False, "enable.auto.offset.store": False},
-            )
+        # Lag from an AdminClient, off the poll thread (see lag.py).
+        self._lag_admin = AdminLag(
+            client_config(self._brokers, security, {}, self._extra, {}), self.topic, self.group
         )
 
     # ----------------------------------------------------------------- lifecycle
@@ -325,7 +325,7 @@ class KafkaConsumer:
         for state in self._partitions.values():
             state.leaving.set()
         log.info("stopping consumer %s (grace %s)", self.name, format_duration(grace))
-        self._command(lambda c: c.pause(c.assignment()))
+        self._commands.submit(lambda c: c.pause(c.assignment()))  # fails at once if the thread is gone
         await self._shutdown_workers(grace)
         self._closing.set()
         if self._thread_done is not None:
@@ -347,7 +347,7 @@ class KafkaConsumer:
         await asyncio.gather(*self._workers, return_exceptions=True)
 
     async def _close_dlq(self) -> None:
-        await asyncio.to_thread(self._lag_probe.close)
+        self._lag_admin.close()
         if self._journal is not None:
             await asyncio.to_thread(self._journal.close)
         if self._dlq is not None:
@@ -390,37 +390,25 @@ class KafkaConsumer:
 
     async def lag(self) -> dict[int, int]:
         """partition -> high watermark - committed offset: the partitions this member owns while
-        it runs and has committed in each (no round trip), else every partition of the topic.
+        it runs (each member reports its own), else every partition of the topic.
 
-        While the consumer runs, on its own client (poll thread): a second client with the
-        group's id doing offset fetches made tansu re-balance the group again and again and leave
-        a ghost member behind, so the probe client serves only a stopped consumer.
-        """
-        if self._thread is not None and self._thread.is_alive():
-            lags = await self._on_poll_thread(self._lag_on_poll_thread)
-        else:
-            lags = await asyncio.to_thread(self._lag_probe.lag, self.topic, 10, self._fetched_watermarks)
-        for partition, value in lags.items():
-            metrics.KAFKA_LAG.labels(self.name, str(partition)).set(value)
-        return lags
-
-    def _lag_on_poll_thread(self, consumer: Consumer) -> dict[int, int]:
-        """Poll thread: from what this member committed and fetched, once it has both for every
-        partition it owns, so without a round trip; else the broker's answer for every partition.
-
-        A round trip here holds up polling: tansu took seconds to answer an OffsetFetch while the
-        consumer fetched a backlog, and the sidecar asks for the lag every 10 s. So while this
-        member owns partitions it reports theirs only (each member reports its own).
+        Never on the poll thread (a round trip there would hold up fetches, commits and
+        rebalance callbacks; tansu took seconds to answer an OffsetFetch during a backlog):
+        this member's own commits and the watermarks its fetches saw cost nothing, only what
+        is not known yet is asked through an AdminClient (see lag.py).
         """
         with self._commit_lock:
             owned = sorted(self._owned)
-        lags: dict[int, int] = {}
-        for number in owned:
-            committed, seen = self._committed_here.get(number), self._watermarks.get(number)
-            if committed is None or seen is None:
-                return partition_lag(consumer, self.topic, timeout=10)
-            lags[number] = max(0, seen[1] - committed)
-        return lags or partition_lag(consumer, self.topic, timeout=10)
+            committed = {p: self._committed_here[p] for p in owned if p in self._committed_here}
+        if owned and self._thread is not None and self._thread.is_alive():
+            lags = await asyncio.to_thread(
+                self._lag_admin.lag, 10, owned, committed, self._fetched_watermarks
+            )
+        else:
+            lags = await asyncio.to_thread(self._lag_admin.lag, 10)
+        for partition, value in lags.items():
+            metrics.KAFKA_LAG.labels(self.name, str(partition)).set(value)
+        return lags
 
     def _fetched_watermarks(self, partition: int) -> tuple[int, int] | None:
         """The watermarks our own fetches saw, as the poll thread last noted them."""
@@ -434,6 +422,8 @@ class KafkaConsumer:
             self._consume_until_closed()
         except BaseException as exc:
             error = exc
+        finally:
+            self._commands.close()  # commands queued from now on fail at once
         loop = self._loop
         if loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(self._thread_finished, error)
@@ -471,7 +461,7 @@ class KafkaConsumer:
                 self._recheck_brokers(consumer)
                 self._recheck_topic(consumer)
                 self._note_watermarks(consumer)
-                self._run_commands(consumer)
+                self._commands.run_all(consumer)
                 self._flush_commits(consumer)
                 if self._hold_intake(consumer):
                     time.sleep(PAUSED_POLL_TIMEOUT)
@@ -484,7 +474,7 @@ class KafkaConsumer:
                         self._topic_problem = None
                     self._count_backlog(records)
                     self._to_loop(self._intake, records)
-            self._run_commands(consumer)
+            self._commands.run_all(consumer)
             self._flush_commits(consumer)
         finally:
             # close() revokes our partitions (the revoke callback commits what is finished)
@@ -569,32 +559,6 @@ class KafkaConsumer:
             log.warning("consumer %s: event loop did not answer a rebalance in time: %r", self.name, exc)
             return None
 
-    def _command(self, fn: Callable[[Consumer], None]) -> None:
-        self._commands.put(fn)
-
-    async def _on_poll_thread(self, fn: Callable[[Consumer], T]) -> T:
-        future: concurrent.futures.Future[T] = concurrent.futures.Future()
-
-        def command(consumer: Consumer) -> None:
-            try:
-                future.set_result(fn(consumer))
-            except BaseException as exc:
-                future.set_exception(exc)
-
-        self._command(command)
-        return await asyncio.wrap_future(future)
-
-    def _run_commands(self, consumer: Consumer) -> None:
-        while True:
-            try:
-                command = self._commands.get_nowait()
-            except thread_queue.Empty:
-                return
-            try:
-                command(consumer)
-            except KafkaException as exc:
-                log.warning("consumer %s: %s", self.name, exc)
-
     def _flush_commits(self, consumer: Consumer) -> None:
         with self._commit_lock:
             pending, self._pending_commits = self._pending_commits, {}
@@ -618,7 +582,8 @@ class KafkaConsumer:
         tps = [TopicPartition(self.topic, p, o) for p, o in sorted(offsets.items())]
         try:
             consumer.commit(offsets=tps, asynchronous=False)
-            self._committed_here.update(offsets)
+            with self._commit_lock:  # lag() reads it from the event loop
+                self._committed_here.update(offsets)
             log.debug("consumer %s committed %s", self.name, offsets)
         except KafkaException as exc:
             log.warning("consumer %s: commit of %s failed, will retry: %s", self.name, offsets, exc)
@@ -679,8 +644,9 @@ class KafkaConsumer:
             for number in numbers:
                 self._backlog.pop(number, None)
         self._paused.difference_update(numbers)
-        for number in numbers:
-            self._committed_here.pop(number, None)
+        with self._commit_lock:
+            for number in numbers:
+                self._committed_here.pop(number, None)
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         numbers = [tp.partition for tp in partitions]
