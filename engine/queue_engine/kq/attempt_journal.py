@@ -93,7 +93,9 @@ class AttemptJournal:
         self._producer: Producer | None = None
 
     def _config(self, managed: Mapping[str, Any]) -> dict[str, Any]:
-        return client_config(self._bootstrap, self._security, {}, self._extra, managed)
+        # The journal's own settings win over the user's ``extra`` (made for the consumer).
+        extra = {k: v for k, v in self._extra.items() if k not in managed}
+        return client_config(self._bootstrap, self._security, {}, extra, managed)
 
     def _admin_config(self) -> dict[str, Any]:
         return _without_consumer_keys(self._config({}))
@@ -115,6 +117,7 @@ class AttemptJournal:
                         self.journal_topic
                     ]
                 self._partitions = max(1, len(journal.partitions))
+                self._producer_now()  # its first write waits for its setup (~0.5 s on tansu): start that now
             except KafkaException as exc:
                 raise error_from_kafka(exc, f"attempts journal {self.journal_topic}") from exc
             return self._partitions
@@ -135,14 +138,33 @@ class AttemptJournal:
     def _key(self, partition: int) -> bytes:
         return f"{self.group}/{partition}".encode()
 
+    def _producer_now(self) -> Producer:
+        """The journal's producer, made on first use (call with the lock)."""
+        if self._producer is None:
+            config = self._config({"acks": "all", "enable.idempotence": True, "linger.ms": 0})
+            self._producer = Producer(_without_consumer_keys(config))
+        return self._producer
+
     def write(self, partition: int, record: PartitionRecord) -> None:
+        try:
+            self._write(partition, record)
+        except Exception:
+            self._partitions = 0  # check (and create) the topic again next time: it may be gone
+            raise
+
+    def load(self, partitions: Iterable[int]) -> dict[int, PartitionRecord]:
+        """The latest record of each of ``partitions`` that has one."""
+        try:
+            return self._load(partitions)
+        except Exception:
+            self._partitions = 0
+            raise
+
+    def _write(self, partition: int, record: PartitionRecord) -> None:
         """Write and wait for the broker's ack (acks=all); raises Unavailable on failure."""
         count = self.ensure()
         with self._lock:
-            if self._producer is None:
-                config = self._config({"acks": "all", "enable.idempotence": True, "linger.ms": 0})
-                self._producer = Producer(_without_consumer_keys(config))
-            producer = self._producer
+            producer = self._producer_now()
         errors: list[KafkaError] = []
         try:
             producer.produce(
@@ -159,8 +181,7 @@ class AttemptJournal:
             why = errors[0].str() if errors else f"no ack within {self._timeout}s"
             raise Unavailable(f"attempts journal {self.journal_topic}: write failed: {why}")
 
-    def load(self, partitions: Iterable[int]) -> dict[int, PartitionRecord]:
-        """The latest record of each of ``partitions`` that has one."""
+    def _load(self, partitions: Iterable[int]) -> dict[int, PartitionRecord]:
         count = self.ensure()
         wanted: dict[int, set[int]] = {}
         for number in partitions:
@@ -172,6 +193,7 @@ class AttemptJournal:
                     "group.id": f"{self.group}.attempts-reader",
                     "enable.auto.commit": False,
                     "enable.partition.eof": True,
+                    "fetch.wait.max.ms": 10,  # the end of a partition is answered at once, not after 0.5 s
                 }
             )
         )
@@ -214,20 +236,20 @@ class AttemptJournal:
         records: list[Any] = []
         try:
             while True:
-                batch = reader.consume(500, self._timeout)
-                if not batch:
+                # poll, not consume(n, timeout): consume waits out its timeout even after the EOF event.
+                record = reader.poll(self._timeout)
+                if record is None:
                     raise Unavailable(
                         f"attempts journal {self.journal_topic}: no answer within {self._timeout}s"
                     )
-                for record in batch:
-                    err = record.error()
-                    if err is not None:
-                        if err.code() == KafkaError._PARTITION_EOF:
-                            return records
-                        raise KafkaException(err)
-                    if end is not None and (record.offset() or 0) >= end:
+                err = record.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
                         return records
-                    records.append(record)
+                    raise KafkaException(err)
+                if end is not None and (record.offset() or 0) >= end:
+                    return records
+                records.append(record)
         finally:
             reader.unassign()
 
