@@ -107,17 +107,13 @@ class PartitionAttempts:
         finally:
             self._extending = None
 
-    async def before_solo_call(self, offset: int, attempt: int, leaving: asyncio.Event) -> bool:
-        """Record "offset starts attempt n" and wait for the ack; False if leaving first."""
+    async def before_solo_call(self, offset: int, attempt: int) -> bool:
+        """Record "offset starts attempt n" and wait for the ack; False if that failed (one try:
+        the caller holds every other call of the process back meanwhile, so it retries later)."""
         self.known[offset] = attempt
-        while not (leaving.is_set() or self._closed):
-            if await self._write(leaving):
-                return True
-        return False
+        return await self._write(None)
 
-    async def after_solo_call(
-        self, offset: int, attempt: int, outcome: Outcome, leaving: asyncio.Event
-    ) -> None:
+    async def after_solo_call(self, offset: int, attempt: int, outcome: Outcome) -> None:
         """Record how a suspect's call ended before anything else runs: a success is forgotten
         (a later death is not its), a RETRY keeps the attempt, no call at all (app down) undoes it."""
         if not outcome.attempted:
@@ -127,9 +123,7 @@ class PartitionAttempts:
                 self.known.pop(offset, None)
         elif outcome.verdict is not Verdict.RETRY:
             self.known.pop(offset, None)
-        while not (leaving.is_set() or self._closed):
-            if await self._write(leaving):
-                return
+        await self._write(None)  # one try: if it fails, the next write carries this too
 
     def failed(self, offset: int, attempt: int) -> None:
         """An attempt ended in RETRY: record it without waiting (the retry waits a backoff anyway)."""
@@ -137,6 +131,10 @@ class PartitionAttempts:
         task = asyncio.create_task(self._write(None))
         self._pending_writes.add(task)
         task.add_done_callback(self._pending_writes.discard)
+
+    def abandon(self) -> None:
+        """The partition is lost (another member may own it): never write for it again."""
+        self._closed = True
 
     def finished(self, offset: int) -> None:
         self.known.pop(offset, None)

@@ -46,7 +46,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from queue_engine import metrics
 from queue_engine.durations import format_duration
 from queue_engine.errors import ConfigError, QueueError, Unavailable
-from queue_engine.kq.attempt_book import PartitionAttempts
+from queue_engine.kq.attempt_book import RETRY_WRITE, PartitionAttempts
 from queue_engine.kq.attempt_journal import AttemptJournal, PartitionRecord
 from queue_engine.kq.config import (
     check_brokers,
@@ -717,6 +717,8 @@ class KafkaConsumer:
             if old is not None:  # assigned again without a revoke we saw: start clean
                 old.revoked = True
                 old.leaving.set()
+                if old.book is not None:
+                    old.book.abandon()
             self._partitions[number] = _Partition(number, generation)
         if self._journal is not None:
             task = asyncio.ensure_future(self._load_attempts([self._partitions[n] for n in numbers]))
@@ -782,10 +784,14 @@ class KafkaConsumer:
         busy = [state.idle.wait() for state in states if state.running]
         if busy and not self._stopping:
             await asyncio.wait([asyncio.ensure_future(b) for b in busy], timeout=self._revoke_grace)
-        if hand_over:
-            books = [state.book for state in states if state.book is not None]
-            if books:
-                await asyncio.wait([asyncio.ensure_future(b.close()) for b in books], timeout=JOURNAL_TIMEOUT)
+        books = [state.book for state in states if state.book is not None]
+        if hand_over and books:
+            closing = [asyncio.ensure_future(b.close()) for b in books]
+            _, late = await asyncio.wait(closing, timeout=JOURNAL_TIMEOUT)
+            for task in late:  # never written after the partition moved on
+                task.cancel()
+        for book in books:
+            book.abandon()
         finished: dict[int, tuple[int, int]] = {}
         for state in states:
             state.revoked = True
@@ -906,7 +912,7 @@ class KafkaConsumer:
                 return
             solo = book.is_suspect(offset)
             if solo:
-                maybe = await self._solo_attempt(state, book, message)
+                maybe = await self._solo_attempt(lane, book)
                 if maybe is None:
                     return
                 outcome = maybe
@@ -978,27 +984,28 @@ class KafkaConsumer:
         finally:
             gate.leave()
 
-    async def _solo_attempt(
-        self, state: _Partition, book: PartitionAttempts, message: KafkaMessage
-    ) -> Outcome | None:
+    async def _solo_attempt(self, lane: _Lane, book: PartitionAttempts) -> Outcome | None:
         """A crash suspect's call, alone in the process, between two journal writes (see solo_gate):
         "offset starts attempt n" before, its result after, so a death in it is its own and a
         bystander's finished call is never counted again. None: the partition left first."""
         gate = self._gate
         assert gate is not None
+        state, message = lane.partition, lane.messages[0]
         offset = message.offset
         await gate.enter_solo()
         try:
             if state.revoking or state.revoked:
                 return None
-            if not await book.before_solo_call(offset, message.attempt, state.leaving):
+            if not await book.before_solo_call(offset, message.attempt):
+                if not (state.revoking or state.revoked or self._stopping):
+                    self._requeue_later(lane, RETRY_WRITE)  # the journal is down: try again later
                 return None
             book.calling[offset] = message.attempt
             try:
                 outcome = await self._call(message)
             finally:
                 del book.calling[offset]
-            await book.after_solo_call(offset, message.attempt, outcome, state.leaving)
+            await book.after_solo_call(offset, message.attempt, outcome)
             return outcome
         finally:
             gate.leave_solo()
