@@ -907,7 +907,7 @@ class KafkaConsumer:
             outcome = await self._attempt(message)
         else:
             offset = message.offset
-            if book.exhausted(offset, self._policy.max_attempts):
+            if book.known and book.exhausted(offset, self._policy.max_attempts):
                 await self._dead_letter_exhausted(lane, book.known[offset])
                 return
             solo = book.is_suspect(offset)
