@@ -149,7 +149,7 @@ def raw_consume(bootstrap: str, name: str, n: int) -> float:
     return elapsed
 
 
-async def engine_consume(bootstrap: str, name: str, n: int) -> float:
+async def engine_consume(bootstrap: str, name: str, n: int, journal: bool = True) -> float:
     seen = 0
     started = 0.0
     done = asyncio.Event()
@@ -163,7 +163,8 @@ async def engine_consume(bootstrap: str, name: str, n: int) -> float:
             done.set()
         return Outcome.success()
 
-    consumer = KafkaConsumer([bootstrap], name, f"engine-{uuid.uuid4().hex[:6]}", handle, offset="first")
+    group = f"engine-{uuid.uuid4().hex[:6]}"
+    consumer = KafkaConsumer([bootstrap], name, group, handle, offset="first", journal_attempts=journal)
     task = asyncio.create_task(consumer.run())
     await done.wait()
     elapsed = time.perf_counter() - started
@@ -223,12 +224,22 @@ def main() -> None:
             )
             source = topic(admin)
             raw_push_pipelined(bootstrap, source, n)
+            raw_rate = raw_consume(bootstrap, source, n)
             rows.append(
                 row(
                     "consume + commit, no-op handler",
                     n,
-                    raw_consume(bootstrap, source, n),
+                    raw_rate,
                     asyncio.run(engine_consume(bootstrap, source, n)),
+                )
+            )
+            # The same without the attempts journal (attempt counts in memory only), for its cost.
+            rows.append(
+                row(
+                    "  the same, journal_attempts=False",
+                    n,
+                    raw_rate,
+                    asyncio.run(engine_consume(bootstrap, source, n, journal=False)),
                 )
             )
         finally:

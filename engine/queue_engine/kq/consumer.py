@@ -3,9 +3,10 @@
 Threads: librdkafka's Consumer is a blocking client, so one poll thread owns it (consume,
 commit, pause/resume, rebalance callbacks); everything else runs in the event loop. The poll
 thread hands batches of records to the loop with ``call_soon_threadsafe``; the loop hands
-commits and commands back through a lock-guarded dict and a command queue. ``lag()`` reads
-what the poll thread noted (its own commits, the fetched watermarks); it asks the broker, on
-the poll thread, only before those are known (see ``_lag_on_poll_thread``).
+commits and commands back through a lock-guarded dict and a command queue (poll_commands.py:
+a command queued after the thread exited fails at once). ``lag()`` never uses the poll thread:
+it reads what that thread noted (its own commits, the fetched watermarks) and asks the rest
+through an AdminClient (lag.py).
 
 Guarantees:
 - an offset is committed only once the handler finished with it (success, or written to the
@@ -21,6 +22,10 @@ Guarantees:
   is resumed when it is assigned (librdkafka keeps a pause across a rebalance);
 - a dead letter that cannot be written is never committed past; waits for the app and
   dead-letter backoffs end at stop (and a revoke), so only handler calls use the grace.
+- attempt counts survive restarts and rebalances (attempt_book.py): no call starts on an
+  offset the attempts journal does not cover, and after a crash each message the dead process
+  may have had in the handler is called alone, so a message that kills the process every time
+  is dead-lettered after ``max_attempts`` deaths and its bystanders are not.
 """
 
 from __future__ import annotations
@@ -29,9 +34,9 @@ import asyncio
 import concurrent.futures
 import dataclasses
 import logging
-import queue as thread_queue
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -41,6 +46,8 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from queue_engine import metrics
 from queue_engine.durations import format_duration
 from queue_engine.errors import ConfigError, QueueError, Unavailable
+from queue_engine.kq.attempt_book import RETRY_WRITE, PartitionAttempts
+from queue_engine.kq.attempt_journal import AttemptJournal, PartitionRecord
 from queue_engine.kq.config import (
     check_brokers,
     check_client_config,
@@ -50,12 +57,14 @@ from queue_engine.kq.config import (
     error_from_kafka,
 )
 from queue_engine.kq.dead_letter_writer import DeadLetterWriter, nap
-from queue_engine.kq.lag import LagProbe, partition_lag
+from queue_engine.kq.lag import AdminLag
 from queue_engine.kq.message import KafkaMessage, from_record
 from queue_engine.kq.offsets import OffsetTracker
+from queue_engine.kq.poll_commands import PollCommands
 from queue_engine.kq.producer_core import PRODUCER_DEFAULTS, PRODUCER_MANAGED
 from queue_engine.kq.pusher import KafkaPusher
 from queue_engine.kq.security import KafkaSecurity
+from queue_engine.kq.solo_gate import SoloGate, gate_for
 from queue_engine.policy import DeliveryPolicy, Outcome, Verdict
 
 log = logging.getLogger("queue_engine.kq.consumer")
@@ -73,6 +82,12 @@ PAUSED_POLL_TIMEOUT = 0.005
 HOLD_BEFORE_PAUSE = 1.0
 WATERMARKS_EVERY = 0.1  # seconds between notes of the fetched watermarks, for lag() (local reads)
 BROKER_RECHECK = 5.0  # seconds between metadata probes while the brokers look down
+# Offsets the attempts journal's lease covers ahead: one journal write per about LEASE_SPAN / 2
+# messages on the healthy path; after a crash, at most about this many (plus the uncommitted
+# backlog) messages per partition are suspects, each called alone.
+LEASE_SPAN = 1000
+JOURNAL_TIMEOUT = 5.0
+JOURNAL_RETRY = 2.0  # seconds between tries to read the journal at an assignment
 
 
 @dataclasses.dataclass(eq=False)
@@ -87,6 +102,9 @@ class _Partition:
     revoked: bool = False
     running: int = 0  # handler calls and dead-letter writes in progress
     idle: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+    # Attempt counts from the journal; until they are read (None), records wait in ``held``.
+    book: PartitionAttempts | None = None
+    held: list[KafkaMessage] = dataclasses.field(default_factory=list)
     leaving: asyncio.Event = dataclasses.field(
         default_factory=asyncio.Event
     )  # revoking or stopping: cut waits short
@@ -122,6 +140,8 @@ class KafkaConsumer:
         max_uncommitted: int = 1000,
         revoke_grace: float = 10.0,
         connect_timeout: float = 10.0,
+        attempts_topic: str | None = None,
+        journal_attempts: bool = True,
     ) -> None:
         self.topic = check_name("topic", topic)
         self.group = check_name("group", group)
@@ -171,6 +191,26 @@ class KafkaConsumer:
         self._max_uncommitted = max_uncommitted
         self._revoke_grace = revoke_grace
         self._connect_timeout = connect_timeout
+        # Attempts that survive restarts and rebalances (see attempt_book): on by default.
+        self.attempts_topic = check_name("attempts_topic", attempts_topic or f"{topic}.attempts")
+        if self.attempts_topic in (self.topic, self.dead_letter_topic):
+            raise ConfigError("attempts_topic: must differ from topic and dead_letter_topic")
+        self._journal = (
+            AttemptJournal(
+                self._brokers,
+                security,
+                self._extra,
+                topic=self.topic,
+                group=self.group,
+                journal_topic=self.attempts_topic,
+                timeout=JOURNAL_TIMEOUT,
+            )
+            if journal_attempts
+            else None
+        )
+        self._session = uuid.uuid4().hex[:12]  # names this member's journal records
+        self._journal_problem: str | None = None
+        self._gate: SoloGate | None = None
 
         # Event-loop state.
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -186,6 +226,7 @@ class KafkaConsumer:
         self._stop_event = asyncio.Event()
         self._stop_before_run = False
         self._stopped: asyncio.Event | None = None
+        self._background: set[asyncio.Future[None]] = set()
         self._app_down_until = 0.0
         self._app_down_streak = 0
 
@@ -205,7 +246,7 @@ class KafkaConsumer:
         self._committed_here: dict[int, int] = {}
         self._over_since: float | None = None  # poll thread only
         self._commit_lock = threading.Lock()
-        self._commands: thread_queue.SimpleQueue[Callable[[Consumer], None]] = thread_queue.SimpleQueue()
+        self._commands = PollCommands(self.name)
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
         self._thread_done: asyncio.Future[None] | None = None
@@ -222,14 +263,9 @@ class KafkaConsumer:
         # reading them from another thread would wait for the poll thread's rebalance callbacks.
         self._watermarks: dict[int, tuple[int, int]] = {}
         self._watermarks_noted = 0.0
-        self._lag_probe = LagProbe(
-            client_config(
-                self._brokers,
-                security,
-                {},
-                self._extra,
-                {"group.id": self.group, "enable.auto.commit": False, "enable.auto.offset.store": False},
-            )
+        # Lag from an AdminClient, off the poll thread (see lag.py).
+        self._lag_admin = AdminLag(
+            client_config(self._brokers, security, {}, self._extra, {}), self.topic, self.group
         )
 
     # ----------------------------------------------------------------- lifecycle
@@ -241,6 +277,7 @@ class KafkaConsumer:
         if self._stop_before_run:
             return
         loop = self._loop = asyncio.get_running_loop()
+        self._gate = gate_for(loop)
         self._stopped = asyncio.Event()
         self._thread_done = loop.create_future()
         pusher = KafkaPusher(
@@ -288,7 +325,7 @@ class KafkaConsumer:
         for state in self._partitions.values():
             state.leaving.set()
         log.info("stopping consumer %s (grace %s)", self.name, format_duration(grace))
-        self._command(lambda c: c.pause(c.assignment()))
+        self._commands.submit(lambda c: c.pause(c.assignment()))  # fails at once if the thread is gone
         await self._shutdown_workers(grace)
         self._closing.set()
         if self._thread_done is not None:
@@ -310,7 +347,9 @@ class KafkaConsumer:
         await asyncio.gather(*self._workers, return_exceptions=True)
 
     async def _close_dlq(self) -> None:
-        await asyncio.to_thread(self._lag_probe.close)
+        self._lag_admin.close()
+        if self._journal is not None:
+            await asyncio.to_thread(self._journal.close)
         if self._dlq is not None:
             try:
                 await self._dlq.pusher.close(timeout=5)
@@ -335,6 +374,11 @@ class KafkaConsumer:
             return False, self._topic_problem
         if self._dlq is not None and self._dlq.problem:
             return False, self._dlq.problem
+        journal_problem = self._journal_problem or next(
+            (s.book.problem for s in self._partitions.values() if s.book is not None and s.book.problem), None
+        )
+        if journal_problem:
+            return False, journal_problem
         if time.monotonic() < self._app_down_until:
             return True, f"consuming {self.topic}; handler unavailable, holding messages back"
         return True, f"consuming {self.topic} ({len(self._partitions)} partition(s) assigned)"
@@ -346,37 +390,25 @@ class KafkaConsumer:
 
     async def lag(self) -> dict[int, int]:
         """partition -> high watermark - committed offset: the partitions this member owns while
-        it runs and has committed in each (no round trip), else every partition of the topic.
+        it runs (each member reports its own), else every partition of the topic.
 
-        While the consumer runs, on its own client (poll thread): a second client with the
-        group's id doing offset fetches made tansu re-balance the group again and again and leave
-        a ghost member behind, so the probe client serves only a stopped consumer.
-        """
-        if self._thread is not None and self._thread.is_alive():
-            lags = await self._on_poll_thread(self._lag_on_poll_thread)
-        else:
-            lags = await asyncio.to_thread(self._lag_probe.lag, self.topic, 10, self._fetched_watermarks)
-        for partition, value in lags.items():
-            metrics.KAFKA_LAG.labels(self.name, str(partition)).set(value)
-        return lags
-
-    def _lag_on_poll_thread(self, consumer: Consumer) -> dict[int, int]:
-        """Poll thread: from what this member committed and fetched, once it has both for every
-        partition it owns, so without a round trip; else the broker's answer for every partition.
-
-        A round trip here holds up polling: tansu took seconds to answer an OffsetFetch while the
-        consumer fetched a backlog, and the sidecar asks for the lag every 10 s. So while this
-        member owns partitions it reports theirs only (each member reports its own).
+        Never on the poll thread (a round trip there would hold up fetches, commits and
+        rebalance callbacks; tansu took seconds to answer an OffsetFetch during a backlog):
+        this member's own commits and the watermarks its fetches saw cost nothing, only what
+        is not known yet is asked through an AdminClient (see lag.py).
         """
         with self._commit_lock:
             owned = sorted(self._owned)
-        lags: dict[int, int] = {}
-        for number in owned:
-            committed, seen = self._committed_here.get(number), self._watermarks.get(number)
-            if committed is None or seen is None:
-                return partition_lag(consumer, self.topic, timeout=10)
-            lags[number] = max(0, seen[1] - committed)
-        return lags or partition_lag(consumer, self.topic, timeout=10)
+            committed = {p: self._committed_here[p] for p in owned if p in self._committed_here}
+        if owned and self._thread is not None and self._thread.is_alive():
+            lags = await asyncio.to_thread(
+                self._lag_admin.lag, 10, owned, committed, self._fetched_watermarks
+            )
+        else:
+            lags = await asyncio.to_thread(self._lag_admin.lag, 10)
+        for partition, value in lags.items():
+            metrics.KAFKA_LAG.labels(self.name, str(partition)).set(value)
+        return lags
 
     def _fetched_watermarks(self, partition: int) -> tuple[int, int] | None:
         """The watermarks our own fetches saw, as the poll thread last noted them."""
@@ -390,6 +422,8 @@ class KafkaConsumer:
             self._consume_until_closed()
         except BaseException as exc:
             error = exc
+        finally:
+            self._commands.close()  # commands queued from now on fail at once
         loop = self._loop
         if loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(self._thread_finished, error)
@@ -427,7 +461,7 @@ class KafkaConsumer:
                 self._recheck_brokers(consumer)
                 self._recheck_topic(consumer)
                 self._note_watermarks(consumer)
-                self._run_commands(consumer)
+                self._commands.run_all(consumer)
                 self._flush_commits(consumer)
                 if self._hold_intake(consumer):
                     time.sleep(PAUSED_POLL_TIMEOUT)
@@ -440,7 +474,7 @@ class KafkaConsumer:
                         self._topic_problem = None
                     self._count_backlog(records)
                     self._to_loop(self._intake, records)
-            self._run_commands(consumer)
+            self._commands.run_all(consumer)
             self._flush_commits(consumer)
         finally:
             # close() revokes our partitions (the revoke callback commits what is finished)
@@ -525,32 +559,6 @@ class KafkaConsumer:
             log.warning("consumer %s: event loop did not answer a rebalance in time: %r", self.name, exc)
             return None
 
-    def _command(self, fn: Callable[[Consumer], None]) -> None:
-        self._commands.put(fn)
-
-    async def _on_poll_thread(self, fn: Callable[[Consumer], T]) -> T:
-        future: concurrent.futures.Future[T] = concurrent.futures.Future()
-
-        def command(consumer: Consumer) -> None:
-            try:
-                future.set_result(fn(consumer))
-            except BaseException as exc:
-                future.set_exception(exc)
-
-        self._command(command)
-        return await asyncio.wrap_future(future)
-
-    def _run_commands(self, consumer: Consumer) -> None:
-        while True:
-            try:
-                command = self._commands.get_nowait()
-            except thread_queue.Empty:
-                return
-            try:
-                command(consumer)
-            except KafkaException as exc:
-                log.warning("consumer %s: %s", self.name, exc)
-
     def _flush_commits(self, consumer: Consumer) -> None:
         with self._commit_lock:
             pending, self._pending_commits = self._pending_commits, {}
@@ -574,7 +582,8 @@ class KafkaConsumer:
         tps = [TopicPartition(self.topic, p, o) for p, o in sorted(offsets.items())]
         try:
             consumer.commit(offsets=tps, asynchronous=False)
-            self._committed_here.update(offsets)
+            with self._commit_lock:  # lag() reads it from the event loop
+                self._committed_here.update(offsets)
             log.debug("consumer %s committed %s", self.name, offsets)
         except KafkaException as exc:
             log.warning("consumer %s: commit of %s failed, will retry: %s", self.name, offsets, exc)
@@ -635,8 +644,9 @@ class KafkaConsumer:
             for number in numbers:
                 self._backlog.pop(number, None)
         self._paused.difference_update(numbers)
-        for number in numbers:
-            self._committed_here.pop(number, None)
+        with self._commit_lock:
+            for number in numbers:
+                self._committed_here.pop(number, None)
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         numbers = [tp.partition for tp in partitions]
@@ -665,7 +675,12 @@ class KafkaConsumer:
     def _give_up_partitions(self, consumer: Consumer, partitions: list[TopicPartition], commit: bool) -> None:
         numbers = [tp.partition for tp in partitions]
         log.info("consumer %s %s partitions %s", self.name, "revoked" if commit else "lost", numbers)
-        finished = self._wait_loop(lambda: self._revoke(numbers), self._revoke_grace + 5) or {}
+        finished = (
+            self._wait_loop(
+                lambda: self._revoke(numbers, hand_over=commit), self._revoke_grace + JOURNAL_TIMEOUT + 5
+            )
+            or {}
+        )
         self._forget(numbers)
         with self._commit_lock:
             offsets = self._owned_offsets(finished)
@@ -702,10 +717,66 @@ class KafkaConsumer:
             if old is not None:  # assigned again without a revoke we saw: start clean
                 old.revoked = True
                 old.leaving.set()
+                if old.book is not None:
+                    old.book.abandon()
             self._partitions[number] = _Partition(number, generation)
+        if self._journal is not None:
+            task = asyncio.ensure_future(self._load_attempts([self._partitions[n] for n in numbers]))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
-    async def _revoke(self, numbers: list[int]) -> dict[int, tuple[int, int]]:
-        """Stop dispatching the partitions, let in-flight work finish briefly, return what to commit."""
+    async def _load_attempts(self, states: list[_Partition]) -> None:
+        """Read the partitions' journal records, then let their held records go to the handler."""
+        assert self._journal is not None
+        journal = self._journal
+        while True:
+            states = [s for s in states if not (s.revoking or s.revoked)]
+            if not states or self._stopping:
+                return
+            try:
+                records = await asyncio.to_thread(journal.load, [s.number for s in states])
+                break
+            except QueueError as exc:
+                if self._journal_problem is None:
+                    log.warning("consumer %s: reading the attempts journal failed: %s", self.name, exc)
+                self._journal_problem = f"attempts journal {self.attempts_topic}: {exc}"
+                await nap(JOURNAL_RETRY, self._stop_event)
+        self._journal_problem = None
+        for state in states:
+            if state.revoking or state.revoked:
+                continue
+            state.book = self._new_book(state.number, records.get(state.number))
+            held, state.held = state.held, []
+            for message in held:
+                attempt = state.book.first_attempt(message.offset)
+                self._enqueue(
+                    state, message if attempt == 1 else dataclasses.replace(message, attempt=attempt)
+                )
+
+    def _new_book(self, number: int, record: PartitionRecord | None) -> PartitionAttempts:
+        assert self._journal is not None
+        journal = self._journal
+
+        async def write(record: PartitionRecord) -> None:
+            await asyncio.to_thread(journal.write, number, record)
+
+        if record is not None and record.lease is not None:
+            log.warning(
+                "consumer %s: partition %d was not handed over cleanly (member %s); offsets below %d "
+                "that are still uncommitted are handled one at a time",
+                self.name,
+                number,
+                record.owner,
+                record.lease,
+            )
+        return PartitionAttempts(number, self._session, write, record, LEASE_SPAN)
+
+    async def _revoke(self, numbers: list[int], hand_over: bool = True) -> dict[int, tuple[int, int]]:
+        """Stop dispatching the partitions, let in-flight work finish briefly, return what to commit.
+
+        ``hand_over``: a clean revoke, so the journal records the hand-over (not for lost ones,
+        which another member may own already).
+        """
         states = [s for n in numbers if (s := self._partitions.get(n)) is not None]
         for state in states:
             state.revoking = True  # queued and backing-off messages are abandoned: uncommitted
@@ -713,6 +784,14 @@ class KafkaConsumer:
         busy = [state.idle.wait() for state in states if state.running]
         if busy and not self._stopping:
             await asyncio.wait([asyncio.ensure_future(b) for b in busy], timeout=self._revoke_grace)
+        books = [state.book for state in states if state.book is not None]
+        if hand_over and books:
+            closing = [asyncio.ensure_future(b.close()) for b in books]
+            _, late = await asyncio.wait(closing, timeout=JOURNAL_TIMEOUT)
+            for task in late:  # never written after the partition moved on
+                task.cancel()
+        for book in books:
+            book.abandon()
         finished: dict[int, tuple[int, int]] = {}
         for state in states:
             state.revoked = True
@@ -747,6 +826,15 @@ class KafkaConsumer:
                 self._release(state, 1)  # a re-fetch of one we already hold
                 continue
             self._received.inc()
+            if self._journal is not None:
+                book = state.book
+                if book is None:
+                    state.held.append(message)  # until the journal's counts are read
+                    continue
+                if book.known or book.suspect_below is not None:
+                    attempt = book.first_attempt(message.offset)
+                    if attempt != 1:
+                        message = dataclasses.replace(message, attempt=attempt)
             self._enqueue(state, message)
 
     def _release(self, state: _Partition, count: int) -> None:
@@ -812,8 +900,32 @@ class KafkaConsumer:
 
     async def _deliver(self, lane: _Lane) -> None:
         message = lane.messages[0]
-        outcome = await self._attempt(message)
         state = lane.partition
+        book = state.book
+        solo = False
+        if book is None:
+            outcome = await self._attempt(message)
+        else:
+            offset = message.offset
+            if book.known and book.exhausted(offset, self._policy.max_attempts):
+                await self._dead_letter_exhausted(lane, book.known[offset])
+                return
+            solo = book.is_suspect(offset)
+            if solo:
+                maybe = await self._solo_attempt(lane, book)
+                if maybe is None:
+                    return
+                outcome = maybe
+            else:
+                if book.needs_cover(offset) and not await book.cover(
+                    offset, state.tracker.last_received, state.leaving
+                ):
+                    return
+                book.calling[offset] = message.attempt
+                try:
+                    outcome = await self._attempt(message)
+                finally:
+                    del book.calling[offset]
         if state.revoked:
             return  # the partition moved on: the next owner delivers it again
         if not outcome.attempted:
@@ -837,13 +949,68 @@ class KafkaConsumer:
                 format_duration(delay),
             )
             lane.messages[0] = dataclasses.replace(message, attempt=message.attempt + 1)
+            if book is not None and not solo:  # (a solo call's attempt is recorded already)
+                book.failed(message.offset, message.attempt)
             self._requeue_later(lane, delay)
         else:
             reason = "drop" if outcome.verdict is Verdict.DROP else "max_attempts"
             if await self._dead_letter(state, message, reason, outcome.error):
                 self._finish(lane)
 
+    async def _dead_letter_exhausted(self, lane: _Lane, attempts: int) -> None:
+        """Recorded attempts used up without an answer: the process died in each (a poison message)."""
+        message = dataclasses.replace(lane.messages[0], attempt=attempts)
+        log.warning(
+            "consumer %s: %s/%d@%d: the process ended during each of its %d attempt(s); dead-lettering it",
+            self.name,
+            message.topic,
+            message.partition,
+            message.offset,
+            attempts,
+        )
+        error = f"the process ended during each of {attempts} attempt(s) (crashed, killed or out of memory)"
+        if await self._dead_letter(lane.partition, message, "max_attempts", error):
+            self._finish(lane)
+
     async def _attempt(self, message: KafkaMessage) -> Outcome:
+        gate = self._gate
+        assert gate is not None
+        if gate.held:
+            await gate.enter()
+        else:
+            gate.running += 1  # the fast path of enter()
+        try:
+            return await self._call(message)
+        finally:
+            gate.leave()
+
+    async def _solo_attempt(self, lane: _Lane, book: PartitionAttempts) -> Outcome | None:
+        """A crash suspect's call, alone in the process, between two journal writes (see solo_gate):
+        "offset starts attempt n" before, its result after, so a death in it is its own and a
+        bystander's finished call is never counted again. None: the partition left first."""
+        gate = self._gate
+        assert gate is not None
+        state, message = lane.partition, lane.messages[0]
+        offset = message.offset
+        await gate.enter_solo()
+        try:
+            if state.revoking or state.revoked:
+                return None
+            if not await book.before_solo_call(offset, message.attempt):
+                if not (state.revoking or state.revoked or self._stopping):
+                    self._requeue_later(lane, RETRY_WRITE)  # the journal is down: try again later
+                return None
+            book.calling[offset] = message.attempt
+            try:
+                outcome = await self._call(message)
+            finally:
+                del book.calling[offset]
+            await book.after_solo_call(offset, message.attempt, outcome)
+            return outcome
+        finally:
+            gate.leave_solo()
+
+    async def _call(self, message: KafkaMessage) -> Outcome:
         in_flight = self._in_flight
         in_flight.inc()
         started = time.perf_counter()
@@ -905,7 +1072,12 @@ class KafkaConsumer:
             return
         held = state.tracker.uncommitted
         committable = state.tracker.finish(message.offset)
+        book = state.book
+        if book is not None and book.known:
+            book.finished(message.offset)
         if committable is not None:
+            if book is not None and (book.known or book.suspect_below is not None):
+                book.committed(committable)
             with self._commit_lock:
                 self._pending_commits[state.number] = (state.generation, committable)
             self._release(state, held - state.tracker.uncommitted)

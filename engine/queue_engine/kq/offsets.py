@@ -39,6 +39,10 @@ class OffsetTracker:
         return self.committable if moved else None
 
     @property
+    def last_received(self) -> int:
+        return -1 if self._last_received is None else self._last_received
+
+    @property
     def uncommitted(self) -> int:
         """Messages received and held back from the commit (finished or not): the backlog."""
         return len(self._outstanding)
