@@ -212,6 +212,16 @@ class KafkaQueueSpec:
     librdkafka: dict[str, str | int | float | bool] = field(default_factory=dict)
 
     @property
+    def attempts_topic(self) -> str:
+        """The consumers' attempts journal (queue_engine.kq.attempt_journal): compacted, small."""
+        return f"{self.topic}.attempts"
+
+    @property
+    def topics(self) -> tuple[str, str, str]:
+        """Every topic the resource stands for: the topic, its dead letters, its attempts journal."""
+        return self.topic, self.dead_letter_topic, self.attempts_topic
+
+    @property
     def plaintext_credentials_refused(self) -> str | None:
         """Why the SASL credentials must not be sent (a plaintext listener, not allowed), or None."""
         if self.sasl_mechanism and not self.tls and not self.allow_plaintext:

@@ -43,6 +43,8 @@ def test_example_creates_topic_and_dead_letter_topic(
     topic = f"{unique}.orders"
     assert topics_on(kafka_broker)[topic] == 3
     assert f"{topic}.dlq" in topics_on(kafka_broker)
+    # The consumers' attempts journal, made by the operator so they need no right to create topics.
+    assert topics_on(kafka_broker)[f"{topic}.attempts"] == 3
     status = cluster.get(PLURAL, "orders")["status"]
     assert (status["topic"], status["partitions"], status["deadLetterTopic"]) == (topic, 3, f"{topic}.dlq")
     assert status["observedGeneration"] == 1
@@ -98,6 +100,7 @@ def test_delete_policy_delete_removes_both_topics(
     remaining = topics_on(kafka_broker)
     assert f"{unique}.orders" not in remaining
     assert f"{unique}.orders.dlq" not in remaining
+    assert f"{unique}.orders.attempts" not in remaining
 
 
 def test_delete_policy_retain_keeps_the_topics(
@@ -110,6 +113,7 @@ def test_delete_policy_retain_keeps_the_topics(
     remaining = topics_on(kafka_broker)
     assert f"{unique}.orders" in remaining
     assert f"{unique}.orders.dlq" in remaining
+    assert f"{unique}.orders.attempts" in remaining
 
 
 def test_unreachable_broker_is_reported_and_retried(

@@ -74,12 +74,13 @@ def test_a_topic_that_existed_before_is_adopted_and_never_deleted(
     cluster.apply(kafkaqueue(own_kafka_broker, unique, deletionPolicy="Delete"))
     eventually(lambda: cluster.ready(PLURAL, "orders").get("status") == "True", what="Ready on the old topic")
     status = cluster.get(PLURAL, "orders")["status"]
-    assert status["createdTopics"] == [f"{topic}.dlq"], "only the dead-letter topic was created here"
+    assert status["createdTopics"] == [f"{topic}.dlq", f"{topic}.attempts"], "not the adopted topic"
     cluster.delete(PLURAL, "orders")
     eventually(lambda: cluster.gone(PLURAL, "orders"), what="the KafkaQueue gone")
     remaining = topics_on(own_kafka_broker)
     assert topic in remaining, "the adopted topic stays"
-    assert f"{topic}.dlq" not in remaining, "the topic it created goes"
+    assert f"{topic}.dlq" not in remaining, "the topics it created go"
+    assert f"{topic}.attempts" not in remaining
 
 
 def test_messages_published_after_ready_reach_a_group_that_starts_later_at_the_latest_offset(

@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 from queue_operator.kafka_errors import BrokerUnavailable, ClientConfigInvalid
 
 PLURAL = "kafkaqueues"
+# As queue_engine.kq.attempt_journal makes it (not imported: that loads the Kafka client).
+ATTEMPTS_CONFIG = {"cleanup.policy": "compact"}
 
 
 def register(registry: kopf.OperatorRegistry, options: Options) -> None:
@@ -150,7 +152,7 @@ def topic_claims(body: kopf.Body, **_: Any) -> dict[str, Claim]:
         cluster_id=(body.get("status") or {}).get("clusterID"),
         deleting=bool(meta.get("deletionTimestamp")),
     )
-    return {spec.topic: claim, spec.dead_letter_topic: claim}
+    return dict.fromkeys(spec.topics, claim)
 
 
 def owner_elsewhere(body: Mapping[str, Any], spec: KafkaQueueSpec, claims: Any) -> tuple[str, Claim] | None:
@@ -224,11 +226,15 @@ def converge(
             partitions = topics.partitions()
             if topics.cluster_id:
                 fields["clusterID"] = topics.cluster_id
-            existing = partitions.get(spec.dead_letter_topic)
             for name, count, config in (
                 (spec.topic, spec.partitions, spec.topic_config),
                 # Dead letters are rare: the topic is created alike, but never resized.
-                (spec.dead_letter_topic, existing or spec.partitions, {}),
+                (spec.dead_letter_topic, partitions.get(spec.dead_letter_topic) or spec.partitions, {}),
+                # The consumers' attempt counts, one record per partition and group: compacted when
+                # made (its settings are then left alone) and never resized (a partition is
+                # journaled on partition % count). Made here so that consumers need no right to
+                # create topics (they make it on first use where it is missing).
+                (spec.attempts_topic, *attempts_topic(partitions.get(spec.attempts_topic), spec)),
             ):
                 # One listing serves both topics and the status: a steady state costs one call.
                 result = topics.ensure(name, count, spec.replication_factor, config, existing=partitions)
@@ -263,6 +269,11 @@ def converge(
     )
 
 
+def attempts_topic(existing: int | None, spec: KafkaQueueSpec) -> tuple[int, Mapping[str, str]]:
+    """(partitions, config) to ensure the attempts journal with: as it is when it exists."""
+    return (existing, {}) if existing else (spec.partitions, ATTEMPTS_CONFIG)
+
+
 def scaled_object(body: Mapping[str, Any], spec: KafkaQueueSpec) -> dict[str, Any] | None:
     if spec.autoscaling is None:
         return None
@@ -272,9 +283,15 @@ def scaled_object(body: Mapping[str, Any], spec: KafkaQueueSpec) -> dict[str, An
 
 def topics_verdict(spec: KafkaQueueSpec, partitions: Mapping[str, int], problems: list[str]) -> Verdict:
     """Ready when both topics serve; Degraded when the brokers refused part of the spec."""
-    missing = [name for name in (spec.topic, spec.dead_letter_topic) if name not in partitions]
+    missing = [name for name in spec.topics if name not in partitions]
     if missing:
-        reason = "TopicMissing" if spec.topic in missing else "DeadLetterTopicMissing"
+        reason = (
+            "TopicMissing"
+            if spec.topic in missing
+            else "DeadLetterTopicMissing"
+            if spec.dead_letter_topic in missing
+            else "AttemptsTopicMissing"
+        )
         message = "; ".join(problems) or f"topic {missing[0]} does not exist yet"
         return Verdict(False, reason, message, progressing=not problems, degraded=bool(problems))
     actual = partitions[spec.topic]
@@ -310,8 +327,8 @@ def delete_topics(body: kopf.Body, memo: Any, logger: kopf.Logger, retry: int = 
         return
     created = set((body.get("status") or {}).get("createdTopics") or [])
     # Only topics this resource created: an adopted topic, or one another resource owns, stays.
-    mine = [name for name in (spec.topic, spec.dead_letter_topic) if name in created]
-    kept = [name for name in (spec.topic, spec.dead_letter_topic) if name not in created]
+    mine = [name for name in spec.topics if name in created]
+    kept = [name for name in spec.topics if name not in created]
     if kept:
         logger.info("deletionPolicy Delete: keeping %s, not created by this resource", ", ".join(kept))
     if not mine:
