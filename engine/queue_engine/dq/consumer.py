@@ -26,28 +26,19 @@ import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-import greenstalk
 from redis.exceptions import RedisError
 
 from queue_engine import metrics
+from queue_engine.dq.beanstalk import BeanstalkError, Job
 from queue_engine.dq.envelope import Envelope
 from queue_engine.dq.held import RESERVE_TIMEOUT, Held, Local, NodeLine, burier, reserve_batch
 from queue_engine.dq.job import DelayJob
 from queue_engine.dq.membership import Membership
-from queue_engine.dq.nodes import (
-    PRIORITY,
-    NodeConnection,
-    NodeDown,
-    NodeHealth,
-    check_nodes,
-    check_tube,
-    copy_deleter,
-    deleter,
-)
-from queue_engine.dq.producer import JOB_TTR, MAX_NODES
+from queue_engine.dq.node_io import AsyncNodeConnection, Op, delete_copy, delete_reserved
+from queue_engine.dq.nodes import PRIORITY, NodeDown, NodeHealth, check_nodes, check_tube
+from queue_engine.dq.producer import JOB_TTR
 from queue_engine.dq.records import Claim, Copy, JobRecords
 from queue_engine.dq.redis_client import (
     DEFAULT_POOL,
@@ -64,7 +55,7 @@ T = TypeVar("T")
 Handler = Callable[[DelayJob], Awaitable[Outcome]]
 
 RESERVERS_PER_NODE = 4  # connections per node blocked in reserve, waiting for the next ready job
-RESERVE_BATCH = 4  # copies one reserving thread hop may take when several are ready
+RESERVE_BATCH = 4  # copies one reserving round may take when several are ready
 HOLD_LIMIT = 2.0  # a retry due within this many seconds is waited for while holding the copy
 BUSY_HOLD = 5.0  # seconds a copy waits, held, for another copy's attempt to end
 STOP_MARGIN = 10.0  # seconds past the grace that stop() waits before cancelling what is left
@@ -123,7 +114,7 @@ class DelayConsumer:
         # on it then fail at once instead of each waiting out a timeout (see nodes.py).
         self._health = {node: NodeHealth(node) for node in self._nodes}
         self._reservers = min(concurrency, RESERVERS_PER_NODE)
-        self._control: dict[str, NodeConnection] = {}
+        self._control: dict[str, AsyncNodeConnection] = {}
         self._lines: dict[str, NodeLine] = {}
         self._workers: dict[str, list[asyncio.Task[None]]] = {}
         self._inflight: set[asyncio.Task[Outcome]] = set()
@@ -147,16 +138,6 @@ class DelayConsumer:
             raise RuntimeError("this consumer is already running")
         self._running = True
         nodes = len(self._nodes)
-        reservers = self._reservers
-        # Reserves block a thread for up to a second each; other calls get threads of their own
-        # so that a touch or delete never waits behind them. Sized for the most nodes a queue
-        # may get later (set_nodes); threads start only when needed.
-        self._reserving = ThreadPoolExecutor(
-            max_workers=max(MAX_NODES, nodes) * reservers, thread_name_prefix="dq-reserve"
-        )
-        self._executor = ThreadPoolExecutor(
-            max_workers=2 * self._concurrency + 4, thread_name_prefix="dq-ops"
-        )
         self._slots = asyncio.Semaphore(self._concurrency)
         # Held copies wait their turn for a connection in a burst; the watchdog has its own,
         # so that its verdict on Redis never waits in that queue.
@@ -191,9 +172,7 @@ class DelayConsumer:
             # that lands inside a command, and the task would then never end.
             self._closing.set()
             await asyncio.gather(watchdog, *workers, *self._holders, return_exceptions=True)
-            await self._call(self._close_connections)
-            self._reserving.shutdown(wait=False)
-            self._executor.shutdown(wait=False)
+            self._close_connections()
             await self._redis.aclose()
             await self._watch_client.aclose()
             self._running = False
@@ -231,7 +210,7 @@ class DelayConsumer:
         """Start reserving from ``node`` (its control connection and line are kept once made:
         settled jobs may still name copies there)."""
         if node not in self._control:
-            self._control[node] = NodeConnection(
+            self._control[node] = AsyncNodeConnection(
                 node,
                 self._tube,
                 connect_timeout=self._connect_timeout,
@@ -292,8 +271,8 @@ class DelayConsumer:
 
     # -- workers ---------------------------------------------------------------------------
 
-    def _connection(self, node: str) -> NodeConnection:
-        return NodeConnection(
+    def _connection(self, node: str) -> AsyncNodeConnection:
+        return AsyncNodeConnection(
             node,
             self._tube,
             connect_timeout=self._connect_timeout,
@@ -316,9 +295,8 @@ class DelayConsumer:
                     await self._pause(0.1)  # never take a job that cannot be de-duplicated
                     continue
                 await line.permits.acquire()
-                # Idle connections (and free permits) to take more ready copies in the same
-                # thread hop: under a backlog a hop costs more than a reserve.
-                spares: list[NodeConnection] = []
+                # Idle connections (and free permits) to take more ready copies at once.
+                spares: list[AsyncNodeConnection] = []
                 while len(spares) < RESERVE_BATCH - 1 and not line.permits.locked():
                     spare = line.take()
                     if spare is None:
@@ -326,7 +304,7 @@ class DelayConsumer:
                     await line.permits.acquire()  # free: does not wait
                     spares.append(spare)
                 try:
-                    got = await self._reserve(conn, spares)
+                    got = await reserve_batch(conn, spares, self._connect_timeout)
                 except NodeDown as exc:
                     got = None
                     if node not in self._node_errors:
@@ -356,27 +334,19 @@ class DelayConsumer:
         finally:
             line.give(conn)
 
-    async def _reserve(
-        self, conn: NodeConnection, spares: list[NodeConnection]
-    ) -> list[tuple[NodeConnection, greenstalk.Job[bytes]]]:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._reserving, reserve_batch, conn, spares, self._connect_timeout)
-
-    async def _hold_then_return(
-        self, line: NodeLine, conn: NodeConnection, job: greenstalk.Job[bytes]
-    ) -> None:
+    async def _hold_then_return(self, line: NodeLine, conn: AsyncNodeConnection, job: Job) -> None:
         try:
             await self._hold(conn, job)
         except Exception:
             # A bug must not stop the consumer: dropping the connection hands the reservation
             # back to beanstalkd, and the lease (if any) expires.
             log.exception("dq %s: failed handling a copy on %s; handing it back", self.queue, conn.address)
-            await self._call(conn.close)
+            conn.close()
         finally:
             line.permits.release()
             line.give(conn)
 
-    async def _hold(self, conn: NodeConnection, job: greenstalk.Job[bytes]) -> None:
+    async def _hold(self, conn: AsyncNodeConnection, job: Job) -> None:
         envelope = Envelope.decode(job.body)
         if envelope is None:
             log.warning(
@@ -406,7 +376,7 @@ class DelayConsumer:
                 elif local.done:
                     if (conn.address, job.id) in local.deleted:
                         pass  # the first copy deleted this one along with its own
-                    elif await self._quietly(conn, deleter(job.id)):
+                    elif await self._quietly(conn, delete_reserved(job.id)):
                         metrics.DUPLICATES_SUPPRESSED.labels(queue=self.queue).inc()
                 else:
                     await self._process(held)
@@ -497,15 +467,15 @@ class DelayConsumer:
             # that this copy takes over if that consumer died.
             await self._release(held, max(1.0, math.ceil(claim.until)))
         elif claim.action == "done":
-            if await self._quietly(held.conn, deleter(held.job.id)):
+            if await self._quietly(held.conn, delete_reserved(held.job.id)):
                 metrics.DUPLICATES_SUPPRESSED.labels(queue=self.queue).inc()
             log.debug("dq %s: copy %s of done job %s deleted", self.queue, held.where, job_id)
         elif claim.action == "revoked":
-            await self._quietly(held.conn, deleter(held.job.id))
+            await self._quietly(held.conn, delete_reserved(held.job.id))
             log.info("dq %s: job %s was revoked; copy %s deleted", self.queue, job_id, held.where)
         elif claim.action == "buried":
             if claim.kept and claim.kept != held.where:
-                await self._quietly(held.conn, deleter(held.job.id))  # one buried copy is enough
+                await self._quietly(held.conn, delete_reserved(held.job.id))  # one buried copy is enough
             else:
                 await self._quietly(held.conn, burier(held.job))
         else:
@@ -645,8 +615,8 @@ class DelayConsumer:
             if (c.node, c.jid) != here and (c.node, c.jid) not in skip and c.node in self._control
         ]
 
-    def _copy_deleter(self, copy: Copy, job_id: str) -> Callable[[greenstalk.Client[bytes]], bool]:
-        return copy_deleter(self._control[copy.node], copy.jid, copy.server, job_id)
+    def _copy_deleter(self, copy: Copy, job_id: str) -> Op[bool]:
+        return delete_copy(self._control[copy.node], copy.jid, copy.server, job_id)
 
     async def _delete_siblings(self, held: Held, copies: list[Copy]) -> None:
         job_id = held.envelope.job_id
@@ -665,7 +635,7 @@ class DelayConsumer:
 
     async def _delete_done(self, held: Held, copies: list[Copy]) -> None:
         """After success: delete this copy, the copies of ours waiting for it, and the job's
-        other recorded copies, all in one thread hop (a hop costs more than a delete).
+        other recorded copies, all at once.
 
         Our reservations are deleted by id (a reservation is ours on that connection); the
         recorded copies are checked to still be this job's (see :func:`copy_deleter`)."""
@@ -673,11 +643,11 @@ class DelayConsumer:
         followers = dict(held.local.followers) if held.local is not None else {}
         others = self._others(held, copies, followers)
         targets = [
-            (held.conn, deleter(held.job.id)),
-            *((conn, deleter(jid)) for (_, jid), conn in followers.items()),
+            (held.conn, delete_reserved(held.job.id)),
+            *((conn, delete_reserved(jid)) for (_, jid), conn in followers.items()),
             *((self._control[c.node], self._copy_deleter(c, job_id)) for c in others),
         ]
-        results = await self._call(self._delete_each, targets)
+        results = await self._delete_each(targets)
         mine = results[1 : 1 + len(followers)]
         theirs = results[1 + len(followers) :]
         if held.local is not None:
@@ -688,17 +658,9 @@ class DelayConsumer:
         expires = time.monotonic() + SWEEP_WINDOW
         self._unswept.extend((expires, c, job_id) for c, r in zip(others, theirs, strict=True) if r is False)
 
-    def _delete_each(
-        self, targets: list[tuple[NodeConnection, Callable[[greenstalk.Client[bytes]], bool]]]
-    ) -> list[bool | None]:
-        """Blocking: run each delete on its connection; None where the node failed."""
-        results: list[bool | None] = []
-        for conn, delete in targets:
-            try:
-                results.append(conn.call(delete, timeout=self._connect_timeout))
-            except (NodeDown, greenstalk.Error) as exc:
-                log.debug("dq %s: delete on %s: %r", self.queue, conn.address, exc)
-                results.append(None)
+    async def _delete_each(self, targets: list[tuple[AsyncNodeConnection, Op[bool]]]) -> list[bool | None]:
+        """Run each delete on its connection, all at once; None where the node failed."""
+        results: list[bool | None] = await asyncio.gather(*(self._quietly(c, op) for c, op in targets))
         return results
 
     async def _sweep_settled_copies(self) -> None:
@@ -733,7 +695,7 @@ class DelayConsumer:
                     with contextlib.suppress(RedisError):
                         await self._records.renew(held.envelope.job_id, held.token, self._lease_ttl)
                 if (touching is None or touching.done()) and time.monotonic() - last_touch >= TOUCH_EVERY:
-                    touching = asyncio.create_task(self._quietly(held.conn, lambda c: c.touch(held.job)))
+                    touching = asyncio.create_task(self._quietly(held.conn, lambda c: c.touch(held.job.id)))
                     last_touch = time.monotonic()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(held.done_keeping.wait(), self._renew_every)
@@ -764,7 +726,7 @@ class DelayConsumer:
             if time.monotonic() > self._deadline:
                 return None
             if time.monotonic() - last_touch > TOUCH_EVERY:
-                await self._quietly(held.conn, lambda c: c.touch(held.job))
+                await self._quietly(held.conn, lambda c: c.touch(held.job.id))
                 last_touch = time.monotonic()
             await asyncio.sleep(0.2)
 
@@ -774,7 +736,7 @@ class DelayConsumer:
 
     async def _release(self, held: Held, delay: float) -> None:
         seconds = max(0, math.floor(delay))
-        await self._quietly(held.conn, lambda c: c.release(held.job, PRIORITY, seconds))
+        await self._quietly(held.conn, lambda c: c.release(held.job.id, priority=PRIORITY, delay=seconds))
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -855,20 +817,14 @@ class DelayConsumer:
             await asyncio.wait_for(self._stopping.wait(), seconds)
         return self._stopping.is_set()
 
-    async def _quietly(self, conn: NodeConnection, op: Callable[[greenstalk.Client[bytes]], Any]) -> Any:
-        """Run ``op`` on ``conn``; node trouble is logged, not raised (None is returned)."""
+    async def _quietly(self, conn: AsyncNodeConnection, op: Op[Any]) -> Any:
+        """Run quick ``op`` on ``conn`` (the short timeout, not the reserve's); node trouble is
+        logged, not raised (None is returned)."""
         try:
-            return await self._call(self._quick_call, conn, op)
-        except (NodeDown, greenstalk.Error) as exc:
+            return await conn.call(op, limit=self._connect_timeout)
+        except (NodeDown, BeanstalkError) as exc:
             log.debug("dq %s: %s on %s: %r", self.queue, getattr(op, "__name__", "op"), conn.address, exc)
             return None
-
-    def _quick_call(self, conn: NodeConnection, op: Callable[[greenstalk.Client[bytes]], T]) -> T:
-        """Blocking: ``op`` is a quick command, so the short timeout (not the reserve's)."""
-        return conn.call(op, timeout=self._connect_timeout)
-
-    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     def _close_connections(self) -> None:
         for conn in self._control.values():

@@ -1,15 +1,18 @@
-"""A consumer's view of the copies it holds, and the blocking calls it makes on them."""
+"""A consumer's view of the copies it holds, and the node calls it makes on them.
+
+A reservation belongs to the connection that made it: each held copy keeps its connection
+(nothing else is sent on it meanwhile, so a blocking reserve never delays its delete).
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import greenstalk
-
+from queue_engine.dq.beanstalk import BeanstalkError, Connection, Job, TimedOut
 from queue_engine.dq.envelope import Envelope
-from queue_engine.dq.nodes import PRIORITY, NodeConnection, NodeDown
+from queue_engine.dq.node_io import AsyncNodeConnection, Op
+from queue_engine.dq.nodes import PRIORITY, NodeDown
 
 RESERVE_TIMEOUT = 1  # seconds a worker blocks in reserve before looking at stop and Redis again
 
@@ -21,7 +24,7 @@ class Local:
     settled: asyncio.Event = field(default_factory=asyncio.Event)
     done: bool = False  # recorded as done in Redis
     # Other copies held here, waiting for this one, by (node, beanstalkd id).
-    followers: dict[tuple[str, int], NodeConnection] = field(default_factory=dict)
+    followers: dict[tuple[str, int], AsyncNodeConnection] = field(default_factory=dict)
     deleted: set[tuple[str, int]] = field(default_factory=set)  # followers' copies already deleted for them
 
 
@@ -29,8 +32,8 @@ class Local:
 class Held:
     """A copy this consumer has reserved."""
 
-    conn: NodeConnection
-    job: greenstalk.Job[bytes]
+    conn: AsyncNodeConnection
+    job: Job
     envelope: Envelope
     token: str
     claimed: bool = False
@@ -49,58 +52,59 @@ class NodeLine:
 
     def __init__(self, max_held: int) -> None:
         self.permits = asyncio.Semaphore(max_held)
-        self._idle: list[NodeConnection] = []
+        self._idle: list[AsyncNodeConnection] = []
         self._max_idle = max_held + 8  # every holder gives its connection back: no reconnect churn
 
-    def take(self) -> NodeConnection | None:
+    def take(self) -> AsyncNodeConnection | None:
         return self._idle.pop() if self._idle else None
 
-    def give(self, conn: NodeConnection) -> None:
+    def give(self, conn: AsyncNodeConnection) -> None:
         if len(self._idle) < self._max_idle:
             self._idle.append(conn)
         else:
             conn.close()  # quick, and nothing else uses this connection any more
 
 
-def reserve(client: greenstalk.Client[bytes]) -> greenstalk.Job[bytes] | None:
+async def _reserve(conn: Connection) -> Job | None:
     try:
-        return client.reserve(timeout=RESERVE_TIMEOUT)
-    except (greenstalk.TimedOutError, greenstalk.DeadlineSoonError):
+        return await conn.reserve(RESERVE_TIMEOUT)
+    except TimedOut:
         return None
 
 
-def reserve_now(client: greenstalk.Client[bytes]) -> greenstalk.Job[bytes] | None:
+async def _reserve_now(conn: Connection) -> Job | None:
     try:
-        return client.reserve(timeout=0)
-    except (greenstalk.TimedOutError, greenstalk.DeadlineSoonError):
+        return await conn.reserve(0)
+    except TimedOut:
         return None
 
 
-def reserve_batch(
-    conn: NodeConnection, spares: list[NodeConnection], quick_timeout: float
-) -> list[tuple[NodeConnection, greenstalk.Job[bytes]]]:
-    """Blocking: wait for a copy on ``conn``; then take copies that are ready at once, one per
-    spare connection (a reservation belongs to the connection that made it). Raises
-    :class:`NodeDown` only for ``conn``; trouble on a spare just ends the batch. The reserve on
-    ``conn`` is the probe that finds out when a suspect (hung) node answers again."""
-    job = conn.call(reserve, probe=True)
+async def reserve_batch(
+    conn: AsyncNodeConnection, spares: list[AsyncNodeConnection], quick_timeout: float
+) -> list[tuple[AsyncNodeConnection, Job]]:
+    """Wait for a copy on ``conn``; then take copies that are ready at once, one per spare
+    connection, all spares asked at the same time. Raises :class:`NodeDown` only for
+    ``conn``; trouble on a spare just leaves it out. The reserve on ``conn`` is the probe that
+    finds out when a suspect (hung) node answers again."""
+    job = await conn.call(_reserve, probe=True)
     if job is None:
         return []
     got = [(conn, job)]
-    for spare in spares:
-        try:
-            more = spare.call(reserve_now, timeout=quick_timeout)
-        except (NodeDown, greenstalk.Error):
-            break
-        if more is None:
-            break
-        got.append((spare, more))
+    if spares:
+        more = await asyncio.gather(
+            *(spare.call(_reserve_now, limit=quick_timeout) for spare in spares), return_exceptions=True
+        )
+        for spare, result in zip(spares, more, strict=True):
+            if isinstance(result, Job):
+                got.append((spare, result))
+            elif isinstance(result, BaseException) and not isinstance(result, NodeDown | BeanstalkError):
+                raise result
     return got
 
 
-def burier(job: greenstalk.Job[bytes]) -> Callable[[greenstalk.Client[bytes]], bool]:
-    def bury(client: greenstalk.Client[bytes]) -> bool:
-        client.bury(job, PRIORITY)
+def burier(job: Job) -> Op[bool]:
+    async def bury(conn: Connection) -> bool:
+        await conn.bury(job.id, priority=PRIORITY)
         return True
 
     return bury

@@ -20,7 +20,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import greenstalk
 
@@ -70,6 +70,10 @@ def check_tube(tube: str) -> str:
     return tube
 
 
+class Abortable(Protocol):
+    def abort_if_busy(self, older_than: float) -> bool: ...
+
+
 class NodeHealth:
     """Whether one node answers, as seen by all of one client's connections to it.
 
@@ -87,7 +91,7 @@ class NodeHealth:
         self._failures = 0
         self._probing = False
         self.reason = ""
-        self._conns: weakref.WeakSet[NodeConnection] = weakref.WeakSet()
+        self._conns: weakref.WeakSet[Abortable] = weakref.WeakSet()
 
     def admit(self, *, probe: bool) -> str | None:
         """None if a call may go to the node now; otherwise why not."""
@@ -115,7 +119,7 @@ class NodeHealth:
                 self.suspect = self._probing = False
                 self._failures = 0
 
-    def track(self, conn: NodeConnection) -> None:
+    def track(self, conn: Abortable) -> None:
         self._conns.add(conn)
 
     def abort_stuck(self, older_than: float) -> int:
