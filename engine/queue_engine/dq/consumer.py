@@ -31,13 +31,24 @@ from typing import Any, TypeVar
 from redis.exceptions import RedisError
 
 from queue_engine import metrics
-from queue_engine.dq.beanstalk import BeanstalkError, Job
+from queue_engine.dq.beanstalk import BeanstalkError, Connection, Job
 from queue_engine.dq.envelope import Envelope
-from queue_engine.dq.held import RESERVE_TIMEOUT, Held, Local, NodeLine, burier, reserve_batch
+from queue_engine.dq.held import (
+    RESERVE_TIMEOUT,
+    Held,
+    Local,
+    NodeLine,
+    Reserved,
+    burier,
+    releaser,
+    reserve_now,
+    reserve_waiting,
+    toucher,
+)
 from queue_engine.dq.job import DelayJob
 from queue_engine.dq.membership import Membership
 from queue_engine.dq.node_io import AsyncNodeConnection, Op, delete_copy, delete_reserved
-from queue_engine.dq.nodes import PRIORITY, NodeDown, NodeHealth, check_nodes, check_tube
+from queue_engine.dq.nodes import NodeDown, NodeHealth, check_nodes, check_tube
 from queue_engine.dq.producer import JOB_TTR
 from queue_engine.dq.records import Claim, Copy, JobRecords
 from queue_engine.dq.redis_client import (
@@ -55,7 +66,7 @@ T = TypeVar("T")
 Handler = Callable[[DelayJob], Awaitable[Outcome]]
 
 RESERVERS_PER_NODE = 4  # connections per node blocked in reserve, waiting for the next ready job
-RESERVE_BATCH = 4  # copies one reserving round may take when several are ready
+RESERVE_BATCH = 16  # non-blocking reserves sent together when several copies are ready
 HOLD_LIMIT = 2.0  # a retry due within this many seconds is waited for while holding the copy
 BUSY_HOLD = 5.0  # seconds a copy waits, held, for another copy's attempt to end
 STOP_MARGIN = 10.0  # seconds past the grace that stop() waits before cancelling what is left
@@ -144,7 +155,7 @@ class DelayConsumer:
         pool = max(DEFAULT_POOL, 4 * self._concurrency + 16)
         self._redis = connect_redis(self._redis_url, self._connect_timeout, max_connections=pool)
         self._watch_client = connect_redis(self._redis_url, self._connect_timeout, max_connections=2)
-        self._records = JobRecords(self._redis, self._tube)
+        self._records = JobRecords(self._redis, self._tube, batched=True)
         # Deletes of other copies; quick calls only, so a short I/O timeout.
         self._control = {}
         self._lines = {}
@@ -173,6 +184,7 @@ class DelayConsumer:
             self._closing.set()
             await asyncio.gather(watchdog, *workers, *self._holders, return_exceptions=True)
             self._close_connections()
+            await self._records.aclose()
             await self._redis.aclose()
             await self._watch_client.aclose()
             self._running = False
@@ -281,72 +293,88 @@ class DelayConsumer:
         )
 
     async def _work(self, node: str) -> None:
-        """Reserve copies from ``node`` and hand each to a task of its own, with its connection.
+        """Reserve copies from ``node`` and hand each to a task of its own.
 
-        A copy may be held up to a second before it is due, and longer while another copy is
-        handled; holding it must not stop this worker from seeing the next ready job.
+        The worker waits in ``reserve`` on an idle connection; once a copy comes, it takes the
+        other copies ready at that moment on the same connection (pipelined, non-blocking), up
+        to the free permits, and goes on waiting on another idle connection. Holding a copy
+        (until due, or while another copy is handled) never stops it seeing the next job.
         """
         line = self._lines[node]
-        conn = line.take() or self._connection(node)
         backoff = 0.1
-        try:
-            while not self._stopping.is_set() and node in self._nodes:
-                if self._redis_error is not None:
-                    await self._pause(0.1)  # never take a job that cannot be de-duplicated
-                    continue
-                await line.permits.acquire()
-                # Idle connections (and free permits) to take more ready copies at once.
-                spares: list[AsyncNodeConnection] = []
-                while len(spares) < RESERVE_BATCH - 1 and not line.permits.locked():
-                    spare = line.take()
-                    if spare is None:
-                        break
-                    await line.permits.acquire()  # free: does not wait
-                    spares.append(spare)
+        while not self._stopping.is_set() and node in self._nodes:
+            if self._redis_error is not None:
+                await self._pause(0.1)  # never take a job that cannot be de-duplicated
+                continue
+            await line.permits.acquire()
+            conn = line.take() or self._connection(node)
+            line.hold(conn)  # the worker's own use: the connection is not idle meanwhile
+            try:
                 try:
-                    got = await reserve_batch(conn, spares, self._connect_timeout)
+                    got = await conn.call(reserve_waiting, probe=True)
                 except NodeDown as exc:
-                    got = None
+                    line.permits.release()
                     if node not in self._node_errors:
                         log.warning("dq %s: node %s unreachable: %s", self.queue, node, exc.reason)
                     self._node_errors[node] = exc.reason
-                used = {id(c) for c, _ in got or ()}
-                for spare in spares:
-                    if id(spare) not in used:
-                        line.permits.release()
-                        line.give(spare)
-                if got is None:
-                    line.permits.release()
                     await self._pause(backoff)
                     backoff = min(2.0, backoff * 2)
                     continue
                 if self._node_errors.pop(node, None) is not None:
                     log.info("dq %s: node %s reachable again", self.queue, node)
                 backoff = 0.1
-                if not got:
+                if got is None:
                     line.permits.release()
                     continue
-                for held_conn, job in got:
-                    holder = asyncio.create_task(self._hold_then_return(line, held_conn, job))
-                    self._holders.add(holder)
-                    holder.add_done_callback(self._holders.discard)
-                conn = line.take() or self._connection(node)
-        finally:
-            line.give(conn)
+                self._start_holding(line, conn, got)
+                await self._take_ready(line, conn)
+            finally:
+                line.let_go(conn)
 
-    async def _hold_then_return(self, line: NodeLine, conn: AsyncNodeConnection, job: Job) -> None:
+    async def _take_ready(self, line: NodeLine, conn: AsyncNodeConnection) -> None:
+        """Take the copies ready now on ``conn``, RESERVE_BATCH per round trip, while permits last."""
+        while not self._stopping.is_set() and self._redis_error is None:
+            wanted = 0
+            while wanted < RESERVE_BATCH and not line.permits.locked():
+                await line.permits.acquire()  # free: does not wait
+                wanted += 1
+            if not wanted:
+                return
+            results = await asyncio.gather(
+                *(conn.call(reserve_now, limit=self._connect_timeout) for _ in range(wanted)),
+                return_exceptions=True,
+            )
+            for result in results:
+                if isinstance(result, tuple):
+                    self._start_holding(line, conn, result)
+                else:
+                    line.permits.release()
+                    if isinstance(result, BaseException) and not isinstance(
+                        result, NodeDown | BeanstalkError
+                    ):
+                        raise result
+            if any(not isinstance(result, tuple) for result in results):
+                return  # the node has no more ready copies (or failed): back to waiting
+
+    def _start_holding(self, line: NodeLine, conn: AsyncNodeConnection, got: Reserved) -> None:
+        line.hold(conn)
+        holder = asyncio.create_task(self._hold_then_return(line, conn, got))
+        self._holders.add(holder)
+        holder.add_done_callback(self._holders.discard)
+
+    async def _hold_then_return(self, line: NodeLine, conn: AsyncNodeConnection, got: Reserved) -> None:
         try:
-            await self._hold(conn, job)
+            await self._hold(conn, *got)
         except Exception:
             # A bug must not stop the consumer: dropping the connection hands the reservation
-            # back to beanstalkd, and the lease (if any) expires.
+            # back to beanstalkd (with the others on it), and the lease (if any) expires.
             log.exception("dq %s: failed handling a copy on %s; handing it back", self.queue, conn.address)
             conn.close()
         finally:
             line.permits.release()
-            line.give(conn)
+            line.let_go(conn)
 
-    async def _hold(self, conn: AsyncNodeConnection, job: Job) -> None:
+    async def _hold(self, conn: AsyncNodeConnection, socket: Connection, job: Job) -> None:
         envelope = Envelope.decode(job.body)
         if envelope is None:
             log.warning(
@@ -355,10 +383,10 @@ class DelayConsumer:
                 conn.address,
                 job.id,
             )
-            await self._quietly(conn, burier(job))
+            await self._quietly(conn, burier(socket, job.id))
             return
         self._tokens += 1
-        held = Held(conn, job, envelope, token=f"{self._instance}-{self._tokens}")
+        held = Held(conn, socket, job, envelope, token=f"{self._instance}-{self._tokens}")
         # Most copies settle in milliseconds: the keeper task only starts once there is
         # something to renew or touch, which saves a task and a timer per copy.
         held.keep_timer = asyncio.get_running_loop().call_later(self._renew_every, self._start_keeping, held)
@@ -368,7 +396,7 @@ class DelayConsumer:
             if local is not None:
                 # This consumer already holds another copy of the job: wait for that one to
                 # settle rather than asking Redis again and again.
-                local.followers[(conn.address, job.id)] = conn
+                local.followers[(conn.address, job.id)] = (conn, socket)
                 if not self._stopping.is_set():
                     await local.settled.wait()  # stop() sets it too
                 if self._stopping.is_set():
@@ -376,7 +404,7 @@ class DelayConsumer:
                 elif local.done:
                     if (conn.address, job.id) in local.deleted:
                         pass  # the first copy deleted this one along with its own
-                    elif await self._quietly(conn, delete_reserved(job.id)):
+                    elif await self._quietly(conn, delete_reserved(job.id, socket)):
                         metrics.DUPLICATES_SUPPRESSED.labels(queue=self.queue).inc()
                 else:
                     await self._process(held)
@@ -397,10 +425,12 @@ class DelayConsumer:
             if not await self._sleep_until(due):
                 await self._hand_back(held, due)
                 return
-            if self._slots.locked():
+            if self._slots.locked() and busy_since is not None:
                 try:
-                    # All slots busy: a look first (no lease, no slot) is enough for copies
-                    # that only need to learn that another copy is handled, done or revoked.
+                    # Polling a job another copy is handling, and all slots busy: a look (no
+                    # lease, no slot) is enough to learn that it is still handled, done or
+                    # revoked. A first try waits for a slot and claims at once: under load a
+                    # look first would cost a Redis call per job for nothing.
                     status = await self._records.peek(held.envelope.job_id, self._now())
                 except RedisError as exc:
                     self._note_redis_error(exc)
@@ -467,17 +497,19 @@ class DelayConsumer:
             # that this copy takes over if that consumer died.
             await self._release(held, max(1.0, math.ceil(claim.until)))
         elif claim.action == "done":
-            if await self._quietly(held.conn, delete_reserved(held.job.id)):
+            if await self._quietly(held.conn, delete_reserved(held.job.id, held.socket)):
                 metrics.DUPLICATES_SUPPRESSED.labels(queue=self.queue).inc()
             log.debug("dq %s: copy %s of done job %s deleted", self.queue, held.where, job_id)
         elif claim.action == "revoked":
-            await self._quietly(held.conn, delete_reserved(held.job.id))
+            await self._quietly(held.conn, delete_reserved(held.job.id, held.socket))
             log.info("dq %s: job %s was revoked; copy %s deleted", self.queue, job_id, held.where)
         elif claim.action == "buried":
             if claim.kept and claim.kept != held.where:
-                await self._quietly(held.conn, delete_reserved(held.job.id))  # one buried copy is enough
+                await self._quietly(
+                    held.conn, delete_reserved(held.job.id, held.socket)
+                )  # one buried copy is enough
             else:
-                await self._quietly(held.conn, burier(held.job))
+                await self._quietly(held.conn, burier(held.socket, held.job.id))
         else:
             log.error("dq %s: unknown claim %r for job %s; releasing it", self.queue, claim.action, job_id)
             await self._release(held, 1.0)
@@ -591,7 +623,7 @@ class DelayConsumer:
         job_id = held.envelope.job_id
         # Bury first: the record then names a copy that really is kept, and the other copies
         # may delete themselves. If this node is gone, they bury themselves instead.
-        kept = await self._quietly(held.conn, burier(held.job))
+        kept = await self._quietly(held.conn, burier(held.socket, held.job.id))
 
         async def mark() -> list[Copy]:
             return await self._records.mark_buried(
@@ -643,8 +675,8 @@ class DelayConsumer:
         followers = dict(held.local.followers) if held.local is not None else {}
         others = self._others(held, copies, followers)
         targets = [
-            (held.conn, delete_reserved(held.job.id)),
-            *((conn, delete_reserved(jid)) for (_, jid), conn in followers.items()),
+            (held.conn, delete_reserved(held.job.id, held.socket)),
+            *((conn, delete_reserved(jid, sock)) for (_, jid), (conn, sock) in followers.items()),
             *((self._control[c.node], self._copy_deleter(c, job_id)) for c in others),
         ]
         results = await self._delete_each(targets)
@@ -695,7 +727,7 @@ class DelayConsumer:
                     with contextlib.suppress(RedisError):
                         await self._records.renew(held.envelope.job_id, held.token, self._lease_ttl)
                 if (touching is None or touching.done()) and time.monotonic() - last_touch >= TOUCH_EVERY:
-                    touching = asyncio.create_task(self._quietly(held.conn, lambda c: c.touch(held.job.id)))
+                    touching = asyncio.create_task(self._quietly(held.conn, toucher(held)))
                     last_touch = time.monotonic()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(held.done_keeping.wait(), self._renew_every)
@@ -726,7 +758,7 @@ class DelayConsumer:
             if time.monotonic() > self._deadline:
                 return None
             if time.monotonic() - last_touch > TOUCH_EVERY:
-                await self._quietly(held.conn, lambda c: c.touch(held.job.id))
+                await self._quietly(held.conn, toucher(held))
                 last_touch = time.monotonic()
             await asyncio.sleep(0.2)
 
@@ -736,7 +768,7 @@ class DelayConsumer:
 
     async def _release(self, held: Held, delay: float) -> None:
         seconds = max(0, math.floor(delay))
-        await self._quietly(held.conn, lambda c: c.release(held.job.id, priority=PRIORITY, delay=seconds))
+        await self._quietly(held.conn, releaser(held, seconds))
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -830,5 +862,4 @@ class DelayConsumer:
         for conn in self._control.values():
             conn.close()
         for line in self._lines.values():
-            while (spare := line.take()) is not None:
-                spare.close()
+            line.close()

@@ -1,18 +1,23 @@
 """A consumer's view of the copies it holds, and the node calls it makes on them.
 
-A reservation belongs to the connection that made it: each held copy keeps its connection
-(nothing else is sent on it meanwhile, so a blocking reserve never delays its delete).
+A reservation belongs to the connection that made it, so every call on a held copy goes to
+that very socket (and fails, harmlessly, once the socket is gone: the reservation went with
+it). One connection may hold many copies: a worker blocks in ``reserve`` only on a connection
+that holds nothing, then takes the other ready copies on the same connection with pipelined
+``reserve-with-timeout 0`` (which never blocks), so the calls on held copies never wait behind
+a blocking reserve, and a burst of deletes leaves in one write.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from queue_engine.dq.beanstalk import BeanstalkError, Connection, Job, TimedOut
+from queue_engine.dq.beanstalk import Connection, Job, TimedOut
 from queue_engine.dq.envelope import Envelope
 from queue_engine.dq.node_io import AsyncNodeConnection, Op
-from queue_engine.dq.nodes import PRIORITY, NodeDown
+from queue_engine.dq.nodes import PRIORITY
 
 RESERVE_TIMEOUT = 1  # seconds a worker blocks in reserve before looking at stop and Redis again
 
@@ -24,7 +29,7 @@ class Local:
     settled: asyncio.Event = field(default_factory=asyncio.Event)
     done: bool = False  # recorded as done in Redis
     # Other copies held here, waiting for this one, by (node, beanstalkd id).
-    followers: dict[tuple[str, int], AsyncNodeConnection] = field(default_factory=dict)
+    followers: dict[tuple[str, int], tuple[AsyncNodeConnection, Connection]] = field(default_factory=dict)
     deleted: set[tuple[str, int]] = field(default_factory=set)  # followers' copies already deleted for them
 
 
@@ -33,6 +38,7 @@ class Held:
     """A copy this consumer has reserved."""
 
     conn: AsyncNodeConnection
+    socket: Connection  # the reservation's: calls on the copy go there or nowhere
     job: Job
     envelope: Envelope
     token: str
@@ -48,63 +54,78 @@ class Held:
 
 
 class NodeLine:
-    """One node's spare connections, and how many copies it may hold at once."""
+    """One node's idle connections, which connections hold copies, and how many copies the
+    node may hold at once."""
 
     def __init__(self, max_held: int) -> None:
         self.permits = asyncio.Semaphore(max_held)
         self._idle: list[AsyncNodeConnection] = []
-        self._max_idle = max_held + 8  # every holder gives its connection back: no reconnect churn
+        self._holding: dict[AsyncNodeConnection, int] = {}
+        self._max_idle = 16  # kept for reuse: no reconnect churn
 
     def take(self) -> AsyncNodeConnection | None:
+        """An idle connection: it holds no copy, so it may block in reserve."""
         return self._idle.pop() if self._idle else None
 
-    def give(self, conn: AsyncNodeConnection) -> None:
+    def hold(self, conn: AsyncNodeConnection) -> None:
+        self._holding[conn] = self._holding.get(conn, 0) + 1
+
+    def let_go(self, conn: AsyncNodeConnection) -> None:
+        """One use of ``conn`` ended; once none is left it is idle again."""
+        left = self._holding[conn] - 1
+        if left:
+            self._holding[conn] = left
+            return
+        del self._holding[conn]
         if len(self._idle) < self._max_idle:
             self._idle.append(conn)
         else:
             conn.close()  # quick, and nothing else uses this connection any more
 
+    def close(self) -> None:
+        for conn in [*self._idle, *self._holding]:
+            conn.close()
+        self._idle.clear()
 
-async def _reserve(conn: Connection) -> Job | None:
+
+Reserved = tuple[Connection, Job]
+
+
+async def reserve_waiting(conn: Connection) -> Reserved | None:
+    """Wait up to RESERVE_TIMEOUT for a ready copy (only on a connection holding none)."""
     try:
-        return await conn.reserve(RESERVE_TIMEOUT)
+        return conn, await conn.reserve(RESERVE_TIMEOUT)
     except TimedOut:
         return None
 
 
-async def _reserve_now(conn: Connection) -> Job | None:
+async def reserve_now(conn: Connection) -> Reserved | None:
+    """A copy that is ready now, if any; never blocks, so it may share a busy connection."""
     try:
-        return await conn.reserve(0)
+        return conn, await conn.reserve(0)
     except TimedOut:
         return None
 
 
-async def reserve_batch(
-    conn: AsyncNodeConnection, spares: list[AsyncNodeConnection], quick_timeout: float
-) -> list[tuple[AsyncNodeConnection, Job]]:
-    """Wait for a copy on ``conn``; then take copies that are ready at once, one per spare
-    connection, all spares asked at the same time. Raises :class:`NodeDown` only for
-    ``conn``; trouble on a spare just leaves it out. The reserve on ``conn`` is the probe that
-    finds out when a suspect (hung) node answers again."""
-    job = await conn.call(_reserve, probe=True)
-    if job is None:
-        return []
-    got = [(conn, job)]
-    if spares:
-        more = await asyncio.gather(
-            *(spare.call(_reserve_now, limit=quick_timeout) for spare in spares), return_exceptions=True
-        )
-        for spare, result in zip(spares, more, strict=True):
-            if isinstance(result, Job):
-                got.append((spare, result))
-            elif isinstance(result, BaseException) and not isinstance(result, NodeDown | BeanstalkError):
-                raise result
-    return got
+def on_copy(socket: Connection, action: Callable[[Connection], Awaitable[None]]) -> Op[bool]:
+    """An op running ``action`` on a reservation's own socket; False if that socket is gone."""
 
-
-def burier(job: Job) -> Op[bool]:
-    async def bury(conn: Connection) -> bool:
-        await conn.bury(job.id, priority=PRIORITY)
+    async def op(conn: Connection) -> bool:
+        if conn is not socket:
+            return False
+        await action(conn)
         return True
 
-    return bury
+    return op
+
+
+def burier(socket: Connection, jid: int) -> Op[bool]:
+    return on_copy(socket, lambda c: c.bury(jid, priority=PRIORITY))
+
+
+def toucher(held: Held) -> Op[bool]:
+    return on_copy(held.socket, lambda c: c.touch(held.job.id))
+
+
+def releaser(held: Held, seconds: int) -> Op[bool]:
+    return on_copy(held.socket, lambda c: c.release(held.job.id, priority=PRIORITY, delay=seconds))

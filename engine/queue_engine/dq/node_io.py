@@ -196,10 +196,17 @@ def delete_copy(node: AsyncNodeConnection, jid: int, server: str, job_id: str) -
     return delete
 
 
-def delete_reserved(jid: int) -> Op[bool]:
-    """An op deleting job ``jid``; False when it is gone or reserved by another connection."""
+def delete_reserved(jid: int, socket: Connection) -> Op[bool]:
+    """An op deleting the copy ``jid`` reserved on ``socket``; False when it is gone.
+
+    Only on that very socket: a reservation ends with its connection, and after a reconnect
+    the id may name a ready copy taken over by someone else, or (a node restarted without its
+    binlog) another tube's job.
+    """
 
     async def delete(conn: Connection) -> bool:
+        if conn is not socket:
+            return False
         try:
             await conn.delete(jid)
         except NotFound:
