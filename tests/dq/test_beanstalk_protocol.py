@@ -126,3 +126,23 @@ async def test_node_connection_reconnects_after_a_restart_and_skips_a_hung_node(
     await conn.call(put, probe=True)  # a probe clears the suspicion
     await conn.call(put)
     conn.close()
+
+
+def test_works_on_uvloop_as_the_sidecar_runs_it(beanstalk_cluster: BeanstalkdCluster, unique: str) -> None:
+    uvloop = pytest.importorskip("uvloop")
+
+    async def roundtrip() -> bytes:
+        conn = await _open(beanstalk_cluster, unique)
+        try:
+            jid = await conn.put(b"on uvloop", priority=1, delay=0, ttr=20)
+            job = await conn.reserve(0)
+            await conn.delete(jid)
+            return job.body
+        finally:
+            conn.close()
+
+    loop = uvloop.new_event_loop()
+    try:
+        assert loop.run_until_complete(roundtrip()) == b"on uvloop"
+    finally:
+        loop.close()

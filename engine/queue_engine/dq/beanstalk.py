@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import socket
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 # Replies followed by a body of <bytes> bytes and CRLF; the byte count is the last field.
 _WITH_BODY = frozenset({b"RESERVED", b"FOUND", b"OK"})
@@ -49,6 +50,10 @@ class TimedOut(BeanstalkError):
     """``reserve-with-timeout`` found nothing (``TIMED_OUT``) or ``DEADLINE_SOON``."""
 
 
+class Closed(ConnectionError):
+    """This side closed the connection (a timeout, a stop): says nothing about the server."""
+
+
 class _Reply(NamedTuple):
     status: bytes
     args: list[bytes]
@@ -78,6 +83,7 @@ class Connection(asyncio.Protocol):
         self._buffer = bytearray()
         self._waiting: collections.deque[tuple[asyncio.Future[_Reply], bytes]] = collections.deque()
         self._lost: BaseException | None = None
+        self._closed_here = False
         self._out: list[bytes] = []  # requests of this loop iteration, sent in one write
 
     @classmethod
@@ -151,6 +157,7 @@ class Connection(asyncio.Protocol):
         return result
 
     def close(self) -> None:
+        self._closed_here = self._closed_here or self._lost is None
         if self._transport is not None:
             self._transport.abort()  # at once: a hung peer must not hold anything up
         self._fail(ConnectionError("connection closed"))
@@ -173,7 +180,8 @@ class Connection(asyncio.Protocol):
     def _request(self, line: bytes, data: bytes | None = None) -> asyncio.Future[_Reply]:
         fut: asyncio.Future[_Reply] = asyncio.get_running_loop().create_future()
         if self._lost is not None or self._transport is None:
-            fut.set_exception(ConnectionError(f"connection lost: {self._lost}"))
+            kind = Closed if self._closed_here else ConnectionError
+            fut.set_exception(kind(f"connection lost: {self._lost}"))
             return fut
         self._waiting.append((fut, line))
         if not self._out:
@@ -189,10 +197,11 @@ class Connection(asyncio.Protocol):
             self._transport.write(b"".join(out))
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         sock = transport.get_extra_info("socket")
-        if sock is not None:  # notice a peer that vanished while the connection sat idle
+        # Notice a peer that vanished while the connection sat idle (uvloop's socket stand-in
+        # may refuse options: keepalive is a nicety, not a guarantee).
+        with contextlib.suppress(OSError, AttributeError, TypeError, ValueError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
 
     def data_received(self, data: bytes) -> None:
@@ -232,7 +241,8 @@ class Connection(asyncio.Protocol):
     def _fail(self, exc: BaseException) -> None:
         if self._lost is None:
             self._lost = exc
+        kind = Closed if self._closed_here else ConnectionError
         while self._waiting:
             fut, _ = self._waiting.popleft()
             if not fut.done():
-                fut.set_exception(ConnectionError(str(exc) or type(exc).__name__))
+                fut.set_exception(kind(str(exc) or type(exc).__name__))

@@ -23,7 +23,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from queue_engine.dq.beanstalk import BeanstalkError, Connection, NotFound
+from queue_engine.dq.beanstalk import BeanstalkError, Closed, Connection, NotFound
 from queue_engine.dq.envelope import Envelope
 from queue_engine.dq.nodes import NodeDown, NodeHealth, parse_address
 
@@ -73,8 +73,11 @@ class AsyncNodeConnection:
             try:
                 return await self._attempt(op, limit)
             except NodeDown as exc:
-                if not reused or isinstance(exc.__cause__, TimeoutError):
+                # Not after a timeout (a hung node would cost twice), nor when this side cut
+                # the connection (another call's timeout, a stop): only a stale connection.
+                if not reused or isinstance(exc.__cause__, TimeoutError | Closed):
                     raise
+            self._admit(probe)
             return await self._attempt(op, limit)
         finally:
             del self._calls[number]
@@ -139,6 +142,8 @@ class AsyncNodeConnection:
         return False
 
     def _note_failure(self, exc: BaseException) -> None:
+        if isinstance(exc, Closed):
+            return  # cut by us (after another call's timeout, or at stop): no news of the node
         self._failures += 1
         self.last_error = _describe(exc)
         self.down_until = time.monotonic() + min(5.0, 0.1 * 2 ** min(self._failures, 6))

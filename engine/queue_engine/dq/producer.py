@@ -2,6 +2,13 @@
 
 One pipelined asyncio connection per node: the puts of concurrent publishes made in the same
 loop iteration leave in one write per node, and their Redis records in one round trip.
+
+One working copy, the others standbys: the first copy written is due at the job's due time
+(rounded down to whole seconds, as beanstalkd counts), the others ``standby_delay`` seconds
+later. Normally the working copy is delivered and the standbys are deleted while still delayed,
+so consumers reserve each job once instead of once per copy. If the working copy's node fails,
+a standby takes over: the job is late by at most ``standby_delay`` plus a second, never early
+(every copy carries the exact due time, and consumers wait for it).
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ log = logging.getLogger(__name__)
 # Seconds a consumer may hold a reservation between touches (it touches well before this).
 JOB_TTR = 20
 REPLICAS = 3
+STANDBY_DELAY = 5  # seconds standby copies become ready after the working copy (default)
 MAX_NODES = 9  # spec.replicas' maximum
 MAX_DELAY_SECONDS = 2**32 - 1  # beanstalkd's delay is an unsigned 32-bit number of seconds
 
@@ -58,8 +66,12 @@ class DelayProducer:
         max_job_bytes: int = 65535,
         connect_timeout: float = 3.0,
         name: str | None = None,
+        standby_delay: int = STANDBY_DELAY,
     ) -> None:
         self._nodes = check_nodes(nodes)
+        if not isinstance(standby_delay, int) or standby_delay < 0:
+            raise ConfigError(f"standby_delay is {standby_delay!r}; use whole seconds, 0 or more")
+        self._standby_delay = standby_delay
         self._tube = check_tube(tube)
         self.queue = name or tube
         if max_job_bytes <= HEADER_BYTES:
@@ -216,6 +228,7 @@ class DelayProducer:
         pending, spare = healthy[: self.copies], healthy[self.copies :]
         written: list[Copy] = []
         failures: dict[str, str] = {}
+        working = False  # a working copy (due on time) was written
         while True:
             if not pending and len(written) < self.quorum and failing:
                 # Nodes that just failed are tried only when the quorum needs them: one may
@@ -228,12 +241,17 @@ class DelayProducer:
                 failures[node] = "removed from the node list"  # by set_nodes, meanwhile
             pending = [n for n in pending if n in self._pools]
             conns = [self._pools[node] for node in pending]
+            # The first node of a round gets the working copy until one is written; a failed
+            # one is replaced by the next round's first node (a spare), if there is a round.
+            lags = [0 if i == 0 and not working else self._standby_delay for i in range(len(conns))]
             results = await asyncio.gather(
-                *(conn.call(_putter(conn, data, due)) for conn in conns), return_exceptions=True
+                *(conn.call(_putter(conn, data, due, lag)) for conn, lag in zip(conns, lags, strict=True)),
+                return_exceptions=True,
             )
-            for node, result in zip(pending, results, strict=True):
+            for node, lag, result in zip(pending, lags, results, strict=True):
                 if isinstance(result, Copy):
                     written.append(result)
+                    working = working or lag == 0
                 elif isinstance(result, NodeDown):
                     failures[node] = result.reason
                 elif isinstance(result, JobTooBig):
@@ -285,14 +303,15 @@ class DelayProducer:
         await self.close()
 
 
-def _putter(conn: AsyncNodeConnection, data: bytes, due: float) -> Op[Copy]:
+def _putter(conn: AsyncNodeConnection, data: bytes, due: float, lag: int) -> Op[Copy]:
     async def put(c: Connection) -> Copy:
         # The node process's id (asked once per connection) goes with the copy's id: deletes
         # later check it, as a node restarted without its binlog reuses ids.
         server = await conn.server_id(c)
         # Whole seconds, rounded down, computed at the last moment: the copy becomes ready no
         # later than its due time, and the consumer waits out the rest.
-        delay = max(0, math.floor(due - time.time()))
+        # A standby comes ``lag`` seconds later still.
+        delay = min(MAX_DELAY_SECONDS, max(0, math.floor(due - time.time())) + lag)
         return Copy(conn.address, await c.put(data, priority=PRIORITY, delay=delay, ttr=JOB_TTR), server)
 
     return put
