@@ -1,10 +1,19 @@
 """Consuming dq jobs: each job reaches the handler once in normal operation, at least once under failures.
 
-Shape: per node, a few connections wait in ``reserve`` so that a job is seen the moment it
-becomes ready. Each reserved copy then gets a task of its own that keeps the copy's connection
-(a reservation can only be deleted, released or buried by the connection that made it), and
-the reserving side continues on a fresh connection. At most ``concurrency`` handler calls run
-at once across all nodes. For each copy held:
+This module is the delivery loop. Its parts, each with its guarantees in its own docstring:
+per-node I/O (:mod:`~queue_engine.dq.beanstalk`: the protocol, pipelined;
+:mod:`~queue_engine.dq.node_io`: reconnects, hung-node isolation, node identity;
+:mod:`~queue_engine.dq.held`: reservations and the connections holding them) and the Redis
+decisions (:mod:`~queue_engine.dq.records`: one atomic script per decision;
+:mod:`~queue_engine.dq.redis_batch`: those made together share a round trip).
+
+Shape: per node, a few workers wait in ``reserve`` (each on a connection holding nothing) so
+that a job is seen the moment it becomes ready, then take the copies ready at that moment on
+the same connection. Each reserved copy gets a task of its own; calls on it go to the socket
+that reserved it (a reservation can only be deleted, released or buried there). Normally only
+a job's working copy is ready: its standbys are due later (see
+:mod:`~queue_engine.dq.producer`) and are deleted after the success. At most ``concurrency``
+handler calls run at once across all nodes. For each copy held:
 
 1. wait until the exact due time (beanstalkd delays are whole seconds, rounded down);
 2. if this consumer already holds another copy of the job, wait for that one's outcome;
@@ -74,6 +83,9 @@ STOP_MARGIN = 10.0  # seconds past the grace that stop() waits before cancelling
 # RESERVE_TIMEOUT, other calls within milliseconds): its socket is cut.
 STUCK_AFTER = RESERVE_TIMEOUT + 0.5
 SWEEP_WINDOW = 30.0  # seconds a settled job's undeletable copies are remembered for a sweep
+# A job done a moment after it was published may beat the producer's record of its copies:
+# the record is read again after these pauses, to delete the standbys then.
+RECORD_RETRIES = (0.2, 0.5, 1.0, 2.0)
 KIND = "delay"
 TOUCH_EVERY = JOB_TTR / 4  # seconds between touches of a held reservation
 
@@ -137,6 +149,7 @@ class DelayConsumer:
         self._claimed: dict[str, Held] = {}  # by token: copies whose attempt has not settled
         # (expiry, copy, job id) of other copies a settled job left behind.
         self._unswept: collections.deque[tuple[float, Copy, str]] = collections.deque(maxlen=10_000)
+        self._followups: set[asyncio.Task[None]] = set()
         # Risky Redis settings seen once Redis answered (None: not checked yet). Not part of
         # health(), which is about reachability: the sidecar shows them in /v1/status.
         self.redis_warnings: list[str] | None = None
@@ -183,6 +196,9 @@ class DelayConsumer:
             # that lands inside a command, and the task would then never end.
             self._closing.set()
             await asyncio.gather(watchdog, *workers, *self._holders, return_exceptions=True)
+            for task in self._followups:
+                task.cancel()  # only deletes of standbys left over: they are deleted on sight later
+            await asyncio.gather(*self._followups, return_exceptions=True)
             self._close_connections()
             await self._records.aclose()
             await self._redis.aclose()
@@ -689,6 +705,28 @@ class DelayConsumer:
             metrics.DUPLICATES_SUPPRESSED.labels(queue=self.queue).inc(suppressed)
         expires = time.monotonic() + SWEEP_WINDOW
         self._unswept.extend((expires, c, job_id) for c, r in zip(others, theirs, strict=True) if r is False)
+        if not copies and len(self._followups) < 1000:
+            # No copies recorded (yet): the standbys would otherwise wait out their delay.
+            here = {(held.conn.address, held.job.id), *followers}
+            task = asyncio.create_task(self._delete_when_recorded(job_id, here))
+            self._followups.add(task)
+            task.add_done_callback(self._followups.discard)
+
+    async def _delete_when_recorded(self, job_id: str, here: set[tuple[str, int]]) -> None:
+        """Delete the other copies of a done job once the producer has recorded them."""
+        for pause in RECORD_RETRIES:
+            if await self._pause(pause):
+                return
+            with contextlib.suppress(RedisError):
+                copies = await self._records.copies(job_id)
+                if copies:
+                    others = [c for c in copies if (c.node, c.jid) not in here and c.node in self._control]
+                    results = await asyncio.gather(
+                        *(self._quietly(self._control[c.node], self._copy_deleter(c, job_id)) for c in others)
+                    )
+                    if suppressed := sum(1 for r in results if r is True):
+                        metrics.DUPLICATES_SUPPRESSED.labels(queue=self.queue).inc(suppressed)
+                    return
 
     async def _delete_each(self, targets: list[tuple[AsyncNodeConnection, Op[bool]]]) -> list[bool | None]:
         """Run each delete on its connection, all at once; None where the node failed."""
@@ -798,7 +836,11 @@ class DelayConsumer:
         seconds, micros = await self._watch_client.time()
         after = self._clock()
         theirs = seconds + micros / 1_000_000
-        offset = theirs - after if theirs > after else theirs - before if theirs < before else 0.0
+        # Redis's clock read `theirs` somewhere between `before` and `after` by ours, so at our
+        # `after` it says at least `theirs`: `theirs - after` never puts us ahead of it (never
+        # early; at most a round trip late). `theirs - before` could be a round trip early.
+        # (TIME has whole microseconds: one below `before` still means the clocks agree.)
+        offset = 0.0 if before - 1e-6 <= theirs <= after else theirs - after
         if abs(offset - self._offset) > 1.0 and abs(offset) > 1.0:
             log.warning("dq %s: this clock is %.1fs off Redis's; following Redis's", self.queue, -offset)
         self._offset = offset

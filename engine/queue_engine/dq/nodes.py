@@ -1,6 +1,8 @@
-"""Blocking connections to beanstalkd nodes, safe to share between threads.
+"""Blocking connections to beanstalkd nodes, safe to share between threads; node checks.
 
-greenstalk is synchronous, so the engine calls these from worker threads. Every call holds
+Used where a blocking client fits (admin, drain, the sidecar's job lookups): greenstalk is
+synchronous, so those call these from worker threads. The consumer and producer use the
+asyncio connections of :mod:`queue_engine.dq.node_io`, which share :class:`NodeHealth`. Every call holds
 the connection's lock (one request/response at a time on the socket), and any socket-level
 failure drops the connection so that the next call reconnects instead of reading a stream
 that is out of step.

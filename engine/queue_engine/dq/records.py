@@ -203,12 +203,13 @@ class JobRecords:
 
     def __init__(self, redis: Redis, tube: str, *, batched: bool = False) -> None:
         self.redis = redis
-        self._batcher = ScriptBatcher(redis) if batched else None
         self._prefix = f"dq:{tube}"
         self._record = BatchScript(redis, _RECORD)
         self._claim = BatchScript(redis, _CLAIM)
         self._peek = BatchScript(redis, _PEEK)
         self._done = BatchScript(redis, _DONE)
+        batchable = [self._record, self._claim, self._peek, self._done]
+        self._batcher = ScriptBatcher(redis, batchable) if batched else None
         self._retry = redis.register_script(_RETRY)
         self._bury = redis.register_script(_BURY)
         self._renew = redis.register_script(_RENEW)
@@ -308,6 +309,10 @@ class JobRecords:
                 )
             )
         return records
+
+    async def copies(self, job_id: str) -> list[Copy]:
+        """Where the producer wrote the job's copies ([] if not recorded)."""
+        return parse_copies(_text(await self.redis.hget(self._job(job_id), "copies")))
 
     async def record(self, job_id: str) -> dict[str, str]:
         """The raw record, for inspection and tests."""
