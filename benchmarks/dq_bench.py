@@ -5,7 +5,8 @@ Run: ``.venv/bin/python benchmarks/dq_bench.py [--jobs N]``. Starts its own bean
 engine/raw ratio, and the lateness of delayed jobs at light load.
 
 The engine does more per job than the raw client on purpose: three copies instead of one, a
-quorum, a Redis record, and on consume a Redis claim per copy plus a done marker.
+quorum, a Redis record, and on consume a Redis claim plus a done marker and the deletion of
+the two standby copies.
 """
 
 from __future__ import annotations

@@ -158,3 +158,18 @@ async def _until_checked(consumer: DelayConsumer) -> None:
             return
         await asyncio.sleep(0.05)
     raise AssertionError("the Redis settings were never checked")
+
+
+async def test_with_the_working_copys_node_down_a_standby_is_late_by_at_most_its_delay(dq: DqEnv) -> None:
+    """Each job's working copy is due on time, its standbys 5 s later: with one node gone, the
+    jobs whose working copy it held come from a standby, never early, at most 5 s + 1 s late."""
+    recorder = Recorder()
+    async with dq.producer() as producer:
+        sent = [await producer.delay(b"%d" % i, 1.0) for i in range(9)]
+    dq.cluster[0].kill()  # working copies rotate over the nodes: about a third were there
+    async with dq.consumer(recorder):
+        await recorder.wait_for(lambda: set(recorder.ids()) >= set(sent), within=20)
+    late = {d.job.id: d.at - d.job.due_at.timestamp() for d in recorder.deliveries}
+    assert all(0 <= lateness < 5 + 1 + 0.5 for lateness in late.values()), late
+    assert any(lateness > 3 for lateness in late.values()), late  # some came from a standby
+    assert sorted(recorder.ids()) == sorted(sent)

@@ -53,7 +53,8 @@ async def test_revoke_while_the_consumer_holds_copies_waiting_for_the_due_time(d
 
 async def test_revoke_while_another_client_holds_a_copy_and_a_node_is_down(dq: DqEnv) -> None:
     recorder = Recorder()
-    async with dq.producer(connect_timeout=0.5) as producer:
+    # No standbys: every copy is ready at once, so node 0's copy can be reserved now.
+    async with dq.producer(connect_timeout=0.5, standby_delay=0) as producer:
         job_id = await producer.delay(b"x", 0)
         # Someone else holds the copy on node 0 (as a consumer mid-delivery would) ...
         host, port = dq.nodes[0].split(":")

@@ -256,13 +256,11 @@ def test_sigterm_while_waiting_for_the_app_exits_0(
     wait_until(lambda: sidecar.get("/readyz")[0] == 200, 10, "readyz: the sidecar serves")
     assert sidecar.status()["queues"][unique]["state"] == "waiting"
     assert sidecar.terminate_and_wait(timeout=15) == 0
-    # Nothing was taken from the queue: the job is still there, ready, in all three copies.
-    assert tube_counts(beanstalk_cluster.addresses, unique) == {
-        "ready": 3,
-        "delayed": 0,
-        "reserved": 0,
-        "buried": 0,
-    }
+    # Nothing was taken from the queue: the job is still there in all three copies (the
+    # working copy ready, the two standbys ready or still delayed), none reserved.
+    counts = tube_counts(beanstalk_cluster.addresses, unique)
+    assert (counts["ready"] + counts["delayed"], counts["reserved"], counts["buried"]) == (3, 0, 0), counts
+    assert counts["ready"] >= 1, counts
 
 
 def test_a_wrong_app_path_holds_messages_and_says_so(  # noqa: PLR0917

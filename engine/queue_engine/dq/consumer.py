@@ -1,10 +1,19 @@
 """Consuming dq jobs: each job reaches the handler once in normal operation, at least once under failures.
 
-Shape: per node, a few connections wait in ``reserve`` so that a job is seen the moment it
-becomes ready. Each reserved copy then gets a task of its own that keeps the copy's connection
-(a reservation can only be deleted, released or buried by the connection that made it), and
-the reserving side continues on a fresh connection. At most ``concurrency`` handler calls run
-at once across all nodes. For each copy held:
+This module is the delivery loop. Its parts, each with its guarantees in its own docstring:
+per-node I/O (:mod:`~queue_engine.dq.beanstalk`: the protocol, pipelined;
+:mod:`~queue_engine.dq.node_io`: reconnects, hung-node isolation, node identity;
+:mod:`~queue_engine.dq.held`: reservations and the connections holding them) and the Redis
+decisions (:mod:`~queue_engine.dq.records`: one atomic script per decision;
+:mod:`~queue_engine.dq.redis_batch`: those made together share a round trip).
+
+Shape: per node, a few workers wait in ``reserve`` (each on a connection holding nothing) so
+that a job is seen the moment it becomes ready, then take the copies ready at that moment on
+the same connection. Each reserved copy gets a task of its own; calls on it go to the socket
+that reserved it (a reservation can only be deleted, released or buried there). Normally only
+a job's working copy is ready: its standbys are due later (see
+:mod:`~queue_engine.dq.producer`) and are deleted after the success. At most ``concurrency``
+handler calls run at once across all nodes. For each copy held:
 
 1. wait until the exact due time (beanstalkd delays are whole seconds, rounded down);
 2. if this consumer already holds another copy of the job, wait for that one's outcome;
@@ -26,28 +35,30 @@ import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-import greenstalk
 from redis.exceptions import RedisError
 
 from queue_engine import metrics
+from queue_engine.dq.beanstalk import BeanstalkError, Connection, Job
 from queue_engine.dq.envelope import Envelope
-from queue_engine.dq.held import RESERVE_TIMEOUT, Held, Local, NodeLine, burier, reserve_batch
+from queue_engine.dq.held import (
+    RESERVE_TIMEOUT,
+    Held,
+    Local,
+    NodeLine,
+    Reserved,
+    burier,
+    releaser,
+    reserve_now,
+    reserve_waiting,
+    toucher,
+)
 from queue_engine.dq.job import DelayJob
 from queue_engine.dq.membership import Membership
-from queue_engine.dq.nodes import (
-    PRIORITY,
-    NodeConnection,
-    NodeDown,
-    NodeHealth,
-    check_nodes,
-    check_tube,
-    copy_deleter,
-    deleter,
-)
-from queue_engine.dq.producer import JOB_TTR, MAX_NODES
+from queue_engine.dq.node_io import AsyncNodeConnection, Op, delete_copy, delete_reserved
+from queue_engine.dq.nodes import NodeDown, NodeHealth, check_nodes, check_tube
+from queue_engine.dq.producer import JOB_TTR
 from queue_engine.dq.records import Claim, Copy, JobRecords
 from queue_engine.dq.redis_client import (
     DEFAULT_POOL,
@@ -64,7 +75,7 @@ T = TypeVar("T")
 Handler = Callable[[DelayJob], Awaitable[Outcome]]
 
 RESERVERS_PER_NODE = 4  # connections per node blocked in reserve, waiting for the next ready job
-RESERVE_BATCH = 4  # copies one reserving thread hop may take when several are ready
+RESERVE_BATCH = 16  # non-blocking reserves sent together when several copies are ready
 HOLD_LIMIT = 2.0  # a retry due within this many seconds is waited for while holding the copy
 BUSY_HOLD = 5.0  # seconds a copy waits, held, for another copy's attempt to end
 STOP_MARGIN = 10.0  # seconds past the grace that stop() waits before cancelling what is left
@@ -72,6 +83,9 @@ STOP_MARGIN = 10.0  # seconds past the grace that stop() waits before cancelling
 # RESERVE_TIMEOUT, other calls within milliseconds): its socket is cut.
 STUCK_AFTER = RESERVE_TIMEOUT + 0.5
 SWEEP_WINDOW = 30.0  # seconds a settled job's undeletable copies are remembered for a sweep
+# A job done a moment after it was published may beat the producer's record of its copies:
+# the record is read again after these pauses, to delete the standbys then.
+RECORD_RETRIES = (0.2, 0.5, 1.0, 2.0)
 KIND = "delay"
 TOUCH_EVERY = JOB_TTR / 4  # seconds between touches of a held reservation
 
@@ -123,7 +137,7 @@ class DelayConsumer:
         # on it then fail at once instead of each waiting out a timeout (see nodes.py).
         self._health = {node: NodeHealth(node) for node in self._nodes}
         self._reservers = min(concurrency, RESERVERS_PER_NODE)
-        self._control: dict[str, NodeConnection] = {}
+        self._control: dict[str, AsyncNodeConnection] = {}
         self._lines: dict[str, NodeLine] = {}
         self._workers: dict[str, list[asyncio.Task[None]]] = {}
         self._inflight: set[asyncio.Task[Outcome]] = set()
@@ -135,6 +149,7 @@ class DelayConsumer:
         self._claimed: dict[str, Held] = {}  # by token: copies whose attempt has not settled
         # (expiry, copy, job id) of other copies a settled job left behind.
         self._unswept: collections.deque[tuple[float, Copy, str]] = collections.deque(maxlen=10_000)
+        self._followups: set[asyncio.Task[None]] = set()
         # Risky Redis settings seen once Redis answered (None: not checked yet). Not part of
         # health(), which is about reachability: the sidecar shows them in /v1/status.
         self.redis_warnings: list[str] | None = None
@@ -147,23 +162,13 @@ class DelayConsumer:
             raise RuntimeError("this consumer is already running")
         self._running = True
         nodes = len(self._nodes)
-        reservers = self._reservers
-        # Reserves block a thread for up to a second each; other calls get threads of their own
-        # so that a touch or delete never waits behind them. Sized for the most nodes a queue
-        # may get later (set_nodes); threads start only when needed.
-        self._reserving = ThreadPoolExecutor(
-            max_workers=max(MAX_NODES, nodes) * reservers, thread_name_prefix="dq-reserve"
-        )
-        self._executor = ThreadPoolExecutor(
-            max_workers=2 * self._concurrency + 4, thread_name_prefix="dq-ops"
-        )
         self._slots = asyncio.Semaphore(self._concurrency)
         # Held copies wait their turn for a connection in a burst; the watchdog has its own,
         # so that its verdict on Redis never waits in that queue.
         pool = max(DEFAULT_POOL, 4 * self._concurrency + 16)
         self._redis = connect_redis(self._redis_url, self._connect_timeout, max_connections=pool)
         self._watch_client = connect_redis(self._redis_url, self._connect_timeout, max_connections=2)
-        self._records = JobRecords(self._redis, self._tube)
+        self._records = JobRecords(self._redis, self._tube, batched=True)
         # Deletes of other copies; quick calls only, so a short I/O timeout.
         self._control = {}
         self._lines = {}
@@ -191,9 +196,11 @@ class DelayConsumer:
             # that lands inside a command, and the task would then never end.
             self._closing.set()
             await asyncio.gather(watchdog, *workers, *self._holders, return_exceptions=True)
-            await self._call(self._close_connections)
-            self._reserving.shutdown(wait=False)
-            self._executor.shutdown(wait=False)
+            for task in self._followups:
+                task.cancel()  # only deletes of standbys left over: they are deleted on sight later
+            await asyncio.gather(*self._followups, return_exceptions=True)
+            self._close_connections()
+            await self._records.aclose()
             await self._redis.aclose()
             await self._watch_client.aclose()
             self._running = False
@@ -231,7 +238,7 @@ class DelayConsumer:
         """Start reserving from ``node`` (its control connection and line are kept once made:
         settled jobs may still name copies there)."""
         if node not in self._control:
-            self._control[node] = NodeConnection(
+            self._control[node] = AsyncNodeConnection(
                 node,
                 self._tube,
                 connect_timeout=self._connect_timeout,
@@ -292,8 +299,8 @@ class DelayConsumer:
 
     # -- workers ---------------------------------------------------------------------------
 
-    def _connection(self, node: str) -> NodeConnection:
-        return NodeConnection(
+    def _connection(self, node: str) -> AsyncNodeConnection:
+        return AsyncNodeConnection(
             node,
             self._tube,
             connect_timeout=self._connect_timeout,
@@ -302,81 +309,88 @@ class DelayConsumer:
         )
 
     async def _work(self, node: str) -> None:
-        """Reserve copies from ``node`` and hand each to a task of its own, with its connection.
+        """Reserve copies from ``node`` and hand each to a task of its own.
 
-        A copy may be held up to a second before it is due, and longer while another copy is
-        handled; holding it must not stop this worker from seeing the next ready job.
+        The worker waits in ``reserve`` on an idle connection; once a copy comes, it takes the
+        other copies ready at that moment on the same connection (pipelined, non-blocking), up
+        to the free permits, and goes on waiting on another idle connection. Holding a copy
+        (until due, or while another copy is handled) never stops it seeing the next job.
         """
         line = self._lines[node]
-        conn = line.take() or self._connection(node)
         backoff = 0.1
-        try:
-            while not self._stopping.is_set() and node in self._nodes:
-                if self._redis_error is not None:
-                    await self._pause(0.1)  # never take a job that cannot be de-duplicated
-                    continue
-                await line.permits.acquire()
-                # Idle connections (and free permits) to take more ready copies in the same
-                # thread hop: under a backlog a hop costs more than a reserve.
-                spares: list[NodeConnection] = []
-                while len(spares) < RESERVE_BATCH - 1 and not line.permits.locked():
-                    spare = line.take()
-                    if spare is None:
-                        break
-                    await line.permits.acquire()  # free: does not wait
-                    spares.append(spare)
+        while not self._stopping.is_set() and node in self._nodes:
+            if self._redis_error is not None:
+                await self._pause(0.1)  # never take a job that cannot be de-duplicated
+                continue
+            await line.permits.acquire()
+            conn = line.take() or self._connection(node)
+            line.hold(conn)  # the worker's own use: the connection is not idle meanwhile
+            try:
                 try:
-                    got = await self._reserve(conn, spares)
+                    got = await conn.call(reserve_waiting, probe=True)
                 except NodeDown as exc:
-                    got = None
+                    line.permits.release()
                     if node not in self._node_errors:
                         log.warning("dq %s: node %s unreachable: %s", self.queue, node, exc.reason)
                     self._node_errors[node] = exc.reason
-                used = {id(c) for c, _ in got or ()}
-                for spare in spares:
-                    if id(spare) not in used:
-                        line.permits.release()
-                        line.give(spare)
-                if got is None:
-                    line.permits.release()
                     await self._pause(backoff)
                     backoff = min(2.0, backoff * 2)
                     continue
                 if self._node_errors.pop(node, None) is not None:
                     log.info("dq %s: node %s reachable again", self.queue, node)
                 backoff = 0.1
-                if not got:
+                if got is None:
                     line.permits.release()
                     continue
-                for held_conn, job in got:
-                    holder = asyncio.create_task(self._hold_then_return(line, held_conn, job))
-                    self._holders.add(holder)
-                    holder.add_done_callback(self._holders.discard)
-                conn = line.take() or self._connection(node)
-        finally:
-            line.give(conn)
+                self._start_holding(line, conn, got)
+                await self._take_ready(line, conn)
+            finally:
+                line.let_go(conn)
 
-    async def _reserve(
-        self, conn: NodeConnection, spares: list[NodeConnection]
-    ) -> list[tuple[NodeConnection, greenstalk.Job[bytes]]]:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._reserving, reserve_batch, conn, spares, self._connect_timeout)
+    async def _take_ready(self, line: NodeLine, conn: AsyncNodeConnection) -> None:
+        """Take the copies ready now on ``conn``, RESERVE_BATCH per round trip, while permits last."""
+        while not self._stopping.is_set() and self._redis_error is None:
+            wanted = 0
+            while wanted < RESERVE_BATCH and not line.permits.locked():
+                await line.permits.acquire()  # free: does not wait
+                wanted += 1
+            if not wanted:
+                return
+            results = await asyncio.gather(
+                *(conn.call(reserve_now, limit=self._connect_timeout) for _ in range(wanted)),
+                return_exceptions=True,
+            )
+            for result in results:
+                if isinstance(result, tuple):
+                    self._start_holding(line, conn, result)
+                else:
+                    line.permits.release()
+                    if isinstance(result, BaseException) and not isinstance(
+                        result, NodeDown | BeanstalkError
+                    ):
+                        raise result
+            if any(not isinstance(result, tuple) for result in results):
+                return  # the node has no more ready copies (or failed): back to waiting
 
-    async def _hold_then_return(
-        self, line: NodeLine, conn: NodeConnection, job: greenstalk.Job[bytes]
-    ) -> None:
+    def _start_holding(self, line: NodeLine, conn: AsyncNodeConnection, got: Reserved) -> None:
+        line.hold(conn)
+        holder = asyncio.create_task(self._hold_then_return(line, conn, got))
+        self._holders.add(holder)
+        holder.add_done_callback(self._holders.discard)
+
+    async def _hold_then_return(self, line: NodeLine, conn: AsyncNodeConnection, got: Reserved) -> None:
         try:
-            await self._hold(conn, job)
+            await self._hold(conn, *got)
         except Exception:
             # A bug must not stop the consumer: dropping the connection hands the reservation
-            # back to beanstalkd, and the lease (if any) expires.
+            # back to beanstalkd (with the others on it), and the lease (if any) expires.
             log.exception("dq %s: failed handling a copy on %s; handing it back", self.queue, conn.address)
-            await self._call(conn.close)
+            conn.close()
         finally:
             line.permits.release()
-            line.give(conn)
+            line.let_go(conn)
 
-    async def _hold(self, conn: NodeConnection, job: greenstalk.Job[bytes]) -> None:
+    async def _hold(self, conn: AsyncNodeConnection, socket: Connection, job: Job) -> None:
         envelope = Envelope.decode(job.body)
         if envelope is None:
             log.warning(
@@ -385,10 +399,10 @@ class DelayConsumer:
                 conn.address,
                 job.id,
             )
-            await self._quietly(conn, burier(job))
+            await self._quietly(conn, burier(socket, job.id))
             return
         self._tokens += 1
-        held = Held(conn, job, envelope, token=f"{self._instance}-{self._tokens}")
+        held = Held(conn, socket, job, envelope, token=f"{self._instance}-{self._tokens}")
         # Most copies settle in milliseconds: the keeper task only starts once there is
         # something to renew or touch, which saves a task and a timer per copy.
         held.keep_timer = asyncio.get_running_loop().call_later(self._renew_every, self._start_keeping, held)
@@ -398,7 +412,7 @@ class DelayConsumer:
             if local is not None:
                 # This consumer already holds another copy of the job: wait for that one to
                 # settle rather than asking Redis again and again.
-                local.followers[(conn.address, job.id)] = conn
+                local.followers[(conn.address, job.id)] = (conn, socket)
                 if not self._stopping.is_set():
                     await local.settled.wait()  # stop() sets it too
                 if self._stopping.is_set():
@@ -406,7 +420,7 @@ class DelayConsumer:
                 elif local.done:
                     if (conn.address, job.id) in local.deleted:
                         pass  # the first copy deleted this one along with its own
-                    elif await self._quietly(conn, deleter(job.id)):
+                    elif await self._quietly(conn, delete_reserved(job.id, socket)):
                         metrics.DUPLICATES_SUPPRESSED.labels(queue=self.queue).inc()
                 else:
                     await self._process(held)
@@ -427,10 +441,12 @@ class DelayConsumer:
             if not await self._sleep_until(due):
                 await self._hand_back(held, due)
                 return
-            if self._slots.locked():
+            if self._slots.locked() and busy_since is not None:
                 try:
-                    # All slots busy: a look first (no lease, no slot) is enough for copies
-                    # that only need to learn that another copy is handled, done or revoked.
+                    # Polling a job another copy is handling, and all slots busy: a look (no
+                    # lease, no slot) is enough to learn that it is still handled, done or
+                    # revoked. A first try waits for a slot and claims at once: under load a
+                    # look first would cost a Redis call per job for nothing.
                     status = await self._records.peek(held.envelope.job_id, self._now())
                 except RedisError as exc:
                     self._note_redis_error(exc)
@@ -497,17 +513,19 @@ class DelayConsumer:
             # that this copy takes over if that consumer died.
             await self._release(held, max(1.0, math.ceil(claim.until)))
         elif claim.action == "done":
-            if await self._quietly(held.conn, deleter(held.job.id)):
+            if await self._quietly(held.conn, delete_reserved(held.job.id, held.socket)):
                 metrics.DUPLICATES_SUPPRESSED.labels(queue=self.queue).inc()
             log.debug("dq %s: copy %s of done job %s deleted", self.queue, held.where, job_id)
         elif claim.action == "revoked":
-            await self._quietly(held.conn, deleter(held.job.id))
+            await self._quietly(held.conn, delete_reserved(held.job.id, held.socket))
             log.info("dq %s: job %s was revoked; copy %s deleted", self.queue, job_id, held.where)
         elif claim.action == "buried":
             if claim.kept and claim.kept != held.where:
-                await self._quietly(held.conn, deleter(held.job.id))  # one buried copy is enough
+                await self._quietly(
+                    held.conn, delete_reserved(held.job.id, held.socket)
+                )  # one buried copy is enough
             else:
-                await self._quietly(held.conn, burier(held.job))
+                await self._quietly(held.conn, burier(held.socket, held.job.id))
         else:
             log.error("dq %s: unknown claim %r for job %s; releasing it", self.queue, claim.action, job_id)
             await self._release(held, 1.0)
@@ -621,7 +639,7 @@ class DelayConsumer:
         job_id = held.envelope.job_id
         # Bury first: the record then names a copy that really is kept, and the other copies
         # may delete themselves. If this node is gone, they bury themselves instead.
-        kept = await self._quietly(held.conn, burier(held.job))
+        kept = await self._quietly(held.conn, burier(held.socket, held.job.id))
 
         async def mark() -> list[Copy]:
             return await self._records.mark_buried(
@@ -645,8 +663,8 @@ class DelayConsumer:
             if (c.node, c.jid) != here and (c.node, c.jid) not in skip and c.node in self._control
         ]
 
-    def _copy_deleter(self, copy: Copy, job_id: str) -> Callable[[greenstalk.Client[bytes]], bool]:
-        return copy_deleter(self._control[copy.node], copy.jid, copy.server, job_id)
+    def _copy_deleter(self, copy: Copy, job_id: str) -> Op[bool]:
+        return delete_copy(self._control[copy.node], copy.jid, copy.server, job_id)
 
     async def _delete_siblings(self, held: Held, copies: list[Copy]) -> None:
         job_id = held.envelope.job_id
@@ -665,7 +683,7 @@ class DelayConsumer:
 
     async def _delete_done(self, held: Held, copies: list[Copy]) -> None:
         """After success: delete this copy, the copies of ours waiting for it, and the job's
-        other recorded copies, all in one thread hop (a hop costs more than a delete).
+        other recorded copies, all at once.
 
         Our reservations are deleted by id (a reservation is ours on that connection); the
         recorded copies are checked to still be this job's (see :func:`copy_deleter`)."""
@@ -673,11 +691,11 @@ class DelayConsumer:
         followers = dict(held.local.followers) if held.local is not None else {}
         others = self._others(held, copies, followers)
         targets = [
-            (held.conn, deleter(held.job.id)),
-            *((conn, deleter(jid)) for (_, jid), conn in followers.items()),
+            (held.conn, delete_reserved(held.job.id, held.socket)),
+            *((conn, delete_reserved(jid, sock)) for (_, jid), (conn, sock) in followers.items()),
             *((self._control[c.node], self._copy_deleter(c, job_id)) for c in others),
         ]
-        results = await self._call(self._delete_each, targets)
+        results = await self._delete_each(targets)
         mine = results[1 : 1 + len(followers)]
         theirs = results[1 + len(followers) :]
         if held.local is not None:
@@ -687,18 +705,32 @@ class DelayConsumer:
             metrics.DUPLICATES_SUPPRESSED.labels(queue=self.queue).inc(suppressed)
         expires = time.monotonic() + SWEEP_WINDOW
         self._unswept.extend((expires, c, job_id) for c, r in zip(others, theirs, strict=True) if r is False)
+        if not copies and len(self._followups) < 1000:
+            # No copies recorded (yet): the standbys would otherwise wait out their delay.
+            here = {(held.conn.address, held.job.id), *followers}
+            task = asyncio.create_task(self._delete_when_recorded(job_id, here))
+            self._followups.add(task)
+            task.add_done_callback(self._followups.discard)
 
-    def _delete_each(
-        self, targets: list[tuple[NodeConnection, Callable[[greenstalk.Client[bytes]], bool]]]
-    ) -> list[bool | None]:
-        """Blocking: run each delete on its connection; None where the node failed."""
-        results: list[bool | None] = []
-        for conn, delete in targets:
-            try:
-                results.append(conn.call(delete, timeout=self._connect_timeout))
-            except (NodeDown, greenstalk.Error) as exc:
-                log.debug("dq %s: delete on %s: %r", self.queue, conn.address, exc)
-                results.append(None)
+    async def _delete_when_recorded(self, job_id: str, here: set[tuple[str, int]]) -> None:
+        """Delete the other copies of a done job once the producer has recorded them."""
+        for pause in RECORD_RETRIES:
+            if await self._pause(pause):
+                return
+            with contextlib.suppress(RedisError):
+                copies = await self._records.copies(job_id)
+                if copies:
+                    others = [c for c in copies if (c.node, c.jid) not in here and c.node in self._control]
+                    results = await asyncio.gather(
+                        *(self._quietly(self._control[c.node], self._copy_deleter(c, job_id)) for c in others)
+                    )
+                    if suppressed := sum(1 for r in results if r is True):
+                        metrics.DUPLICATES_SUPPRESSED.labels(queue=self.queue).inc(suppressed)
+                    return
+
+    async def _delete_each(self, targets: list[tuple[AsyncNodeConnection, Op[bool]]]) -> list[bool | None]:
+        """Run each delete on its connection, all at once; None where the node failed."""
+        results: list[bool | None] = await asyncio.gather(*(self._quietly(c, op) for c, op in targets))
         return results
 
     async def _sweep_settled_copies(self) -> None:
@@ -733,7 +765,7 @@ class DelayConsumer:
                     with contextlib.suppress(RedisError):
                         await self._records.renew(held.envelope.job_id, held.token, self._lease_ttl)
                 if (touching is None or touching.done()) and time.monotonic() - last_touch >= TOUCH_EVERY:
-                    touching = asyncio.create_task(self._quietly(held.conn, lambda c: c.touch(held.job)))
+                    touching = asyncio.create_task(self._quietly(held.conn, toucher(held)))
                     last_touch = time.monotonic()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(held.done_keeping.wait(), self._renew_every)
@@ -764,7 +796,7 @@ class DelayConsumer:
             if time.monotonic() > self._deadline:
                 return None
             if time.monotonic() - last_touch > TOUCH_EVERY:
-                await self._quietly(held.conn, lambda c: c.touch(held.job))
+                await self._quietly(held.conn, toucher(held))
                 last_touch = time.monotonic()
             await asyncio.sleep(0.2)
 
@@ -774,7 +806,7 @@ class DelayConsumer:
 
     async def _release(self, held: Held, delay: float) -> None:
         seconds = max(0, math.floor(delay))
-        await self._quietly(held.conn, lambda c: c.release(held.job, PRIORITY, seconds))
+        await self._quietly(held.conn, releaser(held, seconds))
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -804,7 +836,11 @@ class DelayConsumer:
         seconds, micros = await self._watch_client.time()
         after = self._clock()
         theirs = seconds + micros / 1_000_000
-        offset = theirs - after if theirs > after else theirs - before if theirs < before else 0.0
+        # Redis's clock read `theirs` somewhere between `before` and `after` by ours, so at our
+        # `after` it says at least `theirs`: `theirs - after` never puts us ahead of it (never
+        # early; at most a round trip late). `theirs - before` could be a round trip early.
+        # (TIME has whole microseconds: one below `before` still means the clocks agree.)
+        offset = 0.0 if before - 1e-6 <= theirs <= after else theirs - after
         if abs(offset - self._offset) > 1.0 and abs(offset) > 1.0:
             log.warning("dq %s: this clock is %.1fs off Redis's; following Redis's", self.queue, -offset)
         self._offset = offset
@@ -855,24 +891,17 @@ class DelayConsumer:
             await asyncio.wait_for(self._stopping.wait(), seconds)
         return self._stopping.is_set()
 
-    async def _quietly(self, conn: NodeConnection, op: Callable[[greenstalk.Client[bytes]], Any]) -> Any:
-        """Run ``op`` on ``conn``; node trouble is logged, not raised (None is returned)."""
+    async def _quietly(self, conn: AsyncNodeConnection, op: Op[Any]) -> Any:
+        """Run quick ``op`` on ``conn`` (the short timeout, not the reserve's); node trouble is
+        logged, not raised (None is returned)."""
         try:
-            return await self._call(self._quick_call, conn, op)
-        except (NodeDown, greenstalk.Error) as exc:
+            return await conn.call(op, limit=self._connect_timeout)
+        except (NodeDown, BeanstalkError) as exc:
             log.debug("dq %s: %s on %s: %r", self.queue, getattr(op, "__name__", "op"), conn.address, exc)
             return None
-
-    def _quick_call(self, conn: NodeConnection, op: Callable[[greenstalk.Client[bytes]], T]) -> T:
-        """Blocking: ``op`` is a quick command, so the short timeout (not the reserve's)."""
-        return conn.call(op, timeout=self._connect_timeout)
-
-    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     def _close_connections(self) -> None:
         for conn in self._control.values():
             conn.close()
         for line in self._lines.values():
-            while (spare := line.take()) is not None:
-                spare.close()
+            line.close()

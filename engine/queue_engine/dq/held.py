@@ -1,15 +1,23 @@
-"""A consumer's view of the copies it holds, and the blocking calls it makes on them."""
+"""A consumer's view of the copies it holds, and the node calls it makes on them.
+
+A reservation belongs to the connection that made it, so every call on a held copy goes to
+that very socket (and fails, harmlessly, once the socket is gone: the reservation went with
+it). One connection may hold many copies: a worker blocks in ``reserve`` only on a connection
+that holds nothing, then takes the other ready copies on the same connection with pipelined
+``reserve-with-timeout 0`` (which never blocks), so the calls on held copies never wait behind
+a blocking reserve, and a burst of deletes leaves in one write.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-import greenstalk
-
+from queue_engine.dq.beanstalk import Connection, Job, TimedOut
 from queue_engine.dq.envelope import Envelope
-from queue_engine.dq.nodes import PRIORITY, NodeConnection, NodeDown
+from queue_engine.dq.node_io import AsyncNodeConnection, Op
+from queue_engine.dq.nodes import PRIORITY
 
 RESERVE_TIMEOUT = 1  # seconds a worker blocks in reserve before looking at stop and Redis again
 
@@ -21,7 +29,7 @@ class Local:
     settled: asyncio.Event = field(default_factory=asyncio.Event)
     done: bool = False  # recorded as done in Redis
     # Other copies held here, waiting for this one, by (node, beanstalkd id).
-    followers: dict[tuple[str, int], NodeConnection] = field(default_factory=dict)
+    followers: dict[tuple[str, int], tuple[AsyncNodeConnection, Connection]] = field(default_factory=dict)
     deleted: set[tuple[str, int]] = field(default_factory=set)  # followers' copies already deleted for them
 
 
@@ -29,8 +37,9 @@ class Local:
 class Held:
     """A copy this consumer has reserved."""
 
-    conn: NodeConnection
-    job: greenstalk.Job[bytes]
+    conn: AsyncNodeConnection
+    socket: Connection  # the reservation's: calls on the copy go there or nowhere
+    job: Job
     envelope: Envelope
     token: str
     claimed: bool = False
@@ -45,62 +54,78 @@ class Held:
 
 
 class NodeLine:
-    """One node's spare connections, and how many copies it may hold at once."""
+    """One node's idle connections, which connections hold copies, and how many copies the
+    node may hold at once."""
 
     def __init__(self, max_held: int) -> None:
         self.permits = asyncio.Semaphore(max_held)
-        self._idle: list[NodeConnection] = []
-        self._max_idle = max_held + 8  # every holder gives its connection back: no reconnect churn
+        self._idle: list[AsyncNodeConnection] = []
+        self._holding: dict[AsyncNodeConnection, int] = {}
+        self._max_idle = 16  # kept for reuse: no reconnect churn
 
-    def take(self) -> NodeConnection | None:
+    def take(self) -> AsyncNodeConnection | None:
+        """An idle connection: it holds no copy, so it may block in reserve."""
         return self._idle.pop() if self._idle else None
 
-    def give(self, conn: NodeConnection) -> None:
+    def hold(self, conn: AsyncNodeConnection) -> None:
+        self._holding[conn] = self._holding.get(conn, 0) + 1
+
+    def let_go(self, conn: AsyncNodeConnection) -> None:
+        """One use of ``conn`` ended; once none is left it is idle again."""
+        left = self._holding[conn] - 1
+        if left:
+            self._holding[conn] = left
+            return
+        del self._holding[conn]
         if len(self._idle) < self._max_idle:
             self._idle.append(conn)
         else:
             conn.close()  # quick, and nothing else uses this connection any more
 
+    def close(self) -> None:
+        for conn in [*self._idle, *self._holding]:
+            conn.close()
+        self._idle.clear()
 
-def reserve(client: greenstalk.Client[bytes]) -> greenstalk.Job[bytes] | None:
+
+Reserved = tuple[Connection, Job]
+
+
+async def reserve_waiting(conn: Connection) -> Reserved | None:
+    """Wait up to RESERVE_TIMEOUT for a ready copy (only on a connection holding none)."""
     try:
-        return client.reserve(timeout=RESERVE_TIMEOUT)
-    except (greenstalk.TimedOutError, greenstalk.DeadlineSoonError):
+        return conn, await conn.reserve(RESERVE_TIMEOUT)
+    except TimedOut:
         return None
 
 
-def reserve_now(client: greenstalk.Client[bytes]) -> greenstalk.Job[bytes] | None:
+async def reserve_now(conn: Connection) -> Reserved | None:
+    """A copy that is ready now, if any; never blocks, so it may share a busy connection."""
     try:
-        return client.reserve(timeout=0)
-    except (greenstalk.TimedOutError, greenstalk.DeadlineSoonError):
+        return conn, await conn.reserve(0)
+    except TimedOut:
         return None
 
 
-def reserve_batch(
-    conn: NodeConnection, spares: list[NodeConnection], quick_timeout: float
-) -> list[tuple[NodeConnection, greenstalk.Job[bytes]]]:
-    """Blocking: wait for a copy on ``conn``; then take copies that are ready at once, one per
-    spare connection (a reservation belongs to the connection that made it). Raises
-    :class:`NodeDown` only for ``conn``; trouble on a spare just ends the batch. The reserve on
-    ``conn`` is the probe that finds out when a suspect (hung) node answers again."""
-    job = conn.call(reserve, probe=True)
-    if job is None:
-        return []
-    got = [(conn, job)]
-    for spare in spares:
-        try:
-            more = spare.call(reserve_now, timeout=quick_timeout)
-        except (NodeDown, greenstalk.Error):
-            break
-        if more is None:
-            break
-        got.append((spare, more))
-    return got
+def on_copy(socket: Connection, action: Callable[[Connection], Awaitable[None]]) -> Op[bool]:
+    """An op running ``action`` on a reservation's own socket; False if that socket is gone."""
 
-
-def burier(job: greenstalk.Job[bytes]) -> Callable[[greenstalk.Client[bytes]], bool]:
-    def bury(client: greenstalk.Client[bytes]) -> bool:
-        client.bury(job, PRIORITY)
+    async def op(conn: Connection) -> bool:
+        if conn is not socket:
+            return False
+        await action(conn)
         return True
 
-    return bury
+    return op
+
+
+def burier(socket: Connection, jid: int) -> Op[bool]:
+    return on_copy(socket, lambda c: c.bury(jid, priority=PRIORITY))
+
+
+def toucher(held: Held) -> Op[bool]:
+    return on_copy(held.socket, lambda c: c.touch(held.job.id))
+
+
+def releaser(held: Held, seconds: int) -> Op[bool]:
+    return on_copy(held.socket, lambda c: c.release(held.job.id, priority=PRIORITY, delay=seconds))

@@ -1,6 +1,8 @@
-"""Blocking connections to beanstalkd nodes, safe to share between threads.
+"""Blocking connections to beanstalkd nodes, safe to share between threads; node checks.
 
-greenstalk is synchronous, so the engine calls these from worker threads. Every call holds
+Used where a blocking client fits (admin, drain, the sidecar's job lookups): greenstalk is
+synchronous, so those call these from worker threads. The consumer and producer use the
+asyncio connections of :mod:`queue_engine.dq.node_io`, which share :class:`NodeHealth`. Every call holds
 the connection's lock (one request/response at a time on the socket), and any socket-level
 failure drops the connection so that the next call reconnects instead of reading a stream
 that is out of step.
@@ -20,7 +22,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import greenstalk
 
@@ -70,6 +72,10 @@ def check_tube(tube: str) -> str:
     return tube
 
 
+class Abortable(Protocol):
+    def abort_if_busy(self, older_than: float) -> bool: ...
+
+
 class NodeHealth:
     """Whether one node answers, as seen by all of one client's connections to it.
 
@@ -87,7 +93,7 @@ class NodeHealth:
         self._failures = 0
         self._probing = False
         self.reason = ""
-        self._conns: weakref.WeakSet[NodeConnection] = weakref.WeakSet()
+        self._conns: weakref.WeakSet[Abortable] = weakref.WeakSet()
 
     def admit(self, *, probe: bool) -> str | None:
         """None if a call may go to the node now; otherwise why not."""
@@ -115,7 +121,7 @@ class NodeHealth:
                 self.suspect = self._probing = False
                 self._failures = 0
 
-    def track(self, conn: NodeConnection) -> None:
+    def track(self, conn: Abortable) -> None:
         self._conns.add(conn)
 
     def abort_stuck(self, older_than: float) -> int:

@@ -1,4 +1,15 @@
-"""Publishing delayed and timed jobs: each to min(3, N) nodes, done when a majority acknowledge."""
+"""Publishing delayed and timed jobs: each to min(3, N) nodes, done when a majority acknowledge.
+
+One pipelined asyncio connection per node: the puts of concurrent publishes made in the same
+loop iteration leave in one write per node, and their Redis records in one round trip.
+
+One working copy, the others standbys: the first copy written is due at the job's due time
+(rounded down to whole seconds, as beanstalkd counts), the others ``standby_delay`` seconds
+later. Normally the working copy is delivered and the standbys are deleted while still delayed,
+so consumers reserve each job once instead of once per copy. If the working copy's node fails,
+a standby takes over: the job is late by at most ``standby_delay`` plus a second, never early
+(every copy carries the exact due time, and consumers wait for it).
+"""
 
 from __future__ import annotations
 
@@ -6,38 +17,28 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Any, TypeVar
 
-import greenstalk
 from redis.exceptions import RedisError
 
 from queue_engine import metrics
+from queue_engine.dq.beanstalk import BeanstalkError, Connection, JobTooBig
 from queue_engine.dq.envelope import HEADER_BYTES, Envelope, check_job_id, new_job_id
 from queue_engine.dq.membership import Membership
-from queue_engine.dq.nodes import (
-    PRIORITY,
-    NodeConnection,
-    NodeDown,
-    NodePool,
-    check_nodes,
-    check_tube,
-    copy_deleter,
-)
+from queue_engine.dq.node_io import AsyncNodeConnection, Op, delete_copy
+from queue_engine.dq.nodes import PRIORITY, NodeDown, check_nodes, check_tube
 from queue_engine.dq.records import Copy, JobRecords
 from queue_engine.dq.redis_client import connect_redis, describe_redis_error
 from queue_engine.errors import ConfigError, InvalidRequest, TooLarge, Unavailable
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-
 # Seconds a consumer may hold a reservation between touches (it touches well before this).
 JOB_TTR = 20
 REPLICAS = 3
+STANDBY_DELAY = 5  # seconds standby copies become ready after the working copy (default)
 MAX_NODES = 9  # spec.replicas' maximum
 MAX_DELAY_SECONDS = 2**32 - 1  # beanstalkd's delay is an unsigned 32-bit number of seconds
 
@@ -54,7 +55,7 @@ def quorum_of(copies: int) -> int:
 
 
 class DelayProducer:
-    """Writes jobs to beanstalkd nodes; asyncio-friendly (the blocking client runs in threads)."""
+    """Writes jobs to beanstalkd nodes (asyncio; use it from one event loop)."""
 
     def __init__(
         self,
@@ -65,8 +66,12 @@ class DelayProducer:
         max_job_bytes: int = 65535,
         connect_timeout: float = 3.0,
         name: str | None = None,
+        standby_delay: int = STANDBY_DELAY,
     ) -> None:
         self._nodes = check_nodes(nodes)
+        if not isinstance(standby_delay, int) or standby_delay < 0:
+            raise ConfigError(f"standby_delay is {standby_delay!r}; use whole seconds, 0 or more")
+        self._standby_delay = standby_delay
         self._tube = check_tube(tube)
         self.queue = name or tube
         if max_job_bytes <= HEADER_BYTES:
@@ -78,19 +83,14 @@ class DelayProducer:
         self.copies = min(REPLICAS, len(self._nodes))
         self.quorum = quorum_of(self.copies)
         self._pools = {node: self._pool(node) for node in self._nodes}
-        # Sized for the most nodes a DelayQueue can have, as nodes may be added later; threads
-        # start only when needed.
-        self._executor = ThreadPoolExecutor(
-            max_workers=4 * max(MAX_NODES, len(self._nodes)), thread_name_prefix="dq-producer"
-        )
         self._redis = connect_redis(redis_url, connect_timeout)
-        self._records = JobRecords(self._redis, self._tube)
+        self._records = JobRecords(self._redis, self._tube, batched=True)
         self._turn = 0
         self._closed = False
 
-    def _pool(self, node: str) -> NodePool:
+    def _pool(self, node: str) -> AsyncNodeConnection:
         timeout = self._connect_timeout
-        return NodePool(node, self._tube, size=2, connect_timeout=timeout, io_timeout=timeout)
+        return AsyncNodeConnection(node, self._tube, connect_timeout=timeout, io_timeout=timeout)
 
     @property
     def nodes(self) -> list[str]:
@@ -170,13 +170,10 @@ class DelayProducer:
         if self._closed:
             return
         self._closed = True
-        await self._run(self._close_pools)
-        self._executor.shutdown(wait=False)
-        await self._redis.aclose()
-
-    def _close_pools(self) -> None:
         for pool in self._pools.values():
             pool.close()
+        await self._records.aclose()
+        await self._redis.aclose()
 
     async def _publish(self, body: bytes, due: float) -> str:
         if self._closed:
@@ -231,6 +228,7 @@ class DelayProducer:
         pending, spare = healthy[: self.copies], healthy[self.copies :]
         written: list[Copy] = []
         failures: dict[str, str] = {}
+        working = False  # a working copy (due on time) was written
         while True:
             if not pending and len(written) < self.quorum and failing:
                 # Nodes that just failed are tried only when the quorum needs them: one may
@@ -242,17 +240,24 @@ class DelayProducer:
             for node in [n for n in pending if n not in self._pools]:
                 failures[node] = "removed from the node list"  # by set_nodes, meanwhile
             pending = [n for n in pending if n in self._pools]
-            conns = [self._pools[node].pick() for node in pending]
-            results = await self._run(_put_each, conns, data, due)
-            for node, result in zip(pending, results, strict=True):
+            conns = [self._pools[node] for node in pending]
+            # The first node of a round gets the working copy until one is written; a failed
+            # one is replaced by the next round's first node (a spare), if there is a round.
+            lags = [0 if i == 0 and not working else self._standby_delay for i in range(len(conns))]
+            results = await asyncio.gather(
+                *(conn.call(_putter(conn, data, due, lag)) for conn, lag in zip(conns, lags, strict=True)),
+                return_exceptions=True,
+            )
+            for node, lag, result in zip(pending, lags, results, strict=True):
                 if isinstance(result, Copy):
                     written.append(result)
+                    working = working or lag == 0
                 elif isinstance(result, NodeDown):
                     failures[node] = result.reason
-                elif isinstance(result, greenstalk.Error | OSError):
-                    failures[node] = type(result).__name__.replace("Error", "").upper() or str(result)
-                    if isinstance(result, greenstalk.JobTooBigError):
-                        failures[node] = "JOB_TOO_BIG"
+                elif isinstance(result, JobTooBig):
+                    failures[node] = "JOB_TOO_BIG"
+                elif isinstance(result, BeanstalkError):
+                    failures[node] = result.status
                 elif isinstance(result, BaseException):
                     raise result
             missing = self.copies - len(written)
@@ -275,7 +280,7 @@ class DelayProducer:
             *(self._delete_copy(copy, job_id) for copy in written), return_exceptions=True
         )
         for copy, result in zip(written, results, strict=True):
-            if isinstance(result, BaseException) and not isinstance(result, greenstalk.NotFoundError):
+            if isinstance(result, BaseException):
                 log.error(
                     "could not undo copy %s/%s of a job that missed quorum: %s", copy.node, copy.jid, result
                 )
@@ -284,14 +289,10 @@ class DelayProducer:
         pool = self._pools.get(copy.node)
         if pool is None:
             raise NodeDown(copy.node, "removed from the node list")
-        conn = pool.pick()
-        return await self._run(conn.call, copy_deleter(conn, copy.jid, copy.server, job_id))
+        return await pool.call(delete_copy(pool, copy.jid, copy.server, job_id))
 
     def _count(self, result: str) -> None:
         metrics.PUBLISHED.labels(kind="delay", queue=self.queue, result=result).inc()
-
-    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def __aenter__(self) -> DelayProducer:
         return self
@@ -302,27 +303,16 @@ class DelayProducer:
         await self.close()
 
 
-def _put_each(conns: list[NodeConnection], data: bytes, due: float) -> list[Copy | BaseException]:
-    """Blocking: put ``data`` on each connection in turn; one thread hop costs more than the
-    puts. A hung node still costs one timeout, as when the puts ran side by side."""
-    results: list[Copy | BaseException] = []
-    for conn in conns:
-        try:
-            results.append(conn.call(_putter(conn, data, due)))
-        except Exception as exc:  # sorted out per node by the caller
-            results.append(exc)
-    return results
-
-
-def _putter(conn: NodeConnection, data: bytes, due: float) -> Callable[[greenstalk.Client[bytes]], Copy]:
-    def put(client: greenstalk.Client[bytes]) -> Copy:
+def _putter(conn: AsyncNodeConnection, data: bytes, due: float, lag: int) -> Op[Copy]:
+    async def put(c: Connection) -> Copy:
         # The node process's id (asked once per connection) goes with the copy's id: deletes
         # later check it, as a node restarted without its binlog reuses ids.
-        server = conn.server_id(client)
+        server = await conn.server_id(c)
         # Whole seconds, rounded down, computed at the last moment: the copy becomes ready no
         # later than its due time, and the consumer waits out the rest.
-        delay = max(0, math.floor(due - time.time()))
-        return Copy(conn.address, int(client.put(data, priority=PRIORITY, delay=delay, ttr=JOB_TTR)), server)
+        # A standby comes ``lag`` seconds later still.
+        delay = min(MAX_DELAY_SECONDS, max(0, math.floor(due - time.time())) + lag)
+        return Copy(conn.address, await c.put(data, priority=PRIORITY, delay=delay, ttr=JOB_TTR), server)
 
     return put
 

@@ -27,6 +27,7 @@ from typing import Any, NamedTuple, cast
 from redis.asyncio import Redis
 
 from queue_engine.dq.envelope import due_of_job_id
+from queue_engine.dq.redis_batch import BatchScript, ScriptBatcher
 
 RETENTION_S = 14 * 24 * 3600  # how long a record outlives its due time (done markers, tombstones)
 
@@ -197,20 +198,32 @@ def format_copies(copies: list[Copy]) -> str:
 
 
 class JobRecords:
-    """The Redis side of one tube."""
+    """The Redis side of one tube. With ``batched``, the per-job scripts (record, claim, peek,
+    done) called in the same loop iteration share one round trip (see :mod:`redis_batch`)."""
 
-    def __init__(self, redis: Redis, tube: str) -> None:
+    def __init__(self, redis: Redis, tube: str, *, batched: bool = False) -> None:
         self.redis = redis
         self._prefix = f"dq:{tube}"
-        self._record = redis.register_script(_RECORD)
-        self._claim = redis.register_script(_CLAIM)
-        self._peek = redis.register_script(_PEEK)
-        self._done = redis.register_script(_DONE)
+        self._record = BatchScript(redis, _RECORD)
+        self._claim = BatchScript(redis, _CLAIM)
+        self._peek = BatchScript(redis, _PEEK)
+        self._done = BatchScript(redis, _DONE)
+        batchable = [self._record, self._claim, self._peek, self._done]
+        self._batcher = ScriptBatcher(redis, batchable) if batched else None
         self._retry = redis.register_script(_RETRY)
         self._bury = redis.register_script(_BURY)
         self._renew = redis.register_script(_RENEW)
         self._revoke = redis.register_script(_REVOKE)
         self._unbury = redis.register_script(_UNBURY)
+
+    async def _run(self, script: BatchScript, keys: list[Any], args: list[Any]) -> Any:
+        if self._batcher is not None:
+            return await self._batcher.call(script, keys, args)
+        return await script.single(keys=keys, args=args)
+
+    async def aclose(self) -> None:
+        if self._batcher is not None:
+            await self._batcher.aclose()
 
     def _job(self, job_id: str) -> str:
         return f"{self._prefix}:j:{job_id}"
@@ -224,24 +237,24 @@ class JobRecords:
 
     async def record_copies(self, job_id: str, copies: list[Copy], keep_s: float) -> None:
         args: list[str | int] = [format_copies(copies), int(keep_s) + RETENTION_S]
-        await self._record(keys=[self._job(job_id)], args=args)
+        await self._run(self._record, [self._job(job_id)], args)
 
     async def claim(self, job_id: str, token: str, lease_s: float, now: float) -> Claim:
         """Take the job's lease and count an attempt, unless the record says otherwise."""
         keys = [self._job(job_id), self._lease(job_id)]
-        reply: list[Any] = await self._claim(keys=keys, args=[token, int(lease_s * 1000), now, RETENTION_S])
+        reply: list[Any] = await self._run(self._claim, keys, [token, int(lease_s * 1000), now, RETENTION_S])
         return _to_claim(reply)
 
     async def peek(self, job_id: str, now: float) -> Claim:
         """What a claim would answer now (``free`` for go), changing nothing."""
-        return _to_claim(await self._peek(keys=[self._job(job_id), self._lease(job_id)], args=[now]))
+        return _to_claim(await self._run(self._peek, [self._job(job_id), self._lease(job_id)], [now]))
 
     async def renew(self, job_id: str, token: str, lease_s: float) -> None:
         await self._renew(keys=[self._lease(job_id)], args=[token, int(lease_s * 1000)])
 
     async def mark_done(self, job_id: str, token: str) -> list[Copy]:
         keys = [self._job(job_id), self._lease(job_id)]
-        return parse_copies(_text(await self._done(keys=keys, args=[token, RETENTION_S])))
+        return parse_copies(_text(await self._run(self._done, keys, [token, RETENTION_S])))
 
     async def schedule_retry(
         self,
@@ -296,6 +309,10 @@ class JobRecords:
                 )
             )
         return records
+
+    async def copies(self, job_id: str) -> list[Copy]:
+        """Where the producer wrote the job's copies ([] if not recorded)."""
+        return parse_copies(_text(await self.redis.hget(self._job(job_id), "copies")))
 
     async def record(self, job_id: str) -> dict[str, str]:
         """The raw record, for inspection and tests."""

@@ -1,0 +1,221 @@
+"""Per-node I/O for the asyncio side (consumer, producer): a reconnecting, pipelined connection.
+
+Guarantees:
+
+- Calls on one :class:`AsyncNodeConnection` may run concurrently; they are pipelined on one
+  socket (see :mod:`queue_engine.dq.beanstalk`). No thread, so no thread hop per call.
+- Any connection-level failure (reset, EOF, timeout, a reply out of step) drops the socket, and
+  the next call reconnects; every call still waiting on the old socket fails with
+  :class:`~queue_engine.dq.nodes.NodeDown`. A kept connection that the node closed since its
+  last use (a restarted node) is retried once on a new connection; a timeout never is.
+- Hung nodes: connections that share a :class:`~queue_engine.dq.nodes.NodeHealth` learn from
+  the first timeout, and calls on the node fail at once until a probe (the consumer's reserve)
+  gets an answer. Calls on other nodes never wait for it: each node has its own sockets.
+- Node identity: :meth:`AsyncNodeConnection.server_id` is the node process's ``stats`` id (new
+  each time beanstalkd starts); :func:`delete_copy` deletes a recorded copy by id only on the
+  process that took it, and otherwise only after peeking that it still carries the job's id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from queue_engine.dq.beanstalk import BeanstalkError, Closed, Connection, NotFound
+from queue_engine.dq.envelope import Envelope
+from queue_engine.dq.nodes import NodeDown, NodeHealth, parse_address
+
+T = TypeVar("T")
+Op = Callable[[Connection], Awaitable[T]]
+
+
+class AsyncNodeConnection:
+    """One node, one tube: a connection made on first use and remade after any failure."""
+
+    def __init__(
+        self,
+        address: str,
+        tube: str,
+        *,
+        connect_timeout: float,
+        io_timeout: float,
+        health: NodeHealth | None = None,
+    ) -> None:
+        self.address = address
+        self.tube = tube
+        self._host, self._port = parse_address(address)
+        self._connect_timeout = connect_timeout
+        self._io_timeout = io_timeout
+        self._conn: Connection | None = None
+        self._connecting: asyncio.Lock | None = None
+        self._server_id: str | None = None
+        self._calls: dict[int, float] = {}  # call number -> monotonic start, while running
+        self._next_call = 0
+        self.last_error: str | None = None
+        self.down_until = 0.0  # monotonic time before which callers may prefer other nodes
+        self._failures = 0
+        self.health = health
+        if health is not None:
+            health.track(self)
+
+    async def call(self, op: Op[T], *, probe: bool = False, limit: float | None = None) -> T:
+        """Run ``op`` on the (re)connected connection; raise :class:`NodeDown` on connection
+        trouble. ``limit`` replaces the I/O timeout for this call; ``probe`` lets the call try
+        a suspect node. A server error answer (:class:`BeanstalkError`) is raised as it is."""
+        self._admit(probe)
+        self._next_call += 1
+        number = self._next_call
+        self._calls[number] = time.monotonic()
+        try:
+            reused = self._conn is not None and not self._conn.closed
+            try:
+                return await self._attempt(op, limit)
+            except NodeDown as exc:
+                # Not after a timeout (a hung node would cost twice), nor when this side cut
+                # the connection (another call's timeout, a stop): only a stale connection.
+                if not reused or isinstance(exc.__cause__, TimeoutError | Closed):
+                    raise
+            self._admit(probe)
+            return await self._attempt(op, limit)
+        finally:
+            del self._calls[number]
+
+    def _admit(self, probe: bool) -> None:
+        if self.health is not None:
+            refused = self.health.admit(probe=probe)
+            if refused is not None:
+                raise NodeDown(self.address, f"not answering, skipped for now (last: {refused})")
+
+    async def _attempt(self, op: Op[T], limit: float | None) -> T:
+        conn: Connection | None = None
+        try:
+            async with asyncio.timeout(self._io_timeout if limit is None else limit):
+                conn = await self._connect()
+                result = await op(conn)
+        except BeanstalkError:
+            raise  # an answer from the server: the connection is still in step
+        except asyncio.CancelledError:
+            # A reply we no longer wait for is dropped by the reader; a reservation made by
+            # a cancelled reserve must not stay with us unseen: drop the connection.
+            self._drop(conn)
+            raise
+        except (OSError, ConnectionError, TimeoutError, ValueError, IndexError) as exc:
+            self._drop(conn)
+            self._note_failure(exc)
+            raise NodeDown(self.address, _describe(exc)) from exc
+        if self._failures:
+            self._failures = 0
+            self.last_error = None
+            self.down_until = 0.0
+        if self.health is not None:
+            self.health.answered()
+        return result
+
+    async def _connect(self) -> Connection:
+        if self._conn is not None and not self._conn.closed:
+            return self._conn
+        if self._connecting is None:
+            self._connecting = asyncio.Lock()
+        async with self._connecting:  # concurrent callers share one new connection
+            if self._conn is None or self._conn.closed:
+                self._server_id = None
+                async with asyncio.timeout(self._connect_timeout):
+                    self._conn = await Connection.open(self._host, self._port, self.tube)
+            return self._conn
+
+    async def server_id(self, conn: Connection) -> str:
+        """Inside a call: the node process's id (``stats``), new each time beanstalkd starts."""
+        if self._server_id is None or self._conn is not conn:
+            server = (await conn.stats()).get("id", "")
+            if self._conn is conn:
+                self._server_id = server
+            return server
+        return self._server_id
+
+    def abort_if_busy(self, older_than: float) -> bool:
+        """Cut the socket if a call has been running for ``older_than`` seconds."""
+        if self._calls and time.monotonic() - min(self._calls.values()) >= older_than:
+            self._drop(self._conn)
+            return True
+        return False
+
+    def _note_failure(self, exc: BaseException) -> None:
+        if isinstance(exc, Closed):
+            return  # cut by us (after another call's timeout, or at stop): no news of the node
+        self._failures += 1
+        self.last_error = _describe(exc)
+        self.down_until = time.monotonic() + min(5.0, 0.1 * 2 ** min(self._failures, 6))
+        if self.health is not None:
+            if isinstance(exc, TimeoutError):
+                self.health.timed_out(self.last_error)
+            else:
+                self.health.answered()  # refused or reset: fails fast by itself, no need to skip
+
+    def _drop(self, conn: Connection | None) -> None:
+        if conn is not None:
+            conn.close()
+        if conn is self._conn:
+            self._conn = None
+            self._server_id = None
+
+    def close(self) -> None:
+        self._drop(self._conn)
+
+    @property
+    def backing_off(self) -> bool:
+        return time.monotonic() < self.down_until
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, TimeoutError):
+        return f"timed out ({text})"
+    return text
+
+
+def delete_copy(node: AsyncNodeConnection, jid: int, server: str, job_id: str) -> Op[bool]:
+    """An op deleting the recorded copy ``jid`` of dq job ``job_id``, only if it still is that.
+
+    A node restarted without its binlog numbers jobs from 1 again, and beanstalkd deletes by id
+    across tubes: an old id may now be someone else's job. Where the node process is the one
+    that took the copy (its ``stats`` id, ``server``), the id is ours; otherwise (a restart, or
+    a record without it) the job is peeked first and deleted only if it carries ``job_id``.
+    """
+
+    async def delete(conn: Connection) -> bool:
+        if not server or await node.server_id(conn) != server:
+            try:
+                envelope = Envelope.decode((await conn.peek(jid)).body)
+            except NotFound:
+                return False
+            if envelope is None or envelope.job_id != job_id:
+                return False
+        try:
+            await conn.delete(jid)
+        except NotFound:
+            return False
+        return True
+
+    return delete
+
+
+def delete_reserved(jid: int, socket: Connection) -> Op[bool]:
+    """An op deleting the copy ``jid`` reserved on ``socket``; False when it is gone.
+
+    Only on that very socket: a reservation ends with its connection, and after a reconnect
+    the id may name a ready copy taken over by someone else, or (a node restarted without its
+    binlog) another tube's job.
+    """
+
+    async def delete(conn: Connection) -> bool:
+        if conn is not socket:
+            return False
+        try:
+            await conn.delete(jid)
+        except NotFound:
+            return False
+        return True
+
+    return delete
