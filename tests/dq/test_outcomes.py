@@ -7,6 +7,7 @@ import itertools
 
 import pytest
 from dq.dqkit import FAST, DqEnv, Recorder
+from prometheus_client import REGISTRY
 
 from queue_engine.dq import DelayAdmin, DelayJob, DeliveryPolicy, Outcome
 from queue_engine.policy import Backoff
@@ -16,6 +17,9 @@ async def test_failure_then_success_is_retried_with_attempts_counted(dq: DqEnv) 
     async def fail_first(job: DelayJob) -> Outcome:
         return Outcome.retry("not yet") if job.attempt == 1 else Outcome.success()
 
+    def count(name: str) -> float:
+        return REGISTRY.get_sample_value(name, {"kind": "delay", "queue": dq.tube}) or 0.0
+
     recorder = Recorder(fail_first)
     async with dq.producer() as producer, dq.consumer(recorder):
         job_id = await producer.delay(b"x", 0)
@@ -24,6 +28,9 @@ async def test_failure_then_success_is_retried_with_attempts_counted(dq: DqEnv) 
     first, second = recorder.of(job_id)
     assert [first.job.attempt, second.job.attempt] == [1, 2]
     assert second.at - first.at >= 0.09  # backoff initial 0.1s, -10% jitter
+    # Received counts messages, as for Kafka; the second attempt is a retry, not a new message.
+    assert count("queue_messages_received_total") == 1
+    assert count("queue_messages_retried_total") == 1
 
 
 async def test_exceptions_and_timeouts_are_retries(dq: DqEnv) -> None:

@@ -536,8 +536,9 @@ class DelayConsumer:
         """The handler's outcome; None when stop's grace ran out first."""
         envelope = held.envelope
         job = DelayJob(envelope.job_id, envelope.body, attempt, envelope.due_at, self.queue)
-        metrics.RECEIVED.labels(kind=KIND, queue=self.queue).inc()
         if attempt == 1:
+            # Messages, not attempts (as for Kafka): retries are counted in queue_messages_retried.
+            metrics.RECEIVED.labels(kind=KIND, queue=self.queue).inc()
             metrics.DQ_LATENESS.labels(queue=self.queue).observe(max(0.0, self._now() - envelope.due))
         gauge = metrics.IN_FLIGHT.labels(kind=KIND, queue=self.queue)
         gauge.inc()
