@@ -192,11 +192,7 @@ def delete_copy(node: AsyncNodeConnection, jid: int, server: str, job_id: str) -
                 return False
             if envelope is None or envelope.job_id != job_id:
                 return False
-        try:
-            await conn.delete(jid)
-        except NotFound:
-            return False
-        return True
+        return await _delete(conn, jid)
 
     return delete
 
@@ -210,12 +206,15 @@ def delete_reserved(jid: int, socket: Connection) -> Op[bool]:
     """
 
     async def delete(conn: Connection) -> bool:
-        if conn is not socket:
-            return False
-        try:
-            await conn.delete(jid)
-        except NotFound:
-            return False
-        return True
+        return conn is socket and await _delete(conn, jid)
 
     return delete
+
+
+async def _delete(conn: Connection, jid: int) -> bool:
+    """Delete ``jid`` on ``conn``; False when it is already gone."""
+    try:
+        await conn.delete(jid)
+    except NotFound:
+        return False
+    return True
