@@ -283,15 +283,10 @@ def scaled_object(body: Mapping[str, Any], spec: KafkaQueueSpec) -> dict[str, An
 
 def topics_verdict(spec: KafkaQueueSpec, partitions: Mapping[str, int], problems: list[str]) -> Verdict:
     """Ready when both topics serve; Degraded when the brokers refused part of the spec."""
-    missing = [name for name in spec.topics if name not in partitions]
+    # Not the attempts journal: consumers make it where it is missing, and the topic serves without.
+    missing = [name for name in (spec.topic, spec.dead_letter_topic) if name not in partitions]
     if missing:
-        reason = (
-            "TopicMissing"
-            if spec.topic in missing
-            else "DeadLetterTopicMissing"
-            if spec.dead_letter_topic in missing
-            else "AttemptsTopicMissing"
-        )
+        reason = "TopicMissing" if spec.topic in missing else "DeadLetterTopicMissing"
         message = "; ".join(problems) or f"topic {missing[0]} does not exist yet"
         return Verdict(False, reason, message, progressing=not problems, degraded=bool(problems))
     actual = partitions[spec.topic]
