@@ -172,6 +172,7 @@ class KafkaConsumer:
                 "enable.auto.commit": False,
                 "enable.auto.offset.store": False,
                 "error_cb": self._on_kafka_error,
+                "on_commit": self._on_commit,
             },
         )
         # librdkafka checks its settings only when the client is made, in run(): check them now.
@@ -249,6 +250,9 @@ class KafkaConsumer:
         self._paused: set[int] = set()  # poll thread only
         # partition -> the offset this member last committed in its current assignment (poll thread).
         self._committed_here: dict[int, int] = {}
+        # partition -> the highest offset this assignment sent a commit for (poll thread): a
+        # failed asynchronous commit is sent again only if nothing later went out after it.
+        self._commit_sent: dict[int, int] = {}
         self._over_since: float | None = None  # poll thread only
         self._commit_lock = threading.Lock()
         self._commands = PollCommands(self.name)
@@ -475,12 +479,11 @@ class KafkaConsumer:
                 records = _poll_batch(consumer, PAUSED_POLL_TIMEOUT if self._paused else POLL_TIMEOUT)
                 if records:
                     self._brokers_down = None
-                    if any(r.error() is None for r in records):
+                    if self._count_backlog(records):
                         self._topic_problem = None
-                    self._count_backlog(records)
                     self._to_loop(self._intake, records)
             self._commands.run_all(consumer)
-            self._flush_commits(consumer)
+            self._flush_commits(consumer, asynchronous=False)  # the last one before close: wait
         finally:
             # close() revokes our partitions (the revoke callback commits what is finished)
             # and leaves the group, so the others take over at once instead of after a timeout.
@@ -564,12 +567,15 @@ class KafkaConsumer:
             log.warning("consumer %s: event loop did not answer a rebalance in time: %r", self.name, exc)
             return None
 
-    def _flush_commits(self, consumer: Consumer) -> None:
+    def _flush_commits(self, consumer: Consumer, asynchronous: bool = True) -> None:
+        """Poll thread: commit what the loop finished. Asynchronous in steady state, so polling
+        never waits for a round trip; librdkafka sends a member's commits in order, and the
+        synchronous ones (at a revoke and before close) wait for every earlier one."""
         with self._commit_lock:
             pending, self._pending_commits = self._pending_commits, {}
             offsets = self._owned_offsets(pending)
         if offsets:
-            self._commit(consumer, offsets)
+            self._commit(consumer, offsets, asynchronous)
 
     def _owned_offsets(self, pending: dict[int, tuple[int, int]]) -> dict[int, int]:
         """The offsets of ``pending`` whose generation we still own (call with the commit lock)."""
@@ -583,28 +589,66 @@ class KafkaConsumer:
                 )
         return offsets
 
-    def _commit(self, consumer: Consumer, offsets: dict[int, int]) -> None:
+    def _commit(self, consumer: Consumer, offsets: dict[int, int], asynchronous: bool = False) -> None:
         tps = [TopicPartition(self.topic, p, o) for p, o in sorted(offsets.items())]
         try:
-            consumer.commit(offsets=tps, asynchronous=False)
-            with self._commit_lock:  # lag() reads it from the event loop
-                self._committed_here.update(offsets)
-            log.debug("consumer %s committed %s", self.name, offsets)
+            if asynchronous:
+                consumer.commit(offsets=tps, asynchronous=True)
+            else:
+                consumer.commit(offsets=tps, asynchronous=False)
         except KafkaException as exc:
             log.warning("consumer %s: commit of %s failed, will retry: %s", self.name, offsets, exc)
-            with self._commit_lock:
-                for p, o in offsets.items():
-                    generation = self._owned.get(p)
-                    if generation is not None:
-                        later = self._pending_commits.get(p, (generation, -1))
-                        self._pending_commits[p] = (generation, max(o, later[1]))
+            self._retry_commits(offsets)
+            return
+        for p, o in offsets.items():
+            self._commit_sent[p] = max(o, self._commit_sent.get(p, -1))
+        if not asynchronous:
+            self._note_committed(offsets)
 
-    def _count_backlog(self, records: list[Message]) -> None:
+    def _on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        """Poll thread (librdkafka's commit callback, served by poll): the result of a commit."""
+        done, failed = {}, {}
+        for tp in partitions:
+            if tp.topic != self.topic or tp.offset < 0:
+                continue
+            if err is None and tp.error is None:
+                done[tp.partition] = tp.offset
+            elif self._commit_sent.get(tp.partition) == tp.offset:  # nothing later went out since
+                failed[tp.partition] = tp.offset
+        if done:
+            self._note_committed(done)
+        if failed:
+            log.warning("consumer %s: commit of %s failed, will retry: %s", self.name, failed, err)
+            self._retry_commits(failed)
+
+    def _note_committed(self, offsets: dict[int, int]) -> None:
+        with self._commit_lock:  # lag() reads it from the event loop
+            for p, o in offsets.items():
+                self._committed_here[p] = max(o, self._committed_here.get(p, -1))
+        log.debug("consumer %s committed %s", self.name, offsets)
+
+    def _retry_commits(self, offsets: dict[int, int]) -> None:
+        """Send these again with the next flush, unless the partition left or moved past them."""
         with self._commit_lock:
-            for record in records:
-                if record.error() is None:
-                    number = int(record.partition() or 0)
-                    self._backlog[number] = self._backlog.get(number, 0) + 1
+            for p, o in offsets.items():
+                generation = self._owned.get(p)
+                if generation is not None:
+                    later = self._pending_commits.get(p, (generation, -1))
+                    self._pending_commits[p] = (generation, max(o, later[1]))
+
+    def _count_backlog(self, records: list[Message]) -> bool:
+        """Poll thread: add the batch's records to the backlog; True if any is a record (not an error)."""
+        counts: dict[int | None, int] = {}
+        for record in records:
+            if record.error() is None:
+                number = record.partition()
+                counts[number] = counts.get(number, 0) + 1
+        if counts:
+            with self._commit_lock:  # one lock per batch, not per record
+                for part, count in counts.items():
+                    number = int(part or 0)
+                    self._backlog[number] = self._backlog.get(number, 0) + count
+        return bool(counts)
 
     def _hold_intake(self, consumer: Consumer) -> bool:
         """Backpressure, decided in the poll thread: True means "do not poll now".
@@ -652,6 +696,8 @@ class KafkaConsumer:
         with self._commit_lock:
             for number in numbers:
                 self._committed_here.pop(number, None)
+        for number in numbers:
+            self._commit_sent.pop(number, None)
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         numbers = [tp.partition for tp in partitions]
@@ -1133,9 +1179,10 @@ class KafkaConsumer:
         if committable is not None:
             if book is not None and (book.known or book.suspect_below is not None):
                 book.committed(committable)
-            with self._commit_lock:
-                self._pending_commits[state.number] = (state.generation, committable)
-            self._release(state, held - state.tracker.uncommitted)
+            number = state.number
+            with self._commit_lock:  # (once for both: _release would take it again)
+                self._pending_commits[number] = (state.generation, committable)
+                self._backlog[number] = self._backlog.get(number, 0) - (held - state.tracker.uncommitted)
         if lane.messages:
             lane.more = True  # the worker's run goes on with it (see _drain)
         else:

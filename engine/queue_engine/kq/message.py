@@ -42,14 +42,21 @@ def from_record(record: Any, queue: str, attempt: int = 1) -> KafkaMessage:
     raw = record.headers()
     # Most records have no headers: skip the comprehension (it costs a frame in 3.11).
     headers = [] if not raw else [(k, v.encode() if isinstance(v, str) else (v or b"")) for k, v in raw]
-    return KafkaMessage(
-        queue,
-        record.topic(),
-        record.partition(),
-        record.offset(),
-        record.key(),
-        record.value() or b"",
-        headers,
-        record.timestamp()[1],
-        attempt,
+    # A frozen dataclass sets each field through object.__setattr__; filling __dict__ at once
+    # builds the same object at half the cost (this runs once per consumed record).
+    message = _new(KafkaMessage)
+    message.__dict__.update(
+        queue=queue,
+        topic=record.topic(),
+        partition=record.partition(),
+        offset=record.offset(),
+        key=record.key(),
+        value=record.value() or b"",
+        headers=headers,
+        timestamp_ms=record.timestamp()[1],
+        attempt=attempt,
     )
+    return message
+
+
+_new = object.__new__
