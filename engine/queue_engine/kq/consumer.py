@@ -36,6 +36,7 @@ import dataclasses
 import logging
 import threading
 import time
+import types
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -46,6 +47,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from queue_engine import metrics
 from queue_engine.durations import format_duration
 from queue_engine.errors import ConfigError, QueueError, Unavailable
+from queue_engine.kq import eager
 from queue_engine.kq.attempt_book import RETRY_WRITE, PartitionAttempts
 from queue_engine.kq.attempt_journal import AttemptJournal, PartitionRecord
 from queue_engine.kq.config import (
@@ -87,6 +89,8 @@ BROKER_RECHECK = 5.0  # seconds between metadata probes while the brokers look d
 # backlog) messages per partition are suspects, each called alone.
 LEASE_SPAN = 1000
 JOURNAL_TIMEOUT = 5.0
+# Messages a worker delivers from one lane before it lets other lanes and the intake in.
+RUN_LENGTH = 100
 JOURNAL_RETRY = 2.0  # seconds between tries to read the journal at an assignment
 
 
@@ -110,7 +114,7 @@ class _Partition:
     )  # revoking or stopping: cut waits short
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(eq=False, slots=True)
 class _Lane:
     """The messages of one key in one partition, handled strictly one after another."""
 
@@ -118,6 +122,7 @@ class _Lane:
     key: bytes | None
     messages: deque[KafkaMessage]
     busy: bool = False  # queued for a worker, being handled, or waiting out a backoff
+    more: bool = False  # its head finished and more wait: the worker's run goes on (_drain)
 
 
 class KafkaConsumer:
@@ -167,6 +172,7 @@ class KafkaConsumer:
                 "enable.auto.commit": False,
                 "enable.auto.offset.store": False,
                 "error_cb": self._on_kafka_error,
+                "on_commit": self._on_commit,
             },
         )
         # librdkafka checks its settings only when the client is made, in run(): check them now.
@@ -244,6 +250,9 @@ class KafkaConsumer:
         self._paused: set[int] = set()  # poll thread only
         # partition -> the offset this member last committed in its current assignment (poll thread).
         self._committed_here: dict[int, int] = {}
+        # partition -> the highest offset this assignment sent a commit for (poll thread): a
+        # failed asynchronous commit is sent again only if nothing later went out after it.
+        self._commit_sent: dict[int, int] = {}
         self._over_since: float | None = None  # poll thread only
         self._commit_lock = threading.Lock()
         self._commands = PollCommands(self.name)
@@ -470,12 +479,11 @@ class KafkaConsumer:
                 records = _poll_batch(consumer, PAUSED_POLL_TIMEOUT if self._paused else POLL_TIMEOUT)
                 if records:
                     self._brokers_down = None
-                    if any(r.error() is None for r in records):
+                    if self._count_backlog(records):
                         self._topic_problem = None
-                    self._count_backlog(records)
                     self._to_loop(self._intake, records)
             self._commands.run_all(consumer)
-            self._flush_commits(consumer)
+            self._flush_commits(consumer, asynchronous=False)  # the last one before close: wait
         finally:
             # close() revokes our partitions (the revoke callback commits what is finished)
             # and leaves the group, so the others take over at once instead of after a timeout.
@@ -559,12 +567,15 @@ class KafkaConsumer:
             log.warning("consumer %s: event loop did not answer a rebalance in time: %r", self.name, exc)
             return None
 
-    def _flush_commits(self, consumer: Consumer) -> None:
+    def _flush_commits(self, consumer: Consumer, asynchronous: bool = True) -> None:
+        """Poll thread: commit what the loop finished. Asynchronous in steady state, so polling
+        never waits for a round trip; librdkafka sends a member's commits in order, and the
+        synchronous ones (at a revoke and before close) wait for every earlier one."""
         with self._commit_lock:
             pending, self._pending_commits = self._pending_commits, {}
             offsets = self._owned_offsets(pending)
         if offsets:
-            self._commit(consumer, offsets)
+            self._commit(consumer, offsets, asynchronous)
 
     def _owned_offsets(self, pending: dict[int, tuple[int, int]]) -> dict[int, int]:
         """The offsets of ``pending`` whose generation we still own (call with the commit lock)."""
@@ -578,28 +589,66 @@ class KafkaConsumer:
                 )
         return offsets
 
-    def _commit(self, consumer: Consumer, offsets: dict[int, int]) -> None:
+    def _commit(self, consumer: Consumer, offsets: dict[int, int], asynchronous: bool = False) -> None:
         tps = [TopicPartition(self.topic, p, o) for p, o in sorted(offsets.items())]
         try:
-            consumer.commit(offsets=tps, asynchronous=False)
-            with self._commit_lock:  # lag() reads it from the event loop
-                self._committed_here.update(offsets)
-            log.debug("consumer %s committed %s", self.name, offsets)
+            if asynchronous:
+                consumer.commit(offsets=tps, asynchronous=True)
+            else:
+                consumer.commit(offsets=tps, asynchronous=False)
         except KafkaException as exc:
             log.warning("consumer %s: commit of %s failed, will retry: %s", self.name, offsets, exc)
-            with self._commit_lock:
-                for p, o in offsets.items():
-                    generation = self._owned.get(p)
-                    if generation is not None:
-                        later = self._pending_commits.get(p, (generation, -1))
-                        self._pending_commits[p] = (generation, max(o, later[1]))
+            self._retry_commits(offsets)
+            return
+        for p, o in offsets.items():
+            self._commit_sent[p] = max(o, self._commit_sent.get(p, -1))
+        if not asynchronous:
+            self._note_committed(offsets)
 
-    def _count_backlog(self, records: list[Message]) -> None:
+    def _on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        """Poll thread (librdkafka's commit callback, served by poll): the result of a commit."""
+        done, failed = {}, {}
+        for tp in partitions:
+            if tp.topic != self.topic or tp.offset < 0:
+                continue
+            if err is None and tp.error is None:
+                done[tp.partition] = tp.offset
+            elif self._commit_sent.get(tp.partition) == tp.offset:  # nothing later went out since
+                failed[tp.partition] = tp.offset
+        if done:
+            self._note_committed(done)
+        if failed:
+            log.warning("consumer %s: commit of %s failed, will retry: %s", self.name, failed, err)
+            self._retry_commits(failed)
+
+    def _note_committed(self, offsets: dict[int, int]) -> None:
+        with self._commit_lock:  # lag() reads it from the event loop
+            for p, o in offsets.items():
+                self._committed_here[p] = max(o, self._committed_here.get(p, -1))
+        log.debug("consumer %s committed %s", self.name, offsets)
+
+    def _retry_commits(self, offsets: dict[int, int]) -> None:
+        """Send these again with the next flush, unless the partition left or moved past them."""
         with self._commit_lock:
-            for record in records:
-                if record.error() is None:
-                    number = int(record.partition() or 0)
-                    self._backlog[number] = self._backlog.get(number, 0) + 1
+            for p, o in offsets.items():
+                generation = self._owned.get(p)
+                if generation is not None:
+                    later = self._pending_commits.get(p, (generation, -1))
+                    self._pending_commits[p] = (generation, max(o, later[1]))
+
+    def _count_backlog(self, records: list[Message]) -> bool:
+        """Poll thread: add the batch's records to the backlog; True if any is a record (not an error)."""
+        counts: dict[int | None, int] = {}
+        for record in records:
+            if record.error() is None:
+                number = record.partition()
+                counts[number] = counts.get(number, 0) + 1
+        if counts:
+            with self._commit_lock:  # one lock per batch, not per record
+                for part, count in counts.items():
+                    number = int(part or 0)
+                    self._backlog[number] = self._backlog.get(number, 0) + count
+        return bool(counts)
 
     def _hold_intake(self, consumer: Consumer) -> bool:
         """Backpressure, decided in the poll thread: True means "do not poll now".
@@ -647,6 +696,8 @@ class KafkaConsumer:
         with self._commit_lock:
             for number in numbers:
                 self._committed_here.pop(number, None)
+        for number in numbers:
+            self._commit_sent.pop(number, None)
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         numbers = [tp.partition for tp in partitions]
@@ -810,6 +861,8 @@ class KafkaConsumer:
         return finished
 
     def _intake(self, records: list[Message]) -> None:
+        """Event loop: a batch from the poll thread goes to the lanes (or waits for the journal)."""
+        received = 0  # counted once per batch: the metric's lock costs more than the count
         for record in records:
             err = record.error()
             if err is not None:
@@ -825,7 +878,7 @@ class KafkaConsumer:
             if not state.tracker.receive(message.offset):
                 self._release(state, 1)  # a re-fetch of one we already hold
                 continue
-            self._received.inc()
+            received += 1
             if self._journal is not None:
                 book = state.book
                 if book is None:
@@ -836,6 +889,8 @@ class KafkaConsumer:
                     if attempt != 1:
                         message = dataclasses.replace(message, attempt=attempt)
             self._enqueue(state, message)
+        if received:
+            self._received.inc(received)
 
     def _release(self, state: _Partition, count: int) -> None:
         """``count`` records of the partition left the backlog (committable now, or duplicates)."""
@@ -845,10 +900,13 @@ class KafkaConsumer:
 
     def _enqueue(self, state: _Partition, message: KafkaMessage) -> None:
         key = message.key
+        lane: _Lane | None
         if key is None:
             lane = _Lane(state, None, deque([message]))
         else:
-            lane = state.lanes.setdefault(key, _Lane(state, key, deque()))
+            lane = state.lanes.get(key)  # (setdefault would build a lane per message)
+            if lane is None:
+                lane = state.lanes[key] = _Lane(state, key, deque())
             lane.messages.append(message)
             if lane.busy:
                 return
@@ -880,10 +938,11 @@ class KafkaConsumer:
             state.running += 1
             state.idle.clear()
             try:
-                await self._deliver(lane)
+                await self._drain(lane)
             except Exception:  # a bug must not kill the worker nor wedge the key's lane
                 log.exception("consumer %s: delivering from partition %d failed", self.name, state.number)
-                self._requeue_later(lane, 1.0)
+                if not lane.more:
+                    self._requeue_later(lane, 1.0)
             finally:
                 state.running -= 1
                 if not state.running:
@@ -892,10 +951,34 @@ class KafkaConsumer:
                     del self._key_calls[slot]
                     for waiting in self._key_waiting.pop(slot, []):
                         self._requeue(waiting)
+                if lane.more:  # the run was cut short: back in line behind the other lanes
+                    lane.more = False
+                    self._requeue(lane)
+
+    async def _drain(self, lane: _Lane) -> None:
+        """Event loop: deliver the lane's messages one after another, up to RUN_LENGTH of them,
+        without a trip through the ready queue between two (a worker owns its lane meanwhile).
+
+        Stops as a queue hop would have: at a revoke, at stop, or while the app is down.
+        ``lane.more`` is left True if the lane has messages the run did not take.
+        """
+        state = lane.partition
+        for _ in range(RUN_LENGTH):
+            lane.more = False
+            await self._deliver(lane)
+            if not lane.more or self._stopping or state.revoking or state.revoked:
+                return
+            if self._app_down_until and self._app_down_until > time.monotonic():
+                return
+        await asyncio.sleep(0)  # let the intake and timers in before this lane goes on
 
     async def _wait_for_app(self) -> None:
         # The deadline can move while we sleep (another worker saw the app down again).
-        while (wait := self._app_down_until - time.monotonic()) > 0 and not self._stopping:
+        while (
+            self._app_down_until
+            and (wait := self._app_down_until - time.monotonic()) > 0
+            and not self._stopping
+        ):
             await nap(wait, self._stop_event)
 
     async def _deliver(self, lane: _Lane) -> None:
@@ -1011,12 +1094,29 @@ class KafkaConsumer:
             gate.leave_solo()
 
     async def _call(self, message: KafkaMessage) -> Outcome:
-        in_flight = self._in_flight
-        in_flight.inc()
+        """Event loop, in a worker task: one handler call, its timeout and its metrics.
+
+        The handler's first step runs at once (eager.py): a call that finishes there needs no
+        timer (nothing could interrupt it anyway) and leaves ``in_flight`` as it was. One that
+        awaits gets the rest of ``policy.timeout``, counted from its start.
+        """
+        loop = self._loop
+        assert loop is not None
+        deadline = loop.time() + self._policy.timeout
         started = time.perf_counter()
+        in_flight = None
         try:
-            async with asyncio.timeout(self._policy.timeout):
-                outcome = await self._handler(message)
+            awaitable = self._handler(message)
+            if type(awaitable) is types.CoroutineType:
+                result: Any = eager.start(awaitable)
+            else:
+                result = eager.Started(_await(awaitable), None)  # a Future or other awaitable
+            if type(result) is eager.Started:
+                in_flight = self._in_flight
+                in_flight.inc()
+                async with asyncio.timeout_at(deadline):
+                    result = await eager.resume(result)
+            outcome = result
             if not isinstance(outcome, Outcome):
                 outcome = Outcome.retry(f"handler returned {outcome!r} instead of an Outcome")
         except TimeoutError:
@@ -1030,10 +1130,11 @@ class KafkaConsumer:
             log.warning("consumer %s: handler raised on offset %d: %r", self.name, message.offset, exc)
             outcome = Outcome.retry(f"{type(exc).__name__}: {exc}")
         finally:
-            in_flight.dec()
+            if in_flight is not None:
+                in_flight.dec()
             self._latency.observe(time.perf_counter() - started)
-        result = outcome.verdict.value.lower() if outcome.attempted else "unavailable"
-        self._delivered[result].inc()
+        result_name = outcome.verdict.value.lower() if outcome.attempted else "unavailable"
+        self._delivered[result_name].inc()
         return outcome
 
     def _app_down(self, outcome: Outcome) -> None:
@@ -1078,11 +1179,12 @@ class KafkaConsumer:
         if committable is not None:
             if book is not None and (book.known or book.suspect_below is not None):
                 book.committed(committable)
-            with self._commit_lock:
-                self._pending_commits[state.number] = (state.generation, committable)
-            self._release(state, held - state.tracker.uncommitted)
+            number = state.number
+            with self._commit_lock:  # (once for both: _release would take it again)
+                self._pending_commits[number] = (state.generation, committable)
+                self._backlog[number] = self._backlog.get(number, 0) - (held - state.tracker.uncommitted)
         if lane.messages:
-            self._ready.put_nowait(lane)
+            lane.more = True  # the worker's run goes on with it (see _drain)
         else:
             lane.busy = False
             if lane.key is not None and state.lanes.get(lane.key) is lane:
@@ -1094,6 +1196,10 @@ class KafkaConsumer:
         return await self._dlq.write(
             message, reason, error, state.leaving, lambda: state.revoked or self._stopping
         )
+
+
+async def _await(awaitable: Awaitable[T]) -> T:
+    return await awaitable
 
 
 def _poll_batch(consumer: Consumer, timeout: float) -> list[Message]:
