@@ -129,50 +129,62 @@ class HttpTransport:
     ) -> tuple[int, bytes]:
         import urllib3  # noqa: PLC0415
 
-        url_tail = path + ("?" + urllib.parse.urlencode(query) if query else "")
-        payload = None if body is None else json.dumps(body).encode()
-        for fresh_login in (False, True):
-            if fresh_login:
-                self._connect()
-            with self._lock:
-                pool, server, headers = self._pool, self._server, dict(self._headers)
-            assert pool is not None
-            headers.update({"Content-Type": content_type, "Accept": "application/json"})
-            response = pool.request(
-                method,
-                server + url_tail,
-                body=payload,
-                headers=headers,
-                timeout=urllib3.Timeout(total=timeout),
-                # A pooled connection the server closed meanwhile: connecting again is always
-                # safe; resending after the request went out is not (a POST may have been applied).
-                retries=urllib3.Retry(total=2, connect=2, read=0, status=0, redirect=False),
-            )
-            if response.status != 401 or fresh_login:
-                break
+        response = self._send(
+            method,
+            path + ("?" + urllib.parse.urlencode(query) if query else ""),
+            None if body is None else json.dumps(body).encode(),
+            {"Content-Type": content_type, "Accept": "application/json"},
+            urllib3.Timeout(total=timeout),
+            preload_content=True,
+        )
         return int(response.status), bytes(response.data)
 
     def stream(self, path: str, query: list[tuple[str, str]], *, timeout: float) -> urllib3.BaseHTTPResponse:
         """A GET whose body is read as it arrives (a watch); the caller closes the response."""
         import urllib3  # noqa: PLC0415
 
-        url_tail = path + "?" + urllib.parse.urlencode(query)
+        return self._send(
+            "GET",
+            path + "?" + urllib.parse.urlencode(query),
+            None,
+            {"Accept": "application/json"},
+            urllib3.Timeout(connect=timeout, read=timeout),
+            preload_content=False,
+        )
+
+    def _send(
+        self,
+        method: str,
+        url_tail: str,
+        payload: bytes | None,
+        extra_headers: dict[str, str],
+        timeout: urllib3.Timeout,
+        *,
+        preload_content: bool,
+    ) -> urllib3.BaseHTTPResponse:
+        """Send once; on a 401 log in again and send once more."""
+        import urllib3  # noqa: PLC0415
+
         for fresh_login in (False, True):
             if fresh_login:
                 self._connect()
             with self._lock:
                 pool, server, headers = self._pool, self._server, dict(self._headers)
             assert pool is not None
-            headers["Accept"] = "application/json"
+            headers.update(extra_headers)
             response = pool.request(
-                "GET",
+                method,
                 server + url_tail,
+                body=payload,
                 headers=headers,
-                timeout=urllib3.Timeout(connect=timeout, read=timeout),
+                timeout=timeout,
+                # A pooled connection the server closed meanwhile: connecting again is always
+                # safe; resending after the request went out is not (a POST may have been applied).
                 retries=urllib3.Retry(total=2, connect=2, read=0, status=0, redirect=False),
-                preload_content=False,
+                preload_content=preload_content,
             )
             if response.status != 401 or fresh_login:
                 break
-            response.release_conn()
+            if not preload_content:
+                response.release_conn()
         return response

@@ -133,3 +133,20 @@ def test_a_rotated_token_is_read_again_after_a_401(token_server: TokenServer) ->
     kube = Kube(credentials.HttpTransport(login), timeout=5)
     assert kube.read("v1", "Namespace", None, "x") == {"kind": "Namespace", "metadata": {"name": "x"}}
     assert token_server.seen == ["Bearer old", "Bearer new"]
+
+
+def test_a_watch_stream_also_logs_in_again_after_a_401(token_server: TokenServer) -> None:
+    tokens = iter(["old", "new"])
+    server = f"http://127.0.0.1:{token_server.server_address[1]}"
+
+    def login() -> kopf.ConnectionInfo:
+        return kopf.ConnectionInfo(server=server, token=next(tokens))
+
+    transport = credentials.HttpTransport(login)
+    response = transport.stream("/api/v1/namespaces/x", [("watch", "true")], timeout=5)
+    try:
+        assert response.status == 200
+        assert json.loads(response.read()) == {"kind": "Namespace", "metadata": {"name": "x"}}
+    finally:
+        response.release_conn()
+    assert token_server.seen == ["Bearer old", "Bearer new"]
