@@ -123,6 +123,11 @@ async def serve_app(protocol: str, port: int, out: Path) -> None:
                 recorder.note(request.body)
                 return queue_pb2.Ack(status=queue_pb2.Ack.SUCCESS)
 
+            async def HandleStream(self, requests: Any, context: Any) -> Any:
+                async for request in requests:
+                    recorder.note(request.body)
+                    yield queue_pb2.Ack(id=request.id, status=queue_pb2.Ack.SUCCESS)
+
             async def HandleBatch(self, request: Any, context: Any) -> Any:
                 acks = []
                 for message in request.messages:
