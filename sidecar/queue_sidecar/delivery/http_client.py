@@ -94,7 +94,9 @@ class _Connection(asyncio.Protocol):
             self.reusable = False
         status = self._parser.get_status_code()
         if 100 <= status < 200:  # an interim answer (we never ask for one): the real one follows
+            waiter = self._waiter
             self._reset()
+            self._waiter = waiter
             return
         self._finish(status)
         if not self.reusable and self.transport is not None:
