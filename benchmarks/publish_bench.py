@@ -7,7 +7,7 @@ Same servers (3 beanstalkd nodes, Redis, tansu), same run, four ways to publish:
   one message at a time awaited (kq): no replication, no de-dup record, no API;
 - ``engine``: ``DelayProducer.delay`` / ``KafkaPusher.push`` called in this process;
 - ``sidecar http``: ``POST /v1/...`` to the publish API served by a child process (as the
-  sidecar serves it), over one keep-alive session;
+  sidecar serves it, on the sidecar's event loop), over one keep-alive session;
 - ``sidecar grpc``: ``queueoperator.v1.Publisher`` on one channel.
 
 Measured: latency one at a time (p50, p99, ms) and throughput with ``--concurrency`` requests in
@@ -262,7 +262,11 @@ def main() -> None:
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        asyncio.run(serve(json.loads(args.serve)))
+        from queue_sidecar.main import new_event_loop  # noqa: PLC0415
+
+        # The sidecar's own event loop (uvloop where installed), as the real publish API runs.
+        with asyncio.Runner(loop_factory=new_event_loop) as runner:
+            runner.run(serve(json.loads(args.serve)))
         return
     rows = asyncio.run(run(args.count, args.concurrency))
     print_table(rows, args.count, args.concurrency)

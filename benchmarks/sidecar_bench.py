@@ -84,6 +84,47 @@ class Recorder:
             self._out.flush()
 
 
+class LeanHttpApp(asyncio.Protocol):
+    """The cheapest HTTP/1.1 app Python can be (httptools, no framework): shows what the sidecar
+    alone allows when the app costs little. Answers 200, or for a batch one result per message."""
+
+    def __init__(self, recorder: Recorder) -> None:
+        import httptools  # noqa: PLC0415
+
+        self.recorder = recorder
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: Any = None
+        self.body: list[bytes] = []
+        self.batch = False
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.parser.feed_data(data)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if name.lower() == b"x-batch-size":
+            self.batch = True
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        body, self.body = b"".join(self.body), []
+        answer = b""
+        if self.batch:
+            results = []
+            for message in json.loads(body):
+                self.recorder.note(message["body"].encode())
+                results.append({"id": message["id"], "status": "SUCCESS"})
+            answer = json.dumps({"results": results}).encode()
+            self.batch = False
+        else:
+            self.recorder.note(body)
+        self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(answer), answer))
+
+
 async def serve_app(protocol: str, port: int, out: Path) -> None:
     recorder = Recorder(out)
 
@@ -93,7 +134,11 @@ async def serve_app(protocol: str, port: int, out: Path) -> None:
             recorder.flush()
 
     flushing = asyncio.create_task(flusher())
-    if protocol == "http":
+    if protocol == "lean-http":
+        loop = asyncio.get_running_loop()
+        await loop.create_server(lambda: LeanHttpApp(recorder), "127.0.0.1", port)
+        await asyncio.Event().wait()
+    elif protocol == "http":
         from aiohttp import web  # noqa: PLC0415
 
         async def handle(request: web.Request) -> web.Response:
@@ -420,11 +465,20 @@ async def wait_healthy(consumer: Any, limit: float = 60) -> None:
 
 
 async def run_sidecar(  # noqa: PLR0917
-    mode: str, kind: str, servers: Servers, count: int, latency_count: int, work: Path, profile: Path | None
+    mode: str,
+    kind: str,
+    servers: Servers,
+    count: int,
+    latency_count: int,
+    work: Path,
+    profile: Path | None,
+    *,
+    lean_app: bool = False,
 ) -> Result:
     """``mode``: ``http`` or ``grpc``, with ``+bulk`` for bulk delivery."""
-    result = Result(f"sidecar+{mode}", kind)
     protocol, _, bulk = mode.partition("+")
+    app_server = "lean-http" if lean_app and protocol == "http" else protocol
+    result = Result(f"sidecar+{mode}" + (" (lean app)" if app_server == "lean-http" else ""), kind)
     calls: list[tuple[float, float]] = []
     app_cpus: list[float] = []
 
@@ -435,7 +489,7 @@ async def run_sidecar(  # noqa: PLR0917
         app_port, health_port = free_port(), free_port()
         out = run_dir / "rows.txt"
         app = await asyncio.create_subprocess_exec(
-            sys.executable, __file__, "--serve", protocol, "--port", str(app_port), "--out", str(out)
+            sys.executable, __file__, "--serve", app_server, "--port", str(app_port), "--out", str(out)
         )
         queue_config = target.queue_config()
         if bulk:
@@ -553,7 +607,14 @@ async def main(args: argparse.Namespace) -> None:
                 for mode in args.modes.split(","):
                     results.append(
                         await run_sidecar(
-                            mode, kind, servers, count, args.latency_messages, work, args.profile
+                            mode,
+                            kind,
+                            servers,
+                            count,
+                            args.latency_messages,
+                            work,
+                            args.profile,
+                            lean_app=args.lean_app,
                         )
                     )
                 print(f"done: {kind}", file=sys.stderr)
@@ -607,7 +668,12 @@ def cli() -> None:
         "--modes", default=",".join(MODES), help=f"comma-separated sidecar modes (default: {','.join(MODES)})"
     )
     parser.add_argument("--profile", type=Path, help="write a cProfile file per sidecar run here")
-    parser.add_argument("--serve", choices=["http", "grpc"], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--lean-app",
+        action="store_true",
+        help="HTTP modes: a bare httptools app instead of aiohttp's server (the app shares the cores)",
+    )
+    parser.add_argument("--serve", choices=["http", "lean-http", "grpc"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--produce", help=argparse.SUPPRESS)

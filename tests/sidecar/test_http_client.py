@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 
 from harness.servers import free_port
-from queue_engine.policy import Verdict
+from queue_engine.policy import Outcome, Verdict
 from queue_sidecar.delivery.envelope import Envelope
 from queue_sidecar.delivery.http import HttpTransport
 
@@ -112,43 +112,52 @@ async def test_keep_alive_chunked_answers_and_headers_against_aiohttp() -> None:
     assert first["User-Agent"] == "queue-sidecar" and first["Content-Type"] == "application/octet-stream"
 
 
+def answer(raw: bytes) -> Reply:
+    """A server that reads one request and writes ``raw``, then closes the connection."""
+
+    async def reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(raw)
+        await writer.drain()
+
+    return reply
+
+
+async def send_each(port: int, count: int, pause: float = 0.0) -> list[Outcome]:
+    """``count`` messages one after another through one transport, ``pause`` seconds apart."""
+    transport = HttpTransport("127.0.0.1", port, "/messages", 2)
+    outcomes = []
+    try:
+        for _ in range(count):
+            outcomes.append(await transport.send(envelope(), 5))
+            await asyncio.sleep(pause)
+    finally:
+        await transport.close()
+    return outcomes
+
+
 async def test_a_body_that_ends_with_the_connection_and_connection_close(
     raw_server: Callable[[Reply], Awaitable[tuple[int, list[bytes]]]],
 ) -> None:
-    async def reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        # No length, no chunking: the body is whatever comes until the server closes.
-        writer.write(b'HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n{"status": "RETRY", "error": "eof"}')
-        await writer.drain()
-
-    port, connections = await raw_server(reply)
-    transport = HttpTransport("127.0.0.1", port, "/messages", 2)
-    try:
-        for _ in range(3):
-            outcome = await transport.send(envelope(), 5)
-            assert (outcome.verdict, outcome.error) == (Verdict.RETRY, "eof")
-    finally:
-        await transport.close()
+    # No length, no chunking: the body is whatever comes until the server closes.
+    port, connections = await raw_server(
+        answer(b'HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n{"status": "RETRY", "error": "eof"}')
+    )
+    outcomes = await send_each(port, 3)
+    assert {(o.verdict, o.error) for o in outcomes} == {(Verdict.RETRY, "eof")}
     assert len(connections) == 3, "a connection the server closes is never reused"
 
 
 async def test_an_idle_connection_the_server_closed_is_not_reused(
     raw_server: Callable[[Reply], Awaitable[tuple[int, list[bytes]]]],
 ) -> None:
-    async def reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n")
-        await writer.drain()
-        # Keep-alive answered, then the server drops the idle connection (its idle timeout).
-
-    port, connections = await raw_server(reply)
-    transport = HttpTransport("127.0.0.1", port, "/messages", 2)
-    try:
-        assert (await transport.send(envelope(), 5)).verdict is Verdict.SUCCESS
-        await asyncio.sleep(0.2)  # the close reaches the client
-        assert (await transport.send(envelope(), 5)).verdict is Verdict.SUCCESS
-    finally:
-        await transport.close()
+    # Keep-alive answered (after an interim 100), then the server drops the idle connection
+    # (its idle timeout); the pause lets the close reach the client.
+    port, connections = await raw_server(
+        answer(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n")
+    )
+    outcomes = await send_each(port, 2, pause=0.2)
+    assert {o.verdict for o in outcomes} == {Verdict.SUCCESS}
     assert len(connections) == 2
 
 
