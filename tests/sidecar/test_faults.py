@@ -232,7 +232,8 @@ def test_kafka_unreachable_at_start_keeps_serving_and_consumes_once_it_is_up(
     assert sidecar.running and sidecar.get("/healthz")[0] == 200
 
     own_kafka_broker.start()
-    create_topics(own_kafka_broker.bootstrap, unique, f"{unique}.dlq")
+    # The sidecar's next consumer may get there first (tansu creates a topic a client asks about).
+    create_topics(own_kafka_broker.bootstrap, unique, f"{unique}.dlq", exist_ok=True)
     sidecar.wait_ready(60)
     kafka_push(own_kafka_broker.bootstrap, unique, b"after-outage")
     http_app.wait_for("after-outage", timeout=30)
