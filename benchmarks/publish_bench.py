@@ -7,7 +7,9 @@ Same servers (3 beanstalkd nodes, Redis, tansu), same run, four ways to publish:
   one message at a time awaited (kq): no replication, no de-dup record, no API;
 - ``engine``: ``DelayProducer.delay`` / ``KafkaPusher.push`` called in this process;
 - ``sidecar http``: ``POST /v1/...`` to the publish API served by a child process (as the
-  sidecar serves it), over one keep-alive session;
+  sidecar serves it, on the sidecar's event loop), over one keep-alive session;
+- ``sidecar http (lean)``: the same requests pre-built and sent with the sidecar's own small
+  keep-alive client, so the client's CPU (it shares the cores) counts less;
 - ``sidecar grpc``: ``queueoperator.v1.Publisher`` on one channel.
 
 Measured: latency one at a time (p50, p99, ms) and throughput with ``--concurrency`` requests in
@@ -20,6 +22,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -41,12 +45,14 @@ from google.protobuf.duration_pb2 import Duration  # noqa: E402
 from harness.servers import BeanstalkdCluster, RedisServer, Tansu, free_port, wait_for_port  # noqa: E402
 from queue_engine.dq import DelayProducer  # noqa: E402
 from queue_engine.kq import KafkaPusher  # noqa: E402
+from queue_sidecar.delivery.http_client import KeepAliveClient  # noqa: E402
 from queue_sidecar.proto import queue_pb2, queue_pb2_grpc  # noqa: E402
 
 BODY = b"x" * 128
 DELAY_S = 3600  # far in the future: the jobs only sit in beanstalkd
 
 Publish = Callable[[], Awaitable[Any]]
+CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 # ---------------------------------------------------------------- the publish server (child process)
@@ -147,7 +153,10 @@ def raw_kq(bootstrap: str, topic: str) -> tuple[Publish, Producer]:
     return push, producer
 
 
-async def run(count: int, concurrency: int) -> list[tuple[str, str, float, float, float]]:
+Row = tuple[str, str, float, float, float, float, float]
+
+
+async def run(count: int, concurrency: int) -> list[Row]:
     work = Path(tempfile.mkdtemp(prefix="publish-bench-"))
     cluster, redis, broker = (
         BeanstalkdCluster(work / "bs", 3),
@@ -156,6 +165,7 @@ async def run(count: int, concurrency: int) -> list[tuple[str, str, float, float
     )
     child: subprocess.Popen[bytes] | None = None
     rows: list[tuple[str, str, float, float, float]] = []
+    cpus: list[tuple[float, float]] = []  # per way: this process's, the publish server's CPU ms / msg
     try:
         cluster.start()
         redis.start()
@@ -190,6 +200,22 @@ async def run(count: int, concurrency: int) -> list[tuple[str, str, float, float
                 assert response.status == 201, await response.text()
                 await response.read()
 
+        # The same requests from a lean client (the sidecar's own keep-alive client, requests
+        # pre-built): what the publish API costs without aiohttp's client on the same cores.
+        lean = KeepAliveClient("127.0.0.1", http_port)
+        head = f"Host: 127.0.0.1:{http_port}\r\nContent-Length: {len(BODY)}\r\n\r\n".encode()
+        lean_delay_request = (
+            f"POST /v1/delayqueues/bench/jobs?delay={DELAY_S}s HTTP/1.1\r\n".encode() + head + BODY
+        )
+        lean_push_request = b"POST /v1/kafkaqueues/bench/messages HTTP/1.1\r\n" + head + BODY
+
+        def lean_post(request: bytes) -> Publish:
+            async def post() -> None:
+                answer = await lean.post(request, 30)
+                assert answer.status == 201, answer
+
+            return post
+
         async def http_push() -> None:
             async with session.post("/v1/kafkaqueues/bench/messages", data=BODY) as response:
                 assert response.status == 201, await response.text()
@@ -200,6 +226,7 @@ async def run(count: int, concurrency: int) -> list[tuple[str, str, float, float
                 ("raw client (1 node)", raw_dq(cluster.addresses[0], "raw")),
                 ("engine", lambda: producer.delay(BODY, DELAY_S)),
                 ("sidecar http", http_delay),
+                ("sidecar http (lean)", lean_post(lean_delay_request)),
                 (
                     "sidecar grpc",
                     lambda: stub.Delay(queue_pb2.DelayRequest(queue="bench", body=BODY, delay=delay)),
@@ -209,19 +236,24 @@ async def run(count: int, concurrency: int) -> list[tuple[str, str, float, float
                 ("raw client", raw_push),
                 ("engine", lambda: pusher.push(BODY)),
                 ("sidecar http", http_push),
+                ("sidecar http (lean)", lean_post(lean_push_request)),
                 ("sidecar grpc", lambda: stub.Push(queue_pb2.PushRequest(queue="bench", body=BODY))),
             ],
         }
         for kind, entries in ways.items():
             for name, publish in entries:
                 samples = await latencies(publish, count)
+                cpu0, server0 = self_cpu(), proc_cpu(child.pid)
                 rate = await throughput(publish, count * 2, concurrency)
+                cpu, server = self_cpu() - cpu0, proc_cpu(child.pid) - server0
                 rows.append((kind, name, percentile(samples, 0.5), percentile(samples, 0.99), rate))
+                cpus.append((cpu / (count * 2) * 1000, server / (count * 2) * 1000))
 
         raw_push.close()  # type: ignore[attr-defined]
         await raw_push.poller  # type: ignore[attr-defined]
         raw_producer.flush(5)
         await session.close()
+        await lean.close()
         await channel.close()
         await producer.close()
         await pusher.close()
@@ -232,25 +264,40 @@ async def run(count: int, concurrency: int) -> list[tuple[str, str, float, float
         broker.stop()
         redis.stop()
         cluster.stop()
-    return rows
+    return [(*row, *cpu) for row, cpu in zip(rows, cpus, strict=True)]
 
 
-def print_table(rows: list[tuple[str, str, float, float, float]], count: int, concurrency: int) -> None:
-    engine = {kind: (p50, p99, rate) for kind, name, p50, p99, rate in rows if name == "engine"}
+def self_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def proc_cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+
+
+def print_table(rows: list[Row], count: int, concurrency: int) -> None:
+    engine = {kind: (p50, p99, rate) for kind, name, p50, p99, rate, _, _ in rows if name == "engine"}
     print(f"\npublish: {count} one at a time (latency), {count * 2} with {concurrency} in flight (rate)")
     header = (
         f"{'kind':<9} {'way':<20} {'p50 ms':>8} {'p99 ms':>8} {'msg/s':>8}   "
-        f"{'p50 x':>6} {'p99 x':>6} {'rate x':>6}"
+        f"{'p50 x':>6} {'p99 x':>6} {'rate x':>6}   {'client CPU':>10} {'server CPU':>10}"
     )
     print(header)
     print("-" * len(header))
-    for kind, name, p50, p99, rate in rows:
+    for kind, name, p50, p99, rate, client_cpu, server_cpu in rows:
         base = engine[kind]
         print(
             f"{kind:<9} {name:<20} {p50:8.2f} {p99:8.2f} {rate:8.0f}   "
-            f"{p50 / base[0]:6.2f} {p99 / base[1]:6.2f} {rate / base[2]:6.2f}"
+            f"{p50 / base[0]:6.2f} {p99 / base[1]:6.2f} {rate / base[2]:6.2f}   "
+            f"{client_cpu:10.3f} {server_cpu:10.3f}"
         )
     print("(x: ratio to the engine called in-process; latency above 1 is slower, rate below 1 is slower)")
+    print(
+        "(CPU: ms per message in the rate run; client = this process (the engine's own work for "
+        "raw and engine), server = the publish API's process (idle for raw and engine))"
+    )
 
 
 def main() -> None:
@@ -262,7 +309,11 @@ def main() -> None:
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        asyncio.run(serve(json.loads(args.serve)))
+        from queue_sidecar.main import new_event_loop  # noqa: PLC0415
+
+        # The sidecar's own event loop (uvloop where installed), as the real publish API runs.
+        with asyncio.Runner(loop_factory=new_event_loop) as runner:
+            runner.run(serve(json.loads(args.serve)))
         return
     rows = asyncio.run(run(args.count, args.concurrency))
     print_table(rows, args.count, args.concurrency)

@@ -84,6 +84,47 @@ class Recorder:
             self._out.flush()
 
 
+class LeanHttpApp(asyncio.Protocol):
+    """The cheapest HTTP/1.1 app Python can be (httptools, no framework): shows what the sidecar
+    alone allows when the app costs little. Answers 200, or for a batch one result per message."""
+
+    def __init__(self, recorder: Recorder) -> None:
+        import httptools  # noqa: PLC0415
+
+        self.recorder = recorder
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: Any = None
+        self.body: list[bytes] = []
+        self.batch = False
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.parser.feed_data(data)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if name.lower() == b"x-batch-size":
+            self.batch = True
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        body, self.body = b"".join(self.body), []
+        answer = b""
+        if self.batch:
+            results = []
+            for message in json.loads(body):
+                self.recorder.note(message["body"].encode())
+                results.append({"id": message["id"], "status": "SUCCESS"})
+            answer = json.dumps({"results": results}).encode()
+            self.batch = False
+        else:
+            self.recorder.note(body)
+        self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(answer), answer))
+
+
 async def serve_app(protocol: str, port: int, out: Path) -> None:
     recorder = Recorder(out)
 
@@ -93,7 +134,11 @@ async def serve_app(protocol: str, port: int, out: Path) -> None:
             recorder.flush()
 
     flushing = asyncio.create_task(flusher())
-    if protocol == "http":
+    if protocol == "lean-http":
+        loop = asyncio.get_running_loop()
+        await loop.create_server(lambda: LeanHttpApp(recorder), "127.0.0.1", port)
+        await asyncio.Event().wait()
+    elif protocol == "http":
         from aiohttp import web  # noqa: PLC0415
 
         async def handle(request: web.Request) -> web.Response:
@@ -123,6 +168,11 @@ async def serve_app(protocol: str, port: int, out: Path) -> None:
                 recorder.note(request.body)
                 return queue_pb2.Ack(status=queue_pb2.Ack.SUCCESS)
 
+            async def HandleStream(self, requests: Any, context: Any) -> Any:
+                async for request in requests:
+                    recorder.note(request.body)
+                    yield queue_pb2.Ack(id=request.id, status=queue_pb2.Ack.SUCCESS)
+
             async def HandleBatch(self, request: Any, context: Any) -> Any:
                 acks = []
                 for message in request.messages:
@@ -149,6 +199,7 @@ class Result:
     p50_ms: float = 0.0
     p99_ms: float = 0.0
     cpu_per_1000: float = 0.0
+    app_cpu_per_1000: float = 0.0  # the test app's own CPU (it shares the machine's cores)
     call_p50_ms: float = 0.0  # sidecar -> app -> answer, from queue_sidecar_app_call_seconds
     call_p99_ms: float = 0.0
     notes: list[str] = field(default_factory=list)
@@ -414,12 +465,22 @@ async def wait_healthy(consumer: Any, limit: float = 60) -> None:
 
 
 async def run_sidecar(  # noqa: PLR0917
-    mode: str, kind: str, servers: Servers, count: int, latency_count: int, work: Path, profile: Path | None
+    mode: str,
+    kind: str,
+    servers: Servers,
+    count: int,
+    latency_count: int,
+    work: Path,
+    profile: Path | None,
+    *,
+    lean_app: bool = False,
 ) -> Result:
     """``mode``: ``http`` or ``grpc``, with ``+bulk`` for bulk delivery."""
-    result = Result(f"sidecar+{mode}", kind)
     protocol, _, bulk = mode.partition("+")
+    app_server = "lean-http" if lean_app and protocol == "http" else protocol
+    result = Result(f"sidecar+{mode}" + (" (lean app)" if app_server == "lean-http" else ""), kind)
     calls: list[tuple[float, float]] = []
+    app_cpus: list[float] = []
 
     async def phase(pace: float, expect: int, concurrency: int) -> tuple[list[tuple[float, float]], float]:
         target = new_target(kind, servers, f"sidecar+{mode}")
@@ -428,7 +489,7 @@ async def run_sidecar(  # noqa: PLR0917
         app_port, health_port = free_port(), free_port()
         out = run_dir / "rows.txt"
         app = await asyncio.create_subprocess_exec(
-            sys.executable, __file__, "--serve", protocol, "--port", str(app_port), "--out", str(out)
+            sys.executable, __file__, "--serve", app_server, "--port", str(app_port), "--out", str(out)
         )
         queue_config = target.queue_config()
         if bulk:
@@ -451,10 +512,11 @@ async def run_sidecar(  # noqa: PLR0917
             await wait_ready(health_port, 60)
             await target.send_from_child(1)  # warm-up: the group has assigned partitions once it arrives
             await wait_rows(lambda: read_rows(out), 1, 60)
-            cpu0 = proc_cpu(sidecar.pid)
+            cpu0, app_cpu0 = proc_cpu(sidecar.pid), proc_cpu(app.pid)
             await target.send_from_child(expect, pace)
             await wait_rows(lambda: read_rows(out), expect + 1, 120)
             cpu = proc_cpu(sidecar.pid) - cpu0
+            app_cpus.append(proc_cpu(app.pid) - app_cpu0)
             text = await get_text(f"http://127.0.0.1:{health_port}/metrics")
             calls.append(
                 (
@@ -483,6 +545,7 @@ async def run_sidecar(  # noqa: PLR0917
     first, last = min(r[0] for r in rows), max(r[0] for r in rows)
     result.rate = count / max(last - first, 1e-6)
     result.cpu_per_1000 = cpu / count * 1000
+    result.app_cpu_per_1000 = app_cpus[0] / count * 1000
     rows, _ = await phase(PACE[kind], latency_count, 1)
     latencies = [r[1] * 1000 for r in rows]
     result.p50_ms, result.p99_ms = percentile(latencies, 0.5), percentile(latencies, 0.99)
@@ -514,8 +577,8 @@ async def wait_ready(port: int, limit: float) -> None:
 def table(results: list[Result]) -> str:
     lines = [
         "| queue | mode | msgs/s | ratio | e2e p50 ms | e2e p99 ms | added p50 ms | added p99 ms "
-        "| CPU s / 1000 msgs |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| CPU s / 1000 msgs | app CPU s / 1000 msgs |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     base = {r.kind: r for r in results if r.mode == "in-process"}
     for r in results:
@@ -524,7 +587,8 @@ def table(results: list[Result]) -> str:
             f"| {r.kind} | {r.mode} | {r.rate:,.0f} | {r.rate / b.rate:.2f} | "
             + f"{r.p50_ms:.1f} | {r.p99_ms:.1f} | "
             + (f"{r.call_p50_ms:.2f} | {r.call_p99_ms:.2f} | " if r.mode != "in-process" else "- | - | ")
-            + f"{r.cpu_per_1000:.3f} |"
+            + f"{r.cpu_per_1000:.3f} | "
+            + (f"{r.app_cpu_per_1000:.3f} |" if r.mode != "in-process" else "- |")
         )
     return "\n".join(lines)
 
@@ -543,7 +607,14 @@ async def main(args: argparse.Namespace) -> None:
                 for mode in args.modes.split(","):
                     results.append(
                         await run_sidecar(
-                            mode, kind, servers, count, args.latency_messages, work, args.profile
+                            mode,
+                            kind,
+                            servers,
+                            count,
+                            args.latency_messages,
+                            work,
+                            args.profile,
+                            lean_app=args.lean_app,
                         )
                     )
                 print(f"done: {kind}", file=sys.stderr)
@@ -565,6 +636,8 @@ async def main(args: argparse.Namespace) -> None:
         "interpolated in its buckets), paced run.\n"
         "CPU s / 1000 msgs: backlog run; = vCPU at 1000 msgs/s; the sidecar process alone, or "
         "for in-process this process (consumer only, producing runs in a child).\n"
+        "app CPU s / 1000 msgs: backlog run; the trivial test app's own CPU (Python, on the same "
+        "cores as the sidecar and the broker).\n"
         "Dapr's published sidecar figures: +1.2-1.9 ms at p99, 0.2-0.5 vCPU per 1000 msgs/s."
     )
 
@@ -595,7 +668,12 @@ def cli() -> None:
         "--modes", default=",".join(MODES), help=f"comma-separated sidecar modes (default: {','.join(MODES)})"
     )
     parser.add_argument("--profile", type=Path, help="write a cProfile file per sidecar run here")
-    parser.add_argument("--serve", choices=["http", "grpc"], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--lean-app",
+        action="store_true",
+        help="HTTP modes: a bare httptools app instead of aiohttp's server (the app shares the cores)",
+    )
+    parser.add_argument("--serve", choices=["http", "lean-http", "grpc"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--produce", help=argparse.SUPPRESS)

@@ -1,10 +1,15 @@
-"""A scriptable gRPC app (queueoperator.v1.MessageHandler): ``grpc_app.py --port P --script F --record R``."""
+"""A scriptable gRPC app (queueoperator.v1.MessageHandler): ``grpc_app.py --port P --script F --record R``.
+
+It serves Handle, HandleBatch and HandleStream; with ``--unary-only`` it answers HandleStream
+with UNIMPLEMENTED, like an app whose stubs were generated before HandleStream existed.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import base64
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +62,20 @@ class Handler(queue_pb2_grpc.MessageHandlerServicer):
         }
 
     async def Handle(self, request: queue_pb2.Message, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        self.script.record(self._entry(request))
+        return await self._answer(request, context, "Handle")
+
+    async def HandleStream(
+        self, requests: AsyncIterator[queue_pb2.Message], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[queue_pb2.Ack]:
+        async for request in requests:
+            ack = await self._answer(request, context, "HandleStream")
+            ack.id = request.id
+            yield ack
+
+    async def _answer(
+        self, request: queue_pb2.Message, context: grpc.aio.ServicerContext[Any, Any], method: str
+    ) -> queue_pb2.Ack:
+        self.script.record({**self._entry(request), "method": method})
         answer = self.script.answer_for(request.body)
         if answer.get("sleep"):
             await asyncio.sleep(float(answer["sleep"]))
@@ -75,9 +93,16 @@ class Handler(queue_pb2_grpc.MessageHandlerServicer):
         return ack
 
 
-async def serve(port: int, script: Script) -> None:
+class UnaryOnlyHandler(Handler):
+    """An app whose stubs predate HandleStream: it answers UNIMPLEMENTED, as the base class does."""
+
+    HandleStream = queue_pb2_grpc.MessageHandlerServicer.HandleStream  # type: ignore[assignment]
+
+
+async def serve(port: int, script: Script, unary_only: bool = False) -> None:
     server = grpc.aio.server()
-    queue_pb2_grpc.add_MessageHandlerServicer_to_server(Handler(script), server)  # type: ignore[no-untyped-call]
+    handler = UnaryOnlyHandler(script) if unary_only else Handler(script)
+    queue_pb2_grpc.add_MessageHandlerServicer_to_server(handler, server)  # type: ignore[no-untyped-call]
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     await server.wait_for_termination()
@@ -88,8 +113,9 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--script", type=Path, required=True)
     parser.add_argument("--record", type=Path, required=True)
+    parser.add_argument("--unary-only", action="store_true", help="do not serve HandleStream")
     args = parser.parse_args()
-    asyncio.run(serve(args.port, Script(args.script, args.record)))
+    asyncio.run(serve(args.port, Script(args.script, args.record), args.unary_only))
 
 
 if __name__ == "__main__":

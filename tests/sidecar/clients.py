@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 import greenstalk
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from queue_engine.dq import DelayProducer
@@ -49,13 +49,17 @@ def tube_counts(nodes: Sequence[str], tube: str) -> dict[str, int]:
     return totals
 
 
-def create_topics(bootstrap: str, *topics: str, partitions: int = 1) -> None:
+def create_topics(bootstrap: str, *topics: str, partitions: int = 1, exist_ok: bool = False) -> None:
     admin = AdminClient({"bootstrap.servers": bootstrap})
     futures = admin.create_topics(
         [NewTopic(t, num_partitions=partitions, replication_factor=1) for t in topics]
     )
     for future in futures.values():
-        future.result(10)
+        try:
+            future.result(10)
+        except KafkaException as exc:
+            if not (exist_ok and exc.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS):
+                raise
 
 
 def kafka_push(

@@ -57,10 +57,11 @@ def wait_until(
 class App(ManagedProcess):
     """A scriptable test app (HTTP or gRPC) as a process."""
 
-    def __init__(self, workdir: Path, protocol: str) -> None:
+    def __init__(self, workdir: Path, protocol: str, *args: str) -> None:
         super().__init__(workdir)
         self.name = f"{protocol}-app"
         self.protocol = protocol
+        self.args = args
         self.script_path = workdir / "script.json"
         self.record_path = workdir / "received.jsonl"
 
@@ -74,6 +75,7 @@ class App(ManagedProcess):
             str(self.script_path),
             "--record",
             str(self.record_path),
+            *self.args,
         ]
 
     def script(self, bodies: dict[str, list[dict[str, Any]]], default: dict[str, Any] | None = None) -> None:

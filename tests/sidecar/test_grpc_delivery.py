@@ -60,6 +60,7 @@ def test_grpc_app_gets_messages_and_its_acks_are_honoured(  # noqa: PLR0917
 
     [hello] = grpc_app.wait_for("g-hello")
     assert (hello["kind"], hello["queue"], hello["id"], hello["attempt"]) == ("delay", dq, job_id, 1)
+    assert hello["method"] == "HandleStream"  # the app serves it, so single messages go that way
     assert hello["t"] >= parse_rfc3339(hello["due_at"]).timestamp()
 
     [order] = grpc_app.wait_for("g-order")
@@ -126,5 +127,51 @@ def test_grpc_app_down_then_up_gets_the_message_without_a_burned_attempt(
         app.start()
         [delivered] = app.wait_for("g-while-down")
         assert delivered["attempt"] == 1
+    finally:
+        app.kill()
+
+
+def test_an_app_without_handle_stream_gets_each_message_through_handle(
+    make_sidecar: Callable[..., Sidecar],
+    tmp_path: Path,
+    beanstalk_cluster: BeanstalkdCluster,
+    shared_redis: RedisServer,
+    unique: str,
+) -> None:
+    # Stubs generated before HandleStream existed: the app answers it UNIMPLEMENTED.
+    app = App(tmp_path / "unary-app", "grpc", "--unary-only")
+    app.script(
+        {
+            "u-retry": [{"ack": "RETRY", "error": "later"}, {"ack": "SUCCESS"}],
+            "u-drop": [{"ack": "DROP", "error": "not for us"}],
+            "u-down": [{"code": "UNAVAILABLE"}, {"ack": "SUCCESS"}],
+        }
+    )
+    app.start()
+    try:
+        sidecar = make_sidecar(
+            {
+                "app": app_config(app),
+                "queues": [delay_queue(unique, beanstalk_cluster.addresses, shared_redis.url)],
+            }
+        )
+        sidecar.wait_ready()
+        for body in (b"u-first", b"u-retry", b"u-drop", b"u-down"):
+            dq_delay(beanstalk_cluster.addresses, unique, shared_redis.url, body, 0)
+
+        # Nothing is lost or counted twice on the way to Handle: the first message too.
+        [first] = app.wait_for("u-first")
+        assert (first["method"], first["attempt"]) == ("Handle", 1)
+        assert [d["attempt"] for d in app.wait_for("u-retry", 2)] == [1, 2]
+        assert [d["attempt"] for d in app.wait_for("u-down", 2)] == [1, 1]
+        wait_until(
+            lambda: tube_counts(beanstalk_cluster.addresses, unique)["buried"] == 1,
+            10,
+            "u-drop buried",
+            lambda: tube_counts(beanstalk_cluster.addresses, unique),
+        )
+        everything = app.received()
+        assert {d["method"] for d in everything} == {"Handle"}
+        assert len(app.received("u-drop")) == 1
     finally:
         app.kill()

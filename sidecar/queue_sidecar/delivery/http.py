@@ -10,11 +10,10 @@ import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC
 
-import aiohttp
-
 from queue_engine.policy import Outcome
 from queue_sidecar.delivery.batch_format import batch_body, outcomes_from_text
 from queue_sidecar.delivery.envelope import Envelope, PathMisconfigured, header_text
+from queue_sidecar.delivery.http_client import Answer, AppUnreachable, ExchangeFailed, KeepAliveClient
 
 # While the app is down, a refused message comes back after this long (no attempt counted).
 UNAVAILABLE_RETRY_AFTER = 1.0
@@ -30,41 +29,30 @@ _ERROR_SNIPPET = 200
 
 
 class HttpTransport:
-    """One long-lived keep-alive session to the app, shared by every queue."""
+    """Keep-alive connections to the app, shared by every queue (see :mod:`.http_client`)."""
 
     def __init__(self, host: str, port: int, path: str, max_connections: int) -> None:
         self.url = f"http://{host}:{port}{path}"
-        self._max_connections = max_connections
-        self._session: aiohttp.ClientSession | None = None
-        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
-
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            connector = aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=None)
-            self._session = aiohttp.ClientSession(
-                connector=connector, headers={"User-Agent": "queue-sidecar"}
-            )
-        return self._session
+        self._max_connections = max_connections  # the caller's cap keeps the pool within it
+        self._client = KeepAliveClient(host, port)
+        # The request line and the headers every request carries, encoded once.
+        self._head = (
+            f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: queue-sidecar\r\n"
+        ).encode()
 
     async def send(self, envelope: Envelope, attempt_timeout: float) -> Outcome:
+        request = self._request(headers_for(envelope), envelope.body)
         try:
-            async with self._client().post(
-                self.url,
-                data=envelope.body,
-                headers=headers_for(envelope),
-                timeout=self._timeout(attempt_timeout),
-                allow_redirects=False,
-            ) as response:
-                body = await response.read()
-                if response.status in _MISROUTED_STATUSES:
-                    return self._misrouted(response.status)
-                return outcome_for(response.status, response.headers, body)
-        except aiohttp.ClientConnectorError as exc:
+            answer = await self._client.post(request, attempt_timeout)
+        except AppUnreachable as exc:
             return self._unreachable(exc)
         except TimeoutError:
             return Outcome.retry(f"app did not answer within {attempt_timeout:g}s")
-        except aiohttp.ClientError as exc:
+        except ExchangeFailed as exc:
             return self._broken(exc)
+        if answer.status in _MISROUTED_STATUSES:
+            return self._misrouted(answer.status)
+        return outcome_for(answer.status, _retry_after(answer), answer.body)
 
     async def send_batch(self, envelopes: Sequence[Envelope], attempt_timeout: float) -> list[Outcome]:
         """One POST of a JSON array (see :mod:`~queue_sidecar.delivery.batch_format`)."""
@@ -75,33 +63,24 @@ class HttpTransport:
             "X-Queue-Name": first.queue,
             "X-Batch-Size": str(len(envelopes)),
         }
+        request = self._request(headers, batch_body(envelopes))
         try:
-            async with self._client().post(
-                self.url,
-                data=batch_body(envelopes),
-                headers=headers,
-                timeout=self._timeout(attempt_timeout),
-                allow_redirects=False,
-            ) as response:
-                body = await response.read()
-                if 200 <= response.status < 300:
-                    return outcomes_from_text(envelopes, body)
-                if response.status in _MISROUTED_STATUSES:
-                    return [self._misrouted(response.status)] * len(envelopes)
-                return [outcome_for(response.status, response.headers, body)] * len(envelopes)
-        except aiohttp.ClientConnectorError as exc:
+            answer = await self._client.post(request, attempt_timeout)
+        except AppUnreachable as exc:
             return [self._unreachable(exc)] * len(envelopes)
         except TimeoutError:
             return [Outcome.retry(f"app did not answer within {attempt_timeout:g}s")] * len(envelopes)
-        except aiohttp.ClientError as exc:
+        except ExchangeFailed as exc:
             return [self._broken(exc)] * len(envelopes)
+        if 200 <= answer.status < 300:
+            return outcomes_from_text(envelopes, answer.body)
+        if answer.status in _MISROUTED_STATUSES:
+            return [self._misrouted(answer.status)] * len(envelopes)
+        return [outcome_for(answer.status, _retry_after(answer), answer.body)] * len(envelopes)
 
-    def _timeout(self, seconds: float) -> aiohttp.ClientTimeout:
-        # One object per distinct timeout (there is one per queue), not one per attempt.
-        timeout = self._timeouts.get(seconds)
-        if timeout is None:
-            timeout = self._timeouts[seconds] = aiohttp.ClientTimeout(total=seconds)
-        return timeout
+    def _request(self, headers: Mapping[str, str], body: bytes) -> bytes:
+        lines = "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
+        return b"".join((self._head, lines.encode(), b"Content-Length: %d\r\n\r\n" % len(body), body))
 
     def _misrouted(self, status: int) -> Outcome:
         return PathMisconfigured.unavailable(
@@ -110,20 +89,23 @@ class HttpTransport:
             MISROUTED_RETRY_AFTER,
         )
 
-    def _unreachable(self, exc: aiohttp.ClientConnectorError) -> Outcome:
+    def _unreachable(self, exc: AppUnreachable) -> Outcome:
         # Nothing listening (app starting, restarting or crashed): it never saw the message.
-        return Outcome.unavailable(
-            f"app not reachable at {self.url}: {exc.os_error}", UNAVAILABLE_RETRY_AFTER
-        )
+        return Outcome.unavailable(f"app not reachable at {self.url}: {exc}", UNAVAILABLE_RETRY_AFTER)
 
-    def _broken(self, exc: aiohttp.ClientError) -> Outcome:
+    def _broken(self, exc: ExchangeFailed) -> Outcome:
         # The app took the request but the exchange broke (it crashed mid-request, ...).
-        return Outcome.retry(f"delivery to {self.url} failed: {type(exc).__name__}: {exc}")
+        return Outcome.retry(f"delivery to {self.url} failed: {exc}")
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._client.close()
+
+
+_NO_HEADERS: Mapping[str, str] = {}
+
+
+def _retry_after(answer: Answer) -> Mapping[str, str]:
+    return _NO_HEADERS if answer.retry_after is None else {"Retry-After": answer.retry_after}
 
 
 def headers_for(envelope: Envelope) -> dict[str, str]:
@@ -131,7 +113,7 @@ def headers_for(envelope: Envelope) -> dict[str, str]:
         "Content-Type": "application/octet-stream",
         "X-Queue-Kind": envelope.kind,
         "X-Queue-Name": envelope.queue,
-        "X-Message-Id": envelope.id,
+        "X-Message-Id": _one_line(envelope.id),
         "X-Attempt": str(envelope.attempt),
     }
     if envelope.due_text is not None:
@@ -209,3 +191,10 @@ def parse_retry_after(value: str | None) -> float | None:
 
 def _snippet(body: bytes) -> str:
     return body[:_ERROR_SNIPPET].decode("utf-8", "replace").strip()
+
+
+def _one_line(value: str) -> str:
+    """A header value cannot hold a line break (it would end the header, or inject one)."""
+    if "\r" in value or "\n" in value:
+        return value.replace("\r", " ").replace("\n", " ")
+    return value

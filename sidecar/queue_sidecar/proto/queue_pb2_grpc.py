@@ -44,6 +44,11 @@ class MessageHandlerStub:
                 request_serializer=queue__pb2.MessageBatch.SerializeToString,
                 response_deserializer=queue__pb2.AckBatch.FromString,
                 _registered_method=True)
+        self.HandleStream = channel.stream_stream(
+                '/queueoperator.v1.MessageHandler/HandleStream',
+                request_serializer=queue__pb2.Message.SerializeToString,
+                response_deserializer=queue__pb2.Ack.FromString,
+                _registered_method=True)
 
 
 class MessageHandlerServicer:
@@ -62,6 +67,16 @@ class MessageHandlerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def HandleStream(self, request_iterator, context):
+        """Optional: the same as Handle, many messages per stream. The sidecar writes one Message and
+        waits for its Ack (with Ack.id = Message.id) before writing the next on that stream; it
+        keeps up to app.maxConcurrency streams open. Failing the stream fails the message in flight
+        on it, as a failed Handle would. Not served (UNIMPLEMENTED): the sidecar calls Handle.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MessageHandlerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -74,6 +89,11 @@ def add_MessageHandlerServicer_to_server(servicer, server):
                     servicer.HandleBatch,
                     request_deserializer=queue__pb2.MessageBatch.FromString,
                     response_serializer=queue__pb2.AckBatch.SerializeToString,
+            ),
+            'HandleStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.HandleStream,
+                    request_deserializer=queue__pb2.Message.FromString,
+                    response_serializer=queue__pb2.Ack.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -130,6 +150,33 @@ class MessageHandler:
             '/queueoperator.v1.MessageHandler/HandleBatch',
             queue__pb2.MessageBatch.SerializeToString,
             queue__pb2.AckBatch.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def HandleStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/queueoperator.v1.MessageHandler/HandleStream',
+            queue__pb2.Message.SerializeToString,
+            queue__pb2.Ack.FromString,
             options,
             channel_credentials,
             insecure,

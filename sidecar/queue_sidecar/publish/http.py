@@ -19,6 +19,7 @@ import re
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 
+import orjson
 from aiohttp import web
 
 from queue_engine.durations import parse_duration, parse_rfc3339
@@ -75,7 +76,8 @@ async def _delay(request: web.Request) -> web.Response:
 
 def _created(answer: tuple[Result, bool]) -> web.Response:
     result, replayed = answer
-    response = web.json_response(result, status=201)
+    # orjson: the answer of every publish, in a fraction of json.dumps's time
+    response = web.Response(body=orjson.dumps(result), status=201, content_type="application/json")
     if replayed:
         response.headers[REPLAYED] = "true"
     return response
