@@ -6,7 +6,8 @@ connection without a thread or a lock per request. A reply the caller stopped wa
 (cancelled) is still read and thrown away, so the stream never gets out of step; a connection
 that is closed or lost fails every request still waiting with :class:`ConnectionError`.
 
-Only what the dq engine uses is here: put, reserve (with a timeout), reserve-job, delete,
+Only what the dq engine uses is here: put, reserve (with a timeout; several non-blocking ones
+in one write), reserve-job, delete (several in one write),
 release, bury, touch, peek, stats. A server error answer (``NOT_FOUND``, ``JOB_TOO_BIG``, ...)
 raises :class:`BeanstalkError` and leaves the connection usable. Blocking tools (queuectl,
 admin, drain) keep using greenstalk in threads.
@@ -119,6 +120,36 @@ class Connection(asyncio.Protocol):
         if reply.status == b"RESERVED" and reply.body is not None:
             return Job(int(reply.args[0]), reply.body)
         raise _error(reply.status, b"reserve-with-timeout")
+
+    async def reserve_ready(self, count: int) -> list[Job]:
+        """Up to ``count`` jobs ready now, reserved on this connection; never blocks.
+
+        ``count`` requests of ``reserve-with-timeout 0`` leave in one write; every reply is
+        read, so a job that became ready between two of them is taken, not left reserved here
+        unseen. Error answers other than ``TIMED_OUT`` are skipped (the jobs are what matter).
+        """
+        futures = [self._request(b"reserve-with-timeout 0") for _ in range(count)]
+        jobs = []
+        for future in futures:
+            reply = await future
+            if reply.status == b"RESERVED" and reply.body is not None:
+                jobs.append(Job(int(reply.args[0]), reply.body))
+        return jobs
+
+    async def delete_many(self, jids: list[int]) -> list[bool]:
+        """Delete each of ``jids`` (one write); False for those not found. Any other error
+        answer is raised once every reply has been read."""
+        futures = [self._request(b"delete %d" % jid) for jid in jids]
+        results = []
+        error: BeanstalkError | None = None
+        for future in futures:
+            status = (await future).status
+            results.append(status == b"DELETED")
+            if status not in (b"DELETED", b"NOT_FOUND") and error is None:
+                error = _error(status, b"delete")
+        if error is not None:
+            raise error
+        return results
 
     async def reserve_job(self, jid: int) -> Job:
         reply = await self._request(b"reserve-job %d" % jid)

@@ -48,15 +48,16 @@ from queue_engine.dq.held import (
     Local,
     NodeLine,
     Reserved,
+    Ticket,
     burier,
     releaser,
-    reserve_now,
+    reserve_ready,
     reserve_waiting,
     toucher,
 )
 from queue_engine.dq.job import DelayJob
 from queue_engine.dq.membership import Membership
-from queue_engine.dq.node_io import AsyncNodeConnection, Op, delete_copy, delete_reserved
+from queue_engine.dq.node_io import AsyncNodeConnection, Op
 from queue_engine.dq.nodes import NodeDown, NodeHealth, check_nodes, check_tube
 from queue_engine.dq.producer import JOB_TTR
 from queue_engine.dq.records import Claim, Copy, JobRecords
@@ -75,6 +76,7 @@ T = TypeVar("T")
 Handler = Callable[[DelayJob], Awaitable[Outcome]]
 
 RESERVERS_PER_NODE = 4  # connections per node blocked in reserve, waiting for the next ready job
+CLAIM_AHEAD = 4  # x concurrency: copies claimed ahead of a handler slot, at most
 RESERVE_BATCH = 16  # non-blocking reserves sent together when several copies are ready
 HOLD_LIMIT = 2.0  # a retry due within this many seconds is waited for while holding the copy
 BUSY_HOLD = 5.0  # seconds a copy waits, held, for another copy's attempt to end
@@ -140,8 +142,12 @@ class DelayConsumer:
         self._control: dict[str, AsyncNodeConnection] = {}
         self._lines: dict[str, NodeLine] = {}
         self._workers: dict[str, list[asyncio.Task[None]]] = {}
-        self._inflight: set[asyncio.Task[Outcome]] = set()
-        self._held_per_node = max(64, 8 * concurrency)  # copies held at once per node, at most
+        # Holders running a handler, each with the future its handler's end sets; stop() cancels
+        # those still running when the grace runs out (and notes them in _cut).
+        self._inflight: dict[asyncio.Task[Any], asyncio.Future[None]] = {}
+        self._cut: set[asyncio.Task[Any]] = set()
+        self._prefetch = concurrency  # per node: copies reserved and waiting for a handler slot
+        self._max_waiting = max(64, 8 * concurrency)  # per node: copies waiting for their due time
         self._holders: set[asyncio.Task[None]] = set()
         self._leaders: dict[str, Local] = {}  # job id -> our first copy's progress
         self._instance = uuid.uuid4().hex[:12]  # lease tokens: this consumer, then a counter
@@ -150,6 +156,15 @@ class DelayConsumer:
         # (expiry, copy, job id) of other copies a settled job left behind.
         self._unswept: collections.deque[tuple[float, Copy, str]] = collections.deque(maxlen=10_000)
         self._followups: set[asyncio.Task[None]] = set()
+        self._received = metrics.RECEIVED.labels(kind=KIND, queue=self.queue)
+        self._lateness = metrics.DQ_LATENESS.labels(queue=self.queue)
+        self._in_flight = metrics.IN_FLIGHT.labels(kind=KIND, queue=self.queue)
+        self._latency = metrics.DELIVERY_LATENCY.labels(kind=KIND, queue=self.queue)
+        self._duplicates = metrics.DUPLICATES_SUPPRESSED.labels(queue=self.queue)
+        self._delivered = {
+            result: metrics.DELIVERED.labels(kind=KIND, queue=self.queue, result=result)
+            for result in ("success", "retry", "drop", "unavailable")
+        }
         # Risky Redis settings seen once Redis answered (None: not checked yet). Not part of
         # health(), which is about reachability: the sidecar shows them in /v1/status.
         self.redis_warnings: list[str] | None = None
@@ -163,6 +178,9 @@ class DelayConsumer:
         self._running = True
         nodes = len(self._nodes)
         self._slots = asyncio.Semaphore(self._concurrency)
+        # Copies claimed and waiting for a handler slot, at most: the next waves' claims share
+        # their Redis round trips. A consumer that crashes has counted an attempt for each.
+        self._ahead = asyncio.Semaphore(CLAIM_AHEAD * self._concurrency)
         # Held copies wait their turn for a connection in a burst; the watchdog has its own,
         # so that its verdict on Redis never waits in that queue.
         pool = max(DEFAULT_POOL, 4 * self._concurrency + 16)
@@ -245,7 +263,7 @@ class DelayConsumer:
                 io_timeout=self._connect_timeout,
                 health=self._health[node],
             )
-        self._lines.setdefault(node, NodeLine(self._held_per_node))
+        self._lines.setdefault(node, NodeLine(self._prefetch, self._max_waiting))
         running = [t for t in self._workers.get(node, []) if not t.done()]
         # Workers of a node removed and added back may still be ending: they end on their own.
         self._workers[node] = running + [
@@ -262,9 +280,11 @@ class DelayConsumer:
             return
         self._deadline = time.monotonic() + grace
         if self._inflight:
-            _, late = await asyncio.wait(set(self._inflight), timeout=grace)
-            for task in late:
-                task.cancel()
+            await asyncio.wait(set(self._inflight.values()), timeout=grace)
+            for task, ended in list(self._inflight.items()):
+                if not ended.done():
+                    self._cut.add(task)
+                    task.cancel()
         give_up = time.monotonic() + STOP_MARGIN
         while not self._finished.is_set() and time.monotonic() < give_up:
             # Calls stuck on a hung node would each wait out their timeout: cut them.
@@ -356,20 +376,14 @@ class DelayConsumer:
                 wanted += 1
             if not wanted:
                 return
-            results = await asyncio.gather(
-                *(conn.call(reserve_now, limit=self._connect_timeout) for _ in range(wanted)),
-                return_exceptions=True,
-            )
-            for result in results:
-                if isinstance(result, tuple):
-                    self._start_holding(line, conn, result)
-                else:
-                    line.permits.release()
-                    if isinstance(result, BaseException) and not isinstance(
-                        result, NodeDown | BeanstalkError
-                    ):
-                        raise result
-            if any(not isinstance(result, tuple) for result in results):
+            jobs: list[Job] = []
+            with contextlib.suppress(NodeDown, BeanstalkError):
+                socket, jobs = await conn.call(reserve_ready(wanted), limit=self._connect_timeout)
+            for job in jobs:
+                self._start_holding(line, conn, (socket, job))
+            for _ in range(wanted - len(jobs)):
+                line.permits.release()
+            if len(jobs) < wanted:
                 return  # the node has no more ready copies (or failed): back to waiting
 
     def _start_holding(self, line: NodeLine, conn: AsyncNodeConnection, got: Reserved) -> None:
@@ -379,18 +393,19 @@ class DelayConsumer:
         holder.add_done_callback(self._holders.discard)
 
     async def _hold_then_return(self, line: NodeLine, conn: AsyncNodeConnection, got: Reserved) -> None:
+        ticket = Ticket(line)  # the worker's permit, now this copy's
         try:
-            await self._hold(conn, *got)
+            await self._hold(conn, *got, ticket)
         except Exception:
             # A bug must not stop the consumer: dropping the connection hands the reservation
             # back to beanstalkd (with the others on it), and the lease (if any) expires.
             log.exception("dq %s: failed handling a copy on %s; handing it back", self.queue, conn.address)
             conn.close()
         finally:
-            line.permits.release()
+            ticket.let_go()
             line.let_go(conn)
 
-    async def _hold(self, conn: AsyncNodeConnection, socket: Connection, job: Job) -> None:
+    async def _hold(self, conn: AsyncNodeConnection, socket: Connection, job: Job, ticket: Ticket) -> None:
         envelope = Envelope.decode(job.body)
         if envelope is None:
             log.warning(
@@ -402,7 +417,7 @@ class DelayConsumer:
             await self._quietly(conn, burier(socket, job.id))
             return
         self._tokens += 1
-        held = Held(conn, socket, job, envelope, token=f"{self._instance}-{self._tokens}")
+        held = Held(conn, socket, job, envelope, token=f"{self._instance}-{self._tokens}", ticket=ticket)
         # Most copies settle in milliseconds: the keeper task only starts once there is
         # something to renew or touch, which saves a task and a timer per copy.
         held.keep_timer = asyncio.get_running_loop().call_later(self._renew_every, self._start_keeping, held)
@@ -413,6 +428,7 @@ class DelayConsumer:
                 # This consumer already holds another copy of the job: wait for that one to
                 # settle rather than asking Redis again and again.
                 local.followers[(conn.address, job.id)] = (conn, socket)
+                ticket.waiting()
                 if not self._stopping.is_set():
                     await local.settled.wait()  # stop() sets it too
                 if self._stopping.is_set():
@@ -420,8 +436,8 @@ class DelayConsumer:
                 elif local.done:
                     if (conn.address, job.id) in local.deleted:
                         pass  # the first copy deleted this one along with its own
-                    elif await self._quietly(conn, delete_reserved(job.id, socket)):
-                        metrics.DUPLICATES_SUPPRESSED.labels(queue=self.queue).inc()
+                    elif await conn.delete_soon(job.id, socket=socket):
+                        self._duplicates.inc()
                 else:
                     await self._process(held)
                 return
@@ -438,6 +454,8 @@ class DelayConsumer:
         due = held.envelope.due
         busy_since: float | None = None
         while True:
+            if due > self._now():
+                held.ticket.waiting()
             if not await self._sleep_until(due):
                 await self._hand_back(held, due)
                 return
@@ -475,8 +493,14 @@ class DelayConsumer:
             return
 
     async def _claim_and_deliver(self, held: Held, due: float) -> Claim | None:
-        """Take a handler slot, then the job's lease, and deliver; the claim if not delivered."""
-        async with self._slots:
+        """Take the job's lease, then a handler slot, and deliver; the claim if not delivered.
+
+        Claims run ahead of the handler slots (at most ``CLAIM_AHEAD x concurrency`` copies
+        claimed and waiting for a slot), so that the claims of a wave share one Redis round
+        trip instead of each slot paying one before its handler can start. The price: a
+        consumer that crashes has counted an attempt for each of those too.
+        """
+        async with self._ahead:
             if self._stopping.is_set():
                 await self._hand_back(held, due)
                 return None
@@ -492,8 +516,18 @@ class DelayConsumer:
                 return claim
             held.claimed = True
             self._claimed[held.token] = held
-            outcome = await self._run_handler(held, claim.attempt)
+            try:
+                await self._slots.acquire()
+            except BaseException:
+                self._claimed.pop(held.token, None)
+                raise
+            held.ticket.let_go()  # in the handler: no longer prefetched
         try:
+            try:
+                # Stopping meanwhile: the attempt is given back below, never started.
+                outcome = None if self._stopping.is_set() else await self._run_handler(held, claim.attempt)
+            finally:
+                self._slots.release()
             await self._stop_keeping(held)  # settling owns the connection and the lease now
             if outcome is None:  # stopping: give the attempt back
                 await self._settle_retry(held, None, attempted=False, error="")
@@ -513,17 +547,15 @@ class DelayConsumer:
             # that this copy takes over if that consumer died.
             await self._release(held, max(1.0, math.ceil(claim.until)))
         elif claim.action == "done":
-            if await self._quietly(held.conn, delete_reserved(held.job.id, held.socket)):
-                metrics.DUPLICATES_SUPPRESSED.labels(queue=self.queue).inc()
+            if await held.conn.delete_soon(held.job.id, socket=held.socket):
+                self._duplicates.inc()
             log.debug("dq %s: copy %s of done job %s deleted", self.queue, held.where, job_id)
         elif claim.action == "revoked":
-            await self._quietly(held.conn, delete_reserved(held.job.id, held.socket))
+            await held.conn.delete_soon(held.job.id, socket=held.socket)
             log.info("dq %s: job %s was revoked; copy %s deleted", self.queue, job_id, held.where)
         elif claim.action == "buried":
             if claim.kept and claim.kept != held.where:
-                await self._quietly(
-                    held.conn, delete_reserved(held.job.id, held.socket)
-                )  # one buried copy is enough
+                await held.conn.delete_soon(held.job.id, socket=held.socket)  # one buried copy is enough
             else:
                 await self._quietly(held.conn, burier(held.socket, held.job.id))
         else:
@@ -538,25 +570,35 @@ class DelayConsumer:
         job = DelayJob(envelope.job_id, envelope.body, attempt, envelope.due_at, self.queue)
         if attempt == 1:
             # Messages, not attempts (as for Kafka): retries are counted in queue_messages_retried.
-            metrics.RECEIVED.labels(kind=KIND, queue=self.queue).inc()
-            metrics.DQ_LATENESS.labels(queue=self.queue).observe(max(0.0, self._now() - envelope.due))
-        gauge = metrics.IN_FLIGHT.labels(kind=KIND, queue=self.queue)
+            self._received.inc()
+            self._lateness.observe(max(0.0, self._now() - envelope.due))
+        gauge = self._in_flight
         gauge.inc()
         started = time.monotonic()
-        task = asyncio.create_task(self._call_handler(job))
-        self._inflight.add(task)
+        # In this task (no task per call): stop() cancels it if the grace runs out.
+        task = asyncio.current_task()
+        assert task is not None
+        ended = asyncio.get_running_loop().create_future()
+        self._inflight[task] = ended
         try:
-            return await task
+            outcome = await self._call_handler(job)
         except asyncio.CancelledError:
-            if not task.cancelled() or not self._stopping.is_set():
+            if task not in self._cut:
                 raise
-            # stop()'s grace ran out: hand the job back without counting this attempt.
+            outcome = None
+        finally:
+            ended.set_result(None)
+            del self._inflight[task]
+            gauge.dec()
+            self._latency.observe(time.monotonic() - started)
+        if task in self._cut:
+            # stop()'s grace ran out: hand the job back without counting this attempt (also
+            # when the handler swallowed the cancellation).
+            self._cut.discard(task)
+            task.uncancel()
             log.info("dq %s: job %s handed back at stop", self.queue, job.id)
             return None
-        finally:
-            self._inflight.discard(task)
-            gauge.dec()
-            metrics.DELIVERY_LATENCY.labels(kind=KIND, queue=self.queue).observe(time.monotonic() - started)
+        return outcome
 
     async def _call_handler(self, job: DelayJob) -> Outcome:
         try:
@@ -583,7 +625,7 @@ class DelayConsumer:
     async def _settle(self, held: Held, claim: Claim, outcome: Outcome) -> None:
         attempt = claim.attempt
         result = outcome.verdict.value.lower() if outcome.attempted else "unavailable"
-        metrics.DELIVERED.labels(kind=KIND, queue=self.queue, result=result).inc()
+        self._delivered[result].inc()
         job_id = held.envelope.job_id
         if outcome.verdict is Verdict.SUCCESS:
             copies = await self._until_redis(held, lambda: self._records.mark_done(job_id, held.token))
@@ -664,19 +706,18 @@ class DelayConsumer:
             if (c.node, c.jid) != here and (c.node, c.jid) not in skip and c.node in self._control
         ]
 
-    def _copy_deleter(self, copy: Copy, job_id: str) -> Op[bool]:
-        return delete_copy(self._control[copy.node], copy.jid, copy.server, job_id)
+    def _delete_copy(self, copy: Copy, job_id: str) -> asyncio.Future[bool | None]:
+        """Delete a recorded copy, checked to still be this job's (see node_io.delete_copy)."""
+        return self._control[copy.node].delete_soon(copy.jid, server=copy.server, job_id=job_id)
 
     async def _delete_siblings(self, held: Held, copies: list[Copy]) -> None:
         job_id = held.envelope.job_id
         ours = held.local.followers if held.local is not None else set()  # they delete themselves
         others = self._others(held, copies, ours)
-        results = await asyncio.gather(
-            *(self._quietly(self._control[c.node], self._copy_deleter(c, job_id)) for c in others)
-        )
+        results = await asyncio.gather(*(self._delete_copy(c, job_id) for c in others))
         suppressed = sum(1 for r in results if r is True)
         if suppressed:
-            metrics.DUPLICATES_SUPPRESSED.labels(queue=self.queue).inc(suppressed)
+            self._duplicates.inc(suppressed)
         # A copy held elsewhere at this moment normally sees the done marker and deletes itself;
         # if Redis is lost before it looks, the sweep on Redis' return deletes it instead.
         expires = time.monotonic() + SWEEP_WINDOW
@@ -691,19 +732,18 @@ class DelayConsumer:
         job_id = held.envelope.job_id
         followers = dict(held.local.followers) if held.local is not None else {}
         others = self._others(held, copies, followers)
-        targets = [
-            (held.conn, delete_reserved(held.job.id, held.socket)),
-            *((conn, delete_reserved(jid, sock)) for (_, jid), (conn, sock) in followers.items()),
-            *((self._control[c.node], self._copy_deleter(c, job_id)) for c in others),
-        ]
-        results = await self._delete_each(targets)
+        results = await asyncio.gather(
+            held.conn.delete_soon(held.job.id, socket=held.socket),
+            *(conn.delete_soon(jid, socket=sock) for (_, jid), (conn, sock) in followers.items()),
+            *(self._delete_copy(c, job_id) for c in others),
+        )
         mine = results[1 : 1 + len(followers)]
         theirs = results[1 + len(followers) :]
         if held.local is not None:
             held.local.deleted.update(key for key, r in zip(followers, mine, strict=True) if r is not None)
         suppressed = sum(1 for r in results[1:] if r is True)
         if suppressed:
-            metrics.DUPLICATES_SUPPRESSED.labels(queue=self.queue).inc(suppressed)
+            self._duplicates.inc(suppressed)
         expires = time.monotonic() + SWEEP_WINDOW
         self._unswept.extend((expires, c, job_id) for c, r in zip(others, theirs, strict=True) if r is False)
         if not copies and len(self._followups) < 1000:
@@ -722,17 +762,10 @@ class DelayConsumer:
                 copies = await self._records.copies(job_id)
                 if copies:
                     others = [c for c in copies if (c.node, c.jid) not in here and c.node in self._control]
-                    results = await asyncio.gather(
-                        *(self._quietly(self._control[c.node], self._copy_deleter(c, job_id)) for c in others)
-                    )
+                    results = await asyncio.gather(*(self._delete_copy(c, job_id) for c in others))
                     if suppressed := sum(1 for r in results if r is True):
-                        metrics.DUPLICATES_SUPPRESSED.labels(queue=self.queue).inc(suppressed)
+                        self._duplicates.inc(suppressed)
                     return
-
-    async def _delete_each(self, targets: list[tuple[AsyncNodeConnection, Op[bool]]]) -> list[bool | None]:
-        """Run each delete on its connection, all at once; None where the node failed."""
-        results: list[bool | None] = await asyncio.gather(*(self._quietly(c, op) for c, op in targets))
-        return results
 
     async def _sweep_settled_copies(self) -> None:
         now = time.monotonic()
@@ -741,9 +774,7 @@ class DelayConsumer:
         pending = list(self._unswept)
         self._unswept.clear()
         if pending:
-            await asyncio.gather(
-                *(self._quietly(self._control[c.node], self._copy_deleter(c, j)) for _, c, j in pending)
-            )
+            await asyncio.gather(*(self._delete_copy(c, j) for _, c, j in pending))
             log.info("dq %s: swept %d copies of settled jobs after a redis outage", self.queue, len(pending))
 
     # -- keeping hold ---------------------------------------------------------------------
