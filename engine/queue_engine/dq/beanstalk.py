@@ -55,6 +55,10 @@ class Closed(ConnectionError):
     """This side closed the connection (a timeout, a stop): says nothing about the server."""
 
 
+class Expired(TimeoutError):
+    """No answer in time: the caller's watchdog gave up on the connection (see :meth:`Connection.expire`)."""
+
+
 class _Reply(NamedTuple):
     status: bytes
     args: list[bytes]
@@ -192,6 +196,18 @@ class Connection(asyncio.Protocol):
         if self._transport is not None:
             self._transport.abort()  # at once: a hung peer must not hold anything up
         self._fail(ConnectionError("connection closed"))
+
+    def expire(self, why: str) -> None:
+        """Give up on a connection that does not answer: every request still waiting fails with
+        :class:`Expired` (a :class:`TimeoutError`), and the socket is cut."""
+        if self._lost is None:
+            self._lost = Expired(why)
+            while self._waiting:
+                fut, _ = self._waiting.popleft()
+                if not fut.done():
+                    fut.set_exception(Expired(why))
+        if self._transport is not None:
+            self._transport.abort()
 
     @property
     def closed(self) -> bool:

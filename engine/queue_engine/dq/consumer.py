@@ -58,7 +58,7 @@ from queue_engine.dq.held import (
 from queue_engine.dq.job import DelayJob
 from queue_engine.dq.membership import Membership
 from queue_engine.dq.node_io import AsyncNodeConnection, Op
-from queue_engine.dq.nodes import NodeDown, NodeHealth, check_nodes, check_tube
+from queue_engine.dq.nodes import NodeDown, check_nodes, check_tube, shared_health
 from queue_engine.dq.producer import JOB_TTR
 from queue_engine.dq.records import Claim, Copy, JobRecords
 from queue_engine.dq.redis_client import (
@@ -135,9 +135,10 @@ class DelayConsumer:
         self._deadline = math.inf
         self._redis_error: str | None = None
         self._node_errors: dict[str, str] = {}
-        # Shared by every connection to a node: one timeout makes the node suspect, and calls
-        # on it then fail at once instead of each waiting out a timeout (see nodes.py).
-        self._health = {node: NodeHealth(node) for node in self._nodes}
+        # Shared by every connection to a node (and with this process's producers): one timeout
+        # makes the node suspect, and calls on it then fail at once instead of each waiting out
+        # a timeout (see nodes.py).
+        self._health = {node: shared_health(node) for node in self._nodes}
         self._reservers = min(concurrency, RESERVERS_PER_NODE)
         self._control: dict[str, AsyncNodeConnection] = {}
         self._lines: dict[str, NodeLine] = {}
@@ -146,7 +147,9 @@ class DelayConsumer:
         # those still running when the grace runs out (and notes them in _cut).
         self._inflight: dict[asyncio.Task[Any], asyncio.Future[None]] = {}
         self._cut: set[asyncio.Task[Any]] = set()
-        self._prefetch = concurrency  # per node: copies reserved and waiting for a handler slot
+        # Per node: copies reserved and waiting for a handler slot, at most (the reserving
+        # workers' own permits on top: each holds one while it waits in reserve).
+        self._prefetch = concurrency + self._reservers
         self._max_waiting = max(64, 8 * concurrency)  # per node: copies waiting for their due time
         self._holders: set[asyncio.Task[None]] = set()
         self._leaders: dict[str, Local] = {}  # job id -> our first copy's progress
@@ -243,7 +246,7 @@ class DelayConsumer:
         removed = [node for node in self._nodes if node not in nodes]
         self._nodes = nodes
         for node in nodes:
-            self._health.setdefault(node, NodeHealth(node))
+            self._health.setdefault(node, shared_health(node))
         for node in removed:
             self._node_errors.pop(node, None)
         if self._running and not self._stopping.is_set():

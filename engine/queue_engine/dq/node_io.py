@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import NamedTuple, TypeVar
@@ -64,7 +65,10 @@ class AsyncNodeConnection:
         self._conn: Connection | None = None
         self._connecting: asyncio.Lock | None = None
         self._server_id: str | None = None
-        self._calls: dict[int, float] = {}  # call number -> monotonic start, while running
+        # Call number -> [monotonic start, limit in seconds], while running; one timer per
+        # connection (not one per call) gives up on the socket once a call is overdue.
+        self._calls: dict[int, list[float]] = {}
+        self._watchdog: asyncio.TimerHandle | None = None
         self._next_call = 0
         self.last_error: str | None = None
         self.down_until = 0.0  # monotonic time before which callers may prefer other nodes
@@ -117,7 +121,9 @@ class AsyncNodeConnection:
         self._admit(probe)
         self._next_call += 1
         number = self._next_call
-        self._calls[number] = time.monotonic()
+        self._calls[number] = [time.monotonic(), self._io_timeout if limit is None else limit]
+        if self._watchdog is None:
+            self._arm(self._calls[number][1])
         try:
             reused = self._conn is not None and not self._conn.closed
             try:
@@ -132,6 +138,31 @@ class AsyncNodeConnection:
         finally:
             del self._calls[number]
 
+    def _arm(self, delay: float) -> None:
+        self._watchdog = asyncio.get_running_loop().call_later(delay, self._check_calls)
+
+    def _check_calls(self) -> None:
+        """The watchdog: cut the socket under a call that ran past its limit (each of its calls
+        then fails with :class:`~queue_engine.dq.beanstalk.Expired`, a timeout)."""
+        self._watchdog = None
+        if not self._calls:
+            return
+        now = time.monotonic()
+        overdue = [call for call in self._calls.values() if call[0] + call[1] <= now]
+        if overdue:
+            why = f"no answer within {min(call[1] for call in overdue):g}s"
+            for call in overdue:
+                # Dealt with: its socket is cut now (or it is connecting: that has a timeout
+                # of its own).
+                call[1] = math.inf
+            if self._conn is not None:
+                self._conn.expire(why)
+        due = min(start + limit for start, limit in self._calls.values())
+        if due < math.inf:
+            self._arm(max(0.0, due - now))
+        else:
+            self._arm(1.0)  # calls ending meanwhile; look again once
+
     def _admit(self, probe: bool) -> None:
         if self.health is not None:
             refused = self.health.admit(probe=probe)
@@ -141,9 +172,8 @@ class AsyncNodeConnection:
     async def _attempt(self, op: Op[T], limit: float | None) -> T:
         conn: Connection | None = None
         try:
-            async with asyncio.timeout(self._io_timeout if limit is None else limit):
-                conn = await self._connect()
-                result = await op(conn)
+            conn = await self._connect()  # its own timeout; the call's is the watchdog's
+            result = await op(conn)
         except BeanstalkError:
             raise  # an answer from the server: the connection is still in step
         except asyncio.CancelledError:
@@ -186,7 +216,7 @@ class AsyncNodeConnection:
 
     def abort_if_busy(self, older_than: float) -> bool:
         """Cut the socket if a call has been running for ``older_than`` seconds."""
-        if self._calls and time.monotonic() - min(self._calls.values()) >= older_than:
+        if self._calls and time.monotonic() - min(start for start, _ in self._calls.values()) >= older_than:
             self._drop(self._conn)
             return True
         return False
