@@ -6,26 +6,15 @@ import asyncio
 import collections
 import time
 
-import greenstalk
 from dq.dqkit import DqEnv, Recorder
 
 from queue_engine.dq import DelayJob, Outcome
-from queue_engine.dq.envelope import Envelope, new_job_id
 
 
 async def test_a_busy_consumer_leaves_a_burst_to_the_others(dq: DqEnv) -> None:
     # One copy per job, straight on the nodes, all ready at once: no standby comes up later to
     # hand a hoarded job to the other consumer anyway.
-    due = time.time()
-    sent = []
-    for address in dq.nodes:
-        host, port = address.split(":")
-        client = greenstalk.Client((host, int(port)), encoding=None, use=dq.tube)
-        for _ in range(40):
-            job_id = new_job_id(due)
-            client.put(Envelope(job_id, int(due * 1_000_000), b"x").encode(), ttr=20)
-            sent.append(job_id)
-        client.close()
+    sent = dq.put_single_copies(40, due=time.time())
 
     go_on = asyncio.Event()
 

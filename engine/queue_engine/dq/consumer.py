@@ -5,7 +5,8 @@ per-node I/O (:mod:`~queue_engine.dq.beanstalk`: the protocol, pipelined;
 :mod:`~queue_engine.dq.node_io`: reconnects, hung-node isolation, node identity;
 :mod:`~queue_engine.dq.held`: reservations and the connections holding them) and the Redis
 decisions (:mod:`~queue_engine.dq.records`: one atomic script per decision;
-:mod:`~queue_engine.dq.redis_batch`: those made together share a round trip).
+:mod:`~queue_engine.dq.redis_batch`: those made together share a round trip;
+:mod:`~queue_engine.dq.clock`: due decisions follow Redis's clock).
 
 Shape: per node, a few workers wait in ``reserve`` (each on a connection holding nothing) so
 that a job is seen the moment it becomes ready, then take the copies ready at that moment on
@@ -41,6 +42,7 @@ from redis.exceptions import RedisError
 
 from queue_engine import metrics
 from queue_engine.dq.beanstalk import BeanstalkError, Connection, Job
+from queue_engine.dq.clock import RedisClock
 from queue_engine.dq.envelope import Envelope
 from queue_engine.dq.held import (
     RESERVE_TIMEOUT,
@@ -126,8 +128,7 @@ class DelayConsumer:
         self._lease_ttl = lease_ttl
         self._connect_timeout = connect_timeout
         self._renew_every = min(TOUCH_EVERY, lease_ttl / 3)
-        self._clock = clock  # this machine's wall clock (a parameter so tests can skew it)
-        self._offset = 0.0  # Redis's clock minus ours, where measurably different
+        self._redis_clock = RedisClock(self.queue, clock)  # due decisions follow Redis's clock
         self._running = False
         self._stopping = asyncio.Event()
         self._finished = asyncio.Event()
@@ -147,10 +148,11 @@ class DelayConsumer:
         # those still running when the grace runs out (and notes them in _cut).
         self._inflight: dict[asyncio.Task[Any], asyncio.Future[None]] = {}
         self._cut: set[asyncio.Task[Any]] = set()
+        self._sleepers: set[asyncio.Future[None]] = set()  # pauses that stop() cuts short
         # Per node: copies reserved and waiting for a handler slot, at most (the reserving
         # workers' own permits on top: each holds one while it waits in reserve).
         self._prefetch = concurrency + self._reservers
-        self._max_waiting = max(64, 8 * concurrency)  # per node: copies waiting for their due time
+        self._max_waiting = max(1024, 8 * concurrency)  # per node: copies waiting for their due time
         self._holders: set[asyncio.Task[None]] = set()
         self._leaders: dict[str, Local] = {}  # job id -> our first copy's progress
         self._instance = uuid.uuid4().hex[:12]  # lease tokens: this consumer, then a counter
@@ -277,6 +279,8 @@ class DelayConsumer:
     async def stop(self, grace: float = 30.0) -> None:
         """Stop taking jobs; let handlers finish within ``grace`` seconds, hand back the rest."""
         self._stopping.set()
+        for woken in self._sleepers:
+            _wake(woken)
         for local in self._leaders.values():
             local.settled.set()  # copies waiting for one of ours hand themselves back now
         if not self._running:
@@ -396,7 +400,7 @@ class DelayConsumer:
         holder.add_done_callback(self._holders.discard)
 
     async def _hold_then_return(self, line: NodeLine, conn: AsyncNodeConnection, got: Reserved) -> None:
-        ticket = Ticket(line)  # the worker's permit, now this copy's
+        ticket = Ticket(line, len(got[1].body))  # the worker's permit, now this copy's
         try:
             await self._hold(conn, *got, ticket)
         except Exception:
@@ -861,24 +865,7 @@ class DelayConsumer:
                 await asyncio.wait_for(self._closing.wait(), 0.25 if self._redis_error else 1.0)
 
     async def _measure_clock(self) -> None:
-        """Follow Redis's clock (``TIME``) where ours measurably differs from it.
-
-        A consumer whose clock is behind would hold due copies (reserved, so no one else can
-        deliver them) until its own clock says so; one ahead would deliver early. Only the
-        difference beyond the round trip counts, so clocks that agree give exactly 0.
-        """
-        before = self._clock()
-        seconds, micros = await self._watch_client.time()
-        after = self._clock()
-        theirs = seconds + micros / 1_000_000
-        # Redis's clock read `theirs` somewhere between `before` and `after` by ours, so at our
-        # `after` it says at least `theirs`: `theirs - after` never puts us ahead of it (never
-        # early; at most a round trip late). `theirs - before` could be a round trip early.
-        # (TIME has whole microseconds: one below `before` still means the clocks agree.)
-        offset = 0.0 if before - 1e-6 <= theirs <= after else theirs - after
-        if abs(offset - self._offset) > 1.0 and abs(offset) > 1.0:
-            log.warning("dq %s: this clock is %.1fs off Redis's; following Redis's", self.queue, -offset)
-        self._offset = offset
+        await self._redis_clock.measure(self._watch_client)
 
     async def _check_redis_settings(self) -> None:
         with contextlib.suppress(RedisError):
@@ -908,7 +895,7 @@ class DelayConsumer:
 
     def _now(self) -> float:
         """Wall-clock time for due decisions: Redis's clock, the one all consumers share."""
-        return self._clock() + self._offset
+        return self._redis_clock.now()
 
     async def _sleep_until(self, due: float) -> bool:
         """Wait until wall-clock ``due`` (never earlier); False if stopping first."""
@@ -921,9 +908,21 @@ class DelayConsumer:
                 return False
 
     async def _pause(self, seconds: float) -> bool:
-        """Sleep up to ``seconds``; True when stop was asked for."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), seconds)
+        """Sleep up to ``seconds``; True when stop was asked for.
+
+        A future and a timer, no task (thousands of copies may wait for their due time at
+        once); stop() wakes them all."""
+        if self._stopping.is_set():
+            return True
+        loop = asyncio.get_running_loop()
+        woken: asyncio.Future[None] = loop.create_future()
+        timer = loop.call_later(seconds, _wake, woken)
+        self._sleepers.add(woken)
+        try:
+            await woken
+        finally:
+            timer.cancel()
+            self._sleepers.discard(woken)
         return self._stopping.is_set()
 
     async def _quietly(self, conn: AsyncNodeConnection, op: Op[Any]) -> Any:
@@ -940,3 +939,8 @@ class DelayConsumer:
             conn.close()
         for line in self._lines.values():
             line.close()
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

@@ -20,6 +20,7 @@ from queue_engine.dq.node_io import AsyncNodeConnection, Op
 from queue_engine.dq.nodes import PRIORITY
 
 RESERVE_TIMEOUT = 1  # seconds a worker blocks in reserve before looking at stop and Redis again
+MAX_WAITING_BYTES = 16 << 20  # per node: bytes of the copies held waiting for their due time
 
 
 @dataclass
@@ -38,18 +39,24 @@ class Ticket:
     from its reservation until it gets a handler slot, or a place among the copies waiting for
     their due time; nothing once its handler started."""
 
-    __slots__ = ("kind", "line")
+    __slots__ = ("kind", "line", "size")
 
-    def __init__(self, line: NodeLine) -> None:
+    def __init__(self, line: NodeLine, size: int) -> None:
         self.line = line
         self.kind = "prefetch"
+        self.size = size  # the copy's bytes, kept in memory while it is held
 
     def waiting(self) -> None:
         """The copy waits (for its due time, another copy's outcome): its prefetch permit goes
         to the next copy, if there is room among the waiting ones."""
         line = self.line
-        if self.kind == "prefetch" and line.waiting < line.max_waiting:
+        if (
+            self.kind == "prefetch"
+            and line.waiting < line.max_waiting
+            and line.waiting_bytes + self.size <= MAX_WAITING_BYTES
+        ):
             line.waiting += 1
+            line.waiting_bytes += self.size
             line.permits.release()
             self.kind = "waiting"
 
@@ -59,6 +66,7 @@ class Ticket:
             self.line.permits.release()
         elif self.kind == "waiting":
             self.line.waiting -= 1
+            self.line.waiting_bytes -= self.size
         self.kind = ""
 
 
@@ -87,13 +95,15 @@ class NodeLine:
     """One node's idle connections, which connections hold copies, and how many copies may be
     held there at once: ``prefetch`` copies reserved and waiting for a handler slot (so that one
     consumer does not hoard a burst that others could handle), plus up to ``max_waiting``
-    copies waiting for their exact due time or for another copy's outcome (beanstalkd makes a
-    copy ready up to a second early). Copies whose handler runs or that are being settled do
+    copies (and ``MAX_WAITING_BYTES``) waiting for their exact due time or for another copy's
+    outcome (beanstalkd makes a copy ready up to a second early: at a high rate of delayed
+    jobs, up to a second's worth of them waits). Copies whose handler runs or that are being settled do
     not count."""
 
     def __init__(self, prefetch: int, max_waiting: int) -> None:
         self.permits = asyncio.Semaphore(prefetch)
         self.waiting = 0
+        self.waiting_bytes = 0
         self.max_waiting = max_waiting
         self._idle: list[AsyncNodeConnection] = []
         self._holding: dict[AsyncNodeConnection, int] = {}
