@@ -6,7 +6,8 @@ per-node I/O (:mod:`~queue_engine.dq.beanstalk`: the protocol, pipelined;
 :mod:`~queue_engine.dq.held`: reservations and the connections holding them) and the Redis
 decisions (:mod:`~queue_engine.dq.records`: one atomic script per decision;
 :mod:`~queue_engine.dq.redis_batch`: those made together share a round trip;
-:mod:`~queue_engine.dq.clock`: due decisions follow Redis's clock).
+:mod:`~queue_engine.dq.clock`: due decisions follow Redis's clock) and the clean-up after
+settling (:mod:`~queue_engine.dq.siblings`: the other copies of a settled job deleted).
 
 Shape: per node, a few workers wait in ``reserve`` (each on a connection holding nothing) so
 that a job is seen the moment it becomes ready, then take the copies ready at that moment on
@@ -29,7 +30,6 @@ handler calls run at once across all nodes. For each copy held:
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import math
@@ -69,6 +69,7 @@ from queue_engine.dq.redis_client import (
     describe_redis_error,
     durability_warnings,
 )
+from queue_engine.dq.siblings import Siblings
 from queue_engine.errors import ConfigError
 from queue_engine.policy import DeliveryPolicy, Outcome, Verdict
 
@@ -86,10 +87,6 @@ STOP_MARGIN = 10.0  # seconds past the grace that stop() waits before cancelling
 # A node call running this long at stop is stuck on a hung node (a reserve returns within
 # RESERVE_TIMEOUT, other calls within milliseconds): its socket is cut.
 STUCK_AFTER = RESERVE_TIMEOUT + 0.5
-SWEEP_WINDOW = 30.0  # seconds a settled job's undeletable copies are remembered for a sweep
-# A job done a moment after it was published may beat the producer's record of its copies:
-# the record is read again after these pauses, to delete the standbys then.
-RECORD_RETRIES = (0.2, 0.5, 1.0, 2.0)
 KIND = "delay"
 TOUCH_EVERY = JOB_TTR / 4  # seconds between touches of a held reservation
 
@@ -158,9 +155,6 @@ class DelayConsumer:
         self._instance = uuid.uuid4().hex[:12]  # lease tokens: this consumer, then a counter
         self._tokens = 0
         self._claimed: dict[str, Held] = {}  # by token: copies whose attempt has not settled
-        # (expiry, copy, job id) of other copies a settled job left behind.
-        self._unswept: collections.deque[tuple[float, Copy, str]] = collections.deque(maxlen=10_000)
-        self._followups: set[asyncio.Task[None]] = set()
         self._received = metrics.RECEIVED.labels(kind=KIND, queue=self.queue)
         self._lateness = metrics.DQ_LATENESS.labels(queue=self.queue)
         self._in_flight = metrics.IN_FLIGHT.labels(kind=KIND, queue=self.queue)
@@ -196,6 +190,7 @@ class DelayConsumer:
         self._control = {}
         self._lines = {}
         self._workers = {}
+        self._siblings = Siblings(self.queue, self._control, self._records, self._pause)
         with contextlib.suppress(RedisError):
             await self._measure_clock()  # before the first copy is held; the watchdog keeps it up
         watchdog = asyncio.create_task(self._watch_redis(), name=f"dq-{self.queue}-redis")
@@ -219,9 +214,7 @@ class DelayConsumer:
             # that lands inside a command, and the task would then never end.
             self._closing.set()
             await asyncio.gather(watchdog, *workers, *self._holders, return_exceptions=True)
-            for task in self._followups:
-                task.cancel()  # only deletes of standbys left over: they are deleted on sight later
-            await asyncio.gather(*self._followups, return_exceptions=True)
+            await self._siblings.aclose()
             self._close_connections()
             await self._records.aclose()
             await self._redis.aclose()
@@ -641,7 +634,7 @@ class DelayConsumer:
             if copies is None:
                 await self._release(held, 0)  # could not record success: deliver again rather than lose it
                 return
-            await self._delete_done(held, copies)
+            await self._siblings.after_success(held, copies)
             return
         gave_up = outcome.verdict is Verdict.DROP
         if gave_up or (outcome.attempted and attempt >= self._policy.max_attempts):
@@ -698,91 +691,11 @@ class DelayConsumer:
 
         copies = await self._until_redis(held, mark)
         if copies is not None and kept:
-            await self._delete_siblings(held, copies)
+            await self._siblings.after_bury(held, copies)
         metrics.DEAD_LETTERED.labels(kind=KIND, queue=self.queue, reason=reason).inc()
         log.warning(
             "dq %s: job %s buried after attempt %d (%s): %s", self.queue, job_id, attempt, reason, error
         )
-
-    def _others(self, held: Held, copies: list[Copy], skip: Any) -> list[Copy]:
-        """The recorded copies other than this one and those in ``skip`` (ours, held here)."""
-        here = (held.conn.address, held.job.id)
-        return [
-            c
-            for c in copies
-            if (c.node, c.jid) != here and (c.node, c.jid) not in skip and c.node in self._control
-        ]
-
-    def _delete_copy(self, copy: Copy, job_id: str) -> asyncio.Future[bool | None]:
-        """Delete a recorded copy, checked to still be this job's (see node_io.delete_copy)."""
-        return self._control[copy.node].delete_soon(copy.jid, server=copy.server, job_id=job_id)
-
-    async def _delete_siblings(self, held: Held, copies: list[Copy]) -> None:
-        job_id = held.envelope.job_id
-        ours = held.local.followers if held.local is not None else set()  # they delete themselves
-        others = self._others(held, copies, ours)
-        results = await asyncio.gather(*(self._delete_copy(c, job_id) for c in others))
-        suppressed = sum(1 for r in results if r is True)
-        if suppressed:
-            self._duplicates.inc(suppressed)
-        # A copy held elsewhere at this moment normally sees the done marker and deletes itself;
-        # if Redis is lost before it looks, the sweep on Redis' return deletes it instead.
-        expires = time.monotonic() + SWEEP_WINDOW
-        self._unswept.extend((expires, c, job_id) for c, r in zip(others, results, strict=True) if r is False)
-
-    async def _delete_done(self, held: Held, copies: list[Copy]) -> None:
-        """After success: delete this copy, the copies of ours waiting for it, and the job's
-        other recorded copies, all at once.
-
-        Our reservations are deleted by id (a reservation is ours on that connection); the
-        recorded copies are checked to still be this job's (see :func:`copy_deleter`)."""
-        job_id = held.envelope.job_id
-        followers = dict(held.local.followers) if held.local is not None else {}
-        others = self._others(held, copies, followers)
-        results = await asyncio.gather(
-            held.conn.delete_soon(held.job.id, socket=held.socket),
-            *(conn.delete_soon(jid, socket=sock) for (_, jid), (conn, sock) in followers.items()),
-            *(self._delete_copy(c, job_id) for c in others),
-        )
-        mine = results[1 : 1 + len(followers)]
-        theirs = results[1 + len(followers) :]
-        if held.local is not None:
-            held.local.deleted.update(key for key, r in zip(followers, mine, strict=True) if r is not None)
-        suppressed = sum(1 for r in results[1:] if r is True)
-        if suppressed:
-            self._duplicates.inc(suppressed)
-        expires = time.monotonic() + SWEEP_WINDOW
-        self._unswept.extend((expires, c, job_id) for c, r in zip(others, theirs, strict=True) if r is False)
-        if not copies and len(self._followups) < 1000:
-            # No copies recorded (yet): the standbys would otherwise wait out their delay.
-            here = {(held.conn.address, held.job.id), *followers}
-            task = asyncio.create_task(self._delete_when_recorded(job_id, here))
-            self._followups.add(task)
-            task.add_done_callback(self._followups.discard)
-
-    async def _delete_when_recorded(self, job_id: str, here: set[tuple[str, int]]) -> None:
-        """Delete the other copies of a done job once the producer has recorded them."""
-        for pause in RECORD_RETRIES:
-            if await self._pause(pause):
-                return
-            with contextlib.suppress(RedisError):
-                copies = await self._records.copies(job_id)
-                if copies:
-                    others = [c for c in copies if (c.node, c.jid) not in here and c.node in self._control]
-                    results = await asyncio.gather(*(self._delete_copy(c, job_id) for c in others))
-                    if suppressed := sum(1 for r in results if r is True):
-                        self._duplicates.inc(suppressed)
-                    return
-
-    async def _sweep_settled_copies(self) -> None:
-        now = time.monotonic()
-        while self._unswept and self._unswept[0][0] < now:
-            self._unswept.popleft()
-        pending = list(self._unswept)
-        self._unswept.clear()
-        if pending:
-            await asyncio.gather(*(self._delete_copy(c, j) for _, c, j in pending))
-            log.info("dq %s: swept %d copies of settled jobs after a redis outage", self.queue, len(pending))
 
     # -- keeping hold ---------------------------------------------------------------------
 
@@ -883,7 +796,7 @@ class DelayConsumer:
             return False
         # Done markers may be gone with the old Redis: delete the other copies of jobs settled
         # just before the outage that still were held by someone then.
-        await self._sweep_settled_copies()
+        await self._siblings.sweep()
         return True
 
     def _note_redis_error(self, exc: BaseException) -> None:
