@@ -79,7 +79,6 @@ T = TypeVar("T")
 Handler = Callable[[DelayJob], Awaitable[Outcome]]
 
 RESERVERS_PER_NODE = 4  # connections per node blocked in reserve, waiting for the next ready job
-CLAIM_AHEAD = 4  # x concurrency: copies claimed ahead of a handler slot, at most
 RESERVE_BATCH = 16  # non-blocking reserves sent together when several copies are ready
 HOLD_LIMIT = 2.0  # a retry due within this many seconds is waited for while holding the copy
 BUSY_HOLD = 5.0  # seconds a copy waits, held, for another copy's attempt to end
@@ -177,9 +176,6 @@ class DelayConsumer:
         self._running = True
         nodes = len(self._nodes)
         self._slots = asyncio.Semaphore(self._concurrency)
-        # Copies claimed and waiting for a handler slot, at most: the next waves' claims share
-        # their Redis round trips. A consumer that crashes has counted an attempt for each.
-        self._ahead = asyncio.Semaphore(CLAIM_AHEAD * self._concurrency)
         # Held copies wait their turn for a connection in a burst; the watchdog has its own,
         # so that its verdict on Redis never waits in that queue.
         pool = max(DEFAULT_POOL, 4 * self._concurrency + 16)
@@ -493,14 +489,16 @@ class DelayConsumer:
             return
 
     async def _claim_and_deliver(self, held: Held, due: float) -> Claim | None:
-        """Take the job's lease, then a handler slot, and deliver; the claim if not delivered.
+        """Take a handler slot, then the job's lease, and deliver; the claim if not delivered.
 
-        Claims run ahead of the handler slots (at most ``CLAIM_AHEAD x concurrency`` copies
-        claimed and waiting for a slot), so that the claims of a wave share one Redis round
-        trip instead of each slot paying one before its handler can start. The price: a
-        consumer that crashes has counted an attempt for each of those too.
+        The slot comes first so that an attempt is counted only for a handler about to start: a
+        consumer that crashes has counted attempts for the jobs it was running and no others
+        (a poison job is buried after its crashes; the jobs beside it keep their attempts).
+        Claims of slots freed in the same loop pass still share one Redis round trip.
         """
-        async with self._ahead:
+        await self._slots.acquire()
+        started = False
+        try:
             if self._stopping.is_set():
                 await self._hand_back(held, due)
                 return None
@@ -516,13 +514,8 @@ class DelayConsumer:
                 return claim
             held.claimed = True
             self._claimed[held.token] = held
-            try:
-                await self._slots.acquire()
-            except BaseException:
-                self._claimed.pop(held.token, None)
-                raise
             held.ticket.let_go()  # in the handler: no longer prefetched
-        try:
+            started = True
             try:
                 # Stopping meanwhile: the attempt is given back below, never started.
                 outcome = None if self._stopping.is_set() else await self._run_handler(held, claim.attempt)
@@ -534,6 +527,8 @@ class DelayConsumer:
             else:
                 await self._settle(held, claim, outcome)
         finally:
+            if not started:
+                self._slots.release()
             self._claimed.pop(held.token, None)
         return None
 
