@@ -8,8 +8,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 
+import greenstalk
+
 from harness.servers import BeanstalkdCluster, RedisServer
 from queue_engine.dq import DelayConsumer, DelayJob, DelayProducer, DeliveryPolicy, Outcome
+from queue_engine.dq.envelope import Envelope, new_job_id
 from queue_engine.policy import Backoff
 
 FAST = DeliveryPolicy(max_attempts=3, backoff=Backoff(initial=0.1, max=0.5, multiplier=2), timeout=5.0)
@@ -91,3 +94,17 @@ class DqEnv:
         finally:
             await consumer.stop(grace=2.0)
             await asyncio.wait_for(task, 10)
+
+    def put_single_copies(self, per_node: int, due: float) -> list[str]:
+        """``per_node`` jobs straight on each node, one copy each (no standby comes up later),
+        ready at once and due at ``due``; their ids."""
+        sent = []
+        for address in self.nodes:
+            host, port = address.split(":")
+            client = greenstalk.Client((host, int(port)), encoding=None, use=self.tube)
+            for _ in range(per_node):
+                job_id = new_job_id(due)
+                client.put(Envelope(job_id, int(due * 1_000_000), b"x").encode(), ttr=20)
+                sent.append(job_id)
+            client.close()
+        return sent

@@ -146,3 +146,37 @@ def test_works_on_uvloop_as_the_sidecar_runs_it(beanstalk_cluster: BeanstalkdClu
         assert loop.run_until_complete(roundtrip()) == b"on uvloop"
     finally:
         loop.close()
+
+
+async def test_ready_jobs_are_reserved_and_deleted_several_in_one_write(
+    beanstalk_cluster: BeanstalkdCluster, unique: str
+) -> None:
+    conn = await _open(beanstalk_cluster, unique)
+    try:
+        ids = [await conn.put(b"%d" % i, priority=1, delay=0, ttr=20) for i in range(3)]
+        jobs = await conn.reserve_ready(5)  # two more than there are: TIMED_OUT, skipped
+        assert [job.id for job in jobs] == ids
+        assert await conn.reserve_ready(2) == []
+        assert await conn.delete_many([*ids, ids[0]]) == [True, True, True, False]
+        assert await conn.delete_many([]) == []
+    finally:
+        conn.close()
+
+
+async def test_a_connection_the_watchdog_gives_up_on_fails_its_calls_as_timeouts(
+    beanstalk_cluster: BeanstalkdCluster, unique: str
+) -> None:
+    node = beanstalk_cluster[0]
+    health = NodeHealth(node.address)
+    conn = AsyncNodeConnection(node.address, unique, connect_timeout=1.0, io_timeout=0.3, health=health)
+    try:
+        await conn.call(lambda c: c.stats())  # connected
+        node.pause()
+        with pytest.raises(NodeDown, match="timed out"):
+            await conn.call(lambda c: c.stats())
+        assert health.suspect  # and the next call fails at once
+        with pytest.raises(NodeDown, match="skipped"):
+            await conn.call(lambda c: c.stats())
+    finally:
+        node.resume()
+        conn.close()

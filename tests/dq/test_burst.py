@@ -6,11 +6,9 @@ import asyncio
 import collections
 import time
 
-import greenstalk
 from dq.dqkit import DqEnv, Recorder
 
 from queue_engine.dq import DelayConsumer
-from queue_engine.dq.envelope import Envelope, new_job_id
 
 
 async def test_a_burst_does_not_look_like_redis_down(dq: DqEnv) -> None:
@@ -18,16 +16,7 @@ async def test_a_burst_does_not_look_like_redis_down(dq: DqEnv) -> None:
     # other without asking Redis), ready at once and all due at the same instant: the consumer
     # holds 8 x concurrency copies per node, and all of them ask Redis at that instant (more
     # than the old pool's 1024 connections).
-    due = time.time() + 5
-    sent = []
-    for address in dq.nodes:
-        host, port = address.split(":")
-        client = greenstalk.Client((host, int(port)), encoding=None, use=dq.tube)
-        for _ in range(540):
-            job_id = new_job_id(due)
-            client.put(Envelope(job_id, int(due * 1_000_000), b"x").encode(), ttr=20)
-            sent.append(job_id)
-        client.close()
+    sent = dq.put_single_copies(540, due=time.time() + 5)
     recorder = Recorder()
     seen: set[str] = set()
     consumer = DelayConsumer(dq.nodes, dq.tube, dq.redis.url, recorder, concurrency=64, connect_timeout=3.0)

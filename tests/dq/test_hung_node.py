@@ -95,3 +95,48 @@ async def test_the_lease_is_renewed_while_a_touch_waits_on_a_hung_node(dq: DqEnv
         await asyncio.gather(a.stop(grace=2), b.stop(grace=2))
         await asyncio.wait_for(asyncio.gather(*tasks), 30)
     assert len(recorder.of(job_id)) == 1
+
+
+async def test_a_producer_never_puts_to_a_node_a_consumer_found_hung(dq: DqEnv) -> None:
+    """Producers share the consumers' hung-node tracking (one per node and process): once a
+    node is suspect, publishes skip it instead of each waiting out a put's timeout, and a
+    probe in the background, not any publish, finds out when it answers again."""
+    recorder = Recorder()
+    hung = dq.cluster[0]
+    consumer = _consumer(dq, recorder, dq.nodes)
+    task = asyncio.create_task(consumer.run())
+    try:
+        async with dq.producer() as producer:
+            await producer.delay(b"warm", 0)
+            await recorder.wait_for(lambda: len(recorder.deliveries) == 1)
+            hung.pause()
+            # The consumer's reserves on the stopped node time out: it is suspect from then on.
+            await recorder.wait_for(lambda: hung.address in consumer.health()[1], within=30)
+        # A new producer (so nothing of its own tells it): it must not send a put there.
+        async with dq.producer(connect_timeout=30.0) as producer:
+            pool = producer._pools[hung.address]
+            puts: list[str] = []
+            attempt = pool._attempt
+
+            async def counting(op, limit):  # type: ignore[no-untyped-def]
+                if getattr(op, "__name__", "") == "put":
+                    puts.append(pool.address)
+                return await attempt(op, limit)
+
+            pool._attempt = counting  # type: ignore[method-assign]
+            sent = await asyncio.gather(*(producer.delay(b"%d" % i, 0) for i in range(10)))
+            assert puts == []
+            hung.resume()
+            # The background probe (or the consumer's) sees it answer; puts go there again.
+            for _ in range(100):
+                if not producer._suspect(hung.address):
+                    break
+                await asyncio.sleep(0.1)
+            sent.append(await producer.delay(b"again", 0))
+        await recorder.wait_for(lambda: set(recorder.ids()) >= set(sent), within=30)
+    finally:
+        hung.resume()
+        await consumer.stop(grace=2)
+        await task
+    counts = collections.Counter(recorder.ids())
+    assert {job_id: n for job_id, n in counts.items() if n != 1} == {}

@@ -6,7 +6,8 @@ connection without a thread or a lock per request. A reply the caller stopped wa
 (cancelled) is still read and thrown away, so the stream never gets out of step; a connection
 that is closed or lost fails every request still waiting with :class:`ConnectionError`.
 
-Only what the dq engine uses is here: put, reserve (with a timeout), reserve-job, delete,
+Only what the dq engine uses is here: put, reserve (with a timeout; several non-blocking ones
+in one write), reserve-job, delete (several in one write),
 release, bury, touch, peek, stats. A server error answer (``NOT_FOUND``, ``JOB_TOO_BIG``, ...)
 raises :class:`BeanstalkError` and leaves the connection usable. Blocking tools (queuectl,
 admin, drain) keep using greenstalk in threads.
@@ -52,6 +53,10 @@ class TimedOut(BeanstalkError):
 
 class Closed(ConnectionError):
     """This side closed the connection (a timeout, a stop): says nothing about the server."""
+
+
+class Expired(TimeoutError):
+    """No answer in time: the caller's watchdog gave up on the connection (see :meth:`Connection.expire`)."""
 
 
 class _Reply(NamedTuple):
@@ -120,6 +125,36 @@ class Connection(asyncio.Protocol):
             return Job(int(reply.args[0]), reply.body)
         raise _error(reply.status, b"reserve-with-timeout")
 
+    async def reserve_ready(self, count: int) -> list[Job]:
+        """Up to ``count`` jobs ready now, reserved on this connection; never blocks.
+
+        ``count`` requests of ``reserve-with-timeout 0`` leave in one write; every reply is
+        read, so a job that became ready between two of them is taken, not left reserved here
+        unseen. Error answers other than ``TIMED_OUT`` are skipped (the jobs are what matter).
+        """
+        futures = [self._request(b"reserve-with-timeout 0") for _ in range(count)]
+        jobs = []
+        for future in futures:
+            reply = await future
+            if reply.status == b"RESERVED" and reply.body is not None:
+                jobs.append(Job(int(reply.args[0]), reply.body))
+        return jobs
+
+    async def delete_many(self, jids: list[int]) -> list[bool]:
+        """Delete each of ``jids`` (one write); False for those not found. Any other error
+        answer is raised once every reply has been read."""
+        futures = [self._request(b"delete %d" % jid) for jid in jids]
+        results = []
+        error: BeanstalkError | None = None
+        for future in futures:
+            status = (await future).status
+            results.append(status == b"DELETED")
+            if status not in (b"DELETED", b"NOT_FOUND") and error is None:
+                error = _error(status, b"delete")
+        if error is not None:
+            raise error
+        return results
+
     async def reserve_job(self, jid: int) -> Job:
         reply = await self._request(b"reserve-job %d" % jid)
         if reply.status == b"RESERVED" and reply.body is not None:
@@ -161,6 +196,18 @@ class Connection(asyncio.Protocol):
         if self._transport is not None:
             self._transport.abort()  # at once: a hung peer must not hold anything up
         self._fail(ConnectionError("connection closed"))
+
+    def expire(self, why: str) -> None:
+        """Give up on a connection that does not answer: every request still waiting fails with
+        :class:`Expired` (a :class:`TimeoutError`), and the socket is cut."""
+        if self._lost is None:
+            self._lost = Expired(why)
+            while self._waiting:
+                fut, _ = self._waiting.popleft()
+                if not fut.done():
+                    fut.set_exception(Expired(why))
+        if self._transport is not None:
+            self._transport.abort()
 
     @property
     def closed(self) -> bool:

@@ -5,7 +5,9 @@ per-node I/O (:mod:`~queue_engine.dq.beanstalk`: the protocol, pipelined;
 :mod:`~queue_engine.dq.node_io`: reconnects, hung-node isolation, node identity;
 :mod:`~queue_engine.dq.held`: reservations and the connections holding them) and the Redis
 decisions (:mod:`~queue_engine.dq.records`: one atomic script per decision;
-:mod:`~queue_engine.dq.redis_batch`: those made together share a round trip).
+:mod:`~queue_engine.dq.redis_batch`: those made together share a round trip;
+:mod:`~queue_engine.dq.clock`: due decisions follow Redis's clock) and the clean-up after
+settling (:mod:`~queue_engine.dq.siblings`: the other copies of a settled job deleted).
 
 Shape: per node, a few workers wait in ``reserve`` (each on a connection holding nothing) so
 that a job is seen the moment it becomes ready, then take the copies ready at that moment on
@@ -28,7 +30,6 @@ handler calls run at once across all nodes. For each copy held:
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import math
@@ -41,6 +42,7 @@ from redis.exceptions import RedisError
 
 from queue_engine import metrics
 from queue_engine.dq.beanstalk import BeanstalkError, Connection, Job
+from queue_engine.dq.clock import RedisClock
 from queue_engine.dq.envelope import Envelope
 from queue_engine.dq.held import (
     RESERVE_TIMEOUT,
@@ -48,16 +50,17 @@ from queue_engine.dq.held import (
     Local,
     NodeLine,
     Reserved,
+    Ticket,
     burier,
     releaser,
-    reserve_now,
+    reserve_ready,
     reserve_waiting,
     toucher,
 )
 from queue_engine.dq.job import DelayJob
 from queue_engine.dq.membership import Membership
-from queue_engine.dq.node_io import AsyncNodeConnection, Op, delete_copy, delete_reserved
-from queue_engine.dq.nodes import NodeDown, NodeHealth, check_nodes, check_tube
+from queue_engine.dq.node_io import AsyncNodeConnection, Op
+from queue_engine.dq.nodes import NodeDown, check_nodes, check_tube, shared_health
 from queue_engine.dq.producer import JOB_TTR
 from queue_engine.dq.records import Claim, Copy, JobRecords
 from queue_engine.dq.redis_client import (
@@ -66,6 +69,7 @@ from queue_engine.dq.redis_client import (
     describe_redis_error,
     durability_warnings,
 )
+from queue_engine.dq.siblings import Siblings
 from queue_engine.errors import ConfigError
 from queue_engine.policy import DeliveryPolicy, Outcome, Verdict
 
@@ -82,10 +86,6 @@ STOP_MARGIN = 10.0  # seconds past the grace that stop() waits before cancelling
 # A node call running this long at stop is stuck on a hung node (a reserve returns within
 # RESERVE_TIMEOUT, other calls within milliseconds): its socket is cut.
 STUCK_AFTER = RESERVE_TIMEOUT + 0.5
-SWEEP_WINDOW = 30.0  # seconds a settled job's undeletable copies are remembered for a sweep
-# A job done a moment after it was published may beat the producer's record of its copies:
-# the record is read again after these pauses, to delete the standbys then.
-RECORD_RETRIES = (0.2, 0.5, 1.0, 2.0)
 KIND = "delay"
 TOUCH_EVERY = JOB_TTR / 4  # seconds between touches of a held reservation
 
@@ -124,8 +124,7 @@ class DelayConsumer:
         self._lease_ttl = lease_ttl
         self._connect_timeout = connect_timeout
         self._renew_every = min(TOUCH_EVERY, lease_ttl / 3)
-        self._clock = clock  # this machine's wall clock (a parameter so tests can skew it)
-        self._offset = 0.0  # Redis's clock minus ours, where measurably different
+        self._redis_clock = RedisClock(self.queue, clock)  # due decisions follow Redis's clock
         self._running = False
         self._stopping = asyncio.Event()
         self._finished = asyncio.Event()
@@ -133,23 +132,37 @@ class DelayConsumer:
         self._deadline = math.inf
         self._redis_error: str | None = None
         self._node_errors: dict[str, str] = {}
-        # Shared by every connection to a node: one timeout makes the node suspect, and calls
-        # on it then fail at once instead of each waiting out a timeout (see nodes.py).
-        self._health = {node: NodeHealth(node) for node in self._nodes}
+        # Shared by every connection to a node (and with this process's producers): one timeout
+        # makes the node suspect, and calls on it then fail at once instead of each waiting out
+        # a timeout (see nodes.py).
+        self._health = {node: shared_health(node) for node in self._nodes}
         self._reservers = min(concurrency, RESERVERS_PER_NODE)
         self._control: dict[str, AsyncNodeConnection] = {}
         self._lines: dict[str, NodeLine] = {}
         self._workers: dict[str, list[asyncio.Task[None]]] = {}
-        self._inflight: set[asyncio.Task[Outcome]] = set()
-        self._held_per_node = max(64, 8 * concurrency)  # copies held at once per node, at most
+        # Holders running a handler, each with the future its handler's end sets; stop() cancels
+        # those still running when the grace runs out (and notes them in _cut).
+        self._inflight: dict[asyncio.Task[Any], asyncio.Future[None]] = {}
+        self._cut: set[asyncio.Task[Any]] = set()
+        self._sleepers: set[asyncio.Future[None]] = set()  # pauses that stop() cuts short
+        # Per node: copies reserved and waiting for a handler slot, at most (the reserving
+        # workers' own permits on top: each holds one while it waits in reserve).
+        self._prefetch = concurrency + self._reservers
+        self._max_waiting = max(1024, 8 * concurrency)  # per node: copies waiting for their due time
         self._holders: set[asyncio.Task[None]] = set()
         self._leaders: dict[str, Local] = {}  # job id -> our first copy's progress
         self._instance = uuid.uuid4().hex[:12]  # lease tokens: this consumer, then a counter
         self._tokens = 0
         self._claimed: dict[str, Held] = {}  # by token: copies whose attempt has not settled
-        # (expiry, copy, job id) of other copies a settled job left behind.
-        self._unswept: collections.deque[tuple[float, Copy, str]] = collections.deque(maxlen=10_000)
-        self._followups: set[asyncio.Task[None]] = set()
+        self._received = metrics.RECEIVED.labels(kind=KIND, queue=self.queue)
+        self._lateness = metrics.DQ_LATENESS.labels(queue=self.queue)
+        self._in_flight = metrics.IN_FLIGHT.labels(kind=KIND, queue=self.queue)
+        self._latency = metrics.DELIVERY_LATENCY.labels(kind=KIND, queue=self.queue)
+        self._duplicates = metrics.DUPLICATES_SUPPRESSED.labels(queue=self.queue)
+        self._delivered = {
+            result: metrics.DELIVERED.labels(kind=KIND, queue=self.queue, result=result)
+            for result in ("success", "retry", "drop", "unavailable")
+        }
         # Risky Redis settings seen once Redis answered (None: not checked yet). Not part of
         # health(), which is about reachability: the sidecar shows them in /v1/status.
         self.redis_warnings: list[str] | None = None
@@ -173,6 +186,7 @@ class DelayConsumer:
         self._control = {}
         self._lines = {}
         self._workers = {}
+        self._siblings = Siblings(self.queue, self._control, self._records, self._pause)
         with contextlib.suppress(RedisError):
             await self._measure_clock()  # before the first copy is held; the watchdog keeps it up
         watchdog = asyncio.create_task(self._watch_redis(), name=f"dq-{self.queue}-redis")
@@ -196,9 +210,7 @@ class DelayConsumer:
             # that lands inside a command, and the task would then never end.
             self._closing.set()
             await asyncio.gather(watchdog, *workers, *self._holders, return_exceptions=True)
-            for task in self._followups:
-                task.cancel()  # only deletes of standbys left over: they are deleted on sight later
-            await asyncio.gather(*self._followups, return_exceptions=True)
+            await self._siblings.aclose()
             self._close_connections()
             await self._records.aclose()
             await self._redis.aclose()
@@ -225,7 +237,7 @@ class DelayConsumer:
         removed = [node for node in self._nodes if node not in nodes]
         self._nodes = nodes
         for node in nodes:
-            self._health.setdefault(node, NodeHealth(node))
+            self._health.setdefault(node, shared_health(node))
         for node in removed:
             self._node_errors.pop(node, None)
         if self._running and not self._stopping.is_set():
@@ -245,7 +257,7 @@ class DelayConsumer:
                 io_timeout=self._connect_timeout,
                 health=self._health[node],
             )
-        self._lines.setdefault(node, NodeLine(self._held_per_node))
+        self._lines.setdefault(node, NodeLine(self._prefetch, self._max_waiting))
         running = [t for t in self._workers.get(node, []) if not t.done()]
         # Workers of a node removed and added back may still be ending: they end on their own.
         self._workers[node] = running + [
@@ -256,15 +268,19 @@ class DelayConsumer:
     async def stop(self, grace: float = 30.0) -> None:
         """Stop taking jobs; let handlers finish within ``grace`` seconds, hand back the rest."""
         self._stopping.set()
+        for woken in self._sleepers:
+            _wake(woken)
         for local in self._leaders.values():
             local.settled.set()  # copies waiting for one of ours hand themselves back now
         if not self._running:
             return
         self._deadline = time.monotonic() + grace
         if self._inflight:
-            _, late = await asyncio.wait(set(self._inflight), timeout=grace)
-            for task in late:
-                task.cancel()
+            await asyncio.wait(set(self._inflight.values()), timeout=grace)
+            for task, ended in list(self._inflight.items()):
+                if not ended.done():
+                    self._cut.add(task)
+                    task.cancel()
         give_up = time.monotonic() + STOP_MARGIN
         while not self._finished.is_set() and time.monotonic() < give_up:
             # Calls stuck on a hung node would each wait out their timeout: cut them.
@@ -356,20 +372,14 @@ class DelayConsumer:
                 wanted += 1
             if not wanted:
                 return
-            results = await asyncio.gather(
-                *(conn.call(reserve_now, limit=self._connect_timeout) for _ in range(wanted)),
-                return_exceptions=True,
-            )
-            for result in results:
-                if isinstance(result, tuple):
-                    self._start_holding(line, conn, result)
-                else:
-                    line.permits.release()
-                    if isinstance(result, BaseException) and not isinstance(
-                        result, NodeDown | BeanstalkError
-                    ):
-                        raise result
-            if any(not isinstance(result, tuple) for result in results):
+            jobs: list[Job] = []
+            with contextlib.suppress(NodeDown, BeanstalkError):
+                socket, jobs = await conn.call(reserve_ready(wanted), limit=self._connect_timeout)
+            for job in jobs:
+                self._start_holding(line, conn, (socket, job))
+            for _ in range(wanted - len(jobs)):
+                line.permits.release()
+            if len(jobs) < wanted:
                 return  # the node has no more ready copies (or failed): back to waiting
 
     def _start_holding(self, line: NodeLine, conn: AsyncNodeConnection, got: Reserved) -> None:
@@ -379,18 +389,19 @@ class DelayConsumer:
         holder.add_done_callback(self._holders.discard)
 
     async def _hold_then_return(self, line: NodeLine, conn: AsyncNodeConnection, got: Reserved) -> None:
+        ticket = Ticket(line, len(got[1].body))  # the worker's permit, now this copy's
         try:
-            await self._hold(conn, *got)
+            await self._hold(conn, *got, ticket)
         except Exception:
             # A bug must not stop the consumer: dropping the connection hands the reservation
             # back to beanstalkd (with the others on it), and the lease (if any) expires.
             log.exception("dq %s: failed handling a copy on %s; handing it back", self.queue, conn.address)
             conn.close()
         finally:
-            line.permits.release()
+            ticket.let_go()
             line.let_go(conn)
 
-    async def _hold(self, conn: AsyncNodeConnection, socket: Connection, job: Job) -> None:
+    async def _hold(self, conn: AsyncNodeConnection, socket: Connection, job: Job, ticket: Ticket) -> None:
         envelope = Envelope.decode(job.body)
         if envelope is None:
             log.warning(
@@ -402,7 +413,7 @@ class DelayConsumer:
             await self._quietly(conn, burier(socket, job.id))
             return
         self._tokens += 1
-        held = Held(conn, socket, job, envelope, token=f"{self._instance}-{self._tokens}")
+        held = Held(conn, socket, job, envelope, token=f"{self._instance}-{self._tokens}", ticket=ticket)
         # Most copies settle in milliseconds: the keeper task only starts once there is
         # something to renew or touch, which saves a task and a timer per copy.
         held.keep_timer = asyncio.get_running_loop().call_later(self._renew_every, self._start_keeping, held)
@@ -413,6 +424,7 @@ class DelayConsumer:
                 # This consumer already holds another copy of the job: wait for that one to
                 # settle rather than asking Redis again and again.
                 local.followers[(conn.address, job.id)] = (conn, socket)
+                ticket.waiting()
                 if not self._stopping.is_set():
                     await local.settled.wait()  # stop() sets it too
                 if self._stopping.is_set():
@@ -420,8 +432,8 @@ class DelayConsumer:
                 elif local.done:
                     if (conn.address, job.id) in local.deleted:
                         pass  # the first copy deleted this one along with its own
-                    elif await self._quietly(conn, delete_reserved(job.id, socket)):
-                        metrics.DUPLICATES_SUPPRESSED.labels(queue=self.queue).inc()
+                    elif await conn.delete_soon(job.id, socket=socket):
+                        self._duplicates.inc()
                 else:
                     await self._process(held)
                 return
@@ -438,6 +450,8 @@ class DelayConsumer:
         due = held.envelope.due
         busy_since: float | None = None
         while True:
+            if due > self._now():
+                held.ticket.waiting()
             if not await self._sleep_until(due):
                 await self._hand_back(held, due)
                 return
@@ -475,8 +489,16 @@ class DelayConsumer:
             return
 
     async def _claim_and_deliver(self, held: Held, due: float) -> Claim | None:
-        """Take a handler slot, then the job's lease, and deliver; the claim if not delivered."""
-        async with self._slots:
+        """Take a handler slot, then the job's lease, and deliver; the claim if not delivered.
+
+        The slot comes first so that an attempt is counted only for a handler about to start: a
+        consumer that crashes has counted attempts for the jobs it was running and no others
+        (a poison job is buried after its crashes; the jobs beside it keep their attempts).
+        Claims of slots freed in the same loop pass still share one Redis round trip.
+        """
+        await self._slots.acquire()
+        started = False
+        try:
             if self._stopping.is_set():
                 await self._hand_back(held, due)
                 return None
@@ -492,14 +514,21 @@ class DelayConsumer:
                 return claim
             held.claimed = True
             self._claimed[held.token] = held
-            outcome = await self._run_handler(held, claim.attempt)
-        try:
+            held.ticket.let_go()  # in the handler: no longer prefetched
+            started = True
+            try:
+                # Stopping meanwhile: the attempt is given back below, never started.
+                outcome = None if self._stopping.is_set() else await self._run_handler(held, claim.attempt)
+            finally:
+                self._slots.release()
             await self._stop_keeping(held)  # settling owns the connection and the lease now
             if outcome is None:  # stopping: give the attempt back
                 await self._settle_retry(held, None, attempted=False, error="")
             else:
                 await self._settle(held, claim, outcome)
         finally:
+            if not started:
+                self._slots.release()
             self._claimed.pop(held.token, None)
         return None
 
@@ -513,17 +542,15 @@ class DelayConsumer:
             # that this copy takes over if that consumer died.
             await self._release(held, max(1.0, math.ceil(claim.until)))
         elif claim.action == "done":
-            if await self._quietly(held.conn, delete_reserved(held.job.id, held.socket)):
-                metrics.DUPLICATES_SUPPRESSED.labels(queue=self.queue).inc()
+            if await held.conn.delete_soon(held.job.id, socket=held.socket):
+                self._duplicates.inc()
             log.debug("dq %s: copy %s of done job %s deleted", self.queue, held.where, job_id)
         elif claim.action == "revoked":
-            await self._quietly(held.conn, delete_reserved(held.job.id, held.socket))
+            await held.conn.delete_soon(held.job.id, socket=held.socket)
             log.info("dq %s: job %s was revoked; copy %s deleted", self.queue, job_id, held.where)
         elif claim.action == "buried":
             if claim.kept and claim.kept != held.where:
-                await self._quietly(
-                    held.conn, delete_reserved(held.job.id, held.socket)
-                )  # one buried copy is enough
+                await held.conn.delete_soon(held.job.id, socket=held.socket)  # one buried copy is enough
             else:
                 await self._quietly(held.conn, burier(held.socket, held.job.id))
         else:
@@ -538,25 +565,35 @@ class DelayConsumer:
         job = DelayJob(envelope.job_id, envelope.body, attempt, envelope.due_at, self.queue)
         if attempt == 1:
             # Messages, not attempts (as for Kafka): retries are counted in queue_messages_retried.
-            metrics.RECEIVED.labels(kind=KIND, queue=self.queue).inc()
-            metrics.DQ_LATENESS.labels(queue=self.queue).observe(max(0.0, self._now() - envelope.due))
-        gauge = metrics.IN_FLIGHT.labels(kind=KIND, queue=self.queue)
+            self._received.inc()
+            self._lateness.observe(max(0.0, self._now() - envelope.due))
+        gauge = self._in_flight
         gauge.inc()
         started = time.monotonic()
-        task = asyncio.create_task(self._call_handler(job))
-        self._inflight.add(task)
+        # In this task (no task per call): stop() cancels it if the grace runs out.
+        task = asyncio.current_task()
+        assert task is not None
+        ended = asyncio.get_running_loop().create_future()
+        self._inflight[task] = ended
         try:
-            return await task
+            outcome = await self._call_handler(job)
         except asyncio.CancelledError:
-            if not task.cancelled() or not self._stopping.is_set():
+            if task not in self._cut:
                 raise
-            # stop()'s grace ran out: hand the job back without counting this attempt.
+            outcome = None
+        finally:
+            ended.set_result(None)
+            del self._inflight[task]
+            gauge.dec()
+            self._latency.observe(time.monotonic() - started)
+        if task in self._cut:
+            # stop()'s grace ran out: hand the job back without counting this attempt (also
+            # when the handler swallowed the cancellation).
+            self._cut.discard(task)
+            task.uncancel()
             log.info("dq %s: job %s handed back at stop", self.queue, job.id)
             return None
-        finally:
-            self._inflight.discard(task)
-            gauge.dec()
-            metrics.DELIVERY_LATENCY.labels(kind=KIND, queue=self.queue).observe(time.monotonic() - started)
+        return outcome
 
     async def _call_handler(self, job: DelayJob) -> Outcome:
         try:
@@ -583,7 +620,7 @@ class DelayConsumer:
     async def _settle(self, held: Held, claim: Claim, outcome: Outcome) -> None:
         attempt = claim.attempt
         result = outcome.verdict.value.lower() if outcome.attempted else "unavailable"
-        metrics.DELIVERED.labels(kind=KIND, queue=self.queue, result=result).inc()
+        self._delivered[result].inc()
         job_id = held.envelope.job_id
         if outcome.verdict is Verdict.SUCCESS:
             copies = await self._until_redis(held, lambda: self._records.mark_done(job_id, held.token))
@@ -592,7 +629,7 @@ class DelayConsumer:
             if copies is None:
                 await self._release(held, 0)  # could not record success: deliver again rather than lose it
                 return
-            await self._delete_done(held, copies)
+            await self._siblings.after_success(held, copies)
             return
         gave_up = outcome.verdict is Verdict.DROP
         if gave_up or (outcome.attempted and attempt >= self._policy.max_attempts):
@@ -649,102 +686,11 @@ class DelayConsumer:
 
         copies = await self._until_redis(held, mark)
         if copies is not None and kept:
-            await self._delete_siblings(held, copies)
+            await self._siblings.after_bury(held, copies)
         metrics.DEAD_LETTERED.labels(kind=KIND, queue=self.queue, reason=reason).inc()
         log.warning(
             "dq %s: job %s buried after attempt %d (%s): %s", self.queue, job_id, attempt, reason, error
         )
-
-    def _others(self, held: Held, copies: list[Copy], skip: Any) -> list[Copy]:
-        """The recorded copies other than this one and those in ``skip`` (ours, held here)."""
-        here = (held.conn.address, held.job.id)
-        return [
-            c
-            for c in copies
-            if (c.node, c.jid) != here and (c.node, c.jid) not in skip and c.node in self._control
-        ]
-
-    def _copy_deleter(self, copy: Copy, job_id: str) -> Op[bool]:
-        return delete_copy(self._control[copy.node], copy.jid, copy.server, job_id)
-
-    async def _delete_siblings(self, held: Held, copies: list[Copy]) -> None:
-        job_id = held.envelope.job_id
-        ours = held.local.followers if held.local is not None else set()  # they delete themselves
-        others = self._others(held, copies, ours)
-        results = await asyncio.gather(
-            *(self._quietly(self._control[c.node], self._copy_deleter(c, job_id)) for c in others)
-        )
-        suppressed = sum(1 for r in results if r is True)
-        if suppressed:
-            metrics.DUPLICATES_SUPPRESSED.labels(queue=self.queue).inc(suppressed)
-        # A copy held elsewhere at this moment normally sees the done marker and deletes itself;
-        # if Redis is lost before it looks, the sweep on Redis' return deletes it instead.
-        expires = time.monotonic() + SWEEP_WINDOW
-        self._unswept.extend((expires, c, job_id) for c, r in zip(others, results, strict=True) if r is False)
-
-    async def _delete_done(self, held: Held, copies: list[Copy]) -> None:
-        """After success: delete this copy, the copies of ours waiting for it, and the job's
-        other recorded copies, all at once.
-
-        Our reservations are deleted by id (a reservation is ours on that connection); the
-        recorded copies are checked to still be this job's (see :func:`copy_deleter`)."""
-        job_id = held.envelope.job_id
-        followers = dict(held.local.followers) if held.local is not None else {}
-        others = self._others(held, copies, followers)
-        targets = [
-            (held.conn, delete_reserved(held.job.id, held.socket)),
-            *((conn, delete_reserved(jid, sock)) for (_, jid), (conn, sock) in followers.items()),
-            *((self._control[c.node], self._copy_deleter(c, job_id)) for c in others),
-        ]
-        results = await self._delete_each(targets)
-        mine = results[1 : 1 + len(followers)]
-        theirs = results[1 + len(followers) :]
-        if held.local is not None:
-            held.local.deleted.update(key for key, r in zip(followers, mine, strict=True) if r is not None)
-        suppressed = sum(1 for r in results[1:] if r is True)
-        if suppressed:
-            metrics.DUPLICATES_SUPPRESSED.labels(queue=self.queue).inc(suppressed)
-        expires = time.monotonic() + SWEEP_WINDOW
-        self._unswept.extend((expires, c, job_id) for c, r in zip(others, theirs, strict=True) if r is False)
-        if not copies and len(self._followups) < 1000:
-            # No copies recorded (yet): the standbys would otherwise wait out their delay.
-            here = {(held.conn.address, held.job.id), *followers}
-            task = asyncio.create_task(self._delete_when_recorded(job_id, here))
-            self._followups.add(task)
-            task.add_done_callback(self._followups.discard)
-
-    async def _delete_when_recorded(self, job_id: str, here: set[tuple[str, int]]) -> None:
-        """Delete the other copies of a done job once the producer has recorded them."""
-        for pause in RECORD_RETRIES:
-            if await self._pause(pause):
-                return
-            with contextlib.suppress(RedisError):
-                copies = await self._records.copies(job_id)
-                if copies:
-                    others = [c for c in copies if (c.node, c.jid) not in here and c.node in self._control]
-                    results = await asyncio.gather(
-                        *(self._quietly(self._control[c.node], self._copy_deleter(c, job_id)) for c in others)
-                    )
-                    if suppressed := sum(1 for r in results if r is True):
-                        metrics.DUPLICATES_SUPPRESSED.labels(queue=self.queue).inc(suppressed)
-                    return
-
-    async def _delete_each(self, targets: list[tuple[AsyncNodeConnection, Op[bool]]]) -> list[bool | None]:
-        """Run each delete on its connection, all at once; None where the node failed."""
-        results: list[bool | None] = await asyncio.gather(*(self._quietly(c, op) for c, op in targets))
-        return results
-
-    async def _sweep_settled_copies(self) -> None:
-        now = time.monotonic()
-        while self._unswept and self._unswept[0][0] < now:
-            self._unswept.popleft()
-        pending = list(self._unswept)
-        self._unswept.clear()
-        if pending:
-            await asyncio.gather(
-                *(self._quietly(self._control[c.node], self._copy_deleter(c, j)) for _, c, j in pending)
-            )
-            log.info("dq %s: swept %d copies of settled jobs after a redis outage", self.queue, len(pending))
 
     # -- keeping hold ---------------------------------------------------------------------
 
@@ -827,24 +773,7 @@ class DelayConsumer:
                 await asyncio.wait_for(self._closing.wait(), 0.25 if self._redis_error else 1.0)
 
     async def _measure_clock(self) -> None:
-        """Follow Redis's clock (``TIME``) where ours measurably differs from it.
-
-        A consumer whose clock is behind would hold due copies (reserved, so no one else can
-        deliver them) until its own clock says so; one ahead would deliver early. Only the
-        difference beyond the round trip counts, so clocks that agree give exactly 0.
-        """
-        before = self._clock()
-        seconds, micros = await self._watch_client.time()
-        after = self._clock()
-        theirs = seconds + micros / 1_000_000
-        # Redis's clock read `theirs` somewhere between `before` and `after` by ours, so at our
-        # `after` it says at least `theirs`: `theirs - after` never puts us ahead of it (never
-        # early; at most a round trip late). `theirs - before` could be a round trip early.
-        # (TIME has whole microseconds: one below `before` still means the clocks agree.)
-        offset = 0.0 if before - 1e-6 <= theirs <= after else theirs - after
-        if abs(offset - self._offset) > 1.0 and abs(offset) > 1.0:
-            log.warning("dq %s: this clock is %.1fs off Redis's; following Redis's", self.queue, -offset)
-        self._offset = offset
+        await self._redis_clock.measure(self._watch_client)
 
     async def _check_redis_settings(self) -> None:
         with contextlib.suppress(RedisError):
@@ -862,7 +791,7 @@ class DelayConsumer:
             return False
         # Done markers may be gone with the old Redis: delete the other copies of jobs settled
         # just before the outage that still were held by someone then.
-        await self._sweep_settled_copies()
+        await self._siblings.sweep()
         return True
 
     def _note_redis_error(self, exc: BaseException) -> None:
@@ -874,7 +803,7 @@ class DelayConsumer:
 
     def _now(self) -> float:
         """Wall-clock time for due decisions: Redis's clock, the one all consumers share."""
-        return self._clock() + self._offset
+        return self._redis_clock.now()
 
     async def _sleep_until(self, due: float) -> bool:
         """Wait until wall-clock ``due`` (never earlier); False if stopping first."""
@@ -887,9 +816,21 @@ class DelayConsumer:
                 return False
 
     async def _pause(self, seconds: float) -> bool:
-        """Sleep up to ``seconds``; True when stop was asked for."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), seconds)
+        """Sleep up to ``seconds``; True when stop was asked for.
+
+        A future and a timer, no task (thousands of copies may wait for their due time at
+        once); stop() wakes them all."""
+        if self._stopping.is_set():
+            return True
+        loop = asyncio.get_running_loop()
+        woken: asyncio.Future[None] = loop.create_future()
+        timer = loop.call_later(seconds, _wake, woken)
+        self._sleepers.add(woken)
+        try:
+            await woken
+        finally:
+            timer.cancel()
+            self._sleepers.discard(woken)
         return self._stopping.is_set()
 
     async def _quietly(self, conn: AsyncNodeConnection, op: Op[Any]) -> Any:
@@ -906,3 +847,8 @@ class DelayConsumer:
             conn.close()
         for line in self._lines.values():
             line.close()
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

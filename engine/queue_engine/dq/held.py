@@ -20,6 +20,7 @@ from queue_engine.dq.node_io import AsyncNodeConnection, Op
 from queue_engine.dq.nodes import PRIORITY
 
 RESERVE_TIMEOUT = 1  # seconds a worker blocks in reserve before looking at stop and Redis again
+MAX_WAITING_BYTES = 16 << 20  # per node: bytes of the copies held waiting for their due time
 
 
 @dataclass
@@ -33,6 +34,42 @@ class Local:
     deleted: set[tuple[str, int]] = field(default_factory=set)  # followers' copies already deleted for them
 
 
+class Ticket:
+    """What a held copy counts against on its node (see :class:`NodeLine`): a prefetch permit
+    from its reservation until it gets a handler slot, or a place among the copies waiting for
+    their due time; nothing once its handler started."""
+
+    __slots__ = ("kind", "line", "size")
+
+    def __init__(self, line: NodeLine, size: int) -> None:
+        self.line = line
+        self.kind = "prefetch"
+        self.size = size  # the copy's bytes, kept in memory while it is held
+
+    def waiting(self) -> None:
+        """The copy waits (for its due time, another copy's outcome): its prefetch permit goes
+        to the next copy, if there is room among the waiting ones."""
+        line = self.line
+        if (
+            self.kind == "prefetch"
+            and line.waiting < line.max_waiting
+            and line.waiting_bytes + self.size <= MAX_WAITING_BYTES
+        ):
+            line.waiting += 1
+            line.waiting_bytes += self.size
+            line.permits.release()
+            self.kind = "waiting"
+
+    def let_go(self) -> None:
+        """The copy's handler started, or the copy is gone: it counts no more."""
+        if self.kind == "prefetch":
+            self.line.permits.release()
+        elif self.kind == "waiting":
+            self.line.waiting -= 1
+            self.line.waiting_bytes -= self.size
+        self.kind = ""
+
+
 @dataclass
 class Held:
     """A copy this consumer has reserved."""
@@ -42,6 +79,7 @@ class Held:
     job: Job
     envelope: Envelope
     token: str
+    ticket: Ticket
     claimed: bool = False
     keeper: asyncio.Task[None] | None = None  # started only if the copy is held long enough
     keep_timer: asyncio.TimerHandle | None = None
@@ -54,11 +92,19 @@ class Held:
 
 
 class NodeLine:
-    """One node's idle connections, which connections hold copies, and how many copies the
-    node may hold at once."""
+    """One node's idle connections, which connections hold copies, and how many copies may be
+    held there at once: ``prefetch`` copies reserved and waiting for a handler slot (so that one
+    consumer does not hoard a burst that others could handle), plus up to ``max_waiting``
+    copies (and ``MAX_WAITING_BYTES``) waiting for their exact due time or for another copy's
+    outcome (beanstalkd makes a copy ready up to a second early: at a high rate of delayed
+    jobs, up to a second's worth of them waits). Copies whose handler runs or that are being settled do
+    not count."""
 
-    def __init__(self, max_held: int) -> None:
-        self.permits = asyncio.Semaphore(max_held)
+    def __init__(self, prefetch: int, max_waiting: int) -> None:
+        self.permits = asyncio.Semaphore(prefetch)
+        self.waiting = 0
+        self.waiting_bytes = 0
+        self.max_waiting = max_waiting
         self._idle: list[AsyncNodeConnection] = []
         self._holding: dict[AsyncNodeConnection, int] = {}
         self._max_idle = 16  # kept for reuse: no reconnect churn
@@ -99,12 +145,14 @@ async def reserve_waiting(conn: Connection) -> Reserved | None:
         return None
 
 
-async def reserve_now(conn: Connection) -> Reserved | None:
-    """A copy that is ready now, if any; never blocks, so it may share a busy connection."""
-    try:
-        return conn, await conn.reserve(0)
-    except TimedOut:
-        return None
+def reserve_ready(count: int) -> Op[tuple[Connection, list[Job]]]:
+    """An op taking up to ``count`` copies ready now, in one write; never blocks, so it may
+    share a busy connection."""
+
+    async def reserve(conn: Connection) -> tuple[Connection, list[Job]]:
+        return conn, await conn.reserve_ready(count)
+
+    return reserve
 
 
 def on_copy(socket: Connection, action: Callable[[Connection], Awaitable[None]]) -> Op[bool]:

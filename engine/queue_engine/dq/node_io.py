@@ -11,6 +11,9 @@ Guarantees:
 - Hung nodes: connections that share a :class:`~queue_engine.dq.nodes.NodeHealth` learn from
   the first timeout, and calls on the node fail at once until a probe (the consumer's reserve)
   gets an answer. Calls on other nodes never wait for it: each node has its own sockets.
+- Deletes asked for on one node in the same loop iteration (:meth:`AsyncNodeConnection.delete_soon`)
+  go out together: one call (one write, one timeout, one task) for the lot, each with the
+  guarantees of :func:`delete_reserved` or :func:`delete_copy`.
 - Node identity: :meth:`AsyncNodeConnection.server_id` is the node process's ``stats`` id (new
   each time beanstalkd starts); :func:`delete_copy` deletes a recorded copy by id only on the
   process that took it, and otherwise only after peeking that it still carries the job's id.
@@ -19,9 +22,11 @@ Guarantees:
 from __future__ import annotations
 
 import asyncio
+import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from queue_engine.dq.beanstalk import BeanstalkError, Closed, Connection, NotFound
 from queue_engine.dq.envelope import Envelope
@@ -29,6 +34,15 @@ from queue_engine.dq.nodes import NodeDown, NodeHealth, parse_address
 
 T = TypeVar("T")
 Op = Callable[[Connection], Awaitable[T]]
+log = logging.getLogger(__name__)
+
+
+class _Delete(NamedTuple):
+    jid: int
+    socket: Connection | None  # a reservation's socket, or None for a recorded copy
+    server: str  # for a recorded copy: the node process that took it
+    job_id: str  # for a recorded copy: the dq job it must carry
+    future: asyncio.Future[bool | None]
 
 
 class AsyncNodeConnection:
@@ -51,14 +65,54 @@ class AsyncNodeConnection:
         self._conn: Connection | None = None
         self._connecting: asyncio.Lock | None = None
         self._server_id: str | None = None
-        self._calls: dict[int, float] = {}  # call number -> monotonic start, while running
+        # Call number -> [monotonic start, limit in seconds], while running; one timer per
+        # connection (not one per call) gives up on the socket once a call is overdue.
+        self._calls: dict[int, list[float]] = {}
+        self._watchdog: asyncio.TimerHandle | None = None
         self._next_call = 0
         self.last_error: str | None = None
         self.down_until = 0.0  # monotonic time before which callers may prefer other nodes
         self._failures = 0
+        self._deletes: list[_Delete] = []  # asked for in this loop iteration
+        self._delete_runs: set[asyncio.Task[None]] = set()
         self.health = health
         if health is not None:
             health.track(self)
+
+    def delete_soon(
+        self, jid: int, *, socket: Connection | None = None, server: str = "", job_id: str = ""
+    ) -> asyncio.Future[bool | None]:
+        """Delete a copy along with the other deletes asked for on this node in the same loop
+        iteration: one call for the lot.
+
+        With ``socket``: the copy reserved on that very socket (see :func:`delete_reserved`);
+        otherwise the recorded copy of job ``job_id`` taken by node process ``server`` (see
+        :func:`delete_copy`). The answer: True deleted; False gone, or not this job's; None when
+        the node failed (a timeout, a lost connection, a suspect node).
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[bool | None] = loop.create_future()
+        if not self._deletes:
+            loop.call_soon(self._send_deletes)
+        self._deletes.append(_Delete(jid, socket, server, job_id, future))
+        return future
+
+    def _send_deletes(self) -> None:
+        batch, self._deletes = self._deletes, []
+        task = asyncio.get_running_loop().create_task(self._run_deletes(batch))
+        self._delete_runs.add(task)
+        task.add_done_callback(self._delete_runs.discard)
+
+    async def _run_deletes(self, batch: list[_Delete]) -> None:
+        results: list[bool] | list[None] = [None] * len(batch)
+        try:
+            results = await self.call(_deleter(self, batch), limit=self._connect_timeout)
+        except (NodeDown, BeanstalkError) as exc:
+            log.debug("deletes on %s failed: %r", self.address, exc)
+        finally:  # also when cancelled (the loop is ending): nobody waits forever
+            for delete, result in zip(batch, results, strict=True):
+                if not delete.future.done():
+                    delete.future.set_result(result)
 
     async def call(self, op: Op[T], *, probe: bool = False, limit: float | None = None) -> T:
         """Run ``op`` on the (re)connected connection; raise :class:`NodeDown` on connection
@@ -67,7 +121,9 @@ class AsyncNodeConnection:
         self._admit(probe)
         self._next_call += 1
         number = self._next_call
-        self._calls[number] = time.monotonic()
+        self._calls[number] = [time.monotonic(), self._io_timeout if limit is None else limit]
+        if self._watchdog is None:
+            self._arm(self._calls[number][1])
         try:
             reused = self._conn is not None and not self._conn.closed
             try:
@@ -82,6 +138,31 @@ class AsyncNodeConnection:
         finally:
             del self._calls[number]
 
+    def _arm(self, delay: float) -> None:
+        self._watchdog = asyncio.get_running_loop().call_later(delay, self._check_calls)
+
+    def _check_calls(self) -> None:
+        """The watchdog: cut the socket under a call that ran past its limit (each of its calls
+        then fails with :class:`~queue_engine.dq.beanstalk.Expired`, a timeout)."""
+        self._watchdog = None
+        if not self._calls:
+            return
+        now = time.monotonic()
+        overdue = [call for call in self._calls.values() if call[0] + call[1] <= now]
+        if overdue:
+            why = f"no answer within {min(call[1] for call in overdue):g}s"
+            for call in overdue:
+                # Dealt with: its socket is cut now (or it is connecting: that has a timeout
+                # of its own).
+                call[1] = math.inf
+            if self._conn is not None:
+                self._conn.expire(why)
+        due = min(start + limit for start, limit in self._calls.values())
+        if due < math.inf:
+            self._arm(max(0.0, due - now))
+        else:
+            self._arm(1.0)  # calls ending meanwhile; look again once
+
     def _admit(self, probe: bool) -> None:
         if self.health is not None:
             refused = self.health.admit(probe=probe)
@@ -91,9 +172,8 @@ class AsyncNodeConnection:
     async def _attempt(self, op: Op[T], limit: float | None) -> T:
         conn: Connection | None = None
         try:
-            async with asyncio.timeout(self._io_timeout if limit is None else limit):
-                conn = await self._connect()
-                result = await op(conn)
+            conn = await self._connect()  # its own timeout; the call's is the watchdog's
+            result = await op(conn)
         except BeanstalkError:
             raise  # an answer from the server: the connection is still in step
         except asyncio.CancelledError:
@@ -136,7 +216,7 @@ class AsyncNodeConnection:
 
     def abort_if_busy(self, older_than: float) -> bool:
         """Cut the socket if a call has been running for ``older_than`` seconds."""
-        if self._calls and time.monotonic() - min(self._calls.values()) >= older_than:
+        if self._calls and time.monotonic() - min(start for start, _ in self._calls.values()) >= older_than:
             self._drop(self._conn)
             return True
         return False
@@ -195,6 +275,34 @@ def delete_copy(node: AsyncNodeConnection, jid: int, server: str, job_id: str) -
         return await _delete(conn, jid)
 
     return delete
+
+
+def _deleter(node: AsyncNodeConnection, batch: list[_Delete]) -> Op[list[bool]]:
+    """An op running a batch of :meth:`AsyncNodeConnection.delete_soon` deletes: those that
+    may go by id (a reservation on this socket; a recorded copy on the node process that took
+    it) in one write, the others (after a node restart) checked one by one."""
+
+    async def run(conn: Connection) -> list[bool]:
+        recorded = any(d.socket is None and d.server for d in batch)
+        server = await node.server_id(conn) if recorded else ""
+        results = [False] * len(batch)
+        direct, checked = [], []
+        for i, d in enumerate(batch):
+            if d.socket is conn or (d.socket is None and d.server and d.server == server):
+                direct.append(i)
+            elif d.socket is None:
+                checked.append(i)
+            # else: the reservation went with its socket; nothing to delete here
+        if direct:
+            deleted = await conn.delete_many([batch[i].jid for i in direct])
+            for i, result in zip(direct, deleted, strict=True):
+                results[i] = result
+        for i in checked:  # rare: only after a node restart
+            d = batch[i]
+            results[i] = await delete_copy(node, d.jid, d.server, d.job_id)(conn)
+        return results
+
+    return run
 
 
 def delete_reserved(jid: int, socket: Connection) -> Op[bool]:

@@ -107,6 +107,10 @@ class NodeHealth:
                 return None
             return self.reason
 
+    def probe_due(self) -> bool:
+        """Suspect, and a probe may try the node now (none running, the backoff over)."""
+        return self.suspect and not self._probing and time.monotonic() >= self._retry_at
+
     def timed_out(self, reason: str) -> None:
         with self._lock:
             self._failures += 1
@@ -131,6 +135,18 @@ class NodeHealth:
         wakes it with an error at once.
         """
         return sum(conn.abort_if_busy(older_than) for conn in list(self._conns))
+
+
+_SHARED: weakref.WeakValueDictionary[str, NodeHealth] = weakref.WeakValueDictionary()
+
+
+def shared_health(address: str) -> NodeHealth:
+    """This process's :class:`NodeHealth` of ``address``: the producers and consumers of one
+    process (the sidecar's) learn from each other's timeouts that a node hangs."""
+    health = _SHARED.get(address)
+    if health is None:
+        health = _SHARED[address] = NodeHealth(address)
+    return health
 
 
 class NodeConnection:

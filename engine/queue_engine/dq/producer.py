@@ -14,6 +14,7 @@ a standby takes over: the job is late by at most ``standby_delay`` plus a second
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -28,7 +29,7 @@ from queue_engine.dq.beanstalk import BeanstalkError, Connection, JobTooBig
 from queue_engine.dq.envelope import HEADER_BYTES, Envelope, check_job_id, new_job_id
 from queue_engine.dq.membership import Membership
 from queue_engine.dq.node_io import AsyncNodeConnection, Op, delete_copy
-from queue_engine.dq.nodes import PRIORITY, NodeDown, check_nodes, check_tube
+from queue_engine.dq.nodes import PRIORITY, NodeDown, check_nodes, check_tube, shared_health
 from queue_engine.dq.records import Copy, JobRecords
 from queue_engine.dq.redis_client import connect_redis, describe_redis_error
 from queue_engine.errors import ConfigError, InvalidRequest, TooLarge, Unavailable
@@ -87,10 +88,31 @@ class DelayProducer:
         self._records = JobRecords(self._redis, self._tube, batched=True)
         self._turn = 0
         self._closed = False
+        self._probes: dict[str, asyncio.Task[None]] = {}
 
     def _pool(self, node: str) -> AsyncNodeConnection:
         timeout = self._connect_timeout
-        return AsyncNodeConnection(node, self._tube, connect_timeout=timeout, io_timeout=timeout)
+        # The health is shared with this process's consumers (and other producers) of the node.
+        return AsyncNodeConnection(
+            node, self._tube, connect_timeout=timeout, io_timeout=timeout, health=shared_health(node)
+        )
+
+    def _suspect(self, node: str) -> bool:
+        """Whether ``node`` is suspected to hang (a call to it timed out, here or in a consumer
+        of this process). Puts skip it, never waiting on it; a probe in the background, not
+        waited for by any publish, clears it once the node answers."""
+        health = self._pools[node].health
+        if health is None or not health.suspect:
+            return False
+        if health.probe_due() and node not in self._probes and not self._closed:
+            task = asyncio.get_running_loop().create_task(self._probe(node))
+            self._probes[node] = task
+            task.add_done_callback(lambda _: self._probes.pop(node, None))
+        return True
+
+    async def _probe(self, node: str) -> None:
+        with contextlib.suppress(NodeDown, BeanstalkError):
+            await self._pools[node].call(_stats, probe=True)
 
     @property
     def nodes(self) -> list[str]:
@@ -172,6 +194,9 @@ class DelayProducer:
         self._closed = True
         for pool in self._pools.values():
             pool.close()
+        for probe in self._probes.values():
+            probe.cancel()  # it may be connecting to the hung node
+        await asyncio.gather(*self._probes.values(), return_exceptions=True)
         await self._records.aclose()
         await self._redis.aclose()
 
@@ -272,7 +297,7 @@ class DelayProducer:
         """
         self._turn = (self._turn + 1) % len(self._nodes)
         rotated = self._nodes[self._turn :] + self._nodes[: self._turn]
-        healthy = [node for node in rotated if not self._pools[node].backing_off]
+        healthy = [node for node in rotated if not self._pools[node].backing_off and not self._suspect(node)]
         return healthy, [node for node in rotated if node not in healthy]
 
     async def _undo(self, written: list[Copy], job_id: str) -> None:
@@ -315,6 +340,10 @@ def _putter(conn: AsyncNodeConnection, data: bytes, due: float, lag: int) -> Op[
         return Copy(conn.address, await c.put(data, priority=PRIORITY, delay=delay, ttr=JOB_TTR), server)
 
     return put
+
+
+async def _stats(conn: Connection) -> None:
+    await conn.stats()
 
 
 def _seconds(delay: float | timedelta) -> float:
