@@ -39,7 +39,7 @@ import time
 import types
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
@@ -50,6 +50,7 @@ from queue_engine.errors import ConfigError, QueueError, Unavailable
 from queue_engine.kq import eager
 from queue_engine.kq.attempt_book import RETRY_WRITE, PartitionAttempts
 from queue_engine.kq.attempt_journal import AttemptJournal, PartitionRecord
+from queue_engine.kq.call_metrics import RESULTS, UNAVAILABLE, CallMetrics
 from queue_engine.kq.config import (
     check_brokers,
     check_client_config,
@@ -57,10 +58,11 @@ from queue_engine.kq.config import (
     check_offset,
     client_config,
     error_from_kafka,
+    without_consumer_keys,
 )
 from queue_engine.kq.dead_letter_writer import DeadLetterWriter, nap
 from queue_engine.kq.lag import AdminLag
-from queue_engine.kq.message import KafkaMessage, from_record
+from queue_engine.kq.message import KafkaMessage, from_record, message_id
 from queue_engine.kq.offsets import OffsetTracker
 from queue_engine.kq.poll_commands import PollCommands
 from queue_engine.kq.producer_core import PRODUCER_DEFAULTS, PRODUCER_MANAGED
@@ -179,7 +181,11 @@ class KafkaConsumer:
         check_client_config(self._config, "consumer")
         check_client_config(
             client_config(
-                self._brokers, security, PRODUCER_DEFAULTS, _producer_extra(self._extra), PRODUCER_MANAGED
+                self._brokers,
+                security,
+                PRODUCER_DEFAULTS,
+                without_consumer_keys(self._extra),
+                PRODUCER_MANAGED,
             ),
             "dead-letter producer",
         )
@@ -187,11 +193,7 @@ class KafkaConsumer:
         # Metric children looked up once: labels() costs more than the increment itself.
         self._received = metrics.RECEIVED.labels("kafka", self.name)
         self._in_flight = metrics.IN_FLIGHT.labels("kafka", self.name)
-        self._latency = metrics.DELIVERY_LATENCY.labels("kafka", self.name)
-        self._delivered = {
-            result: metrics.DELIVERED.labels("kafka", self.name, result)
-            for result in ("success", "retry", "drop", "unavailable")
-        }
+        self._call_metrics = CallMetrics(self.name)  # delivered and latency, written per loop turn
         self._policy = policy
         self._concurrency = concurrency
         self._max_uncommitted = max_uncommitted
@@ -293,7 +295,7 @@ class KafkaConsumer:
             self._brokers.split(","),
             self.dead_letter_topic,
             security=self._security,
-            extra=_producer_extra(self._extra),
+            extra=without_consumer_keys(self._extra),
             name=self.name,
         )
         self._dlq = DeadLetterWriter(pusher, self.dead_letter_topic, self.name, self._policy)
@@ -585,7 +587,11 @@ class KafkaConsumer:
                 offsets[number] = offset
             else:
                 log.debug(
-                    "consumer %s: dropped a commit of %d@%d from an old assignment", self.name, number, offset
+                    "consumer %s: dropped a commit of %s/%d/%d from an old assignment",
+                    self.name,
+                    self.topic,
+                    number,
+                    offset,
                 )
         return offsets
 
@@ -808,8 +814,29 @@ class KafkaConsumer:
         assert self._journal is not None
         journal = self._journal
 
+        loop = asyncio.get_running_loop()
+
         async def write(record: PartitionRecord) -> None:
-            await asyncio.to_thread(journal.write, number, record)
+            # Straight from the loop (no worker thread, no flush): a lease write costs one broker
+            # round trip, so it keeps ahead of a fast partition. Until the journal topic is known
+            # to exist, the blocking write checks (and creates) it in a thread.
+            acked: asyncio.Future[str | None] = loop.create_future()
+
+            def done(why: str | None) -> None:
+                loop.call_soon_threadsafe(_settle, acked, why)
+
+            if not journal.write_soon(number, record, done):
+                await asyncio.to_thread(journal.write, number, record)
+                return
+            try:
+                async with asyncio.timeout(JOURNAL_TIMEOUT):
+                    why = await asyncio.shield(acked)
+            except TimeoutError:
+                raise Unavailable(
+                    f"attempts journal {self.attempts_topic}: no ack within {JOURNAL_TIMEOUT}s"
+                ) from None
+            if why is not None:
+                raise Unavailable(why)
 
         if record is not None and record.lease is not None:
             log.warning(
@@ -891,6 +918,10 @@ class KafkaConsumer:
             self._enqueue(state, message)
         if received:
             self._received.inc(received)
+            if self._journal is not None:  # lease writes run ahead of what arrives, once per batch
+                for state in self._partitions.values():
+                    if state.book is not None and not (state.revoking or state.revoked):
+                        state.book.received(state.tracker.last_received, state.leaving)
 
     def _release(self, state: _Partition, count: int) -> None:
         """``count`` records of the partition left the backlog (committable now, or duplicates)."""
@@ -965,7 +996,9 @@ class KafkaConsumer:
         state = lane.partition
         for _ in range(RUN_LENGTH):
             lane.more = False
-            await self._deliver(lane)
+            rest = self._deliver_now(lane)
+            if rest is not None:
+                await rest
             if not lane.more or self._stopping or state.revoking or state.revoked:
                 return
             if self._app_down_until and self._app_down_until > time.monotonic():
@@ -981,7 +1014,61 @@ class KafkaConsumer:
         ):
             await nap(wait, self._stop_event)
 
+    def _deliver_now(self, lane: _Lane) -> Coroutine[Any, Any, None] | None:
+        """Event loop: deliver the lane's head; None if that is done, else the rest to await.
+
+        The healthy path (offset inside the lease, no crash suspect, no lone call waiting, a
+        handler that finishes without awaiting and succeeds) runs here without a coroutine of
+        its own: at 100,000+ messages a second the coroutine objects alone cost a tenth of the
+        loop in allocation and garbage collection. Anything else continues in :meth:`_deliver`
+        or in the returned coroutine, with the same rules.
+        """
+        message = lane.messages[0]
+        book = lane.partition.book
+        offset = message.offset
+        if book is not None and (
+            offset >= book.lease or book.suspect_below is not None or offset in book.known
+        ):
+            return self._deliver(lane)
+        gate = self._gate
+        assert gate is not None
+        if gate.held:
+            return self._deliver(lane)
+        gate.running += 1  # the fast path of gate.enter()
+        if book is not None:
+            book.calling[offset] = message.attempt
+        try:
+            result, started = self._call_start(message)
+        except BaseException:
+            gate.leave()
+            if book is not None:
+                del book.calling[offset]
+            raise
+        if type(result) is eager.Started:
+            return self._deliver_rest(lane, result, started)
+        gate.leave()
+        if book is not None:
+            del book.calling[offset]
+        return self._settle(lane, message, self._call_end(result, started), solo=False)
+
+    async def _deliver_rest(self, lane: _Lane, result: eager.Started, started: float) -> None:
+        """The rest of a :meth:`_deliver_now` call whose handler awaits."""
+        message = lane.messages[0]
+        book = lane.partition.book
+        gate = self._gate
+        assert gate is not None
+        try:
+            outcome = await self._call_rest(message, result, started)
+        finally:
+            gate.leave()
+            if book is not None:
+                del book.calling[message.offset]
+        rest = self._settle(lane, message, outcome, solo=False)
+        if rest is not None:
+            await rest
+
     async def _deliver(self, lane: _Lane) -> None:
+        """The full path of one delivery: the attempts journal's checks, lone calls, the gate."""
         message = lane.messages[0]
         state = lane.partition
         book = state.book
@@ -1000,7 +1087,7 @@ class KafkaConsumer:
                     return
                 outcome = maybe
             else:
-                if book.needs_cover(offset) and not await book.cover(
+                if offset >= book.lease and not await book.cover(
                     offset, state.tracker.last_received, state.leaving
                 ):
                     return
@@ -1009,12 +1096,21 @@ class KafkaConsumer:
                     outcome = await self._attempt(message)
                 finally:
                     del book.calling[offset]
+        rest = self._settle(lane, message, outcome, solo)
+        if rest is not None:
+            await rest
+
+    def _settle(
+        self, lane: _Lane, message: KafkaMessage, outcome: Outcome, solo: bool
+    ) -> Coroutine[Any, Any, None] | None:
+        """Event loop: act on a call's outcome; a dead-letter write is returned to be awaited."""
+        state = lane.partition
         if state.revoked:
-            return  # the partition moved on: the next owner delivers it again
+            return None  # the partition moved on: the next owner delivers it again
         if not outcome.attempted:
             self._app_down(outcome)
             self._requeue_later(lane, max(0.0, self._app_down_until - time.monotonic()))
-            return
+            return None
         self._app_down_streak = 0
         if outcome.verdict is Verdict.SUCCESS:
             self._finish(lane)
@@ -1022,33 +1118,36 @@ class KafkaConsumer:
             metrics.RETRIED.labels("kafka", self.name).inc()
             delay = self._policy.next_delay(message.attempt, outcome)
             log.info(
-                "consumer %s: %s/%d@%d attempt %d failed (%s); retrying in %s",
+                "consumer %s: %s attempt %d failed (%s); retrying in %s",
                 self.name,
-                message.topic,
-                message.partition,
-                message.offset,
+                message_id(message),
                 message.attempt,
                 outcome.error or "retry",
                 format_duration(delay),
             )
             lane.messages[0] = dataclasses.replace(message, attempt=message.attempt + 1)
+            book = state.book
             if book is not None and not solo:  # (a solo call's attempt is recorded already)
                 book.failed(message.offset, message.attempt)
             self._requeue_later(lane, delay)
         else:
             reason = "drop" if outcome.verdict is Verdict.DROP else "max_attempts"
-            if await self._dead_letter(state, message, reason, outcome.error):
-                self._finish(lane)
+            return self._dead_letter_then_finish(lane, message, reason, outcome.error)
+        return None
+
+    async def _dead_letter_then_finish(
+        self, lane: _Lane, message: KafkaMessage, reason: str, error: str
+    ) -> None:
+        if await self._dead_letter(lane.partition, message, reason, error):
+            self._finish(lane)
 
     async def _dead_letter_exhausted(self, lane: _Lane, attempts: int) -> None:
         """Recorded attempts used up without an answer: the process died in each (a poison message)."""
         message = dataclasses.replace(lane.messages[0], attempt=attempts)
         log.warning(
-            "consumer %s: %s/%d@%d: the process ended during each of its %d attempt(s); dead-lettering it",
+            "consumer %s: %s: the process ended during each of its %d attempt(s); dead-lettering it",
             self.name,
-            message.topic,
-            message.partition,
-            message.offset,
+            message_id(message),
             attempts,
         )
         error = f"the process ended during each of {attempts} attempt(s) (crashed, killed or out of memory)"
@@ -1094,47 +1193,68 @@ class KafkaConsumer:
             gate.leave_solo()
 
     async def _call(self, message: KafkaMessage) -> Outcome:
-        """Event loop, in a worker task: one handler call, its timeout and its metrics.
+        """Event loop, in a worker task: one handler call, its timeout and its metrics."""
+        result, started = self._call_start(message)
+        if type(result) is eager.Started:
+            return await self._call_rest(message, result, started)
+        return self._call_end(result, started)
 
-        The handler's first step runs at once (eager.py): a call that finishes there needs no
-        timer (nothing could interrupt it anyway) and leaves ``in_flight`` as it was. One that
-        awaits gets the rest of ``policy.timeout``, counted from its start.
-        """
-        loop = self._loop
-        assert loop is not None
-        deadline = loop.time() + self._policy.timeout
+    def _call_start(self, message: KafkaMessage) -> tuple[Any, float]:
+        """The handler's first step, at once (eager.py): its result (an Outcome, we hope), or
+        :class:`eager.Started` if it awaits; and when the call started. A call that finishes
+        here needs no timer (nothing could interrupt it anyway) and never shows in ``in_flight``."""
         started = time.perf_counter()
-        in_flight = None
         try:
             awaitable = self._handler(message)
             if type(awaitable) is types.CoroutineType:
-                result: Any = eager.start(awaitable)
-            else:
-                result = eager.Started(_await(awaitable), None)  # a Future or other awaitable
-            if type(result) is eager.Started:
-                in_flight = self._in_flight
-                in_flight.inc()
-                async with asyncio.timeout_at(deadline):
-                    result = await eager.resume(result)
-            outcome = result
-            if not isinstance(outcome, Outcome):
-                outcome = Outcome.retry(f"handler returned {outcome!r} instead of an Outcome")
+                return eager.start(awaitable), started
+            return eager.Started(_await(awaitable), None), started  # a Future or other awaitable
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # we are being stopped
+            return Outcome.retry("handler was cancelled"), started  # cancelled from inside, not by us
+        except Exception as exc:
+            return self._raised(message, exc), started
+
+    async def _call_rest(self, message: KafkaMessage, result: eager.Started, started: float) -> Outcome:
+        """The rest of a handler call that awaited, under ``policy.timeout`` counted from its start."""
+        loop = self._loop
+        assert loop is not None
+        in_flight = self._in_flight
+        in_flight.inc()
+        outcome: Any
+        try:
+            async with asyncio.timeout_at(
+                loop.time() + self._policy.timeout - (time.perf_counter() - started)
+            ):
+                outcome = await eager.resume(result)
         except TimeoutError:
             outcome = Outcome.retry(f"handler timed out after {format_duration(self._policy.timeout)}")
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if task is not None and task.cancelling():
-                raise  # we are being stopped
+                in_flight.dec()
+                raise  # we are being stopped: not a call that ended
             outcome = Outcome.retry("handler was cancelled")  # cancelled from inside, not by us
         except Exception as exc:
-            log.warning("consumer %s: handler raised on offset %d: %r", self.name, message.offset, exc)
-            outcome = Outcome.retry(f"{type(exc).__name__}: {exc}")
-        finally:
-            if in_flight is not None:
-                in_flight.dec()
-            self._latency.observe(time.perf_counter() - started)
-        result_name = outcome.verdict.value.lower() if outcome.attempted else "unavailable"
-        self._delivered[result_name].inc()
+            outcome = self._raised(message, exc)
+        in_flight.dec()
+        return self._call_end(outcome, started)
+
+    def _raised(self, message: KafkaMessage, exc: Exception) -> Outcome:
+        log.warning("consumer %s: handler raised on %s: %r", self.name, message_id(message), exc)
+        return Outcome.retry(f"{type(exc).__name__}: {exc}")
+
+    def _call_end(self, result: Any, started: float) -> Outcome:
+        """Count the call (per loop turn, see call_metrics) and make sure it is an Outcome."""
+        outcome = result if isinstance(result, Outcome) else None
+        if outcome is None:
+            outcome = Outcome.retry(f"handler returned {result!r} instead of an Outcome")
+        self._call_metrics.called(
+            _RESULT_INDEX[outcome.verdict] if outcome.attempted else UNAVAILABLE,
+            time.perf_counter() - started,
+        )
         return outcome
 
     def _app_down(self, outcome: Outcome) -> None:
@@ -1165,8 +1285,9 @@ class KafkaConsumer:
             # Finished after the revoke (a late dead-letter ack): the partition's next owner
             # delivers it again; committing it here could rewind the group under that owner.
             log.debug(
-                "consumer %s: %d@%d finished after its partition was revoked",
+                "consumer %s: %s/%d/%d finished after its partition was revoked",
                 self.name,
+                self.topic,
                 state.number,
                 message.offset,
             )
@@ -1198,6 +1319,11 @@ class KafkaConsumer:
         )
 
 
+def _settle(future: asyncio.Future[str | None], why: str | None) -> None:
+    if not future.done():
+        future.set_result(why)
+
+
 async def _await(awaitable: Awaitable[T]) -> T:
     return await awaitable
 
@@ -1214,6 +1340,8 @@ def _poll_batch(consumer: Consumer, timeout: float) -> list[Message]:
     return [first, *consumer.consume(POLL_BATCH - 1, 0)]
 
 
+_RESULT_INDEX = {verdict: RESULTS.index(verdict.value.lower()) for verdict in Verdict}
+
 # Errors that mean nothing will be read from the topic until someone changes it.
 _TOPIC_REFUSED = frozenset(
     {
@@ -1223,10 +1351,3 @@ _TOPIC_REFUSED = frozenset(
         KafkaError.GROUP_AUTHORIZATION_FAILED,
     }
 )
-
-_CONSUMER_ONLY_PREFIXES = ("session.", "heartbeat.", "group.", "max.poll.", "fetch.", "queued.", "partition.")
-
-
-def _producer_extra(extra: Mapping[str, Any]) -> dict[str, Any]:
-    """The consumer's ``extra`` minus consumer-only keys, for its dead-letter producer."""
-    return {k: v for k, v in extra.items() if not k.startswith(_CONSUMER_ONLY_PREFIXES)}

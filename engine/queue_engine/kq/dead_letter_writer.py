@@ -23,7 +23,7 @@ from queue_engine.durations import format_duration
 from queue_engine.errors import NotFound, QueueError, TooLarge
 from queue_engine.kq.config import TopicRefused
 from queue_engine.kq.dead_letter_headers import dead_letter_copies
-from queue_engine.kq.message import KafkaMessage
+from queue_engine.kq.message import KafkaMessage, message_id
 from queue_engine.kq.pusher import KafkaPusher
 from queue_engine.policy import Backoff, DeliveryPolicy
 
@@ -45,7 +45,7 @@ class DeadLetterWriter:
         """True once the broker acknowledged a copy; False if ``gone()`` became true first."""
         copies = dead_letter_copies(message, reason, error)
         step = failures = refusals = 0
-        where = f"{message.topic}/{message.partition}@{message.offset}"
+        where = message_id(message)
         while not gone():
             copy = copies[step]
             try:
