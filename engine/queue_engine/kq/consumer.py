@@ -60,13 +60,12 @@ from queue_engine.kq.config import (
     error_from_kafka,
     without_consumer_keys,
 )
-from queue_engine.kq.dead_letter_writer import DeadLetterWriter, nap
+from queue_engine.kq.dead_letter_writer import DeadLetterPusher, DeadLetterWriter, nap
 from queue_engine.kq.lag import AdminLag
 from queue_engine.kq.message import KafkaMessage, from_record, message_id
 from queue_engine.kq.offsets import OffsetTracker
 from queue_engine.kq.poll_commands import PollCommands
 from queue_engine.kq.producer_core import PRODUCER_DEFAULTS, PRODUCER_MANAGED
-from queue_engine.kq.pusher import KafkaPusher
 from queue_engine.kq.security import KafkaSecurity
 from queue_engine.kq.solo_gate import SoloGate, gate_for
 from queue_engine.policy import DeliveryPolicy, Outcome, Verdict
@@ -291,7 +290,7 @@ class KafkaConsumer:
         self._gate = gate_for(loop)
         self._stopped = asyncio.Event()
         self._thread_done = loop.create_future()
-        pusher = KafkaPusher(
+        pusher = DeadLetterPusher(
             self._brokers.split(","),
             self.dead_letter_topic,
             security=self._security,

@@ -31,6 +31,13 @@ log = logging.getLogger("queue_engine.kq.consumer")
 PERMANENT_BACKOFF = Backoff(initial=1.0, max=300.0, multiplier=2.0)
 
 
+class DeadLetterPusher(KafkaPusher):
+    """The consumer's dead-letter producer: its writes are counted as dead-lettered (when acked),
+    not in queue_messages_published, which counts what apps push."""
+
+    _counts_published = False
+
+
 class DeadLetterWriter:
     def __init__(self, pusher: KafkaPusher, topic: str, name: str, policy: DeliveryPolicy) -> None:
         self.pusher = pusher
