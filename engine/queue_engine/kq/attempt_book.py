@@ -110,10 +110,13 @@ class PartitionAttempts:
                 wanted = self._lease_wanted
                 if await self._write(leaving):
                     self.lease = max(self.lease, wanted)
-                    if self._lease_wanted <= self.lease:  # (else more arrived meanwhile: go on)
-                        return
+                    break
         finally:
             self._extending = None
+        # More arrived during the write: the next one goes out now, as a new task, so a call
+        # waiting in cover() (for this task) wakes up with this write's lease in place.
+        if self._lease_wanted > self.lease and not (leaving.is_set() or self._closed):
+            self._extending = asyncio.create_task(self._extend(leaving))
 
     async def before_solo_call(self, offset: int, attempt: int) -> bool:
         """Record "offset starts attempt n" and wait for the ack; False if that failed (one try:

@@ -170,16 +170,27 @@ class AttemptJournal:
             done(None if err is None else f"attempts journal {self.journal_topic}: write failed: {err.str()}")
 
         try:
-            producer.produce(
-                self.journal_topic,
-                record.encode(),
-                self._key(partition),
-                partition=partition % count,
-                on_delivery=report,
-            )
+            self._produce(producer, partition, count, record, report)
         except (KafkaException, BufferError) as exc:
             done(f"attempts journal {self.journal_topic}: {exc}")
         return True
+
+    def _produce(
+        self,
+        producer: Producer,
+        partition: int,
+        count: int,
+        record: PartitionRecord,
+        report: Callable[[KafkaError | None, Any], None],
+    ) -> None:
+        """Queue ``record`` on the journal partition of the topic's ``partition``."""
+        producer.produce(
+            self.journal_topic,
+            record.encode(),
+            self._key(partition),
+            partition=partition % count,
+            on_delivery=report,
+        )
 
     def write(self, partition: int, record: PartitionRecord) -> None:
         try:
@@ -203,12 +214,12 @@ class AttemptJournal:
             producer = self._producer_now()
         errors: list[KafkaError] = []
         try:
-            producer.produce(
-                self.journal_topic,
-                record.encode(),
-                self._key(partition),
-                partition=partition % count,
-                on_delivery=lambda err, _msg: errors.append(err) if err is not None else None,
+            self._produce(
+                producer,
+                partition,
+                count,
+                record,
+                lambda err, _msg: errors.append(err) if err is not None else None,
             )
             left = producer.flush(self._timeout)
         except (KafkaException, BufferError) as exc:
