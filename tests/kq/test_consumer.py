@@ -192,6 +192,27 @@ async def test_drop_goes_to_the_dead_letter_topic_at_once_and_replay_sends_it_ba
     assert replayed.header("x-original-topic") is None
 
 
+async def test_dead_letters_count_as_dead_lettered_not_as_published(bootstrap: str, unique: str) -> None:
+    """queue_messages_published counts what an app pushes; a dead letter is counted only once,
+    as dead-lettered (the consumer's dead-letter producer used to add it to published too)."""
+    dlq = f"{unique}.dlq"
+    create_topics(bootstrap, (unique, 1), (dlq, 1))
+    produce_raw(bootstrap, unique, [(b"k", b"unwanted"), (b"k", b"fine")])
+    recorder = Recorder(lambda m: Outcome.drop("400 bad request") if m.offset == 0 else Outcome.success())
+    dead = metrics.DEAD_LETTERED.labels("kafka", unique, "drop")
+    published = [metrics.PUBLISHED.labels("kafka", unique, result) for result in ("success", "error")]
+    consumer = KafkaConsumer(
+        [bootstrap], unique, unique, recorder, offset="first", policy=FAST_POLICY, extra=FAST_GROUP
+    )
+    async with running(consumer):
+        await wait_for(lambda: committed(bootstrap, unique, unique, 1)[0] == 2, 30, "commit")
+    assert [
+        (m.value, m.header("x-dead-letter-reason")) for m in await read_dead_letters([bootstrap], dlq)
+    ] == [(b"unwanted", b"drop")]
+    assert dead._value.get() == 1
+    assert [counter._value.get() for counter in published] == [0, 0]
+
+
 async def test_unavailable_app_burns_no_attempts(bootstrap: str, unique: str) -> None:
     create_topics(bootstrap, (unique, 1), (f"{unique}.dlq", 1))
     produce_raw(bootstrap, unique, [(b"k", b"x")])

@@ -44,7 +44,7 @@ class PartitionAttempts:
         # A lease still set means its owner never handed the partition over cleanly.
         self.suspect_below: int | None = record.lease if record is not None else None
         self.calling: dict[int, int] = {}  # offset -> attempt of the calls in progress
-        self._lease = 0  # offsets below are covered by an acknowledged record
+        self.lease = 0  # offsets below are covered by an acknowledged record (read it, never set it)
         self._lease_wanted = 0
         self._extending: asyncio.Task[None] | None = None
         self._write_lock = asyncio.Lock()
@@ -68,7 +68,7 @@ class PartitionAttempts:
         return self.known.get(offset, 0) >= max_attempts
 
     def covered(self, offset: int) -> bool:
-        return offset < self._lease
+        return offset < self.lease
 
     async def cover(self, offset: int, ahead: int, leaving: asyncio.Event) -> bool:
         """Wait until ``offset`` is covered by the lease; False if the partition is leaving first.
@@ -76,10 +76,10 @@ class PartitionAttempts:
         Extends the lease to ``max(offset, ahead) + span`` (``ahead``: the last offset received),
         in the background once half of it is used, so the healthy path rarely waits.
         """
-        if offset >= self._lease - self._span // 2 and self._extending is None:
+        if offset >= self.lease - self._span // 2 and self._extending is None:
             self._lease_wanted = max(offset, ahead) + self._span
             self._extending = asyncio.create_task(self._extend(leaving))
-        while offset >= self._lease:
+        while offset >= self.lease:
             extending = self._extending
             if extending is None:
                 self._lease_wanted = max(offset, ahead) + self._span
@@ -93,19 +93,30 @@ class PartitionAttempts:
                 return False
         return True
 
-    def needs_cover(self, offset: int) -> bool:
-        """False on the healthy path: the offset is well inside the lease."""
-        return offset >= self._lease - self._span // 2
+    def received(self, last: int, leaving: asyncio.Event) -> None:
+        """Intake, once per batch: ``last`` is the partition's last offset received. Extends the
+        lease ahead of what arrives (not of what the handler reached), so on the healthy path the
+        write is acknowledged before a handler call needs it and no call waits for it."""
+        # Renewed after a quarter of the span arrived, so a whole fetched batch (POLL_BATCH, half
+        # the span) landing on one partition at once still finds the lease ahead of it.
+        if last >= self._lease_wanted - self._span * 3 // 4 and not self._closed:
+            self._lease_wanted = last + self._span
+            if self._extending is None:
+                self._extending = asyncio.create_task(self._extend(leaving))
 
     async def _extend(self, leaving: asyncio.Event) -> None:
         try:
             while not (leaving.is_set() or self._closed):
                 wanted = self._lease_wanted
                 if await self._write(leaving):
-                    self._lease = max(self._lease, wanted)
-                    return
+                    self.lease = max(self.lease, wanted)
+                    break
         finally:
             self._extending = None
+        # More arrived during the write: the next one goes out now, as a new task, so a call
+        # waiting in cover() (for this task) wakes up with this write's lease in place.
+        if self._lease_wanted > self.lease and not (leaving.is_set() or self._closed):
+            self._extending = asyncio.create_task(self._extend(leaving))
 
     async def before_solo_call(self, offset: int, attempt: int) -> bool:
         """Record "offset starts attempt n" and wait for the ack; False if that failed (one try:
@@ -156,7 +167,7 @@ class PartitionAttempts:
                 attempts[offset] = max(attempt, attempts.get(offset, 0))
             lease = self.suspect_below  # unresolved suspects stay suspects
         else:
-            lease = max(self._lease, self._lease_wanted, self.suspect_below or 0)
+            lease = max(self.lease, self._lease_wanted, self.suspect_below or 0)
         return PartitionRecord(self.owner, lease, attempts)
 
     async def _write(self, leaving: asyncio.Event | None) -> bool:

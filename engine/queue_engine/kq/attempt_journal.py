@@ -14,14 +14,16 @@ Record key ``<group>/<partition>``; the journal has as many partitions as the to
 was made, partition ``p`` of the topic is journaled on ``p % journal partitions``, so reading a
 partition's latest record means reading the tail of one journal partition, not the whole log.
 
-Every method blocks (librdkafka round trips): call them with ``asyncio.to_thread``.
+Every method but :meth:`AttemptJournal.write_soon` blocks (librdkafka round trips): call them
+with ``asyncio.to_thread``. ``write_soon`` only queues the record (any thread); its result comes
+from the journal's own poll thread, which serves the producer's delivery reports.
 """
 
 from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +31,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from queue_engine.errors import Unavailable
-from queue_engine.kq.config import client_config, error_from_kafka
+from queue_engine.kq.config import client_config, error_from_kafka, without_consumer_keys
 from queue_engine.kq.security import KafkaSecurity
 
 READ_WINDOW = 64  # records read back from a journal partition's end before looking further back
@@ -98,7 +100,7 @@ class AttemptJournal:
         return client_config(self._bootstrap, self._security, {}, extra, managed)
 
     def _admin_config(self) -> dict[str, Any]:
-        return _without_consumer_keys(self._config({}))
+        return without_consumer_keys(self._config({}))
 
     def ensure(self) -> int:
         """Create the journal topic when missing; its partition count."""
@@ -139,11 +141,56 @@ class AttemptJournal:
         return f"{self.group}/{partition}".encode()
 
     def _producer_now(self) -> Producer:
-        """The journal's producer, made on first use (call with the lock)."""
+        """The journal's producer, made on first use (call with the lock), with its poll thread."""
         if self._producer is None:
             config = self._config({"acks": "all", "enable.idempotence": True, "linger.ms": 0})
-            self._producer = Producer(_without_consumer_keys(config))
+            producer = self._producer = Producer(without_consumer_keys(config))
+            threading.Thread(
+                target=self._serve_reports, args=(producer,), name=f"kq-journal-{self.topic}", daemon=True
+            ).start()
         return self._producer
+
+    def _serve_reports(self, producer: Producer) -> None:
+        """Journal poll thread: serve delivery reports (write_soon's results) until close."""
+        while self._producer is producer:
+            producer.poll(0.05)
+
+    def write_soon(self, partition: int, record: PartitionRecord, done: Callable[[str | None], None]) -> bool:
+        """Queue a write without waiting; ``done(None)`` once acknowledged (acks=all), else
+        ``done(why)``, called from the journal's poll thread. False (nothing queued) until the
+        journal topic is known to exist: then use :meth:`write`, which checks and creates it."""
+        count = self._partitions
+        producer = self._producer
+        if not count or producer is None:
+            return False
+
+        def report(err: KafkaError | None, _msg: Any) -> None:
+            if err is not None:
+                self._partitions = 0  # check (and create) the topic again: it may be gone
+            done(None if err is None else f"attempts journal {self.journal_topic}: write failed: {err.str()}")
+
+        try:
+            self._produce(producer, partition, count, record, report)
+        except (KafkaException, BufferError) as exc:
+            done(f"attempts journal {self.journal_topic}: {exc}")
+        return True
+
+    def _produce(
+        self,
+        producer: Producer,
+        partition: int,
+        count: int,
+        record: PartitionRecord,
+        report: Callable[[KafkaError | None, Any], None],
+    ) -> None:
+        """Queue ``record`` on the journal partition of the topic's ``partition``."""
+        producer.produce(
+            self.journal_topic,
+            record.encode(),
+            self._key(partition),
+            partition=partition % count,
+            on_delivery=report,
+        )
 
     def write(self, partition: int, record: PartitionRecord) -> None:
         try:
@@ -167,12 +214,12 @@ class AttemptJournal:
             producer = self._producer_now()
         errors: list[KafkaError] = []
         try:
-            producer.produce(
-                self.journal_topic,
-                record.encode(),
-                self._key(partition),
-                partition=partition % count,
-                on_delivery=lambda err, _msg: errors.append(err) if err is not None else None,
+            self._produce(
+                producer,
+                partition,
+                count,
+                record,
+                lambda err, _msg: errors.append(err) if err is not None else None,
             )
             left = producer.flush(self._timeout)
         except (KafkaException, BufferError) as exc:
@@ -258,10 +305,3 @@ class AttemptJournal:
             producer, self._producer = self._producer, None
         if producer is not None:
             producer.flush(self._timeout)
-
-
-_CONSUMER_ONLY_PREFIXES = ("session.", "heartbeat.", "group.", "max.poll.", "fetch.", "queued.", "partition.")
-
-
-def _without_consumer_keys(config: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in config.items() if not k.startswith(_CONSUMER_ONLY_PREFIXES)}

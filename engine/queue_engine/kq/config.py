@@ -22,6 +22,16 @@ OFFSET_RESETS = {"first": "earliest", "last": "latest"}
 FAST_GROUP = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 500}
 
 
+# librdkafka properties only a consumer accepts: a producer or an AdminClient built from the
+# consumer's settings (dead letters, the attempts journal, lag) is given them without these.
+CONSUMER_ONLY_PREFIXES = ("session.", "heartbeat.", "group.", "max.poll.", "fetch.", "queued.", "partition.")
+
+
+def without_consumer_keys(config: Mapping[str, Any], also: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``config`` minus the consumer-only librdkafka keys (and the keys in ``also``)."""
+    return {k: v for k, v in config.items() if not k.startswith(CONSUMER_ONLY_PREFIXES) and k not in also}
+
+
 class TopicRefused(Unavailable):
     """The broker refuses the topic itself (invalid name, not authorized): the same write fails again."""
 

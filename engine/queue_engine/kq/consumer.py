@@ -1,12 +1,20 @@
 """go-queue's kq consumer (KqConf: brokers, group, topic, offset, concurrency), made safe.
 
-Threads: librdkafka's Consumer is a blocking client, so one poll thread owns it (consume,
-commit, pause/resume, rebalance callbacks); everything else runs in the event loop. The poll
-thread hands batches of records to the loop with ``call_soon_threadsafe``; the loop hands
-commits and commands back through a lock-guarded dict and a command queue (poll_commands.py:
-a command queued after the thread exited fails at once). ``lag()`` never uses the poll thread:
-it reads what that thread noted (its own commits, the fetched watermarks) and asks the rest
-through an AdminClient (lag.py).
+Where things are (each module states the thread it runs on and what it guarantees):
+- this module: construction and settings, ``run``/``stop``, ``health``, ``lag``, and the
+  event-loop side of the group: assignment (reading the attempts journal), revoke, and the
+  intake of fetched batches into per-partition state;
+- poll_thread.py: the one thread that owns librdkafka's Consumer (poll, commit,
+  pause/resume, rebalance callbacks), with its commands in poll_commands.py;
+- dispatch.py: per-key lanes, worker tasks, handler calls and what their outcomes do;
+- offsets.py (what may be committed), attempt_book.py + attempt_journal.py + solo_gate.py
+  (attempt counts that survive crashes), dead_letter_writer.py, call_metrics.py, lag.py.
+
+The poll thread hands whole fetched batches to the loop with one ``call_soon_threadsafe``
+each; the loop hands commits and commands back through a lock-guarded dict and a command
+queue (a command queued after the thread exited fails at once). ``lag()`` never uses the poll
+thread: it reads what that thread noted (its own commits, the fetched watermarks) and asks
+the rest through an AdminClient (lag.py).
 
 Guarantees:
 - an offset is committed only once the handler finished with it (success, or written to the
@@ -31,101 +39,58 @@ Guarantees:
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import dataclasses
 import logging
 import threading
 import time
-import types
 import uuid
-from collections import deque
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import KafkaError, Message
 
 from queue_engine import metrics
 from queue_engine.durations import format_duration
 from queue_engine.errors import ConfigError, QueueError, Unavailable
-from queue_engine.kq import eager
-from queue_engine.kq.attempt_book import RETRY_WRITE, PartitionAttempts
+from queue_engine.kq.attempt_book import PartitionAttempts
 from queue_engine.kq.attempt_journal import AttemptJournal, PartitionRecord
+from queue_engine.kq.call_metrics import CallMetrics
 from queue_engine.kq.config import (
     check_brokers,
     check_client_config,
     check_name,
     check_offset,
     client_config,
-    error_from_kafka,
+    without_consumer_keys,
 )
-from queue_engine.kq.dead_letter_writer import DeadLetterWriter, nap
+from queue_engine.kq.dead_letter_writer import DeadLetterPusher, DeadLetterWriter, nap
+from queue_engine.kq.dispatch import Dispatch, Handler, Lane, PartitionState
 from queue_engine.kq.lag import AdminLag
-from queue_engine.kq.message import KafkaMessage, from_record
-from queue_engine.kq.offsets import OffsetTracker
+from queue_engine.kq.message import from_record
 from queue_engine.kq.poll_commands import PollCommands
+from queue_engine.kq.poll_thread import TOPIC_REFUSED, PollThread
 from queue_engine.kq.producer_core import PRODUCER_DEFAULTS, PRODUCER_MANAGED
-from queue_engine.kq.pusher import KafkaPusher
 from queue_engine.kq.security import KafkaSecurity
 from queue_engine.kq.solo_gate import SoloGate, gate_for
-from queue_engine.policy import DeliveryPolicy, Outcome, Verdict
+from queue_engine.policy import DeliveryPolicy
 
 log = logging.getLogger("queue_engine.kq.consumer")
-Handler = Callable[[KafkaMessage], Awaitable[Outcome]]
-T = TypeVar("T")
 
 CONSUMER_DEFAULTS: dict[str, Any] = {
     # librdkafka prefetches up to 64 MB per consumer by default; our own backlog bound is the buffer.
     "queued.max.messages.kbytes": 16384,
 }
-POLL_BATCH = 500
 DEFAULT_POLICY = DeliveryPolicy()
-POLL_TIMEOUT = 0.1
-PAUSED_POLL_TIMEOUT = 0.005
-HOLD_BEFORE_PAUSE = 1.0
-WATERMARKS_EVERY = 0.1  # seconds between notes of the fetched watermarks, for lag() (local reads)
-BROKER_RECHECK = 5.0  # seconds between metadata probes while the brokers look down
-# Offsets the attempts journal's lease covers ahead: one journal write per about LEASE_SPAN / 2
-# messages on the healthy path; after a crash, at most about this many (plus the uncommitted
-# backlog) messages per partition are suspects, each called alone.
+# Offsets the attempts journal's lease covers ahead of the last one received: one journal write
+# per about LEASE_SPAN / 4 messages received on the healthy path (attempt_book.received); after
+# a crash, at most about this many (plus the uncommitted backlog) messages per partition are
+# suspects, each called alone.
 LEASE_SPAN = 1000
 JOURNAL_TIMEOUT = 5.0
-# Messages a worker delivers from one lane before it lets other lanes and the intake in.
-RUN_LENGTH = 100
 JOURNAL_RETRY = 2.0  # seconds between tries to read the journal at an assignment
 
 
-@dataclasses.dataclass(eq=False)
-class _Partition:
-    number: int
-    generation: int  # which assignment this state belongs to: completions of older ones never commit
-    tracker: OffsetTracker = dataclasses.field(default_factory=OffsetTracker)
-    lanes: dict[bytes, _Lane] = dataclasses.field(default_factory=dict)
-    # revoking: no new dispatch, calls in progress may still finish and count; revoked: gone,
-    # any result that still arrives is ignored (the next owner delivers the message again).
-    revoking: bool = False
-    revoked: bool = False
-    running: int = 0  # handler calls and dead-letter writes in progress
-    idle: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
-    # Attempt counts from the journal; until they are read (None), records wait in ``held``.
-    book: PartitionAttempts | None = None
-    held: list[KafkaMessage] = dataclasses.field(default_factory=list)
-    leaving: asyncio.Event = dataclasses.field(
-        default_factory=asyncio.Event
-    )  # revoking or stopping: cut waits short
-
-
-@dataclasses.dataclass(eq=False, slots=True)
-class _Lane:
-    """The messages of one key in one partition, handled strictly one after another."""
-
-    partition: _Partition
-    key: bytes | None
-    messages: deque[KafkaMessage]
-    busy: bool = False  # queued for a worker, being handled, or waiting out a backoff
-    more: bool = False  # its head finished and more wait: the worker's run goes on (_drain)
-
-
-class KafkaConsumer:
+class KafkaConsumer(PollThread, Dispatch):
     """Consume ``topic`` in consumer group ``group`` and hand each record to ``handler``."""
 
     def __init__(
@@ -179,7 +144,11 @@ class KafkaConsumer:
         check_client_config(self._config, "consumer")
         check_client_config(
             client_config(
-                self._brokers, security, PRODUCER_DEFAULTS, _producer_extra(self._extra), PRODUCER_MANAGED
+                self._brokers,
+                security,
+                PRODUCER_DEFAULTS,
+                without_consumer_keys(self._extra),
+                PRODUCER_MANAGED,
             ),
             "dead-letter producer",
         )
@@ -187,11 +156,7 @@ class KafkaConsumer:
         # Metric children looked up once: labels() costs more than the increment itself.
         self._received = metrics.RECEIVED.labels("kafka", self.name)
         self._in_flight = metrics.IN_FLIGHT.labels("kafka", self.name)
-        self._latency = metrics.DELIVERY_LATENCY.labels("kafka", self.name)
-        self._delivered = {
-            result: metrics.DELIVERED.labels("kafka", self.name, result)
-            for result in ("success", "retry", "drop", "unavailable")
-        }
+        self._call_metrics = CallMetrics(self.name)  # delivered and latency, written per loop turn
         self._policy = policy
         self._concurrency = concurrency
         self._max_uncommitted = max_uncommitted
@@ -220,13 +185,13 @@ class KafkaConsumer:
 
         # Event-loop state.
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._partitions: dict[int, _Partition] = {}
-        self._ready: asyncio.Queue[_Lane | None] = asyncio.Queue()
+        self._partitions: dict[int, PartitionState] = {}
+        self._ready: asyncio.Queue[Lane | None] = asyncio.Queue()
         self._workers: list[asyncio.Task[None]] = []
         # (partition, key) -> the lane whose call for that key runs now, in any assignment, and
         # the lanes of later assignments waiting for it to end.
-        self._key_calls: dict[tuple[int, bytes], _Lane] = {}
-        self._key_waiting: dict[tuple[int, bytes], list[_Lane]] = {}
+        self._key_calls: dict[tuple[int, bytes], Lane] = {}
+        self._key_waiting: dict[tuple[int, bytes], list[Lane]] = {}
         self._dlq: DeadLetterWriter | None = None
         self._stopping = False
         self._stop_event = asyncio.Event()
@@ -289,11 +254,11 @@ class KafkaConsumer:
         self._gate = gate_for(loop)
         self._stopped = asyncio.Event()
         self._thread_done = loop.create_future()
-        pusher = KafkaPusher(
+        pusher = DeadLetterPusher(
             self._brokers.split(","),
             self.dead_letter_topic,
             security=self._security,
-            extra=_producer_extra(self._extra),
+            extra=without_consumer_keys(self._extra),
             name=self.name,
         )
         self._dlq = DeadLetterWriter(pusher, self.dead_letter_topic, self.name, self._policy)
@@ -423,343 +388,6 @@ class KafkaConsumer:
         """The watermarks our own fetches saw, as the poll thread last noted them."""
         return self._watermarks.get(partition)
 
-    # --------------------------------------------------------------- poll thread
-
-    def _poll_main(self) -> None:
-        error: BaseException | None = None
-        try:
-            self._consume_until_closed()
-        except BaseException as exc:
-            error = exc
-        finally:
-            self._commands.close()  # commands queued from now on fail at once
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self._thread_finished, error)
-
-    def _thread_finished(self, error: BaseException | None) -> None:
-        assert self._thread_done is not None
-        if self._thread_done.done():
-            return
-        if error is None:
-            self._thread_done.set_result(None)
-        else:
-            self._thread_done.set_exception(error)
-
-    def _consume_until_closed(self) -> None:
-        try:
-            consumer = Consumer(self._config)
-        except KafkaException as exc:
-            raise error_from_kafka(exc, "kafka consumer config") from exc
-        try:
-            try:
-                self._check_topic(consumer.list_topics(self.topic, timeout=self._connect_timeout))
-            except KafkaException as exc:
-                consumer.poll(0)  # serves queued client errors (error_cb): the cause, e.g. auth refused
-                seen = f"; last broker error: {self._brokers_down}" if self._brokers_down else ""
-                raise Unavailable(
-                    f"brokers {self._brokers} not reachable within {self._connect_timeout}s: "
-                    f"{error_from_kafka(exc, 'metadata')}{seen}"
-                ) from exc
-            consumer.subscribe(
-                [self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
-            )
-            self._subscribed = True
-            log.info("consumer %s subscribed to %s as group %s", self.name, self.topic, self.group)
-            while not self._closing.is_set():
-                self._recheck_brokers(consumer)
-                self._recheck_topic(consumer)
-                self._note_watermarks(consumer)
-                self._commands.run_all(consumer)
-                self._flush_commits(consumer)
-                if self._hold_intake(consumer):
-                    time.sleep(PAUSED_POLL_TIMEOUT)
-                    continue
-                # While partitions are paused, come back soon to resume them once the loop caught up.
-                records = _poll_batch(consumer, PAUSED_POLL_TIMEOUT if self._paused else POLL_TIMEOUT)
-                if records:
-                    self._brokers_down = None
-                    if self._count_backlog(records):
-                        self._topic_problem = None
-                    self._to_loop(self._intake, records)
-            self._commands.run_all(consumer)
-            self._flush_commits(consumer, asynchronous=False)  # the last one before close: wait
-        finally:
-            # close() revokes our partitions (the revoke callback commits what is finished)
-            # and leaves the group, so the others take over at once instead of after a timeout.
-            try:
-                consumer.close()
-            except KafkaException as exc:
-                log.warning("consumer %s close: %s", self.name, exc)
-
-    def _recheck_brokers(self, consumer: Consumer) -> None:
-        """After a broker error, ask for metadata now and then, so health recovers on an idle topic."""
-        if not self._brokers_down or time.monotonic() - self._brokers_checked < BROKER_RECHECK:
-            return
-        self._brokers_checked = time.monotonic()
-        try:
-            consumer.list_topics(self.topic, timeout=2)
-        except KafkaException:
-            return
-        self._brokers_down = None
-
-    def _note_watermarks(self, consumer: Consumer) -> None:
-        """Poll thread, every 0.1 s: the watermarks fetch responses carried (local reads)."""
-        if time.monotonic() - self._watermarks_noted < WATERMARKS_EVERY:
-            return
-        self._watermarks_noted = time.monotonic()
-        with self._commit_lock:
-            owned = list(self._owned)
-        noted = {}
-        for number in owned:
-            try:
-                low, high = consumer.get_watermark_offsets(TopicPartition(self.topic, number), cached=True)
-            except KafkaException:
-                continue
-            if high >= 0:
-                noted[number] = (int(low), int(high))
-        self._watermarks = noted  # replaced whole: lag() reads it from another thread
-
-    def _check_topic(self, metadata: Any) -> None:
-        """Poll thread: note whether the topic exists and may be read (health says so if not)."""
-        described = metadata.topics.get(self.topic)
-        error = None if described is None else described.error
-        before = self._topic_problem
-        if described is None or (error is not None and error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART):
-            self._topic_problem = f"topic {self.topic} does not exist"
-        elif error is not None:
-            self._topic_problem = f"topic {self.topic}: {error.str()}"
-        elif not described.partitions:
-            self._topic_problem = f"topic {self.topic} has no partitions"
-        else:
-            self._topic_problem = None
-        if self._topic_problem and self._topic_problem != before:
-            log.warning("consumer %s: %s", self.name, self._topic_problem)
-
-    def _recheck_topic(self, consumer: Consumer) -> None:
-        """While the topic is missing or refused, ask again now and then: it may be created or allowed."""
-        if not self._topic_problem or time.monotonic() - self._topic_checked < BROKER_RECHECK:
-            return
-        self._topic_checked = time.monotonic()
-        try:
-            self._check_topic(consumer.list_topics(self.topic, timeout=2))
-        except KafkaException:
-            return
-
-    def _to_loop(self, fn: Callable[..., Any], *args: Any) -> None:
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(fn, *args)
-
-    def _wait_loop(self, coro_fn: Callable[[], Awaitable[T]], timeout: float) -> T | None:
-        """Run a coroutine in the loop and wait for it from the poll thread (rebalance callbacks)."""
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            return None
-
-        async def call() -> T:
-            return await coro_fn()
-
-        try:
-            future = asyncio.run_coroutine_threadsafe(call(), loop)
-            return future.result(timeout)
-        except (RuntimeError, concurrent.futures.TimeoutError) as exc:
-            log.warning("consumer %s: event loop did not answer a rebalance in time: %r", self.name, exc)
-            return None
-
-    def _flush_commits(self, consumer: Consumer, asynchronous: bool = True) -> None:
-        """Poll thread: commit what the loop finished. Asynchronous in steady state, so polling
-        never waits for a round trip; librdkafka sends a member's commits in order, and the
-        synchronous ones (at a revoke and before close) wait for every earlier one."""
-        with self._commit_lock:
-            pending, self._pending_commits = self._pending_commits, {}
-            offsets = self._owned_offsets(pending)
-        if offsets:
-            self._commit(consumer, offsets, asynchronous)
-
-    def _owned_offsets(self, pending: dict[int, tuple[int, int]]) -> dict[int, int]:
-        """The offsets of ``pending`` whose generation we still own (call with the commit lock)."""
-        offsets = {}
-        for number, (generation, offset) in pending.items():
-            if self._owned.get(number) == generation:
-                offsets[number] = offset
-            else:
-                log.debug(
-                    "consumer %s: dropped a commit of %d@%d from an old assignment", self.name, number, offset
-                )
-        return offsets
-
-    def _commit(self, consumer: Consumer, offsets: dict[int, int], asynchronous: bool = False) -> None:
-        tps = [TopicPartition(self.topic, p, o) for p, o in sorted(offsets.items())]
-        try:
-            if asynchronous:
-                consumer.commit(offsets=tps, asynchronous=True)
-            else:
-                consumer.commit(offsets=tps, asynchronous=False)
-        except KafkaException as exc:
-            log.warning("consumer %s: commit of %s failed, will retry: %s", self.name, offsets, exc)
-            self._retry_commits(offsets)
-            return
-        for p, o in offsets.items():
-            self._commit_sent[p] = max(o, self._commit_sent.get(p, -1))
-        if not asynchronous:
-            self._note_committed(offsets)
-
-    def _on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
-        """Poll thread (librdkafka's commit callback, served by poll): the result of a commit."""
-        done, failed = {}, {}
-        for tp in partitions:
-            if tp.topic != self.topic or tp.offset < 0:
-                continue
-            if err is None and tp.error is None:
-                done[tp.partition] = tp.offset
-            elif self._commit_sent.get(tp.partition) == tp.offset:  # nothing later went out since
-                failed[tp.partition] = tp.offset
-        if done:
-            self._note_committed(done)
-        if failed:
-            log.warning("consumer %s: commit of %s failed, will retry: %s", self.name, failed, err)
-            self._retry_commits(failed)
-
-    def _note_committed(self, offsets: dict[int, int]) -> None:
-        with self._commit_lock:  # lag() reads it from the event loop
-            for p, o in offsets.items():
-                self._committed_here[p] = max(o, self._committed_here.get(p, -1))
-        log.debug("consumer %s committed %s", self.name, offsets)
-
-    def _retry_commits(self, offsets: dict[int, int]) -> None:
-        """Send these again with the next flush, unless the partition left or moved past them."""
-        with self._commit_lock:
-            for p, o in offsets.items():
-                generation = self._owned.get(p)
-                if generation is not None:
-                    later = self._pending_commits.get(p, (generation, -1))
-                    self._pending_commits[p] = (generation, max(o, later[1]))
-
-    def _count_backlog(self, records: list[Message]) -> bool:
-        """Poll thread: add the batch's records to the backlog; True if any is a record (not an error)."""
-        counts: dict[int | None, int] = {}
-        for record in records:
-            if record.error() is None:
-                number = record.partition()
-                counts[number] = counts.get(number, 0) + 1
-        if counts:
-            with self._commit_lock:  # one lock per batch, not per record
-                for part, count in counts.items():
-                    number = int(part or 0)
-                    self._backlog[number] = self._backlog.get(number, 0) + count
-        return bool(counts)
-
-    def _hold_intake(self, consumer: Consumer) -> bool:
-        """Backpressure, decided in the poll thread: True means "do not poll now".
-
-        A partition over ``max_uncommitted`` first holds polling for up to HOLD_BEFORE_PAUSE
-        (usually the loop catches up in milliseconds). Only a backlog that lasts longer pauses
-        the partition in librdkafka: pausing drops its prefetched records, and fetching them
-        again after resume costs a broker round trip, so it is kept for slow handlers.
-        Holding stays short so rebalance callbacks (served by polling) are never late by much.
-        """
-        with self._commit_lock:
-            backlog = dict(self._backlog)
-        over = [n for n, held in backlog.items() if held >= self._max_uncommitted and n not in self._paused]
-        now = time.monotonic()
-        if not over:
-            self._over_since = None
-        elif self._over_since is None:
-            self._over_since = now
-        held = bool(over) and now - (self._over_since or now) < HOLD_BEFORE_PAUSE
-        self._apply_backpressure(consumer, backlog, [] if held else over)
-        return held
-
-    def _apply_backpressure(self, consumer: Consumer, backlog: dict[int, int], pause: list[int]) -> None:
-        resume = [n for n in self._paused if backlog.get(n, 0) <= self._max_uncommitted // 2]
-        try:
-            if pause:
-                consumer.pause([TopicPartition(self.topic, n) for n in pause])
-                log.debug("consumer %s paused %s: backlog %s", self.name, pause, backlog)
-            if resume and not self._stopping:
-                consumer.resume([TopicPartition(self.topic, n) for n in resume])
-                log.debug("consumer %s resumed %s", self.name, resume)
-        except KafkaException as exc:
-            log.warning("consumer %s: pause/resume failed: %s", self.name, exc)
-            return
-        self._paused.update(pause)
-        if not self._stopping:
-            self._paused.difference_update(resume)
-
-    def _forget(self, numbers: list[int]) -> None:
-        """Poll thread: partitions assigned afresh or given up start with no backlog, unpaused."""
-        with self._commit_lock:
-            for number in numbers:
-                self._backlog.pop(number, None)
-        self._paused.difference_update(numbers)
-        with self._commit_lock:
-            for number in numbers:
-                self._committed_here.pop(number, None)
-        for number in numbers:
-            self._commit_sent.pop(number, None)
-
-    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        numbers = [tp.partition for tp in partitions]
-        self._forget(numbers)
-        # librdkafka keeps an application pause across unassign and assign: a partition paused
-        # for backpressure before a rebalance would come back paused and never be fetched again.
-        try:
-            consumer.assign(partitions)
-            consumer.resume(partitions)
-        except KafkaException as exc:
-            log.warning("consumer %s: resume of assigned partitions %s failed: %s", self.name, numbers, exc)
-        log.info("consumer %s assigned %s partitions %s", self.name, self.topic, numbers)
-        self._generation += 1
-        with self._commit_lock:
-            for number in numbers:
-                self._owned[number] = self._generation
-        self._to_loop(self._assign, numbers, self._generation)
-
-    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self._give_up_partitions(consumer, partitions, commit=True)
-
-    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # Lost (session expired): another member may own them already, so committing is wrong.
-        self._give_up_partitions(consumer, partitions, commit=False)
-
-    def _give_up_partitions(self, consumer: Consumer, partitions: list[TopicPartition], commit: bool) -> None:
-        numbers = [tp.partition for tp in partitions]
-        log.info("consumer %s %s partitions %s", self.name, "revoked" if commit else "lost", numbers)
-        finished = (
-            self._wait_loop(
-                lambda: self._revoke(numbers, hand_over=commit), self._revoke_grace + JOURNAL_TIMEOUT + 5
-            )
-            or {}
-        )
-        self._forget(numbers)
-        with self._commit_lock:
-            offsets = self._owned_offsets(finished)
-            for number in numbers:
-                pending = self._pending_commits.pop(number, None)
-                if pending is not None:
-                    for n, o in self._owned_offsets({number: pending}).items():
-                        offsets[n] = max(o, offsets.get(n, -1))
-        if commit and offsets:
-            self._commit(consumer, offsets)
-        with self._commit_lock:  # from here on, nothing of these partitions is ours to commit
-            for number in numbers:
-                self._pending_commits.pop(number, None)
-                self._owned.pop(number, None)
-
-    def _on_kafka_error(self, err: KafkaError) -> None:
-        code = err.code()
-        if err.fatal():
-            self._fatal_error = err.str()
-        if code in _TOPIC_REFUSED:
-            self._topic_problem = f"topic {self.topic}: {err.str()}"
-        # "all brokers down" says less than the transport or auth error before it: keep that one.
-        if code in (KafkaError._TRANSPORT, KafkaError._AUTHENTICATION) or (
-            code == KafkaError._ALL_BROKERS_DOWN and not self._brokers_down
-        ):
-            self._brokers_down = err.str()
-        log.warning("consumer %s: kafka: %s", self.name, err.str())
-
     # ---------------------------------------------------------------- event loop
 
     def _assign(self, numbers: list[int], generation: int) -> None:
@@ -770,13 +398,13 @@ class KafkaConsumer:
                 old.leaving.set()
                 if old.book is not None:
                     old.book.abandon()
-            self._partitions[number] = _Partition(number, generation)
+            self._partitions[number] = PartitionState(number, generation)
         if self._journal is not None:
             task = asyncio.ensure_future(self._load_attempts([self._partitions[n] for n in numbers]))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
 
-    async def _load_attempts(self, states: list[_Partition]) -> None:
+    async def _load_attempts(self, states: list[PartitionState]) -> None:
         """Read the partitions' journal records, then let their held records go to the handler."""
         assert self._journal is not None
         journal = self._journal
@@ -808,8 +436,29 @@ class KafkaConsumer:
         assert self._journal is not None
         journal = self._journal
 
+        loop = asyncio.get_running_loop()
+
         async def write(record: PartitionRecord) -> None:
-            await asyncio.to_thread(journal.write, number, record)
+            # Straight from the loop (no worker thread, no flush): a lease write costs one broker
+            # round trip, so it keeps ahead of a fast partition. Until the journal topic is known
+            # to exist, the blocking write checks (and creates) it in a thread.
+            acked: asyncio.Future[str | None] = loop.create_future()
+
+            def done(why: str | None) -> None:
+                loop.call_soon_threadsafe(_resolve_ack, acked, why)
+
+            if not journal.write_soon(number, record, done):
+                await asyncio.to_thread(journal.write, number, record)
+                return
+            try:
+                async with asyncio.timeout(JOURNAL_TIMEOUT):
+                    why = await asyncio.shield(acked)
+            except TimeoutError:
+                raise Unavailable(
+                    f"attempts journal {self.attempts_topic}: no ack within {JOURNAL_TIMEOUT}s"
+                ) from None
+            if why is not None:
+                raise Unavailable(why)
 
         if record is not None and record.lease is not None:
             log.warning(
@@ -866,7 +515,7 @@ class KafkaConsumer:
         for record in records:
             err = record.error()
             if err is not None:
-                if err.code() in _TOPIC_REFUSED:
+                if err.code() in TOPIC_REFUSED:
                     self._topic_problem = f"topic {self.topic}: {err.str()}"
                 if err.code() != KafkaError._PARTITION_EOF:
                     log.warning("consumer %s: %s", self.name, err.str())
@@ -891,342 +540,18 @@ class KafkaConsumer:
             self._enqueue(state, message)
         if received:
             self._received.inc(received)
+            if self._journal is not None:  # lease writes run ahead of what arrives, once per batch
+                for state in self._partitions.values():
+                    if state.book is not None and not (state.revoking or state.revoked):
+                        state.book.received(state.tracker.last_received, state.leaving)
 
-    def _release(self, state: _Partition, count: int) -> None:
+    def _release(self, state: PartitionState, count: int) -> None:
         """``count`` records of the partition left the backlog (committable now, or duplicates)."""
         if count and not state.revoked:
             with self._commit_lock:
                 self._backlog[state.number] = self._backlog.get(state.number, 0) - count
 
-    def _enqueue(self, state: _Partition, message: KafkaMessage) -> None:
-        key = message.key
-        lane: _Lane | None
-        if key is None:
-            lane = _Lane(state, None, deque([message]))
-        else:
-            lane = state.lanes.get(key)  # (setdefault would build a lane per message)
-            if lane is None:
-                lane = state.lanes[key] = _Lane(state, key, deque())
-            lane.messages.append(message)
-            if lane.busy:
-                return
-        lane.busy = True
-        self._ready.put_nowait(lane)
 
-    async def _worker(self) -> None:
-        while True:
-            lane = await self._ready.get()
-            if lane is None or self._stopping:
-                return
-            state = lane.partition
-            if state.revoking or state.revoked:
-                continue
-            await self._wait_for_app()
-            if self._stopping:
-                return
-            if state.revoking or state.revoked:
-                continue
-            slot = None if lane.key is None else (state.number, lane.key)
-            if slot is not None:
-                holder = self._key_calls.get(slot)
-                if holder is not None and holder is not lane:
-                    # A call of an earlier assignment, abandoned at its revoke, still runs for
-                    # this key: start the next one only after it ended, never beside it.
-                    self._key_waiting.setdefault(slot, []).append(lane)
-                    continue
-                self._key_calls[slot] = lane
-            state.running += 1
-            state.idle.clear()
-            try:
-                await self._drain(lane)
-            except Exception:  # a bug must not kill the worker nor wedge the key's lane
-                log.exception("consumer %s: delivering from partition %d failed", self.name, state.number)
-                if not lane.more:
-                    self._requeue_later(lane, 1.0)
-            finally:
-                state.running -= 1
-                if not state.running:
-                    state.idle.set()
-                if slot is not None:
-                    del self._key_calls[slot]
-                    for waiting in self._key_waiting.pop(slot, []):
-                        self._requeue(waiting)
-                if lane.more:  # the run was cut short: back in line behind the other lanes
-                    lane.more = False
-                    self._requeue(lane)
-
-    async def _drain(self, lane: _Lane) -> None:
-        """Event loop: deliver the lane's messages one after another, up to RUN_LENGTH of them,
-        without a trip through the ready queue between two (a worker owns its lane meanwhile).
-
-        Stops as a queue hop would have: at a revoke, at stop, or while the app is down.
-        ``lane.more`` is left True if the lane has messages the run did not take.
-        """
-        state = lane.partition
-        for _ in range(RUN_LENGTH):
-            lane.more = False
-            await self._deliver(lane)
-            if not lane.more or self._stopping or state.revoking or state.revoked:
-                return
-            if self._app_down_until and self._app_down_until > time.monotonic():
-                return
-        await asyncio.sleep(0)  # let the intake and timers in before this lane goes on
-
-    async def _wait_for_app(self) -> None:
-        # The deadline can move while we sleep (another worker saw the app down again).
-        while (
-            self._app_down_until
-            and (wait := self._app_down_until - time.monotonic()) > 0
-            and not self._stopping
-        ):
-            await nap(wait, self._stop_event)
-
-    async def _deliver(self, lane: _Lane) -> None:
-        message = lane.messages[0]
-        state = lane.partition
-        book = state.book
-        solo = False
-        if book is None:
-            outcome = await self._attempt(message)
-        else:
-            offset = message.offset
-            if book.known and book.exhausted(offset, self._policy.max_attempts):
-                await self._dead_letter_exhausted(lane, book.known[offset])
-                return
-            solo = book.is_suspect(offset)
-            if solo:
-                maybe = await self._solo_attempt(lane, book)
-                if maybe is None:
-                    return
-                outcome = maybe
-            else:
-                if book.needs_cover(offset) and not await book.cover(
-                    offset, state.tracker.last_received, state.leaving
-                ):
-                    return
-                book.calling[offset] = message.attempt
-                try:
-                    outcome = await self._attempt(message)
-                finally:
-                    del book.calling[offset]
-        if state.revoked:
-            return  # the partition moved on: the next owner delivers it again
-        if not outcome.attempted:
-            self._app_down(outcome)
-            self._requeue_later(lane, max(0.0, self._app_down_until - time.monotonic()))
-            return
-        self._app_down_streak = 0
-        if outcome.verdict is Verdict.SUCCESS:
-            self._finish(lane)
-        elif outcome.verdict is Verdict.RETRY and message.attempt < self._policy.max_attempts:
-            metrics.RETRIED.labels("kafka", self.name).inc()
-            delay = self._policy.next_delay(message.attempt, outcome)
-            log.info(
-                "consumer %s: %s/%d@%d attempt %d failed (%s); retrying in %s",
-                self.name,
-                message.topic,
-                message.partition,
-                message.offset,
-                message.attempt,
-                outcome.error or "retry",
-                format_duration(delay),
-            )
-            lane.messages[0] = dataclasses.replace(message, attempt=message.attempt + 1)
-            if book is not None and not solo:  # (a solo call's attempt is recorded already)
-                book.failed(message.offset, message.attempt)
-            self._requeue_later(lane, delay)
-        else:
-            reason = "drop" if outcome.verdict is Verdict.DROP else "max_attempts"
-            if await self._dead_letter(state, message, reason, outcome.error):
-                self._finish(lane)
-
-    async def _dead_letter_exhausted(self, lane: _Lane, attempts: int) -> None:
-        """Recorded attempts used up without an answer: the process died in each (a poison message)."""
-        message = dataclasses.replace(lane.messages[0], attempt=attempts)
-        log.warning(
-            "consumer %s: %s/%d@%d: the process ended during each of its %d attempt(s); dead-lettering it",
-            self.name,
-            message.topic,
-            message.partition,
-            message.offset,
-            attempts,
-        )
-        error = f"the process ended during each of {attempts} attempt(s) (crashed, killed or out of memory)"
-        if await self._dead_letter(lane.partition, message, "max_attempts", error):
-            self._finish(lane)
-
-    async def _attempt(self, message: KafkaMessage) -> Outcome:
-        gate = self._gate
-        assert gate is not None
-        if gate.held:
-            await gate.enter()
-        else:
-            gate.running += 1  # the fast path of enter()
-        try:
-            return await self._call(message)
-        finally:
-            gate.leave()
-
-    async def _solo_attempt(self, lane: _Lane, book: PartitionAttempts) -> Outcome | None:
-        """A crash suspect's call, alone in the process, between two journal writes (see solo_gate):
-        "offset starts attempt n" before, its result after, so a death in it is its own and a
-        bystander's finished call is never counted again. None: the partition left first."""
-        gate = self._gate
-        assert gate is not None
-        state, message = lane.partition, lane.messages[0]
-        offset = message.offset
-        await gate.enter_solo()
-        try:
-            if state.revoking or state.revoked:
-                return None
-            if not await book.before_solo_call(offset, message.attempt):
-                if not (state.revoking or state.revoked or self._stopping):
-                    self._requeue_later(lane, RETRY_WRITE)  # the journal is down: try again later
-                return None
-            book.calling[offset] = message.attempt
-            try:
-                outcome = await self._call(message)
-            finally:
-                del book.calling[offset]
-            await book.after_solo_call(offset, message.attempt, outcome)
-            return outcome
-        finally:
-            gate.leave_solo()
-
-    async def _call(self, message: KafkaMessage) -> Outcome:
-        """Event loop, in a worker task: one handler call, its timeout and its metrics.
-
-        The handler's first step runs at once (eager.py): a call that finishes there needs no
-        timer (nothing could interrupt it anyway) and leaves ``in_flight`` as it was. One that
-        awaits gets the rest of ``policy.timeout``, counted from its start.
-        """
-        loop = self._loop
-        assert loop is not None
-        deadline = loop.time() + self._policy.timeout
-        started = time.perf_counter()
-        in_flight = None
-        try:
-            awaitable = self._handler(message)
-            if type(awaitable) is types.CoroutineType:
-                result: Any = eager.start(awaitable)
-            else:
-                result = eager.Started(_await(awaitable), None)  # a Future or other awaitable
-            if type(result) is eager.Started:
-                in_flight = self._in_flight
-                in_flight.inc()
-                async with asyncio.timeout_at(deadline):
-                    result = await eager.resume(result)
-            outcome = result
-            if not isinstance(outcome, Outcome):
-                outcome = Outcome.retry(f"handler returned {outcome!r} instead of an Outcome")
-        except TimeoutError:
-            outcome = Outcome.retry(f"handler timed out after {format_duration(self._policy.timeout)}")
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                raise  # we are being stopped
-            outcome = Outcome.retry("handler was cancelled")  # cancelled from inside, not by us
-        except Exception as exc:
-            log.warning("consumer %s: handler raised on offset %d: %r", self.name, message.offset, exc)
-            outcome = Outcome.retry(f"{type(exc).__name__}: {exc}")
-        finally:
-            if in_flight is not None:
-                in_flight.dec()
-            self._latency.observe(time.perf_counter() - started)
-        result_name = outcome.verdict.value.lower() if outcome.attempted else "unavailable"
-        self._delivered[result_name].inc()
-        return outcome
-
-    def _app_down(self, outcome: Outcome) -> None:
-        """The handler's target is unreachable: hold every worker back until the next probe."""
-        self._app_down_streak += 1
-        # An unusable Retry-After (inf, NaN) falls back to the backoff; a huge one is capped.
-        delay = self._policy.next_delay(self._app_down_streak, outcome)
-        until = time.monotonic() + delay
-        if until > self._app_down_until:
-            if self._app_down_streak == 1:
-                log.warning(
-                    "consumer %s: handler unavailable (%s); holding messages", self.name, outcome.error
-                )
-            self._app_down_until = until
-
-    def _requeue_later(self, lane: _Lane, delay: float) -> None:
-        assert self._loop is not None
-        self._loop.call_later(delay, self._requeue, lane)
-
-    def _requeue(self, lane: _Lane) -> None:
-        if not (lane.partition.revoking or lane.partition.revoked or self._stopping):
-            self._ready.put_nowait(lane)
-
-    def _finish(self, lane: _Lane) -> None:
-        message = lane.messages.popleft()
-        state = lane.partition
-        if state.revoked or self._partitions.get(state.number) is not state:
-            # Finished after the revoke (a late dead-letter ack): the partition's next owner
-            # delivers it again; committing it here could rewind the group under that owner.
-            log.debug(
-                "consumer %s: %d@%d finished after its partition was revoked",
-                self.name,
-                state.number,
-                message.offset,
-            )
-            return
-        held = state.tracker.uncommitted
-        committable = state.tracker.finish(message.offset)
-        book = state.book
-        if book is not None and book.known:
-            book.finished(message.offset)
-        if committable is not None:
-            if book is not None and (book.known or book.suspect_below is not None):
-                book.committed(committable)
-            number = state.number
-            with self._commit_lock:  # (once for both: _release would take it again)
-                self._pending_commits[number] = (state.generation, committable)
-                self._backlog[number] = self._backlog.get(number, 0) - (held - state.tracker.uncommitted)
-        if lane.messages:
-            lane.more = True  # the worker's run goes on with it (see _drain)
-        else:
-            lane.busy = False
-            if lane.key is not None and state.lanes.get(lane.key) is lane:
-                del state.lanes[lane.key]
-
-    async def _dead_letter(self, state: _Partition, message: KafkaMessage, reason: str, error: str) -> bool:
-        """Write to the dead-letter topic and wait for its ack; True once it is safely there."""
-        assert self._dlq is not None
-        return await self._dlq.write(
-            message, reason, error, state.leaving, lambda: state.revoked or self._stopping
-        )
-
-
-async def _await(awaitable: Awaitable[T]) -> T:
-    return await awaitable
-
-
-def _poll_batch(consumer: Consumer, timeout: float) -> list[Message]:
-    """Wait up to POLL_TIMEOUT for one record, then take what else is already fetched.
-
-    (``consume(n, timeout)`` alone would hold the first record back until n arrived or the
-    timeout passed, adding up to POLL_TIMEOUT of latency to every quiet-time message.)
-    """
-    first = consumer.poll(timeout)
-    if first is None:
-        return []
-    return [first, *consumer.consume(POLL_BATCH - 1, 0)]
-
-
-# Errors that mean nothing will be read from the topic until someone changes it.
-_TOPIC_REFUSED = frozenset(
-    {
-        KafkaError.UNKNOWN_TOPIC_OR_PART,
-        KafkaError._UNKNOWN_TOPIC,
-        KafkaError.TOPIC_AUTHORIZATION_FAILED,
-        KafkaError.GROUP_AUTHORIZATION_FAILED,
-    }
-)
-
-_CONSUMER_ONLY_PREFIXES = ("session.", "heartbeat.", "group.", "max.poll.", "fetch.", "queued.", "partition.")
-
-
-def _producer_extra(extra: Mapping[str, Any]) -> dict[str, Any]:
-    """The consumer's ``extra`` minus consumer-only keys, for its dead-letter producer."""
-    return {k: v for k, v in extra.items() if not k.startswith(_CONSUMER_ONLY_PREFIXES)}
+def _resolve_ack(future: asyncio.Future[str | None], why: str | None) -> None:
+    if not future.done():
+        future.set_result(why)

@@ -23,12 +23,19 @@ from queue_engine.durations import format_duration
 from queue_engine.errors import NotFound, QueueError, TooLarge
 from queue_engine.kq.config import TopicRefused
 from queue_engine.kq.dead_letter_headers import dead_letter_copies
-from queue_engine.kq.message import KafkaMessage
+from queue_engine.kq.message import KafkaMessage, message_id
 from queue_engine.kq.pusher import KafkaPusher
 from queue_engine.policy import Backoff, DeliveryPolicy
 
 log = logging.getLogger("queue_engine.kq.consumer")
 PERMANENT_BACKOFF = Backoff(initial=1.0, max=300.0, multiplier=2.0)
+
+
+class DeadLetterPusher(KafkaPusher):
+    """The consumer's dead-letter producer: its writes are counted as dead-lettered (when acked),
+    not in queue_messages_published, which counts what apps push."""
+
+    _counts_published = False
 
 
 class DeadLetterWriter:
@@ -45,7 +52,7 @@ class DeadLetterWriter:
         """True once the broker acknowledged a copy; False if ``gone()`` became true first."""
         copies = dead_letter_copies(message, reason, error)
         step = failures = refusals = 0
-        where = f"{message.topic}/{message.partition}@{message.offset}"
+        where = message_id(message)
         while not gone():
             copy = copies[step]
             try:

@@ -84,7 +84,7 @@ class HandlerThreads:
         with self._lock:
             self.stuck += 1
         log.warning(
-            "consumer %s: handler call for %s/%d@%d is past its timeout; its thread keeps running",
+            "consumer %s: handler call for %s/%d/%d is past its timeout; its thread keeps running",
             self._name,
             job.message.topic,
             job.message.partition,

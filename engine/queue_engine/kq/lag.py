@@ -18,16 +18,21 @@ from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicP
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from queue_engine.errors import NotFound, Unavailable
-from queue_engine.kq.config import check_brokers, check_name, client_config, error_from_kafka
+from queue_engine.kq.config import (
+    check_brokers,
+    check_name,
+    client_config,
+    error_from_kafka,
+    without_consumer_keys,
+)
 from queue_engine.kq.security import KafkaSecurity
 
 Watermarks = Callable[[int], tuple[int, int] | None]
-_CONSUMER_ONLY_PREFIXES = ("session.", "heartbeat.", "group.", "max.poll.", "fetch.", "queued.", "partition.")
 
 
 def admin_config(config: Mapping[str, Any]) -> dict[str, Any]:
     """A client config minus the consumer-only keys (an AdminClient warns about each)."""
-    return {k: v for k, v in config.items() if not k.startswith(_CONSUMER_ONLY_PREFIXES) and k != "error_cb"}
+    return without_consumer_keys(config, also=("error_cb",))
 
 
 class AdminLag:

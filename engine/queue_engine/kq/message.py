@@ -37,6 +37,11 @@ class KafkaMessage:
         return None
 
 
+def message_id(message: KafkaMessage) -> str:
+    """``topic/partition/offset``: how logs name a message (the ``X-Message-Id`` header's form)."""
+    return f"{message.topic}/{message.partition}/{message.offset}"
+
+
 def from_record(record: Any, queue: str, attempt: int = 1) -> KafkaMessage:
     """Build from a confluent-kafka ``Message`` (one without an error)."""
     raw = record.headers()

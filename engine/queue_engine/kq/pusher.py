@@ -37,6 +37,10 @@ def _count_batch(queue: str, batch: Batch) -> None:
 class KafkaPusher:
     """Asyncio pusher. Create it inside a running event loop (or before; it binds on first push)."""
 
+    # queue_messages_published counts what apps push; the consumer's dead-letter producer (a
+    # subclass in dead_letter_writer.py) sets this False: its writes count as dead-lettered only.
+    _counts_published = True
+
     def __init__(
         self,
         brokers: Sequence[str],
@@ -65,7 +69,8 @@ class KafkaPusher:
         future: asyncio.Future[Delivered] = loop.create_future()
         refused = self._core.produce(future, value, key, headers)
         if refused is not None:
-            _count(self.name, False)
+            if self._counts_published:
+                _count(self.name, False)
             future.set_exception(refused)
         return future
 
@@ -77,7 +82,8 @@ class KafkaPusher:
 
     def _resolve(self, batch: Batch) -> None:
         """Event loop: settle the futures of one batch of delivery reports."""
-        _count_batch(self.name, batch)
+        if self._counts_published:
+            _count_batch(self.name, batch)
         for future, result in batch:
             if future.done():  # the caller cancelled its wait; the result still counts above
                 continue
