@@ -121,6 +121,9 @@ async def test_two_members_share_partitions_and_a_leaving_one_loses_nothing(
 
     async with running(a):
         producer = asyncio.create_task(keep_producing())
+        # b joins once a is handling: on a loaded machine a's first lease write and the
+        # rebalance could otherwise leave a nothing to handle before it leaves.
+        await wait_for(lambda: bool(seen_a.seen), 40, "a handling")
         async with running(b, assigned=False):
             await wait_for(lambda: bool(a.assigned_partitions) and bool(b.assigned_partitions), 40, "a split")
             assert set(a.assigned_partitions).isdisjoint(b.assigned_partitions)

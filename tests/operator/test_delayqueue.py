@@ -61,8 +61,12 @@ def test_example_creates_owned_children_and_ready_status(cluster: Cluster, opera
     ready = eventually(lambda: cluster.ready(PLURAL, "reminders"), what="a Ready condition")
     assert (ready["status"], ready["reason"]) == ("False", "NodesNotReady")
     assert "0/3" in ready["message"]
-    status = cluster.get(PLURAL, "reminders")["status"]
-    assert status["observedGeneration"] == 1
+    # A StatefulSet event may refresh the observed fields (and Ready) before the reconcile that
+    # applied generation 1 records it: observedGeneration follows, never ahead of the apply.
+    status = eventually(
+        lambda: (s := cluster.get(PLURAL, "reminders")["status"]).get("observedGeneration") == 1 and s,
+        what="observedGeneration 1",
+    )
     assert status["endpoints"] == [
         f"reminders-beanstalkd-{i}.reminders-beanstalkd.{cluster.namespace}.svc:11300" for i in range(3)
     ]
