@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 
-@dataclass(frozen=True)
-class Delivered:
-    """Where the broker stored a pushed message (after acks=all)."""
+class Delivered(NamedTuple):
+    """Where the broker stored a pushed message (after acks=all).
+
+    A named tuple, not a dataclass: one is made per acknowledged push, and a tuple is built in
+    a fraction of a frozen dataclass's time.
+    """
 
     topic: str
     partition: int

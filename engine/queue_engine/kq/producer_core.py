@@ -7,7 +7,9 @@ batch, not per message). The async and sync pushers differ only in how they reso
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import functools
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -116,8 +118,10 @@ class ProducerCore:
         # producer-id state): that instance refuses everything from then on, so it is replaced.
         self._fatal = threading.Event()
         self._swap_lock = threading.Lock()
-        self._reports: Batch = []
-        self._reports_lock = threading.Lock()
+        # Delivery reports not yet handed to the sink; appended by whichever thread polls and
+        # taken from the left by _drain, so a report appended during a drain waits for the next.
+        self._reports: collections.deque[tuple[Any, Result]] = collections.deque()
+        self._drain_lock = threading.Lock()
         self._closed = threading.Event()
         # Set (under the swap lock) when close() starts: a push accepted after close's flush
         # would never be polled, so from then on every push is refused at once.
@@ -141,26 +145,16 @@ class ProducerCore:
         except InvalidRequest as exc:
             return exc
 
-        def report(err: KafkaError | None, msg: Any) -> None:
-            result: Result
-            if err is not None:
-                result = error_from_kafka(err, f"push to {topic}")
-                if err.fatal() or err.code() in PRODUCER_STATE_LOST:
-                    self._fatal.set()
-                if self.last_client_error and err.code() == KafkaError._MSG_TIMED_OUT:
-                    # "timed out" alone hides why: add what the client last saw (auth refused, ...).
-                    result.args = (f"{result}; last broker error: {self.last_client_error}",)
-            else:
-                result = Delivered(msg.topic(), msg.partition(), msg.offset())
-            with self._reports_lock:
-                self._reports.append((token, result))
-
         try:
             with self._swap_lock:
                 if self._closing:
                     return Unavailable(f"pusher for {self.topic} is closed")
                 self._producer.produce(
-                    topic, value=value, key=key, headers=encoded_headers, on_delivery=report
+                    topic,
+                    value=value,
+                    key=key,
+                    headers=encoded_headers,
+                    on_delivery=functools.partial(self._report, token),
                 )
         except BufferError:
             return Unavailable(
@@ -172,6 +166,20 @@ class ProducerCore:
         except (TypeError, ValueError) as exc:
             return InvalidRequest(f"push to {topic}: {exc}")
         return None
+
+    def _report(self, token: Any, err: KafkaError | None, msg: Any) -> None:
+        """A delivery report, on whichever thread polls (the poll thread, or a flush)."""
+        result: Result
+        if err is None:
+            result = Delivered(msg.topic(), msg.partition(), msg.offset())
+        else:
+            result = error_from_kafka(err, f"push to {msg.topic()}")
+            if err.fatal() or err.code() in PRODUCER_STATE_LOST:
+                self._fatal.set()
+            if self.last_client_error and err.code() == KafkaError._MSG_TIMED_OUT:
+                # "timed out" alone hides why: add what the client last saw (auth refused, ...).
+                result.args = (f"{result}; last broker error: {self.last_client_error}",)
+        self._reports.append((token, result))  # deque.append: atomic, no lock needed
 
     def _on_client_error(self, err: KafkaError) -> None:
         self.last_client_error = err.str()
@@ -197,9 +205,14 @@ class ProducerCore:
         self._drain()
 
     def _drain(self) -> None:
-        # Hand over under the lock: a flush that returns has seen its results passed on.
-        with self._reports_lock:
-            batch, self._reports = self._reports, []
+        # Under the lock, so that a drain running beside this one has handed its batch on
+        # before this returns: a flush that returns has seen its results passed on.
+        with self._drain_lock:
+            reports = self._reports
+            batch: Batch = []
+            with contextlib.suppress(IndexError):
+                while True:
+                    batch.append(reports.popleft())
             if batch:
                 self._sink(batch)
 
