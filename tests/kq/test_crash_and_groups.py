@@ -110,10 +110,15 @@ async def test_two_members_share_partitions_and_a_leaving_one_loses_nothing(
     b = KafkaConsumer([bootstrap], unique, unique, seen_b, offset="first", extra=FAST_GROUP)
     total = 800
     sent = 0
+    split = asyncio.Event()
 
     async def keep_producing() -> None:
+        # The second half waits for the split, so that each member has messages of its own
+        # however slow the rebalance is on a loaded machine.
         nonlocal sent
         while sent < total:
+            if sent >= total // 2:
+                await split.wait()
             batch = [(f"k{i % 10}".encode(), f"{i}".encode()) for i in range(sent, sent + 40)]
             await asyncio.to_thread(produce_raw, bootstrap, unique, batch)
             sent += 40
@@ -128,6 +133,7 @@ async def test_two_members_share_partitions_and_a_leaving_one_loses_nothing(
             await wait_for(lambda: bool(a.assigned_partitions) and bool(b.assigned_partitions), 40, "a split")
             assert set(a.assigned_partitions).isdisjoint(b.assigned_partitions)
             assert set(a.assigned_partitions) | set(b.assigned_partitions) == {0, 1, 2, 3}
+            split.set()
             await wait_for(lambda: sent >= total // 2, 60, "half produced")
             await a.stop(grace=10)  # leaves mid-stream: b takes over all partitions
             await wait_for(lambda: b.assigned_partitions == [0, 1, 2, 3], 40, "b owns everything")
