@@ -180,3 +180,24 @@ async def test_a_connection_the_watchdog_gives_up_on_fails_its_calls_as_timeouts
     finally:
         node.resume()
         conn.close()
+
+
+async def test_a_short_call_beside_a_long_one_is_cut_at_its_own_limit(
+    beanstalk_cluster: BeanstalkdCluster, unique: str
+) -> None:
+    node = beanstalk_cluster[0]
+    conn = AsyncNodeConnection(node.address, unique, connect_timeout=1.0, io_timeout=30.0)
+    try:
+        await conn.call(lambda c: c.stats())  # connected
+        node.pause()
+        long_call = asyncio.ensure_future(conn.call(lambda c: c.stats()))  # 30 s limit
+        await asyncio.sleep(0.05)
+        started = time.monotonic()
+        with pytest.raises(NodeDown, match="timed out"):
+            await conn.call(lambda c: c.stats(), limit=0.3)
+        assert time.monotonic() - started < 5.0  # not at the long call's 30 s
+        with pytest.raises(NodeDown):  # the cut socket fails the long call too
+            await long_call
+    finally:
+        node.resume()
+        conn.close()

@@ -121,9 +121,14 @@ class AsyncNodeConnection:
         self._admit(probe)
         self._next_call += 1
         number = self._next_call
-        self._calls[number] = [time.monotonic(), self._io_timeout if limit is None else limit]
+        seconds = self._io_timeout if limit is None else limit
+        self._calls[number] = [time.monotonic(), seconds]
         if self._watchdog is None:
-            self._arm(self._calls[number][1])
+            self._arm(seconds)
+        elif self._watchdog.when() > asyncio.get_running_loop().time() + seconds:
+            # Armed for a longer call: this one must be cut at its own limit.
+            self._watchdog.cancel()
+            self._arm(seconds)
         try:
             reused = self._conn is not None and not self._conn.closed
             try:
