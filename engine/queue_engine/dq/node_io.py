@@ -30,7 +30,7 @@ from typing import NamedTuple, TypeVar
 
 from queue_engine.dq.beanstalk import BeanstalkError, Closed, Connection, NotFound
 from queue_engine.dq.envelope import Envelope
-from queue_engine.dq.nodes import NodeDown, NodeHealth, parse_address
+from queue_engine.dq.nodes import NodeDown, NodeHealth, NodeSettings
 
 T = TypeVar("T")
 Op = Callable[[Connection], Awaitable[T]]
@@ -57,11 +57,9 @@ class AsyncNodeConnection:
         io_timeout: float,
         health: NodeHealth | None = None,
     ) -> None:
+        self.settings = NodeSettings.of(address, tube, connect_timeout=connect_timeout, io_timeout=io_timeout)
         self.address = address
         self.tube = tube
-        self._host, self._port = parse_address(address)
-        self._connect_timeout = connect_timeout
-        self._io_timeout = io_timeout
         self._conn: Connection | None = None
         self._connecting: asyncio.Lock | None = None
         self._server_id: str | None = None
@@ -75,6 +73,7 @@ class AsyncNodeConnection:
         self._failures = 0
         self._deletes: list[_Delete] = []  # asked for in this loop iteration
         self._delete_runs: set[asyncio.Task[None]] = set()
+        self._deletes_due = False  # a _send_deletes is due in the next loop iteration
         self.health = health
         if health is not None:
             health.track(self)
@@ -92,21 +91,33 @@ class AsyncNodeConnection:
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[bool | None] = loop.create_future()
-        if not self._deletes:
-            loop.call_soon(self._send_deletes)
         self._deletes.append(_Delete(jid, socket, server, job_id, future))
+        if not self._deletes_due and not self._delete_runs:
+            self._deletes_due = True
+            loop.call_soon(self._send_deletes)
         return future
 
     def _send_deletes(self) -> None:
+        self._deletes_due = False
+        if not self._deletes:
+            return
         batch, self._deletes = self._deletes, []
         task = asyncio.get_running_loop().create_task(self._run_deletes(batch))
         self._delete_runs.add(task)
-        task.add_done_callback(self._delete_runs.discard)
+        task.add_done_callback(self._deletes_sent)
+
+    def _deletes_sent(self, task: asyncio.Task[None]) -> None:
+        # One batch on its way at a time: deletes asked for meanwhile leave together when it is
+        # back (under load, one write per round trip instead of one per loop iteration).
+        self._delete_runs.discard(task)
+        if self._deletes and not self._deletes_due:
+            self._deletes_due = True
+            asyncio.get_running_loop().call_soon(self._send_deletes)
 
     async def _run_deletes(self, batch: list[_Delete]) -> None:
         results: list[bool] | list[None] = [None] * len(batch)
         try:
-            results = await self.call(_deleter(self, batch), limit=self._connect_timeout)
+            results = await self.call(_deleter(self, batch), limit=self.settings.connect_timeout)
         except (NodeDown, BeanstalkError) as exc:
             log.debug("deletes on %s failed: %r", self.address, exc)
         finally:  # also when cancelled (the loop is ending): nobody waits forever
@@ -121,7 +132,7 @@ class AsyncNodeConnection:
         self._admit(probe)
         self._next_call += 1
         number = self._next_call
-        seconds = self._io_timeout if limit is None else limit
+        seconds = self.settings.io_timeout if limit is None else limit
         self._calls[number] = [time.monotonic(), seconds]
         if self._watchdog is None:
             self._arm(seconds)
@@ -206,8 +217,8 @@ class AsyncNodeConnection:
         async with self._connecting:  # concurrent callers share one new connection
             if self._conn is None or self._conn.closed:
                 self._server_id = None
-                async with asyncio.timeout(self._connect_timeout):
-                    self._conn = await Connection.open(self._host, self._port, self.tube)
+                async with asyncio.timeout(self.settings.connect_timeout):
+                    self._conn = await Connection.open(self.settings.host, self.settings.port, self.tube)
             return self._conn
 
     async def server_id(self, conn: Connection) -> str:
