@@ -102,6 +102,7 @@ class NodeLine:
 
     def __init__(self, prefetch: int, max_waiting: int) -> None:
         self.permits = asyncio.Semaphore(prefetch)
+        self.gate = asyncio.Lock()  # held by the one worker waiting for permits
         self.waiting = 0
         self.waiting_bytes = 0
         self.max_waiting = max_waiting
