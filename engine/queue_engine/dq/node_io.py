@@ -73,32 +73,56 @@ class AsyncNodeConnection:
         self._failures = 0
         self._deletes: list[_Delete] = []  # asked for in this loop iteration
         self._delete_runs: set[asyncio.Task[None]] = set()
-        self._deletes_due = False  # a _send_deletes is due in the next loop iteration
+        self._deletes_timer: asyncio.Handle | None = None  # the next _send_deletes, if due
+        self._deletes_when = 0.0  # its loop time
         self.health = health
         if health is not None:
             health.track(self)
 
     def delete_soon(
-        self, jid: int, *, socket: Connection | None = None, server: str = "", job_id: str = ""
+        self,
+        jid: int,
+        *,
+        socket: Connection | None = None,
+        server: str = "",
+        job_id: str = "",
+        within: float = 0.0,
     ) -> asyncio.Future[bool | None]:
-        """Delete a copy along with the other deletes asked for on this node in the same loop
-        iteration: one call for the lot.
+        """Delete a copy along with the other deletes asked for on this node meanwhile: one call
+        for the lot. It leaves in the next loop iteration, or up to ``within`` seconds later
+        (with the deletes asked for by then), or once the batch on its way is back.
 
         With ``socket``: the copy reserved on that very socket (see :func:`delete_reserved`);
         otherwise the recorded copy of job ``job_id`` taken by node process ``server`` (see
         :func:`delete_copy`). The answer: True deleted; False gone, or not this job's; None when
-        the node failed (a timeout, a lost connection, a suspect node).
+        the node failed (a timeout, a lost connection, a suspect node, the connection closed).
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[bool | None] = loop.create_future()
         self._deletes.append(_Delete(jid, socket, server, job_id, future))
-        if not self._deletes_due and not self._delete_runs:
-            self._deletes_due = True
-            loop.call_soon(self._send_deletes)
+        if not self._delete_runs:  # else: sent when the batch on its way is back
+            self._send_deletes_at(loop.time() + within)
         return future
 
+    def flush_deletes(self) -> None:
+        """Send the deletes waiting for their batch now."""
+        if self._deletes and not self._delete_runs:
+            self._send_deletes_at(0.0)
+
+    def _send_deletes_at(self, when: float) -> None:
+        if self._deletes_timer is not None:
+            if self._deletes_when <= when:
+                return
+            self._deletes_timer.cancel()
+        loop = asyncio.get_running_loop()
+        self._deletes_when = when
+        if when <= loop.time():
+            self._deletes_timer = loop.call_soon(self._send_deletes)
+        else:
+            self._deletes_timer = loop.call_at(when, self._send_deletes)
+
     def _send_deletes(self) -> None:
-        self._deletes_due = False
+        self._deletes_timer = None
         if not self._deletes:
             return
         batch, self._deletes = self._deletes, []
@@ -110,9 +134,8 @@ class AsyncNodeConnection:
         # One batch on its way at a time: deletes asked for meanwhile leave together when it is
         # back (under load, one write per round trip instead of one per loop iteration).
         self._delete_runs.discard(task)
-        if self._deletes and not self._deletes_due:
-            self._deletes_due = True
-            asyncio.get_running_loop().call_soon(self._send_deletes)
+        if self._deletes:
+            self._send_deletes_at(0.0)
 
     async def _run_deletes(self, batch: list[_Delete]) -> None:
         results: list[bool] | list[None] = [None] * len(batch)
@@ -257,6 +280,13 @@ class AsyncNodeConnection:
             self._server_id = None
 
     def close(self) -> None:
+        if self._deletes_timer is not None:  # deletes not sent yet: answered None, never sent
+            self._deletes_timer.cancel()
+            self._deletes_timer = None
+            batch, self._deletes = self._deletes, []
+            for delete in batch:
+                if not delete.future.done():
+                    delete.future.set_result(None)
         self._drop(self._conn)
 
     @property

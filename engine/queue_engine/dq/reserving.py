@@ -10,8 +10,10 @@ Guarantees:
 - At most the node's prefetch permits of copies are reserved and not yet in a handler (about
   ``concurrency`` per node, so one consumer does not hoard a burst others could handle);
   copies waiting for their due time or another copy's outcome give their permit on.
-- One worker at a time waits for permits; when handlers start and free several at once, it
-  takes them all and reserves that many copies in one round trip instead of one each.
+- One worker at a time waits for permits; when handlers start and free several at once while
+  the node has a backlog, it takes them all and reserves that many copies in one round trip
+  instead of one each. While copies trickle in (delayed jobs coming due one by one) no
+  round trip is spent on non-blocking reserves that would come back empty.
 - No copy is taken while Redis is unreachable (it could not be de-duplicated), nor once the
   consumer stops, nor from a node no longer consumed.
 - A node that does not answer is retried with a growing pause (up to 2 s) and reported in
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Mapping
 
 from queue_engine.dq.beanstalk import BeanstalkError, Job
@@ -34,6 +37,8 @@ log = logging.getLogger(__name__)
 
 RESERVERS_PER_NODE = 4  # connections per node blocked in reserve, waiting for the next ready job
 RESERVE_BATCH = 16  # non-blocking reserves sent together when several copies are ready
+# A blocking reserve answered within this many seconds found a copy already waiting.
+QUICK_ANSWER = 0.01
 
 Deliver = Callable[[NodeLine, AsyncNodeConnection, Reserved], None]
 
@@ -88,12 +93,16 @@ class Reserving:
             conn = line.take() or self._connection(node)
             line.hold(conn)  # the worker's own use: the connection is not idle meanwhile
             try:
-                # Several handlers just started: take the copies ready now in one round trip
-                # (pipelined, never blocking) rather than one reserve per copy. None ready: one
-                # permit is kept for the blocking reserve below.
-                if extra and await self._take_batch(line, conn, 1 + extra, keep=1):
-                    await self._take_ready(line, conn)
+                if extra and not line.backlog:
+                    for _ in range(extra):  # copies trickle in: one blocking reserve, one permit
+                        line.permits.release()
+                # Several handlers just started and copies are waiting: take them in one round
+                # trip (pipelined, never blocking) rather than one reserve per copy. None came:
+                # one permit is kept for the blocking reserve below.
+                elif extra and await self._take_batch(line, conn, 1 + extra, keep=1):
+                    await self._take_ready(line, conn, RESERVE_BATCH)
                     continue
+                asked = time.monotonic()
                 try:
                     got = await conn.call(reserve_waiting, probe=True)
                 except NodeDown as exc:
@@ -111,19 +120,25 @@ class Reserving:
                     line.permits.release()
                     continue
                 self._deliver(line, conn, got)
-                await self._take_ready(line, conn)
+                # A copy that was ready already (the answer came at once): others may be too.
+                line.backlog = time.monotonic() - asked < QUICK_ANSWER
+                if line.backlog:
+                    await self._take_ready(line, conn)
             finally:
                 line.let_go(conn)
 
-    async def _take_ready(self, line: NodeLine, conn: AsyncNodeConnection) -> None:
-        """Take the copies ready now on ``conn``, RESERVE_BATCH per round trip, while permits last."""
+    async def _take_ready(self, line: NodeLine, conn: AsyncNodeConnection, size: int = 2) -> None:
+        """Take the copies ready now on ``conn`` while permits last: ``size`` in the first round
+        trip, twice as many in each next one (up to RESERVE_BATCH) while all asked for came, so
+        that a trickle costs few empty answers and a backlog few round trips."""
         while not self._ctx.stopping.is_set() and self._ctx.redis_error is None:
             wanted = 0
-            while wanted < RESERVE_BATCH and not line.permits.locked():
+            while wanted < size and not line.permits.locked():
                 await line.permits.acquire()  # free: does not wait
                 wanted += 1
             if not wanted or await self._take_batch(line, conn, wanted) < wanted:
                 return  # the node has no more ready copies (or failed): back to waiting
+            size = min(RESERVE_BATCH, 2 * size)
 
     async def _take_batch(self, line: NodeLine, conn: AsyncNodeConnection, wanted: int, keep: int = 0) -> int:
         """Take up to ``wanted`` copies ready now on ``conn`` (one permit each, already
@@ -134,6 +149,7 @@ class Reserving:
         if not ctx.stopping.is_set() and ctx.redis_error is None:
             with contextlib.suppress(NodeDown, BeanstalkError):
                 socket, jobs = await conn.call(reserve_ready(wanted), limit=ctx.connect_timeout)
+        line.backlog = len(jobs) == wanted
         for job in jobs:
             self._deliver(line, conn, (socket, job))
         for _ in range(wanted - len(jobs) - (0 if jobs else keep)):
