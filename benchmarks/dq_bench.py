@@ -209,7 +209,9 @@ async def main() -> None:
             raw_pub = raw_publish(nodes, "raw", n)
             raw_con = raw_consume(nodes, "raw", n)
             eng_pub_1 = await engine_publish(nodes, "engine", url, n, parallel=1)
+            cpu_started = time.process_time()
             eng_con, duplicates = await engine_consume(nodes, "engine", url, n)
+            cpu_per_job = (time.process_time() - cpu_started) / n
             eng_pub_64 = await engine_publish(nodes, "engine64", url, n, parallel=64)
             late = await lateness(nodes, "late", url, args.late_jobs)
             target = 0.8 * eng_con
@@ -228,6 +230,7 @@ async def main() -> None:
     for label, raw, engine in rows:
         print(f"{label:<36}{raw:>12.0f}{engine:>12.0f}{engine / raw:>12.2f}")
     print(f"\nduplicate deliveries in the consume phase: {duplicates}")
+    print(f"consumer CPU per job in the consume phase: {cpu_per_job * 1e6:.0f} us")
     print(
         f"lateness at light load ({len(late)} jobs): p50 {_pct(late, 50) * 1000:.1f} ms, "
         f"p99 {_pct(late, 99) * 1000:.1f} ms, max {max(late) * 1000:.1f} ms, "

@@ -201,3 +201,35 @@ async def test_a_short_call_beside_a_long_one_is_cut_at_its_own_limit(
     finally:
         node.resume()
         conn.close()
+
+
+async def test_deletes_may_wait_a_little_to_leave_together_and_a_close_answers_those_not_sent(
+    beanstalk_cluster: BeanstalkdCluster, unique: str
+) -> None:
+    """``delete_soon(within=...)`` waits up to that long (the standbys' deletes); a delete due
+    now takes the waiting ones along; closing the connection answers those not sent with None."""
+    node = beanstalk_cluster[0]
+    conn = await _open(beanstalk_cluster, unique)
+    nodes = AsyncNodeConnection(node.address, unique, connect_timeout=1.0, io_timeout=1.0)
+    try:
+        server = (await conn.stats())["id"]
+        jids = [await conn.put(b"x%d" % i, priority=10, delay=60, ttr=20) for i in range(4)]
+        waiting = nodes.delete_soon(jids[0], server=server, job_id="", within=30.0)
+        await asyncio.sleep(0.3)
+        assert not waiting.done()
+        assert (await conn.peek(jids[0])).body == b"x0"  # still there: it waits for company
+        now = nodes.delete_soon(jids[1], server=server)
+        assert await asyncio.wait_for(asyncio.gather(waiting, now), 2.0) == [True, True]
+        started = time.monotonic()
+        assert await asyncio.wait_for(nodes.delete_soon(jids[2], server=server, within=0.3), 5.0)
+        assert 0.25 < time.monotonic() - started < 3.0
+        for jid in jids[:3]:
+            with pytest.raises(NotFound):
+                await conn.peek(jid)
+        never = nodes.delete_soon(jids[3], server=server, within=30.0)
+        nodes.close()
+        assert await asyncio.wait_for(never, 1.0) is None
+        assert (await conn.peek(jids[3])).body == b"x3"  # not sent
+    finally:
+        nodes.close()
+        conn.close()

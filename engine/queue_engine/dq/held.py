@@ -102,12 +102,19 @@ class NodeLine:
 
     def __init__(self, prefetch: int, max_waiting: int) -> None:
         self.permits = asyncio.Semaphore(prefetch)
+        self.gate = asyncio.Lock()  # held by the one worker waiting for permits
+        # The node had copies waiting when last asked: several are worth asking for in one
+        # round trip. Off while jobs trickle in one by one (delayed jobs coming due): there a
+        # batch of non-blocking reserves would mostly come back empty.
+        self.backlog = False
         self.waiting = 0
         self.waiting_bytes = 0
         self.max_waiting = max_waiting
         self._idle: list[AsyncNodeConnection] = []
         self._holding: dict[AsyncNodeConnection, int] = {}
-        self._max_idle = 16  # kept for reuse: no reconnect churn
+        # Kept for reuse, no reconnect churn: delayed copies held until due keep their
+        # connections busy, so the reserving workers need spare idle ones.
+        self._max_idle = 64
 
     def take(self) -> AsyncNodeConnection | None:
         """An idle connection: it holds no copy, so it may block in reserve."""

@@ -30,7 +30,7 @@ from typing import NamedTuple, TypeVar
 
 from queue_engine.dq.beanstalk import BeanstalkError, Closed, Connection, NotFound
 from queue_engine.dq.envelope import Envelope
-from queue_engine.dq.nodes import NodeDown, NodeHealth, parse_address
+from queue_engine.dq.nodes import NodeDown, NodeHealth, NodeSettings
 
 T = TypeVar("T")
 Op = Callable[[Connection], Awaitable[T]]
@@ -57,11 +57,9 @@ class AsyncNodeConnection:
         io_timeout: float,
         health: NodeHealth | None = None,
     ) -> None:
+        self.settings = NodeSettings.of(address, tube, connect_timeout=connect_timeout, io_timeout=io_timeout)
         self.address = address
         self.tube = tube
-        self._host, self._port = parse_address(address)
-        self._connect_timeout = connect_timeout
-        self._io_timeout = io_timeout
         self._conn: Connection | None = None
         self._connecting: asyncio.Lock | None = None
         self._server_id: str | None = None
@@ -75,38 +73,74 @@ class AsyncNodeConnection:
         self._failures = 0
         self._deletes: list[_Delete] = []  # asked for in this loop iteration
         self._delete_runs: set[asyncio.Task[None]] = set()
+        self._deletes_timer: asyncio.Handle | None = None  # the next _send_deletes, if due
+        self._deletes_when = 0.0  # its loop time
         self.health = health
         if health is not None:
             health.track(self)
 
     def delete_soon(
-        self, jid: int, *, socket: Connection | None = None, server: str = "", job_id: str = ""
+        self,
+        jid: int,
+        *,
+        socket: Connection | None = None,
+        server: str = "",
+        job_id: str = "",
+        within: float = 0.0,
     ) -> asyncio.Future[bool | None]:
-        """Delete a copy along with the other deletes asked for on this node in the same loop
-        iteration: one call for the lot.
+        """Delete a copy along with the other deletes asked for on this node meanwhile: one call
+        for the lot. It leaves in the next loop iteration, or up to ``within`` seconds later
+        (with the deletes asked for by then), or once the batch on its way is back.
 
         With ``socket``: the copy reserved on that very socket (see :func:`delete_reserved`);
         otherwise the recorded copy of job ``job_id`` taken by node process ``server`` (see
         :func:`delete_copy`). The answer: True deleted; False gone, or not this job's; None when
-        the node failed (a timeout, a lost connection, a suspect node).
+        the node failed (a timeout, a lost connection, a suspect node, the connection closed).
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[bool | None] = loop.create_future()
-        if not self._deletes:
-            loop.call_soon(self._send_deletes)
         self._deletes.append(_Delete(jid, socket, server, job_id, future))
+        if not self._delete_runs:  # else: sent when the batch on its way is back
+            self._send_deletes_at(loop.time() + within)
         return future
 
+    def flush_deletes(self) -> None:
+        """Send the deletes waiting for their batch now."""
+        if self._deletes and not self._delete_runs:
+            self._send_deletes_at(0.0)
+
+    def _send_deletes_at(self, when: float) -> None:
+        if self._deletes_timer is not None:
+            if self._deletes_when <= when:
+                return
+            self._deletes_timer.cancel()
+        loop = asyncio.get_running_loop()
+        self._deletes_when = when
+        if when <= loop.time():
+            self._deletes_timer = loop.call_soon(self._send_deletes)
+        else:
+            self._deletes_timer = loop.call_at(when, self._send_deletes)
+
     def _send_deletes(self) -> None:
+        self._deletes_timer = None
+        if not self._deletes:
+            return
         batch, self._deletes = self._deletes, []
         task = asyncio.get_running_loop().create_task(self._run_deletes(batch))
         self._delete_runs.add(task)
-        task.add_done_callback(self._delete_runs.discard)
+        task.add_done_callback(self._deletes_sent)
+
+    def _deletes_sent(self, task: asyncio.Task[None]) -> None:
+        # One batch on its way at a time: deletes asked for meanwhile leave together when it is
+        # back (under load, one write per round trip instead of one per loop iteration).
+        self._delete_runs.discard(task)
+        if self._deletes:
+            self._send_deletes_at(0.0)
 
     async def _run_deletes(self, batch: list[_Delete]) -> None:
         results: list[bool] | list[None] = [None] * len(batch)
         try:
-            results = await self.call(_deleter(self, batch), limit=self._connect_timeout)
+            results = await self.call(_deleter(self, batch), limit=self.settings.connect_timeout)
         except (NodeDown, BeanstalkError) as exc:
             log.debug("deletes on %s failed: %r", self.address, exc)
         finally:  # also when cancelled (the loop is ending): nobody waits forever
@@ -121,7 +155,7 @@ class AsyncNodeConnection:
         self._admit(probe)
         self._next_call += 1
         number = self._next_call
-        seconds = self._io_timeout if limit is None else limit
+        seconds = self.settings.io_timeout if limit is None else limit
         self._calls[number] = [time.monotonic(), seconds]
         if self._watchdog is None:
             self._arm(seconds)
@@ -206,8 +240,8 @@ class AsyncNodeConnection:
         async with self._connecting:  # concurrent callers share one new connection
             if self._conn is None or self._conn.closed:
                 self._server_id = None
-                async with asyncio.timeout(self._connect_timeout):
-                    self._conn = await Connection.open(self._host, self._port, self.tube)
+                async with asyncio.timeout(self.settings.connect_timeout):
+                    self._conn = await Connection.open(self.settings.host, self.settings.port, self.tube)
             return self._conn
 
     async def server_id(self, conn: Connection) -> str:
@@ -246,6 +280,13 @@ class AsyncNodeConnection:
             self._server_id = None
 
     def close(self) -> None:
+        if self._deletes_timer is not None:  # deletes not sent yet: answered None, never sent
+            self._deletes_timer.cancel()
+            self._deletes_timer = None
+            batch, self._deletes = self._deletes, []
+            for delete in batch:
+                if not delete.future.done():
+                    delete.future.set_result(None)
         self._drop(self._conn)
 
     @property

@@ -22,6 +22,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 import greenstalk
@@ -49,6 +50,24 @@ def parse_address(address: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigError(f"beanstalkd node {address!r}: expected host:port, e.g. 127.0.0.1:11300")
     return host.strip("[]"), int(port)
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """Where and how a connection reaches one node: the blocking :class:`NodeConnection` and the
+    asyncio :class:`~queue_engine.dq.node_io.AsyncNodeConnection` take the same ones."""
+
+    address: str
+    tube: str
+    host: str
+    port: int
+    connect_timeout: float  # seconds to connect (and use/watch the tube)
+    io_timeout: float  # seconds a call may wait for its answer, unless it gives its own
+
+    @classmethod
+    def of(cls, address: str, tube: str, *, connect_timeout: float, io_timeout: float) -> NodeSettings:
+        host, port = parse_address(address)  # a bad address fails here, before any connection
+        return cls(address, tube, host, port, connect_timeout, io_timeout)
 
 
 def check_nodes(nodes: Sequence[str]) -> list[str]:
@@ -161,14 +180,14 @@ class NodeConnection:
         io_timeout: float,
         health: NodeHealth | None = None,
     ) -> None:
+        self.settings = settings = NodeSettings.of(
+            address, tube, connect_timeout=connect_timeout, io_timeout=io_timeout
+        )
         self.address = address
         self.tube = tube
-        self._target = parse_address(address)
-        self._connect_timeout = connect_timeout
-        self._io_timeout = io_timeout
         self._client: greenstalk.Client[bytes] | None = None
         self._sock: socket.socket | None = None
-        self._sock_timeout = io_timeout
+        self._sock_timeout = settings.io_timeout
         self._lock = threading.Lock()
         self._busy_since = 0.0  # monotonic start of the call in progress; 0 when idle
         self._server_id: str | None = None  # the node process's `stats` id, once asked
@@ -218,7 +237,7 @@ class NodeConnection:
     def _attempt(self, op: Callable[[greenstalk.Client[bytes]], T], timeout: float | None) -> T:
         try:
             client = self._connect()
-            wanted = self._io_timeout if timeout is None else timeout
+            wanted = self.settings.io_timeout if timeout is None else timeout
             if wanted != self._sock_timeout and self._sock is not None:
                 self._sock.settimeout(wanted)
                 self._sock_timeout = wanted
@@ -239,16 +258,17 @@ class NodeConnection:
 
     def _connect(self) -> greenstalk.Client[bytes]:
         if self._client is None:
-            sock = socket.create_connection(self._target, timeout=self._connect_timeout)
+            target = self.settings
+            sock = socket.create_connection((target.host, target.port), timeout=target.connect_timeout)
             try:
-                sock.settimeout(self._io_timeout)
+                sock.settimeout(self.settings.io_timeout)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
                 self._client = greenstalk.Client(sock, encoding=None, use=self.tube, watch=self.tube)
             except BaseException:
                 sock.close()
                 raise
             self._sock = sock
-            self._sock_timeout = self._io_timeout
+            self._sock_timeout = self.settings.io_timeout
         return self._client
 
     def server_id(self, client: greenstalk.Client[bytes]) -> str:

@@ -5,11 +5,12 @@ Nothing here decides whether a job runs: that is Redis's record (see
 the claim. This saves the work, and keeps the standbys (see :mod:`~queue_engine.dq.producer`)
 from being reserved at all. Guarantees:
 
-- After a success, the delivered copy, the copies this consumer holds waiting for it (its
-  followers) and the job's other recorded copies are deleted at once; the deletes for one node
-  go out in one call (:meth:`~queue_engine.dq.node_io.AsyncNodeConnection.delete_soon`). Our
-  reservations are deleted by id on their own sockets; a recorded copy only where it still
-  carries this job's id (:func:`~queue_engine.dq.node_io.delete_copy`).
+- After a success, the delivered copy and the copies this consumer holds waiting for it (its
+  followers) are deleted at once, the job's other recorded copies within ``STANDBY_WINDOW``
+  (they are due later); the deletes for one node go out in one call
+  (:meth:`~queue_engine.dq.node_io.AsyncNodeConnection.delete_soon`). Our reservations are
+  deleted by id on their own sockets; a recorded copy only where it still carries this job's
+  id (:func:`~queue_engine.dq.node_io.delete_copy`).
 - After a bury, the recorded copies other than the kept one and our followers (which bury or
   delete themselves) are deleted.
 - A recorded copy that could not be deleted (reserved elsewhere, its node down) is remembered
@@ -24,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Collection
@@ -42,6 +44,9 @@ SWEEP_WINDOW = 30.0  # seconds a settled job's undeletable copies are remembered
 # the record is read again after these pauses, to delete the standbys then.
 RECORD_RETRIES = (0.2, 0.5, 1.0, 2.0)
 MAX_FOLLOWUPS = 1000  # jobs waiting for their record at once, at most
+# The standbys of a job done are deleted within this many seconds, together with those of the
+# other jobs done meanwhile: one write per node for many jobs. They are due seconds later.
+STANDBY_WINDOW = 0.02
 
 
 class Siblings:
@@ -62,27 +67,31 @@ class Siblings:
         # (expiry, copy, job id) of other copies a settled job left behind.
         self._unswept: collections.deque[tuple[float, Copy, str]] = collections.deque(maxlen=10_000)
         self._followups: set[asyncio.Task[None]] = set()
+        self._deleting: set[asyncio.Future[list[bool | None]]] = set()  # standbys' deletes on their way
 
-    def delete(self, copy: Copy, job_id: str) -> asyncio.Future[bool | None]:
+    def delete(self, copy: Copy, job_id: str, within: float = 0.0) -> asyncio.Future[bool | None]:
         """Delete a recorded copy, checked to still be this job's."""
-        return self._control[copy.node].delete_soon(copy.jid, server=copy.server, job_id=job_id)
+        node = self._control[copy.node]
+        return node.delete_soon(copy.jid, server=copy.server, job_id=job_id, within=within)
 
     async def after_success(self, held: Held, copies: list[Copy]) -> None:
-        """Delete this copy, our followers and the job's other recorded copies, all at once."""
+        """Delete this copy and our followers at once, the job's other recorded copies (due
+        later: the standbys) within ``STANDBY_WINDOW`` seconds, without waiting for them."""
         job_id = held.envelope.job_id
         followers = dict(held.local.followers) if held.local is not None else {}
         others = self._others(held, copies, followers)
+        if others:
+            theirs = asyncio.gather(*(self.delete(c, job_id, STANDBY_WINDOW) for c in others))
+            self._deleting.add(theirs)
+            theirs.add_done_callback(functools.partial(self._deleted, others, job_id))
         results = await asyncio.gather(
             held.conn.delete_soon(held.job.id, socket=held.socket),
             *(conn.delete_soon(jid, socket=sock) for (_, jid), (conn, sock) in followers.items()),
-            *(self.delete(c, job_id) for c in others),
         )
-        mine = results[1 : 1 + len(followers)]
-        theirs = results[1 + len(followers) :]
+        mine = results[1:]
         if held.local is not None:
             held.local.deleted.update(key for key, r in zip(followers, mine, strict=True) if r is not None)
-        self._count(results[1:])
-        self._remember(others, theirs, job_id)
+        self._count(mine)
         if not copies and len(self._followups) < MAX_FOLLOWUPS:
             # No copies recorded (yet): the standbys would otherwise wait out their delay.
             here = {(held.conn.address, held.job.id), *followers}
@@ -113,10 +122,20 @@ class Siblings:
             log.info("dq %s: swept %d copies of settled jobs after a redis outage", self._queue, len(pending))
 
     async def aclose(self) -> None:
-        """Give up the deletes still waiting for a record: the copies are deleted on sight."""
+        """Send the deletes still waiting for their batch and wait for them; give up those
+        still waiting for a record (the copies are deleted on sight)."""
         for task in self._followups:
             task.cancel()
         await asyncio.gather(*self._followups, return_exceptions=True)
+        for node in self._control.values():
+            node.flush_deletes()
+        await asyncio.gather(*self._deleting, return_exceptions=True)
+
+    def _deleted(self, others: list[Copy], job_id: str, results: asyncio.Future[list[bool | None]]) -> None:
+        self._deleting.discard(results)
+        if not results.cancelled():
+            self._count(results.result())
+            self._remember(others, results.result(), job_id)
 
     def _others(self, held: Held, copies: list[Copy], skip: Collection[tuple[str, int]]) -> list[Copy]:
         """The recorded copies other than this one and those in ``skip`` (ours, held here)."""

@@ -1,0 +1,323 @@
+"""Delivering one held copy: from its reservation to the handler, then to settling.
+
+For each copy held (a task of its own; calls on it go to the socket that reserved it):
+
+1. wait until the exact due time (beanstalkd delays are whole seconds, rounded down);
+2. if this consumer already holds another copy of the job, wait for that one's outcome;
+3. take a handler slot, then claim the job in Redis (tombstone, done/buried markers, retry
+   time, lease, attempt count: one atomic script, see :mod:`~queue_engine.dq.records`); a copy
+   whose job is in progress elsewhere waits, held, for the outcome;
+4. run the handler while the lease is renewed and the reservation touched
+   (:mod:`~queue_engine.dq.leases`);
+5. settle (:mod:`~queue_engine.dq.settling`).
+
+Guarantees: at most ``concurrency`` handlers run at once. An attempt is counted only for a
+handler about to start (the slot comes before the claim): a consumer that crashes has counted
+attempts for the jobs it was running and no others. Never early: a copy runs only once Redis's
+clock reached its due time. At stop, copies not started are handed back for their due time,
+and a handler still running when the grace runs out is cancelled and its attempt given back.
+A bug in this path hands the copy back (its connection is dropped), never stops the consumer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from queue_engine import metrics
+from queue_engine.dq.beanstalk import Connection, Job
+from queue_engine.dq.consumer_context import KIND, ConsumerContext
+from queue_engine.dq.envelope import Envelope
+from queue_engine.dq.held import Held, Local, NodeLine, Reserved, Ticket, burier
+from queue_engine.dq.job import DelayJob
+from queue_engine.dq.leases import LeaseKeeper
+from queue_engine.dq.node_io import AsyncNodeConnection
+from queue_engine.dq.records import Claim, JobRecords
+from queue_engine.dq.settling import Settler
+from queue_engine.policy import DeliveryPolicy, Outcome
+
+log = logging.getLogger(__name__)
+
+HOLD_LIMIT = 2.0  # a retry due within this many seconds is waited for while holding the copy
+BUSY_HOLD = 5.0  # seconds a copy waits, held, for another copy's attempt to end
+
+Handler = Callable[[DelayJob], Awaitable[Outcome]]
+
+
+class Delivery:
+    """Delivers the copies one consumer holds (see the module docs)."""
+
+    def __init__(
+        self,
+        ctx: ConsumerContext,
+        *,
+        handler: Handler,
+        policy: DeliveryPolicy,
+        concurrency: int,
+        records: JobRecords,
+        keeper: LeaseKeeper,
+        settler: Settler,
+    ) -> None:
+        self._ctx = ctx
+        self._handler = handler
+        self._policy = policy
+        self._records = records
+        self._keeper = keeper
+        self._settler = settler
+        self._slots = asyncio.Semaphore(concurrency)
+        self.holders: set[asyncio.Task[None]] = set()  # a task per held copy
+        self._leaders: dict[str, Local] = {}  # job id -> our first copy's progress
+        self._instance = uuid.uuid4().hex[:12]  # lease tokens: this consumer, then a counter
+        self._tokens = 0
+        self.claimed: dict[str, Held] = {}  # by token: copies whose attempt has not settled
+        # Holders running a handler, each with the future its handler's end sets; stop cancels
+        # those still running when the grace runs out (and notes them in _cut).
+        self._inflight: dict[asyncio.Task[Any], asyncio.Future[None]] = {}
+        self._cut: set[asyncio.Task[Any]] = set()
+        queue = ctx.queue
+        self._received = metrics.RECEIVED.labels(kind=KIND, queue=queue)
+        self._lateness = metrics.DQ_LATENESS.labels(queue=queue)
+        self._in_flight = metrics.IN_FLIGHT.labels(kind=KIND, queue=queue)
+        self._latency = metrics.DELIVERY_LATENCY.labels(kind=KIND, queue=queue)
+        self._duplicates = metrics.DUPLICATES_SUPPRESSED.labels(queue=queue)
+
+    # -- stop ------------------------------------------------------------------------------
+
+    def stopping(self) -> None:
+        """Copies waiting for another copy of ours hand themselves back now."""
+        for local in self._leaders.values():
+            local.settled.set()
+
+    async def let_handlers_finish(self, grace: float) -> None:
+        """Wait up to ``grace`` seconds for running handlers; cancel those still running (their
+        attempts are given back)."""
+        if not self._inflight:
+            return
+        await asyncio.wait(set(self._inflight.values()), timeout=grace)
+        for task, ended in list(self._inflight.items()):
+            if not ended.done():
+                self._cut.add(task)
+                task.cancel()
+
+    # -- one copy --------------------------------------------------------------------------
+
+    def start(self, line: NodeLine, conn: AsyncNodeConnection, got: Reserved) -> None:
+        """Deliver the copy just reserved on ``conn`` (its permit on ``line`` becomes its ticket)."""
+        line.hold(conn)
+        holder = asyncio.create_task(self._hold_then_return(line, conn, got))
+        self.holders.add(holder)
+        holder.add_done_callback(self.holders.discard)
+
+    async def _hold_then_return(self, line: NodeLine, conn: AsyncNodeConnection, got: Reserved) -> None:
+        ticket = Ticket(line, len(got[1].body))  # the worker's permit, now this copy's
+        try:
+            await self._hold(conn, *got, ticket)
+        except Exception:
+            # A bug must not stop the consumer: dropping the connection hands the reservation
+            # back to beanstalkd (with the others on it), and the lease (if any) expires.
+            log.exception(
+                "dq %s: failed handling a copy on %s; handing it back", self._ctx.queue, conn.address
+            )
+            conn.close()
+        finally:
+            ticket.let_go()
+            line.let_go(conn)
+
+    async def _hold(self, conn: AsyncNodeConnection, socket: Connection, job: Job, ticket: Ticket) -> None:
+        ctx = self._ctx
+        envelope = Envelope.decode(job.body)
+        if envelope is None:
+            log.warning(
+                "dq %s: job %s/%s has no dq header; burying it for inspection",
+                ctx.queue,
+                conn.address,
+                job.id,
+            )
+            await ctx.quietly(conn, burier(socket, job.id))
+            return
+        self._tokens += 1
+        held = Held(conn, socket, job, envelope, token=f"{self._instance}-{self._tokens}", ticket=ticket)
+        self._keeper.watch(held)
+        job_id = envelope.job_id
+        try:
+            local = self._leaders.get(job_id)
+            if local is not None:
+                # This consumer already holds another copy of the job: wait for that one to
+                # settle rather than asking Redis again and again.
+                local.followers[(conn.address, job.id)] = (conn, socket)
+                ticket.waiting()
+                if not ctx.stopping.is_set():
+                    await local.settled.wait()  # stop sets it too
+                if ctx.stopping.is_set():
+                    await self._settler.hand_back(held, envelope.due)
+                elif local.done:
+                    if (conn.address, job.id) in local.deleted:
+                        pass  # the first copy deleted this one along with its own
+                    elif await conn.delete_soon(job.id, socket=socket):
+                        self._duplicates.inc()
+                else:
+                    await self._process(held)
+                return
+            self._leaders[job_id] = held.local = Local()
+            try:
+                await self._process(held)
+            finally:
+                del self._leaders[job_id]
+                held.local.settled.set()
+        finally:
+            await self._keeper.stop(held)
+
+    async def _process(self, held: Held) -> None:
+        ctx = self._ctx
+        due = held.envelope.due
+        busy_since: float | None = None
+        while True:
+            if due > ctx.now():
+                held.ticket.waiting()
+            if not await ctx.sleep_until(due):
+                await self._settler.hand_back(held, due)
+                return
+            if self._slots.locked() and busy_since is not None:
+                try:
+                    # Polling a job another copy is handling, and all slots busy: a look (no
+                    # lease, no slot) is enough to learn that it is still handled, done or
+                    # revoked. A first try waits for a slot and claims at once: under load a
+                    # look first would cost a Redis call per job for nothing.
+                    status = await self._records.peek(held.envelope.job_id, ctx.now())
+                except RedisError as exc:
+                    ctx.note_redis_error(exc)
+                    # Come back a little later, once holders have re-taken their leases.
+                    await self._settler.release(held, max(1.0, due - ctx.now()))
+                    return
+            else:
+                status = Claim("free")
+            if status.action == "free":
+                refused = await self._claim_and_deliver(held, due)
+                if refused is None:
+                    return
+                status = refused
+            if status.action == "wait" and status.until - ctx.now() <= HOLD_LIMIT:
+                due = status.until  # a retry due soon: wait for it holding the copy
+                continue
+            if status.action == "busy":
+                # Another copy is being handled. Holding this one a while lets it see the
+                # outcome (done: delete; retry: wait) instead of coming back later as a stray.
+                busy_since = busy_since or time.monotonic()
+                held_for = time.monotonic() - busy_since
+                if held_for < BUSY_HOLD:
+                    due = ctx.now() + min(0.5, 0.05 + held_for / 4)
+                    continue
+            await self._settler.not_now(held, status)
+            return
+
+    async def _claim_and_deliver(self, held: Held, due: float) -> Claim | None:
+        """Take a handler slot, then the job's lease, and deliver; the claim if not delivered.
+
+        The slot comes first so that an attempt is counted only for a handler about to start: a
+        consumer that crashes has counted attempts for the jobs it was running and no others
+        (a poison job is buried after its crashes; the jobs beside it keep their attempts).
+        Claims of slots freed in the same loop pass still share one Redis round trip.
+        """
+        ctx = self._ctx
+        await self._slots.acquire()
+        started = False
+        try:
+            if ctx.stopping.is_set():
+                await self._settler.hand_back(held, due)
+                return None
+            try:
+                claim = await self._records.claim(
+                    held.envelope.job_id, held.token, self._keeper.lease_ttl, ctx.now()
+                )
+            except RedisError as exc:
+                ctx.note_redis_error(exc)
+                await self._settler.release(held, max(1.0, due - ctx.now()))
+                return None
+            if claim.action != "go":
+                return claim
+            held.claimed = True
+            self.claimed[held.token] = held
+            held.ticket.let_go()  # in the handler: no longer prefetched
+            started = True
+            try:
+                # Stopping meanwhile: the attempt is given back below, never started.
+                outcome = None if ctx.stopping.is_set() else await self._run_handler(held, claim.attempt)
+            finally:
+                self._slots.release()
+            await self._keeper.stop(held)  # settling owns the connection and the lease now
+            if outcome is None:  # stopping: give the attempt back
+                await self._settler.give_back(held)
+            else:
+                await self._settler.settle(held, claim, outcome)
+        finally:
+            if not started:
+                self._slots.release()
+            self.claimed.pop(held.token, None)
+        return None
+
+    # -- the handler -----------------------------------------------------------------------
+
+    async def _run_handler(self, held: Held, attempt: int) -> Outcome | None:
+        """The handler's outcome; None when stop's grace ran out first."""
+        envelope = held.envelope
+        job = DelayJob(envelope.job_id, envelope.body, attempt, envelope.due_at, self._ctx.queue)
+        if attempt == 1:
+            # Messages, not attempts (as for Kafka): retries are counted in queue_messages_retried.
+            self._received.inc()
+            self._lateness.observe(max(0.0, self._ctx.now() - envelope.due))
+        gauge = self._in_flight
+        gauge.inc()
+        started = time.monotonic()
+        # In this task (no task per call): stop cancels it if the grace runs out.
+        task = asyncio.current_task()
+        assert task is not None
+        ended = asyncio.get_running_loop().create_future()
+        self._inflight[task] = ended
+        try:
+            outcome = await self._call_handler(job)
+        except asyncio.CancelledError:
+            if task not in self._cut:
+                raise
+            outcome = None
+        finally:
+            ended.set_result(None)
+            del self._inflight[task]
+            gauge.dec()
+            self._latency.observe(time.monotonic() - started)
+        if task in self._cut:
+            # Stop's grace ran out: hand the job back without counting this attempt (also
+            # when the handler swallowed the cancellation).
+            self._cut.discard(task)
+            task.uncancel()
+            log.info("dq %s: job %s handed back at stop", self._ctx.queue, job.id)
+            return None
+        return outcome
+
+    async def _call_handler(self, job: DelayJob) -> Outcome:
+        queue = self._ctx.queue
+        try:
+            async with asyncio.timeout(self._policy.timeout):  # no extra task, unlike wait_for
+                outcome = await self._handler(job)
+        except TimeoutError:
+            return Outcome.retry(f"handler took longer than {self._policy.timeout:g}s")
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # stop cancels us: _run_handler hands the job back
+            # The handler raised it itself (a cancelled call of its own): a failed attempt
+            # like any other, not the end of this worker with the reservation still held.
+            log.warning("dq %s: handler raised CancelledError on job %s", queue, job.id)
+            return Outcome.retry("handler raised CancelledError")
+        except Exception as exc:
+            log.warning("dq %s: handler raised on job %s: %r", queue, job.id, exc)
+            return Outcome.retry(f"handler raised {type(exc).__name__}: {exc}")
+        if not isinstance(outcome, Outcome):
+            log.error("dq %s: handler returned %r, not an Outcome; retrying", queue, outcome)
+            return Outcome.retry(f"handler returned {type(outcome).__name__}, expected Outcome")
+        return outcome
