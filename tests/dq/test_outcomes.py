@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 
 import pytest
 from dq.dqkit import FAST, DqEnv, Recorder
@@ -48,6 +49,33 @@ async def test_exceptions_and_timeouts_are_retries(dq: DqEnv) -> None:
         await recorder.wait_for(lambda: len(recorder.of(job_id)) >= 3)
         await asyncio.sleep(0.5)
     assert [d.job.attempt for d in recorder.of(job_id)] == [1, 2, 3]
+
+
+async def test_a_handler_that_never_returns_is_cut_at_its_timeout(dq: DqEnv) -> None:
+    """The handler's first step runs at once, without a timer; from its first real wait on the
+    timeout still cuts it (here after some synchronous work, then a wait that never ends)."""
+    never = asyncio.Event()
+    cut_at: list[float] = []
+
+    async def hangs_once(job: DelayJob) -> Outcome:
+        if job.attempt == 1:
+            sum(range(10_000))  # synchronous work in the first step
+            try:
+                await never.wait()
+            finally:
+                cut_at.append(time.monotonic())
+        return Outcome.success()
+
+    recorder = Recorder(hangs_once)
+    policy = DeliveryPolicy(max_attempts=3, backoff=Backoff(0.05, 0.1, 2), timeout=0.4)
+    async with dq.producer() as producer, dq.consumer(recorder, policy=policy):
+        job_id = await producer.delay(b"x", 0)
+        await recorder.wait_for(lambda: len(recorder.of(job_id)) >= 2, within=10)
+        await asyncio.sleep(0.3)  # room for a wrong third delivery
+    first, second = recorder.of(job_id)
+    assert [first.job.attempt, second.job.attempt] == [1, 2]
+    assert len(cut_at) == 1  # the hung attempt was cancelled, not left waiting
+    assert 0.35 <= second.at - first.at < 2.0  # cut at its 0.4 s timeout, then the 0.05 s backoff
 
 
 async def test_unavailable_app_burns_no_attempts(dq: DqEnv) -> None:

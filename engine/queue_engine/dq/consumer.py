@@ -176,8 +176,9 @@ class DelayConsumer:
                 if not workers:
                     break
                 await asyncio.wait(workers, return_when=asyncio.FIRST_COMPLETED)
-            while holders:  # copies still held: they hand themselves back
+            while holders:  # copies still held: they hand themselves back (and leave the set)
                 await asyncio.wait(set(holders))
+                holders.difference_update([t for t in holders if t.done()])  # cancelled unstarted
         finally:
             workers = {t for tasks in self._workers.values() for t in tasks}
             for task in [*workers, *holders]:

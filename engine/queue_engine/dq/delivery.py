@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import types
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -40,6 +41,7 @@ from queue_engine.dq.leases import LeaseKeeper
 from queue_engine.dq.node_io import AsyncNodeConnection
 from queue_engine.dq.records import Claim, JobRecords
 from queue_engine.dq.settling import Settler
+from queue_engine.kq import eager
 from queue_engine.policy import DeliveryPolicy, Outcome
 
 log = logging.getLogger(__name__)
@@ -76,9 +78,11 @@ class Delivery:
         self._instance = uuid.uuid4().hex[:12]  # lease tokens: this consumer, then a counter
         self._tokens = 0
         self.claimed: dict[str, Held] = {}  # by token: copies whose attempt has not settled
-        # Holders running a handler, each with the future its handler's end sets; stop cancels
-        # those still running when the grace runs out (and notes them in _cut).
-        self._inflight: dict[asyncio.Task[Any], asyncio.Future[None]] = {}
+        # Holders running a handler; stop cancels those still running when the grace runs out
+        # (and notes them in _cut). _all_ended is made only when stop waits for them: no
+        # future per handler.
+        self._inflight: set[asyncio.Task[Any]] = set()
+        self._all_ended: asyncio.Future[None] | None = None
         self._cut: set[asyncio.Task[Any]] = set()
         queue = ctx.queue
         self._received = metrics.RECEIVED.labels(kind=KIND, queue=queue)
@@ -99,20 +103,19 @@ class Delivery:
         attempts are given back)."""
         if not self._inflight:
             return
-        await asyncio.wait(set(self._inflight.values()), timeout=grace)
-        for task, ended in list(self._inflight.items()):
-            if not ended.done():
-                self._cut.add(task)
-                task.cancel()
+        self._all_ended = asyncio.get_running_loop().create_future()
+        await asyncio.wait({self._all_ended}, timeout=grace)
+        for task in list(self._inflight):
+            self._cut.add(task)
+            task.cancel()
 
     # -- one copy --------------------------------------------------------------------------
 
     def start(self, line: NodeLine, conn: AsyncNodeConnection, got: Reserved) -> None:
         """Deliver the copy just reserved on ``conn`` (its permit on ``line`` becomes its ticket)."""
         line.hold(conn)
-        holder = asyncio.create_task(self._hold_then_return(line, conn, got))
-        self.holders.add(holder)
-        holder.add_done_callback(self.holders.discard)
+        # The task leaves the set itself, at its end: no done callback (a loop pass) per copy.
+        self.holders.add(asyncio.create_task(self._hold_then_return(line, conn, got)))
 
     async def _hold_then_return(self, line: NodeLine, conn: AsyncNodeConnection, got: Reserved) -> None:
         ticket = Ticket(line, len(got[1].body))  # the worker's permit, now this copy's
@@ -128,6 +131,7 @@ class Delivery:
         finally:
             ticket.let_go()
             line.let_go(conn)
+            self.holders.discard(asyncio.current_task())
 
     async def _hold(self, conn: AsyncNodeConnection, socket: Connection, job: Job, ticket: Ticket) -> None:
         ctx = self._ctx
@@ -277,8 +281,7 @@ class Delivery:
         # In this task (no task per call): stop cancels it if the grace runs out.
         task = asyncio.current_task()
         assert task is not None
-        ended = asyncio.get_running_loop().create_future()
-        self._inflight[task] = ended
+        self._inflight.add(task)
         try:
             outcome = await self._call_handler(job)
         except asyncio.CancelledError:
@@ -286,8 +289,9 @@ class Delivery:
                 raise
             outcome = None
         finally:
-            ended.set_result(None)
-            del self._inflight[task]
+            self._inflight.discard(task)
+            if not self._inflight and self._all_ended is not None and not self._all_ended.done():
+                self._all_ended.set_result(None)
             gauge.dec()
             self._latency.observe(time.monotonic() - started)
         if task in self._cut:
@@ -302,8 +306,20 @@ class Delivery:
     async def _call_handler(self, job: DelayJob) -> Outcome:
         queue = self._ctx.queue
         try:
-            async with asyncio.timeout(self._policy.timeout):  # no extra task, unlike wait_for
-                outcome = await self._handler(job)
+            called = self._handler(job)
+            if isinstance(called, types.CoroutineType):
+                # Its first step runs here: a handler that never really awaits (or awaits only
+                # what is done) ends in it, with no timer. Synchronous code cannot be cut by a
+                # timeout anyway; the rest, from its first real wait on, is cut at the timeout.
+                first = eager.start(called)
+                if isinstance(first, eager.Started):
+                    async with asyncio.timeout(self._policy.timeout):  # no extra task, unlike wait_for
+                        outcome = await eager.resume(first)
+                else:
+                    outcome = first
+            else:
+                async with asyncio.timeout(self._policy.timeout):
+                    outcome = await called
         except TimeoutError:
             return Outcome.retry(f"handler took longer than {self._policy.timeout:g}s")
         except asyncio.CancelledError:

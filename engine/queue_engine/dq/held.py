@@ -82,7 +82,6 @@ class Held:
     ticket: Ticket
     claimed: bool = False
     keeper: asyncio.Task[None] | None = None  # started only if the copy is held long enough
-    keep_timer: asyncio.TimerHandle | None = None
     local: Local | None = None  # set on the first copy of a job this consumer holds
     done_keeping: asyncio.Event = field(default_factory=asyncio.Event)
 

@@ -9,7 +9,8 @@ Guarantees:
   beanstalkd does not hand the copy to someone else while it is held.
 - The touch runs beside the renewals, never before them: on a hung node it waits out a
   timeout, and the lease must not expire meanwhile.
-- A copy settled within ``renew_every`` (most are) costs a timer, no task.
+- A copy settled within ``renew_every`` (most are) costs no timer and no task: one timer per
+  consumer, for the copy watched longest, starts the keeping of each copy once it is due.
 - Stopping is asked for, never cancelled: a Redis call cut midway costs its connection.
 """
 
@@ -38,28 +39,43 @@ class LeaseKeeper:
         self._records = records
         self.lease_ttl = lease_ttl
         self.renew_every = min(TOUCH_EVERY, lease_ttl / 3)
+        # Copies watched and not kept yet, by token, in the order watched (so by due time),
+        # with the monotonic time each was watched; the timer fires for the first.
+        self._watched: dict[str, tuple[Held, float]] = {}
+        self._timer: asyncio.TimerHandle | None = None
 
     def watch(self, held: Held) -> None:
         """Keep hold of ``held`` from ``renew_every`` seconds on, until :meth:`stop`."""
-        held.keep_timer = asyncio.get_running_loop().call_later(self.renew_every, self._start, held)
+        self._watched[held.token] = (held, time.monotonic())
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.renew_every, self._start_due)
 
     async def stop(self, held: Held) -> None:
         """Stop keeping hold of ``held``; returns once no renewal or touch of it is running."""
         held.done_keeping.set()
-        if held.keep_timer is not None:
-            held.keep_timer.cancel()
-            held.keep_timer = None
+        self._watched.pop(held.token, None)
         if held.keeper is not None:
             await held.keeper
+
+    def _start_due(self) -> None:
+        """Start keeping the copies watched for ``renew_every``; wait for the next one."""
+        self._timer = None
+        now = time.monotonic()
+        watched = self._watched
+        while watched:
+            token = next(iter(watched))
+            held, since = watched[token]
+            if since + self.renew_every > now:
+                loop = asyncio.get_running_loop()
+                self._timer = loop.call_later(since + self.renew_every - now, self._start_due)
+                return
+            del watched[token]
+            if not held.done_keeping.is_set():
+                held.keeper = asyncio.create_task(self._keep(held, since))
 
     async def renew(self, held: Held) -> None:
         """Renew (or take again, after a Redis restart) ``held``'s lease; raises ``RedisError``."""
         await self._records.renew(held.envelope.job_id, held.token, self.lease_ttl)
-
-    def _start(self, held: Held) -> None:
-        held.keep_timer = None
-        if not held.done_keeping.is_set():
-            held.keeper = asyncio.create_task(self._keep(held, time.monotonic() - self.renew_every))
 
     async def _keep(self, held: Held, last_touch: float) -> None:
         touching: asyncio.Task[Any] | None = None

@@ -11,9 +11,10 @@ Guarantees:
 - Hung nodes: connections that share a :class:`~queue_engine.dq.nodes.NodeHealth` learn from
   the first timeout, and calls on the node fail at once until a probe (the consumer's reserve)
   gets an answer. Calls on other nodes never wait for it: each node has its own sockets.
-- Deletes asked for on one node in the same loop iteration (:meth:`AsyncNodeConnection.delete_soon`)
-  go out together: one call (one write, one timeout, one task) for the lot, each with the
-  guarantees of :func:`delete_reserved` or :func:`delete_copy`.
+- Deletes asked for on one node in the same loop iteration (:meth:`AsyncNodeConnection.delete_soon`,
+  :meth:`AsyncNodeConnection.delete_then`) go out together: one call (one write, one timeout,
+  one task) for the lot, each with the guarantees of :func:`delete_reserved` or
+  :func:`delete_copy`.
 - Node identity: :meth:`AsyncNodeConnection.server_id` is the node process's ``stats`` id (new
   each time beanstalkd starts); :func:`delete_copy` deletes a recorded copy by id only on the
   process that took it, and otherwise only after peeking that it still carries the job's id.
@@ -42,7 +43,8 @@ class _Delete(NamedTuple):
     socket: Connection | None  # a reservation's socket, or None for a recorded copy
     server: str  # for a recorded copy: the node process that took it
     job_id: str  # for a recorded copy: the dq job it must carry
-    future: asyncio.Future[bool | None]
+    future: asyncio.Future[bool | None] | None  # or, instead, then is called with the answer
+    then: Callable[[bool | None], None] | None
 
 
 class AsyncNodeConnection:
@@ -97,12 +99,21 @@ class AsyncNodeConnection:
         :func:`delete_copy`). The answer: True deleted; False gone, or not this job's; None when
         the node failed (a timeout, a lost connection, a suspect node, the connection closed).
         """
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[bool | None] = loop.create_future()
-        self._deletes.append(_Delete(jid, socket, server, job_id, future))
-        if not self._delete_runs:  # else: sent when the batch on its way is back
-            self._send_deletes_at(loop.time() + within)
+        future: asyncio.Future[bool | None] = asyncio.get_running_loop().create_future()
+        self._add_delete(_Delete(jid, socket, server, job_id, future, None), within)
         return future
+
+    def delete_then(
+        self, jid: int, then: Callable[[bool | None], None], *, server: str, job_id: str, within: float
+    ) -> None:
+        """As :meth:`delete_soon` for a recorded copy, but ``then`` is called with the answer
+        when the batch is back (no future, no wake-up: for deletes nobody waits for)."""
+        self._add_delete(_Delete(jid, None, server, job_id, None, then), within)
+
+    def _add_delete(self, delete: _Delete, within: float) -> None:
+        self._deletes.append(delete)
+        if not self._delete_runs:  # else: sent when the batch on its way is back
+            self._send_deletes_at(asyncio.get_running_loop().time() + within)
 
     def flush_deletes(self) -> None:
         """Send the deletes waiting for their batch now."""
@@ -145,8 +156,7 @@ class AsyncNodeConnection:
             log.debug("deletes on %s failed: %r", self.address, exc)
         finally:  # also when cancelled (the loop is ending): nobody waits forever
             for delete, result in zip(batch, results, strict=True):
-                if not delete.future.done():
-                    delete.future.set_result(result)
+                _answer(delete, result)
 
     async def call(self, op: Op[T], *, probe: bool = False, limit: float | None = None) -> T:
         """Run ``op`` on the (re)connected connection; raise :class:`NodeDown` on connection
@@ -285,13 +295,23 @@ class AsyncNodeConnection:
             self._deletes_timer = None
             batch, self._deletes = self._deletes, []
             for delete in batch:
-                if not delete.future.done():
-                    delete.future.set_result(None)
+                _answer(delete, None)
         self._drop(self._conn)
 
     @property
     def backing_off(self) -> bool:
         return time.monotonic() < self.down_until
+
+
+def _answer(delete: _Delete, result: bool | None) -> None:
+    if delete.future is not None:
+        if not delete.future.done():
+            delete.future.set_result(result)
+    elif delete.then is not None:
+        try:
+            delete.then(result)
+        except Exception:  # a bug there must not keep the other answers from their callers
+            log.exception("a delete's callback failed")
 
 
 def _describe(exc: BaseException) -> str:

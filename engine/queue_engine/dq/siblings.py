@@ -67,7 +67,8 @@ class Siblings:
         # (expiry, copy, job id) of other copies a settled job left behind.
         self._unswept: collections.deque[tuple[float, Copy, str]] = collections.deque(maxlen=10_000)
         self._followups: set[asyncio.Task[None]] = set()
-        self._deleting: set[asyncio.Future[list[bool | None]]] = set()  # standbys' deletes on their way
+        self._deleting = 0  # standbys' deletes on their way
+        self._all_deleted: asyncio.Future[None] | None = None  # made when aclose waits for them
 
     def delete(self, copy: Copy, job_id: str, within: float = 0.0) -> asyncio.Future[bool | None]:
         """Delete a recorded copy, checked to still be this job's."""
@@ -79,19 +80,29 @@ class Siblings:
         later: the standbys) within ``STANDBY_WINDOW`` seconds, without waiting for them."""
         job_id = held.envelope.job_id
         followers = dict(held.local.followers) if held.local is not None else {}
-        others = self._others(held, copies, followers)
-        if others:
-            theirs = asyncio.gather(*(self.delete(c, job_id, STANDBY_WINDOW) for c in others))
-            self._deleting.add(theirs)
-            theirs.add_done_callback(functools.partial(self._deleted, others, job_id))
-        results = await asyncio.gather(
-            held.conn.delete_soon(held.job.id, socket=held.socket),
-            *(conn.delete_soon(jid, socket=sock) for (_, jid), (conn, sock) in followers.items()),
-        )
-        mine = results[1:]
-        if held.local is not None:
-            held.local.deleted.update(key for key, r in zip(followers, mine, strict=True) if r is not None)
-        self._count(mine)
+        for copy in self._others(held, copies, followers):
+            # Nobody waits for these: a callback each (no future, no task wake-up).
+            self._deleting += 1
+            self._control[copy.node].delete_then(
+                copy.jid,
+                functools.partial(self._deleted, copy, job_id),
+                server=copy.server,
+                job_id=job_id,
+                within=STANDBY_WINDOW,
+            )
+        own = held.conn.delete_soon(held.job.id, socket=held.socket)
+        if not followers:  # the usual case: one future, no gather
+            await own
+        else:
+            results = await asyncio.gather(
+                own, *(conn.delete_soon(jid, socket=sock) for (_, jid), (conn, sock) in followers.items())
+            )
+            mine = results[1:]
+            self._count(mine)
+            if held.local is not None:
+                held.local.deleted.update(
+                    key for key, r in zip(followers, mine, strict=True) if r is not None
+                )
         if not copies and len(self._followups) < MAX_FOLLOWUPS:
             # No copies recorded (yet): the standbys would otherwise wait out their delay.
             here = {(held.conn.address, held.job.id), *followers}
@@ -129,13 +140,17 @@ class Siblings:
         await asyncio.gather(*self._followups, return_exceptions=True)
         for node in self._control.values():
             node.flush_deletes()
-        await asyncio.gather(*self._deleting, return_exceptions=True)
+        if self._deleting:
+            self._all_deleted = asyncio.get_running_loop().create_future()
+            await self._all_deleted
 
-    def _deleted(self, others: list[Copy], job_id: str, results: asyncio.Future[list[bool | None]]) -> None:
-        self._deleting.discard(results)
-        if not results.cancelled():
-            self._count(results.result())
-            self._remember(others, results.result(), job_id)
+    def _deleted(self, copy: Copy, job_id: str, result: bool | None) -> None:
+        """A standby's delete is back (None: its node failed, or it was never sent)."""
+        self._deleting -= 1
+        if not self._deleting and self._all_deleted is not None and not self._all_deleted.done():
+            self._all_deleted.set_result(None)
+        self._count([result])
+        self._remember([copy], [result], job_id)
 
     def _others(self, held: Held, copies: list[Copy], skip: Collection[tuple[str, int]]) -> list[Copy]:
         """The recorded copies other than this one and those in ``skip`` (ours, held here)."""
