@@ -111,6 +111,12 @@ def test_http_bulk_per_message_results_and_key_order(
     assert headers["x-dead-letter-reason"] == b"drop" and b"not mine" in headers["x-last-error"]
     assert_key_order(deliveries)
     assert sidecar.metric("queue_messages_delivered_total", kind="kafka", queue=unique, result="retry") == 1
+    # The app's answers, one per message however they were counted (a batch's successes at once).
+    answers = {
+        answer: sidecar.metric("queue_sidecar_app_answers_total", kind="kafka", queue=unique, answer=answer)
+        for answer in ("success", "retry", "drop")
+    }
+    assert answers == {"success": len(messages) - 1, "retry": 1, "drop": 1}, answers
 
 
 def test_http_bulk_whole_batch_500_retries_every_message_and_loses_none(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 
 import pytest
 from aiohttp import web
@@ -16,7 +17,7 @@ from aiohttp import web
 from harness.servers import free_port
 from queue_engine.policy import Outcome, Verdict
 from queue_sidecar.delivery.envelope import Envelope
-from queue_sidecar.delivery.http import HttpTransport
+from queue_sidecar.delivery.http import HttpTransport, headers_for
 
 Reply = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -216,3 +217,78 @@ async def test_a_line_break_in_a_message_id_cannot_inject_a_header(
         await transport.close()
     assert outcome.verdict is Verdict.SUCCESS
     assert b"\r\nX-Evil" not in heads[0] and b"X-Message-Id: a/0/1  X-Evil: 1\r\n" in heads[0]
+
+
+async def test_each_message_kind_goes_out_with_the_documented_headers_and_its_body(
+    raw_server: Callable[[Reply], Awaitable[tuple[int, list[bytes]]]],
+) -> None:
+    """Single messages are written straight to bytes (no header dict): the same headers must
+    arrive as ``headers_for`` lists, each once, in a request any HTTP/1.1 server reads."""
+    received: list[tuple[bytes, bytes]] = []
+
+    async def reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            received.append(await read_request(reader))
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+            await writer.drain()
+
+    due = datetime(2026, 3, 4, 5, 6, 7, 891000, tzinfo=UTC)
+    envelopes = [
+        envelope(b"keyless"),
+        Envelope(
+            kind="kafka",
+            queue="orders",
+            id="orders/2/9",
+            attempt=3,
+            body=b"",
+            key=b"\xff\x00k",
+            partition=2,
+            offset=9,
+        ),
+        Envelope(
+            kind="kafka",
+            queue="orders",
+            id="orders/1/1",
+            attempt=1,
+            body=b"k",
+            key=b"cust-7",
+            partition=1,
+            offset=1,
+        ),
+        Envelope(
+            kind="kafka",
+            queue="orders",
+            id="orders/0/2",
+            attempt=1,
+            body=b"h",
+            partition=0,
+            offset=2,
+            headers=(("trace-id", b"t1"), ("trace-id", b"t2")),
+        ),
+        Envelope(kind="delay", queue="mail", id="job-1", attempt=2, body=b"\x00due", due_at=due),
+        Envelope(kind="delay", queue="mail", id="job-2", attempt=1, body=b"no due"),
+    ]
+    port, _ = await raw_server(reply)
+    transport = HttpTransport("127.0.0.1", port, "/messages", 2)
+    try:
+        outcomes = [await transport.send(each, 5) for each in envelopes]
+    finally:
+        await transport.close()
+    assert all(outcome.verdict is Verdict.SUCCESS for outcome in outcomes)
+    assert len(received) == len(envelopes)
+    for each, (head, body) in zip(envelopes, received, strict=True):
+        request_line, *lines = head.decode("latin-1").removesuffix("\r\n\r\n").split("\r\n")
+        assert request_line == "POST /messages HTTP/1.1"
+        names = [line.split(": ", 1)[0] for line in lines]
+        assert len(names) == len(set(names)), names  # no header twice
+        sent = dict(line.split(": ", 1) for line in lines)
+        expected = {**headers_for(each), "Content-Length": str(len(each.body))}
+        assert {name: value for name, value in sent.items() if name not in ("Host", "User-Agent")} == expected
+        assert body == each.body
+    assert (
+        dict(line.split(": ", 1) for line in received[4][0].decode().split("\r\n")[1:] if line)["X-Due-At"]
+        == "2026-03-04T05:06:07.891Z"
+    )
+    assert (
+        b"X-Kafka-Key: base64:/wBr\r\n" in received[1][0] and b"X-Header-trace-id: t2\r\n" in received[3][0]
+    )

@@ -111,9 +111,22 @@ class AppDelivery:
             started = time.perf_counter()
             outcomes = await self.transport.send_batch(envelopes, attempt_timeout)
             self._call_seconds(envelopes[0]).observe(time.perf_counter() - started)
+        successes = 0
         for envelope, outcome in zip(envelopes, outcomes, strict=True):
-            self._note(envelope, outcome)
+            if outcome.verdict is Verdict.SUCCESS and type(outcome) is Outcome:
+                successes += 1  # counted below, once: the metric's lock costs more than the count
+            else:
+                self._note(envelope, outcome)
+        if successes:
+            self._note_successes(envelopes[0], successes)
         return outcomes
+
+    def _note_successes(self, envelope: Envelope, count: int) -> None:
+        """``count`` messages of ``envelope``'s queue answered SUCCESS (what :meth:`_note` does for each)."""
+        if self.misconfiguration is not None:
+            self.misconfiguration = None
+            APP_MISCONFIGURED.set(0)
+        self._answer_counter(envelope, "success").inc(count)
 
     def _call_seconds(self, envelope: Envelope) -> Histogram:
         histogram = self._call_histograms.get((envelope.kind, envelope.queue))
@@ -134,12 +147,7 @@ class AppDelivery:
             if not outcome.attempted:
                 self.probe.mark(False)
             answer = "unavailable" if not outcome.attempted else outcome.verdict.value.lower()
-        counter = self._answers.get((envelope.kind, envelope.queue, answer))
-        if counter is None:
-            counter = self._answers[envelope.kind, envelope.queue, answer] = APP_ANSWERS.labels(
-                envelope.kind, envelope.queue, answer
-            )
-        counter.inc()
+        self._answer_counter(envelope, answer).inc()
         if outcome.verdict is not Verdict.SUCCESS:
             # The line with the documented fields for each failed attempt (the engines then log
             # the retry or give-up); a message handed back while the app is down is not news.
@@ -154,6 +162,14 @@ class AppDelivery:
                     "error": outcome.error,
                 },
             )
+
+    def _answer_counter(self, envelope: Envelope, answer: str) -> Counter:
+        counter = self._answers.get((envelope.kind, envelope.queue, answer))
+        if counter is None:
+            counter = self._answers[envelope.kind, envelope.queue, answer] = APP_ANSWERS.labels(
+                envelope.kind, envelope.queue, answer
+            )
+        return counter
 
     def _report_misconfiguration(self, error: str) -> None:
         self.misconfiguration = error

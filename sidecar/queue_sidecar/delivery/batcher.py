@@ -32,14 +32,20 @@ class Batcher:
         self._waiting: list[tuple[Envelope, asyncio.Future[Outcome]]] = []
         self._timer: asyncio.TimerHandle | None = None
         self._sending: set[asyncio.Task[None]] = set()  # strong references until each is done
+        # Bound at the first message: on Python 3.11 each get_running_loop() is a getpid()
+        # system call, and this runs once per message.
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def deliver(self, envelope: Envelope) -> Outcome:
-        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        future: asyncio.Future[Outcome] = loop.create_future()
         self._waiting.append((envelope, future))
         if len(self._waiting) >= self._max_messages:
             self._flush()
         elif self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self._max_wait, self._flush)
+            self._timer = loop.call_later(self._max_wait, self._flush)
         # A call cancelled here (stop, the engine's backstop timer) leaves its message in the
         # batch; its answer is then ignored and the engine hands the message back as usual.
         return await future
@@ -50,7 +56,8 @@ class Batcher:
             self._timer = None
         batch, self._waiting = self._waiting, []
         if batch:
-            task = asyncio.get_running_loop().create_task(self._send_batch(batch))
+            assert self._loop is not None  # set by the first deliver(), the only way into a batch
+            task = self._loop.create_task(self._send_batch(batch))
             self._sending.add(task)
             task.add_done_callback(self._sending.discard)
 

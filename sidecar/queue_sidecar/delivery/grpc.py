@@ -46,6 +46,7 @@ class GrpcTransport:
         self._stub: queue_pb2_grpc.MessageHandlerStub | None = None
         self._streaming = True  # until the app answers HandleStream with UNIMPLEMENTED
         self._idle: deque[_Stream] = deque()
+        self._loop: asyncio.AbstractEventLoop | None = None  # bound once: see http_client.py
 
     def _handle(self) -> queue_pb2_grpc.MessageHandlerStub:
         if self._stub is None:
@@ -70,7 +71,10 @@ class GrpcTransport:
         stream = self._idle_stream()
         # A timer that cancels the stream: cheaper than an asyncio.timeout() per message.
         expired: list[bool] = []
-        timer = asyncio.get_running_loop().call_later(attempt_timeout, _expire, stream, expired)
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        timer = loop.call_later(attempt_timeout, _expire, stream, expired)
         sent = False
         try:
             await stream.write(message)

@@ -42,9 +42,10 @@ class Answer:
 class _Connection(asyncio.Protocol):
     """One keep-alive connection; one request at a time."""
 
-    def __init__(self) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.transport: asyncio.Transport | None = None
         self.reusable = False
+        self._loop = loop
         self._parser = httptools.HttpResponseParser(self)
         self._waiter: asyncio.Future[Answer] | None = None
         self._body: list[bytes] = []
@@ -105,7 +106,7 @@ class _Connection(asyncio.Protocol):
     # requests
     def request(self, data: bytes) -> asyncio.Future[Answer]:
         assert self.transport is not None
-        self._waiter = waiter = asyncio.get_running_loop().create_future()
+        self._waiter = waiter = self._loop.create_future()
         self.transport.write(data)
         return waiter
 
@@ -148,6 +149,9 @@ class KeepAliveClient:
         self.port = port
         self._idle: deque[_Connection] = deque()
         self._closed = False
+        # Bound at the first request: on Python 3.11 every asyncio.get_running_loop() makes a
+        # getpid() system call (a fork check), and the request path called it twice.
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def post(self, data: bytes, seconds: float) -> Answer:
         """Send ``data`` (a whole request: head and body) and wait for the answer.
@@ -155,8 +159,12 @@ class KeepAliveClient:
         Raises :class:`AppUnreachable` when no connection can be made, :class:`TimeoutError`
         past ``seconds``, :class:`ExchangeFailed` when the exchange breaks.
         """
-        loop = asyncio.get_running_loop()
-        connection = await self._connection(seconds)
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        connection = self._idle_connection()  # the usual case, without a coroutine of its own
+        if connection is None:
+            connection = await self._connect(loop, seconds)
         waiter = connection.request(data)
         timer = loop.call_later(seconds, _expire, waiter)
         try:
@@ -170,16 +178,17 @@ class KeepAliveClient:
             self._idle.append(connection)
         return answer
 
-    async def _connection(self, seconds: float) -> _Connection:
+    def _idle_connection(self) -> _Connection | None:
         while self._idle:
             connection = self._idle.pop()  # the most recently used: the least likely to be timed out
             if connection.reusable:
                 return connection
+        return None
+
+    async def _connect(self, loop: asyncio.AbstractEventLoop, seconds: float) -> _Connection:
         try:
             async with asyncio.timeout(seconds):
-                _, connection = await asyncio.get_running_loop().create_connection(
-                    _Connection, self.host, self.port
-                )
+                _, connection = await loop.create_connection(lambda: _Connection(loop), self.host, self.port)
         except TimeoutError:
             raise
         except OSError as exc:  # refused, reset, no route: nothing took the request
