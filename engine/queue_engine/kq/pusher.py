@@ -172,21 +172,19 @@ class SyncKafkaPusher:
         return future
 
     def _on_batch(self, batch: Batch) -> None:
-        """Poll thread: settle the futures of one batch of delivery reports, counting them on the way.
-
-        Straight to ``set_result`` (no ``set_running_or_notify_cancel`` first: each takes the
-        future's lock); a future the caller cancelled refuses it with InvalidStateError.
-        """
+        """Poll thread: settle the futures of one batch of delivery reports, counting them on the way."""
         ok = 0
         for future, result in batch:
-            try:
-                if type(result) is Delivered:
-                    ok += 1
-                    future.set_result(result)
-                else:
-                    future.set_exception(result)
-            except concurrent.futures.InvalidStateError:  # cancelled by the caller; still counted
-                future.set_running_or_notify_cancel()  # what wait() and as_completed() listen for
+            delivered = type(result) is Delivered
+            ok += delivered
+            # False for a future the caller cancelled (it still counts); this also wakes
+            # concurrent.futures.wait() and as_completed() on it.
+            if not future.set_running_or_notify_cancel():
+                continue
+            if delivered:
+                future.set_result(result)
+            else:
+                future.set_exception(result)
         self._published.count(ok, len(batch) - ok)
 
     def flush(self, timeout: float = 30.0) -> None:
