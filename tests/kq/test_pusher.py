@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 
 import pytest
@@ -68,6 +69,26 @@ def test_sync_pusher_push_and_push_async(bootstrap: str, unique: str) -> None:
     assert first == Delivered(unique, 0, first.offset)
     assert offsets == list(range(first.offset + 1, first.offset + 51))
     assert [r.value() for r in read_raw(bootstrap, unique, 1, 51)][:1] == [b"one"]
+
+
+def test_a_cancelled_sync_push_still_counts_and_wakes_its_waiters(bootstrap: str, unique: str) -> None:
+    """The sync pusher settles futures without set_running_or_notify_cancel first: one the caller
+    cancelled must still be counted once acknowledged, and wake concurrent.futures.wait()."""
+    create_topics(bootstrap, (unique, 1))
+    published = metrics.PUBLISHED.labels("kafka", unique, "success")
+    before = published._value.get()
+    with SyncKafkaPusher([bootstrap], unique) as pusher:
+        kept = [pusher.push_async(f"k{i}".encode()) for i in range(20)]
+        dropped = [pusher.push_async(f"d{i}".encode()) for i in range(20)]
+        cancelled = [f for f in dropped if f.cancel()]
+        assert cancelled, "no future was still pending to cancel"
+        _, not_done = concurrent.futures.wait(dropped + kept, timeout=15)
+        assert not not_done, f"{len(not_done)} future(s) never reported done"
+        pusher.flush()
+    assert all(isinstance(f.result(0), Delivered) for f in kept)
+    assert all(f.cancelled() for f in cancelled)
+    assert published._value.get() - before == 40  # a cancelled wait does not undo the push
+    assert len(read_raw(bootstrap, unique, 1, 40)) == 40
 
 
 async def test_a_broker_killed_during_pushes_gives_errors_not_silence(
@@ -137,8 +158,6 @@ async def test_bad_types_are_a_client_error_naming_what_to_fix(  # noqa: PLR0917
 
 
 def test_a_push_made_while_close_runs_gets_a_result() -> None:
-    import concurrent.futures  # noqa: PLC0415
-
     from harness.servers import free_port  # noqa: PLC0415
 
     # Nothing listens there: the first push is still queued when close gives up on it.

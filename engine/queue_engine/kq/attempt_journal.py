@@ -200,12 +200,20 @@ class AttemptJournal:
             raise
 
     def load(self, partitions: Iterable[int]) -> dict[int, PartitionRecord]:
-        """The latest record of each of ``partitions`` that has one."""
+        """The latest record of each of ``partitions`` that has one.
+
+        Also makes the journal's producer (once): the first lease write of each partition is
+        on its messages' path, and a producer made there first has to connect and get its
+        producer id (tens of ms), where an assignment has time to spare.
+        """
         try:
-            return self._load(partitions)
+            found = self._load(partitions)
         except Exception:
             self._partitions = 0
             raise
+        with self._lock:
+            self._producer_now()
+        return found
 
     def _write(self, partition: int, record: PartitionRecord) -> None:
         """Write and wait for the broker's ack (acks=all); raises Unavailable on failure."""

@@ -512,23 +512,27 @@ class KafkaConsumer(PollThread, Dispatch):
     def _intake(self, records: list[Message]) -> None:
         """Event loop: a batch from the poll thread goes to the lanes (or waits for the journal)."""
         received = 0  # counted once per batch: the metric's lock costs more than the count
+        journal = self._journal is not None
+        # A fetched batch comes in runs of one partition: its state is looked up once per run.
+        number: int | None = None
+        state: PartitionState | None = None
         for record in records:
-            err = record.error()
-            if err is not None:
-                if err.code() in TOPIC_REFUSED:
-                    self._topic_problem = f"topic {self.topic}: {err.str()}"
-                if err.code() != KafkaError._PARTITION_EOF:
-                    log.warning("consumer %s: %s", self.name, err.str())
+            if record.error() is not None:
+                self._intake_error(record)
                 continue
-            message = from_record(record, self.name)
-            state = self._partitions.get(message.partition)
-            if state is None or state.revoking or state.revoked or self._stopping:
+            if record.partition() != number:
+                number = record.partition()
+                state = self._partitions.get(number)  # type: ignore[arg-type]
+                if state is not None and (state.revoking or state.revoked or self._stopping):
+                    state = None
+            if state is None:
                 continue  # not ours any more: it stays uncommitted for the next owner
+            message = from_record(record, self.name, self.topic)
             if not state.tracker.receive(message.offset):
                 self._release(state, 1)  # a re-fetch of one we already hold
                 continue
             received += 1
-            if self._journal is not None:
+            if journal:
                 book = state.book
                 if book is None:
                     state.held.append(message)  # until the journal's counts are read
@@ -540,10 +544,18 @@ class KafkaConsumer(PollThread, Dispatch):
             self._enqueue(state, message)
         if received:
             self._received.inc(received)
-            if self._journal is not None:  # lease writes run ahead of what arrives, once per batch
+            if journal:  # lease writes run ahead of what arrives, once per batch
                 for state in self._partitions.values():
                     if state.book is not None and not (state.revoking or state.revoked):
                         state.book.received(state.tracker.last_received, state.leaving)
+
+    def _intake_error(self, record: Message) -> None:
+        err = record.error()
+        assert err is not None
+        if err.code() in TOPIC_REFUSED:
+            self._topic_problem = f"topic {self.topic}: {err.str()}"
+        if err.code() != KafkaError._PARTITION_EOF:
+            log.warning("consumer %s: %s", self.name, err.str())
 
     def _release(self, state: PartitionState, count: int) -> None:
         """``count`` records of the partition left the backlog (committable now, or duplicates)."""

@@ -205,9 +205,15 @@ class Dispatch:
         its own: at 100,000+ messages a second the coroutine objects alone cost a tenth of the
         loop in allocation and garbage collection. Anything else continues in :meth:`_deliver`
         or in the returned coroutine, with the same rules.
+
+        A call that finishes in its first step never lets another task run while it is in
+        progress, so nothing could see it in the gate's count or in ``book.calling`` (a solo
+        call waits in another task, a hand-over record is written by another task): only a
+        call that awaits is entered there (:meth:`_call_begins`), as the full path does.
         """
         message = lane.messages[0]
-        book = lane.partition.book
+        state = lane.partition
+        book = state.book
         offset = message.offset
         if book is not None and (
             offset >= book.lease or book.suspect_below is not None or offset in book.known
@@ -217,35 +223,42 @@ class Dispatch:
         assert gate is not None
         if gate.held:
             return self._deliver(lane)
-        gate.running += 1  # the fast path of gate.enter()
-        if book is not None:
-            book.calling[offset] = message.attempt
-        try:
-            result, started = self._call_start(message)
-        except BaseException:
-            gate.leave()
-            if book is not None:
-                del book.calling[offset]
-            raise
+        result, started = self._call_start(message)
         if type(result) is eager.Started:
+            self._call_begins(book, message)
             return self._deliver_rest(lane, result, started)
+        outcome = self._call_end(result, started)
+        if outcome.verdict is _SUCCESS and outcome.attempted and not state.revoked:
+            self._app_down_streak = 0  # what _settle does with a success, without the call
+            self._finish(lane)
+            return None
+        return self._settle(lane, message, outcome, solo=False)
+
+    def _call_begins(self, book: PartitionAttempts | None, message: KafkaMessage) -> None:
+        """A call is in progress from here until :meth:`_call_ends`: the gate counts it (a solo
+        call waits for it to end) and a hand-over record counts it as an attempt. The caller
+        checked that the gate is open, with no await since."""
+        gate = self._gate
+        assert gate is not None
+        gate.running += 1
+        if book is not None:
+            book.calling[message.offset] = message.attempt
+
+    def _call_ends(self, book: PartitionAttempts | None, offset: int) -> None:
+        gate = self._gate
+        assert gate is not None
         gate.leave()
         if book is not None:
             del book.calling[offset]
-        return self._settle(lane, message, self._call_end(result, started), solo=False)
 
     async def _deliver_rest(self, lane: Lane, result: eager.Started, started: float) -> None:
         """The rest of a :meth:`_deliver_now` call whose handler awaits."""
         message = lane.messages[0]
         book = lane.partition.book
-        gate = self._gate
-        assert gate is not None
         try:
             outcome = await self._call_rest(message, result, started)
         finally:
-            gate.leave()
-            if book is not None:
-                del book.calling[message.offset]
+            self._call_ends(book, message.offset)
         rest = self._settle(lane, message, outcome, solo=False)
         if rest is not None:
             await rest
@@ -257,7 +270,7 @@ class Dispatch:
         book = state.book
         solo = False
         if book is None:
-            outcome = await self._attempt(message)
+            outcome = await self._attempt(None, message)
         else:
             offset = message.offset
             if book.known and book.exhausted(offset, self._policy.max_attempts):
@@ -274,11 +287,7 @@ class Dispatch:
                     offset, state.tracker.last_received, state.leaving
                 ):
                     return
-                book.calling[offset] = message.attempt
-                try:
-                    outcome = await self._attempt(message)
-                finally:
-                    del book.calling[offset]
+                outcome = await self._attempt(book, message)
         rest = self._settle(lane, message, outcome, solo)
         if rest is not None:
             await rest
@@ -337,17 +346,17 @@ class Dispatch:
         if await self._dead_letter(lane.partition, message, "max_attempts", error):
             self._finish(lane)
 
-    async def _attempt(self, message: KafkaMessage) -> Outcome:
+    async def _attempt(self, book: PartitionAttempts | None, message: KafkaMessage) -> Outcome:
+        """An ordinary call on the full path: once the gate is open (no lone call waits or runs)."""
         gate = self._gate
         assert gate is not None
         if gate.held:
-            await gate.enter()
-        else:
-            gate.running += 1  # the fast path of enter()
+            await gate.opened()
+        self._call_begins(book, message)
         try:
             return await self._call(message)
         finally:
-            gate.leave()
+            self._call_ends(book, message.offset)
 
     async def _solo_attempt(self, lane: Lane, book: PartitionAttempts) -> Outcome | None:
         """A crash suspect's call, alone in the process, between two journal writes (see solo_gate):
@@ -390,7 +399,10 @@ class Dispatch:
         try:
             awaitable = self._handler(message)
             if type(awaitable) is types.CoroutineType:
-                return eager.start(awaitable), started
+                try:  # eager.start(), inlined: this runs once per message
+                    return eager.Started(awaitable, awaitable.send(None)), started
+                except StopIteration as stop:
+                    return stop.value, started
             return eager.Started(_await(awaitable), None), started  # a Future or other awaitable
         except asyncio.CancelledError:
             task = asyncio.current_task()
@@ -431,13 +443,19 @@ class Dispatch:
 
     def _call_end(self, result: Any, started: float) -> Outcome:
         """Count the call (per loop turn, see call_metrics) and make sure it is an Outcome."""
-        outcome = result if isinstance(result, Outcome) else None
-        if outcome is None:
+        if type(result) is Outcome or isinstance(result, Outcome):
+            outcome = result
+        else:
             outcome = Outcome.retry(f"handler returned {result!r} instead of an Outcome")
-        self._call_metrics.called(
-            _RESULT_INDEX[outcome.verdict] if outcome.attempted else UNAVAILABLE,
-            time.perf_counter() - started,
-        )
+        verdict = outcome.verdict
+        # (identity tests: hashing an Enum member for a dict lookup runs Python code)
+        if not outcome.attempted:
+            index = UNAVAILABLE
+        elif verdict is _SUCCESS:
+            index = _SUCCESS_INDEX
+        else:
+            index = _RESULT_INDEX[verdict]
+        self._call_metrics.called(index, time.perf_counter() - started)
         return outcome
 
     def _app_down(self, outcome: Outcome) -> None:
@@ -475,18 +493,20 @@ class Dispatch:
                 message.offset,
             )
             return
-        held = state.tracker.uncommitted
-        committable = state.tracker.finish(message.offset)
+        tracker = state.tracker
+        released = tracker.release(message.offset)
         book = state.book
         if book is not None and book.known:
             book.finished(message.offset)
-        if committable is not None:
+        if released:
+            committable = tracker.committable
+            assert committable is not None
             if book is not None and (book.known or book.suspect_below is not None):
                 book.committed(committable)
             number = state.number
             with self._commit_lock:  # (once for both: _release would take it again)
                 self._pending_commits[number] = (state.generation, committable)
-                self._backlog[number] = self._backlog.get(number, 0) - (held - state.tracker.uncommitted)
+                self._backlog[number] = self._backlog.get(number, 0) - released
         if lane.messages:
             lane.more = True  # the worker's run goes on with it (see _drain)
         else:
@@ -509,3 +529,5 @@ async def _await(awaitable: Awaitable[T]) -> T:
 
 
 _RESULT_INDEX = {verdict: RESULTS.index(verdict.value.lower()) for verdict in Verdict}
+_SUCCESS = Verdict.SUCCESS
+_SUCCESS_INDEX = _RESULT_INDEX[_SUCCESS]

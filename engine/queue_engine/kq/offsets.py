@@ -29,14 +29,22 @@ class OffsetTracker:
 
     def finish(self, offset: int) -> int | None:
         """Mark ``offset`` finished; return the new committable offset if it moved."""
-        self._done.add(offset)
-        moved = False
-        while self._outstanding and self._outstanding[0] in self._done:
-            head = self._outstanding.popleft()
-            self._done.discard(head)
-            self.committable = head + 1
-            moved = True
-        return self.committable if moved else None
+        return self.committable if self.release(offset) else None
+
+    def release(self, offset: int) -> int:
+        """Mark ``offset`` finished; how many offsets became committable (0: it did not move)."""
+        outstanding = self._outstanding
+        if not outstanding or outstanding[0] != offset:  # an earlier one is still unfinished
+            self._done.add(offset)
+            return 0
+        outstanding.popleft()  # the usual case: the oldest finished (no set needed for it)
+        head, count, done = offset, 1, self._done
+        while outstanding and outstanding[0] in done:
+            head = outstanding.popleft()
+            done.discard(head)
+            count += 1
+        self.committable = head + 1
+        return count
 
     @property
     def last_received(self) -> int:

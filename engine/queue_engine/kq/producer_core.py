@@ -51,6 +51,8 @@ PRODUCER_STATE_LOST = frozenset(
 
 
 _BYTES_LIKE = (bytes, bytearray, memoryview)
+_PLAIN_KEYS = frozenset({bytes, str})
+_new_tuple = tuple.__new__
 
 
 def normalize_headers(headers: Headers | None) -> list[tuple[str, str | bytes | None]] | None:
@@ -139,11 +141,14 @@ class ProducerCore:
     ) -> QueueError | None:
         """Queue one message; a local refusal comes back at once, broker results via the sink."""
         topic = topic or self.topic
-        try:
-            check_key_and_value(value, key)
-            encoded_headers = normalize_headers(headers)
-        except InvalidRequest as exc:
-            return exc
+        encoded_headers = None
+        # The usual push (bytes value, bytes/str/no key, no headers) needs no checks of its own.
+        if headers or type(value) is not bytes or not (key is None or type(key) in _PLAIN_KEYS):
+            try:
+                check_key_and_value(value, key)
+                encoded_headers = normalize_headers(headers)
+            except InvalidRequest as exc:
+                return exc
 
         try:
             with self._swap_lock:
@@ -171,7 +176,8 @@ class ProducerCore:
         """A delivery report, on whichever thread polls (the poll thread, or a flush)."""
         result: Result
         if err is None:
-            result = Delivered(msg.topic(), msg.partition(), msg.offset())
+            # tuple.__new__ directly: a named tuple's own __new__ is a Python function (a frame per ack)
+            result = _new_tuple(Delivered, (msg.topic(), msg.partition(), msg.offset()))
         else:
             result = error_from_kafka(err, f"push to {msg.topic()}")
             if err.fatal() or err.code() in PRODUCER_STATE_LOST:

@@ -21,17 +21,22 @@ from queue_engine.kq.producer_core import Batch, Headers, ProducerCore
 from queue_engine.kq.security import KafkaSecurity
 
 
-def _count(queue: str, ok: bool) -> None:
-    metrics.PUBLISHED.labels("kafka", queue, "success" if ok else "error").inc()
+class _Published:
+    """queue_messages_published for one queue, its two children looked up once (labels() costs
+    more than the increment itself)."""
 
+    __slots__ = ("error", "success")
 
-def _count_batch(queue: str, batch: Batch) -> None:
-    """Count a batch of results with one update per result kind (labels() costs more than inc)."""
-    ok = sum(1 for _, result in batch if type(result) is Delivered)
-    if ok:
-        metrics.PUBLISHED.labels("kafka", queue, "success").inc(ok)
-    if ok < len(batch):
-        metrics.PUBLISHED.labels("kafka", queue, "error").inc(len(batch) - ok)
+    def __init__(self, queue: str) -> None:
+        self.success = metrics.PUBLISHED.labels("kafka", queue, "success")
+        self.error = metrics.PUBLISHED.labels("kafka", queue, "error")
+
+    def count(self, ok: int, failed: int) -> None:
+        """One update per result kind for a whole batch of results."""
+        if ok:
+            self.success.inc(ok)
+        if failed:
+            self.error.inc(failed)
 
 
 class KafkaPusher:
@@ -54,6 +59,7 @@ class KafkaPusher:
         self._core = ProducerCore(brokers, topic, self._on_batch, security=security, extra=extra, name=name)
         self.topic = self._core.topic
         self.name = self._core.name
+        self._published = _Published(self.name) if self._counts_published else None
 
     async def push(
         self, value: bytes, key: bytes | str | None = None, headers: Headers | None = None
@@ -69,8 +75,8 @@ class KafkaPusher:
         future: asyncio.Future[Delivered] = loop.create_future()
         refused = self._core.produce(future, value, key, headers)
         if refused is not None:
-            if self._counts_published:
-                _count(self.name, False)
+            if self._published is not None:
+                self._published.count(0, 1)
             future.set_exception(refused)
         return future
 
@@ -81,16 +87,17 @@ class KafkaPusher:
         loop.call_soon_threadsafe(self._resolve, batch)
 
     def _resolve(self, batch: Batch) -> None:
-        """Event loop: settle the futures of one batch of delivery reports."""
-        if self._counts_published:
-            _count_batch(self.name, batch)
+        """Event loop: settle the futures of one batch of delivery reports, counting them on the way."""
+        ok = 0
         for future, result in batch:
-            if future.done():  # the caller cancelled its wait; the result still counts above
-                continue
-            if isinstance(result, Delivered):
-                future.set_result(result)
-            else:
+            if type(result) is Delivered:
+                ok += 1
+                if not future.done():  # (done: the caller cancelled its wait; it still counts)
+                    future.set_result(result)
+            elif not future.done():
                 future.set_exception(result)
+        if self._published is not None:
+            self._published.count(ok, len(batch) - ok)
 
     async def flush(self, timeout: float = 30.0) -> None:  # noqa: ASYNC109 - part of the public API
         """Wait until every pushed message has a result; raises Unavailable if some have none."""
@@ -139,6 +146,7 @@ class SyncKafkaPusher:
         self._core = ProducerCore(brokers, topic, self._on_batch, security=security, extra=extra, name=name)
         self.topic = self._core.topic
         self.name = self._core.name
+        self._published = _Published(self.name)
 
     def push(
         self,
@@ -159,20 +167,25 @@ class SyncKafkaPusher:
         future: concurrent.futures.Future[Delivered] = concurrent.futures.Future()
         refused = self._core.produce(future, value, key, headers)
         if refused is not None:
-            _count(self.name, False)
+            self._published.count(0, 1)
             future.set_exception(refused)
         return future
 
     def _on_batch(self, batch: Batch) -> None:
-        """Poll thread: settle the futures of one batch of delivery reports."""
-        _count_batch(self.name, batch)
+        """Poll thread: settle the futures of one batch of delivery reports, counting them on the way."""
+        ok = 0
         for future, result in batch:
+            delivered = type(result) is Delivered
+            ok += delivered
+            # False for a future the caller cancelled (it still counts); this also wakes
+            # concurrent.futures.wait() and as_completed() on it.
             if not future.set_running_or_notify_cancel():
                 continue
-            if isinstance(result, Delivered):
+            if delivered:
                 future.set_result(result)
             else:
                 future.set_exception(result)
+        self._published.count(ok, len(batch) - ok)
 
     def flush(self, timeout: float = 30.0) -> None:
         left = self._core.flush(timeout)
