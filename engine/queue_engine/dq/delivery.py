@@ -31,7 +31,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from queue_engine import metrics
+from queue_engine import eager, metrics
 from queue_engine.dq.beanstalk import Connection, Job
 from queue_engine.dq.consumer_context import KIND, ConsumerContext
 from queue_engine.dq.envelope import Envelope
@@ -41,7 +41,6 @@ from queue_engine.dq.leases import LeaseKeeper
 from queue_engine.dq.node_io import AsyncNodeConnection
 from queue_engine.dq.records import Claim, JobRecords
 from queue_engine.dq.settling import Settler
-from queue_engine.kq import eager
 from queue_engine.policy import DeliveryPolicy, Outcome
 
 log = logging.getLogger(__name__)

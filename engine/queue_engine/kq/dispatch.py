@@ -35,9 +35,8 @@ from typing import Any, TypeVar
 
 from prometheus_client import Gauge
 
-from queue_engine import metrics
+from queue_engine import eager, metrics
 from queue_engine.durations import format_duration
-from queue_engine.kq import eager
 from queue_engine.kq.attempt_book import RETRY_WRITE, PartitionAttempts
 from queue_engine.kq.call_metrics import RESULTS, UNAVAILABLE, CallMetrics
 from queue_engine.kq.dead_letter_writer import DeadLetterWriter, nap

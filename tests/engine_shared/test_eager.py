@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from queue_engine.kq import eager
+from queue_engine import eager
 
 
 async def test_a_coroutine_that_never_awaits_finishes_in_its_first_step() -> None:
