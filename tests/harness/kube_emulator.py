@@ -453,7 +453,29 @@ class Emulator:
         meta["resourceVersion"] = self._next_rv()
         self.objects[key] = obj
         self._publish(kind, "ADDED", obj, None)
+        if meta.get("ownerReferences") and not self._an_owner_exists(meta):
+            # Kubernetes' garbage collector deletes a dependent created after its owners were
+            # gone (a controller's reconcile racing the owner's deletion); here at once.
+            self._remove(kind, key, orphan=False)
         return obj
+
+    def _an_owner_exists(self, meta: JsonObj) -> bool:
+        for ref in meta["ownerReferences"]:
+            group, _, version = str(ref.get("apiVersion", "")).rpartition("/")
+            owner_kind = next(
+                (
+                    k
+                    for k in self.kinds.values()
+                    if (k.group, k.version, k.kind) == (group, version, ref.get("kind"))
+                ),
+                None,
+            )
+            if owner_kind is None:
+                return True  # a kind this emulator does not serve: not ours to judge
+            owner = self.objects.get(self._key(owner_kind, meta.get("namespace"), str(ref.get("name"))))
+            if owner is not None and owner["metadata"]["uid"] == ref.get("uid"):
+                return True
+        return False
 
     def _replace(
         self, kind: Kind, key: tuple[str, str, str | None, str], body: Any, status_only: bool

@@ -345,3 +345,24 @@ def test_undeclared_fields_are_pruned(api: client.ApiClient, unique: str) -> Non
         GROUP, VERSION, unique, PLURAL, "w1", {"status": {"anything": {"goes": True}}}
     )
     assert patched["status"] == {"anything": {"goes": True}}, "preserve-unknown-fields keeps it"
+
+
+def test_a_child_created_after_its_owner_was_deleted_is_collected(api: client.ApiClient, unique: str) -> None:
+    # A controller's reconcile racing the owner's deletion: Kubernetes' garbage collector
+    # deletes the late child; so does the emulator. A child of a live owner stays.
+    objects, core = client.CustomObjectsApi(api), client.CoreV1Api(api)
+    created = objects.create_namespaced_custom_object(GROUP, VERSION, unique, PLURAL, widget("w2"))
+    reference = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "Widget",
+        "name": "w2",
+        "uid": created["metadata"]["uid"],
+    }
+    core.create_namespaced_config_map(unique, {"metadata": {"name": "kept", "ownerReferences": [reference]}})
+    assert core.read_namespaced_config_map("kept", unique).metadata.name == "kept"
+    objects.delete_namespaced_custom_object(GROUP, VERSION, unique, PLURAL, "w2")
+    core.create_namespaced_config_map(unique, {"metadata": {"name": "late", "ownerReferences": [reference]}})
+    for name in ("kept", "late"):
+        with pytest.raises(client.ApiException) as gone:
+            core.read_namespaced_config_map(name, unique)
+        assert gone.value.status == 404
