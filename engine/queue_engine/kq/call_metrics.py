@@ -9,6 +9,10 @@ turn of the loop, so a scrape sees the counts a few milliseconds late at most, n
 The histogram is filled the way ``Histogram.observe`` fills it (the sum, and the first bucket
 whose upper bound is at least the value; the exposition accumulates), through the child's
 value objects, as ``observe`` has no "n observations of this bucket" form.
+
+``in_flight`` likewise: a call that awaits adds one to ``running`` when it starts awaiting
+and takes it off when it ends; a flush adds the change since the last one to the gauge (an
+``inc`` by the difference, so consumers sharing a queue name add up as before).
 """
 
 from __future__ import annotations
@@ -26,7 +30,19 @@ UNAVAILABLE = RESULTS.index("unavailable")
 class CallMetrics:
     """``delivered`` by result and ``delivery_latency`` for one queue, flushed per loop turn."""
 
-    __slots__ = ("_bounds", "_buckets", "_counts", "_delivered", "_latency", "_loop", "_scheduled", "_sum")
+    __slots__ = (
+        "_bounds",
+        "_buckets",
+        "_counts",
+        "_delivered",
+        "_in_flight",
+        "_latency",
+        "_loop",
+        "_scheduled",
+        "_shown",
+        "_sum",
+        "running",
+    )
 
     def __init__(self, queue: str) -> None:
         self._delivered = [metrics.DELIVERED.labels("kafka", queue, result) for result in RESULTS]
@@ -35,8 +51,24 @@ class CallMetrics:
         self._counts = [0] * len(RESULTS)
         self._buckets = [0] * len(self._bounds)
         self._sum = 0.0
+        self._in_flight: Any = metrics.IN_FLIGHT.labels("kafka", queue)
+        self.running = 0  # calls that awaited and have not ended yet
+        self._shown = 0  # what the gauge got of them so far
         self._scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
+
+    def began(self) -> None:
+        """A call awaits: in flight from now (the caller takes it off ``running`` at its end,
+        then calls :meth:`called`, or :meth:`left` if it ends without a result)."""
+        self.running += 1
+        if not self._scheduled:
+            self._schedule()
+
+    def left(self) -> None:
+        """A call that awaited ended without a result (its worker was cancelled at stop)."""
+        self.running -= 1
+        if not self._scheduled:
+            self._schedule()
 
     def called(self, result: int, seconds: float) -> None:
         """One handler call ended: ``result`` is an index into RESULTS."""
@@ -44,15 +76,21 @@ class CallMetrics:
         self._buckets[bisect_left(self._bounds, seconds)] += 1
         self._sum += seconds
         if not self._scheduled:
-            self._scheduled = True
-            loop = self._loop
-            if loop is None:
-                loop = self._loop = asyncio.get_running_loop()
-            loop.call_soon(self.flush)
+            self._schedule()
+
+    def _schedule(self) -> None:
+        self._scheduled = True
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        loop.call_soon(self.flush)
 
     def flush(self) -> None:
         """Write what was counted since the last flush (also safe to call when nothing was)."""
         self._scheduled = False
+        if self.running != self._shown:
+            self._in_flight.inc(self.running - self._shown)
+            self._shown = self.running
         counts, buckets = self._counts, self._buckets
         for index, count in enumerate(counts):
             if count:

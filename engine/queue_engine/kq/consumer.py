@@ -8,7 +8,8 @@ Where things are (each module states the thread it runs on and what it guarantee
   pause/resume, rebalance callbacks), with its commands in poll_commands.py;
 - dispatch.py: per-key lanes, worker tasks, handler calls and what their outcomes do;
 - offsets.py (what may be committed), attempt_book.py + attempt_journal.py + solo_gate.py
-  (attempt counts that survive crashes), dead_letter_writer.py, call_metrics.py, lag.py.
+  (attempt counts that survive crashes), dead_letter_writer.py, call_metrics.py, lag.py,
+  deadlines.py (the watchdog that cuts handler calls at their timeout).
 
 The poll thread hands whole fetched batches to the loop with one ``call_soon_threadsafe``
 each; the loop hands commits and commands back through a lock-guarded dict and a command
@@ -64,6 +65,7 @@ from queue_engine.kq.config import (
     without_consumer_keys,
 )
 from queue_engine.kq.dead_letter_writer import DeadLetterPusher, DeadLetterWriter, nap
+from queue_engine.kq.deadlines import Deadlines
 from queue_engine.kq.dispatch import Dispatch, Handler, Lane, PartitionState
 from queue_engine.kq.lag import AdminLag
 from queue_engine.kq.message import from_record
@@ -155,8 +157,8 @@ class KafkaConsumer(PollThread, Dispatch):
         self._handler = handler
         # Metric children looked up once: labels() costs more than the increment itself.
         self._received = metrics.RECEIVED.labels("kafka", self.name)
-        self._in_flight = metrics.IN_FLIGHT.labels("kafka", self.name)
-        self._call_metrics = CallMetrics(self.name)  # delivered and latency, written per loop turn
+        # delivered, latency and in_flight, written per loop turn
+        self._call_metrics = CallMetrics(self.name)
         self._policy = policy
         self._concurrency = concurrency
         self._max_uncommitted = max_uncommitted
@@ -252,6 +254,7 @@ class KafkaConsumer(PollThread, Dispatch):
             return
         loop = self._loop = asyncio.get_running_loop()
         self._gate = gate_for(loop)
+        self._deadlines = Deadlines(loop)
         self._stopped = asyncio.Event()
         self._thread_done = loop.create_future()
         pusher = DeadLetterPusher(
@@ -274,6 +277,8 @@ class KafkaConsumer(PollThread, Dispatch):
             # The poll thread died on its own (brokers unreachable, fatal error): clean up, report.
             self._fatal = exc
             await self._shutdown_workers(0)
+            self._deadlines.close()
+            self._call_metrics.flush()
             await self._close_dlq()
             self._stopped.set()
             if isinstance(exc, QueueError):
@@ -301,6 +306,8 @@ class KafkaConsumer(PollThread, Dispatch):
         log.info("stopping consumer %s (grace %s)", self.name, format_duration(grace))
         self._commands.submit(lambda c: c.pause(c.assignment()))  # fails at once if the thread is gone
         await self._shutdown_workers(grace)
+        self._deadlines.close()
+        self._call_metrics.flush()
         self._closing.set()
         if self._thread_done is not None:
             try:

@@ -12,8 +12,9 @@ What it guarantees:
   abandoned at a revoke holds its key back when the partition returns);
 - at most ``concurrency`` handler calls at once (one per worker); a backoff holds no worker;
 - a handler's first step runs at once (eager.py); a call that awaits runs under
-  ``policy.timeout`` counted from its start; the healthy path builds no coroutine of its own
-  (``_deliver_now``), anything else takes the full path (``_deliver``) with the same rules;
+  ``policy.timeout`` counted from its start (cut by the consumer's watchdog, deadlines.py);
+  the healthy path builds no coroutine of its own (``_deliver_now``), anything else takes
+  the full path (``_deliver``) with the same rules;
 - no call starts on an offset the attempts journal does not cover, and crash suspects are
   called alone (attempt_book.py, solo_gate.py);
 - a message counts as finished (``_finish``, which hands the committable offset to the poll
@@ -33,13 +34,12 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
-from prometheus_client import Gauge
-
 from queue_engine import eager, metrics
 from queue_engine.durations import format_duration
 from queue_engine.kq.attempt_book import RETRY_WRITE, PartitionAttempts
 from queue_engine.kq.call_metrics import RESULTS, UNAVAILABLE, CallMetrics
 from queue_engine.kq.dead_letter_writer import DeadLetterWriter, nap
+from queue_engine.kq.deadlines import Deadlines
 from queue_engine.kq.message import KafkaMessage, message_id
 from queue_engine.kq.offsets import OffsetTracker
 from queue_engine.kq.solo_gate import SoloGate
@@ -94,8 +94,8 @@ class Dispatch:
     _loop: asyncio.AbstractEventLoop | None
     _gate: SoloGate | None  # shared by every consumer in the loop (solo_gate.py)
     _dlq: DeadLetterWriter | None
-    _call_metrics: CallMetrics
-    _in_flight: Gauge
+    _call_metrics: CallMetrics  # also counts the calls in flight (in_flight, per loop turn)
+    _deadlines: Deadlines  # the watchdog that cuts calls at their timeout (from run())
     _partitions: dict[int, PartitionState]  # the partitions assigned now
     _ready: asyncio.Queue[Lane | None]  # lanes waiting for a worker; None stops one
     # (partition, key) -> the lane whose call for that key runs now, in any assignment, and
@@ -412,28 +412,40 @@ class Dispatch:
             return self._raised(message, exc), started
 
     async def _call_rest(self, message: KafkaMessage, result: eager.Started, started: float) -> Outcome:
-        """The rest of a handler call that awaited, under ``policy.timeout`` counted from its start."""
+        """The rest of a handler call that awaited, under ``policy.timeout`` counted from its start.
+
+        The consumer's watchdog (deadlines.py) cuts it at its deadline as ``asyncio.timeout``
+        would: a CancelledError that only the watchdog asked for becomes a timeout outcome; one
+        a stop asked for too is passed on. (A worker task starts no call while a cancel is
+        pending, see _call_start, so no cancel is counted before the call begins.)
+        """
         loop = self._loop
         assert loop is not None
-        in_flight = self._in_flight
-        in_flight.inc()
+        task = asyncio.current_task()
+        assert task is not None
+        deadlines = self._deadlines
+        deadlines.begin(task, loop.time() + self._policy.timeout - (time.perf_counter() - started))
+        call_metrics = self._call_metrics
+        call_metrics.began()
         outcome: Any
+        cut = False
         try:
-            async with asyncio.timeout_at(
-                loop.time() + self._policy.timeout - (time.perf_counter() - started)
-            ):
+            try:
                 outcome = await eager.resume(result)
-        except TimeoutError:
-            outcome = Outcome.retry(f"handler timed out after {format_duration(self._policy.timeout)}")
+            finally:
+                if deadlines.end(task):
+                    cut = task.uncancel() == 0  # only the watchdog's cancel: a timeout
         except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                in_flight.dec()
+            if cut:
+                outcome = Outcome.retry(f"handler timed out after {format_duration(self._policy.timeout)}")
+            elif task.cancelling():
+                call_metrics.left()
                 raise  # we are being stopped: not a call that ended
-            outcome = Outcome.retry("handler was cancelled")  # cancelled from inside, not by us
+            else:
+                outcome = Outcome.retry("handler was cancelled")  # cancelled from inside, not by us
         except Exception as exc:
             outcome = self._raised(message, exc)
-        in_flight.dec()
+        call_metrics.running -= 1
         return self._call_end(outcome, started)
 
     def _raised(self, message: KafkaMessage, exc: Exception) -> Outcome:
