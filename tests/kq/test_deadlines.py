@@ -1,4 +1,5 @@
-"""The deadline watchdog (kq/deadlines.py): each call that awaits is cut at its own deadline."""
+"""The shared deadline watchdog (queue_engine/deadlines.py) in the kq consumer: each call that
+awaits is cut at its own deadline."""
 
 from __future__ import annotations
 

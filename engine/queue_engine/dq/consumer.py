@@ -187,6 +187,7 @@ class DelayConsumer:
             # that lands inside a command, and the task would then never end.
             watch.closing.set()
             await asyncio.gather(watching, *workers, *holders, return_exceptions=True)
+            delivery.close()
             await siblings.aclose()
             self._close_connections()
             await records.aclose()

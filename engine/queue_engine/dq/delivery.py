@@ -32,6 +32,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from queue_engine import eager, metrics
+from queue_engine.deadlines import Deadlines
 from queue_engine.dq.beanstalk import Connection, Job
 from queue_engine.dq.consumer_context import KIND, ConsumerContext
 from queue_engine.dq.envelope import Envelope
@@ -72,6 +73,9 @@ class Delivery:
         self._keeper = keeper
         self._settler = settler
         self._slots = asyncio.Semaphore(concurrency)
+        self._loop = asyncio.get_running_loop()
+        # Handlers that await are cut at policy.timeout by one watchdog, not a timer per call.
+        self._deadlines = Deadlines(self._loop)
         self.holders: set[asyncio.Task[None]] = set()  # a task per held copy
         self._leaders: dict[str, Local] = {}  # job id -> our first copy's progress
         self._instance = uuid.uuid4().hex[:12]  # lease tokens: this consumer, then a counter
@@ -91,6 +95,10 @@ class Delivery:
         self._duplicates = metrics.DUPLICATES_SUPPRESSED.labels(queue=queue)
 
     # -- stop ------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """No watchdog timer left behind (the handlers all ended)."""
+        self._deadlines.close()
 
     def stopping(self) -> None:
         """Copies waiting for another copy of ours hand themselves back now."""
@@ -304,21 +312,20 @@ class Delivery:
 
     async def _call_handler(self, job: DelayJob) -> Outcome:
         queue = self._ctx.queue
+        deadline = self._loop.time() + self._policy.timeout
         try:
             called = self._handler(job)
             if isinstance(called, types.CoroutineType):
                 # Its first step runs here: a handler that never really awaits (or awaits only
-                # what is done) ends in it, with no timer. Synchronous code cannot be cut by a
-                # timeout anyway; the rest, from its first real wait on, is cut at the timeout.
+                # what is done) ends in it, with no deadline noted. Synchronous code cannot be
+                # cut anyway; the rest, from its first real wait on, is cut at the deadline.
                 first = eager.start(called)
                 if isinstance(first, eager.Started):
-                    async with asyncio.timeout(self._policy.timeout):  # no extra task, unlike wait_for
-                        outcome = await eager.resume(first)
+                    outcome = await self._until(eager.resume(first), deadline)
                 else:
                     outcome = first
             else:
-                async with asyncio.timeout(self._policy.timeout):
-                    outcome = await called
+                outcome = await self._until(called, deadline)
         except TimeoutError:
             return Outcome.retry(f"handler took longer than {self._policy.timeout:g}s")
         except asyncio.CancelledError:
@@ -336,3 +343,25 @@ class Delivery:
             log.error("dq %s: handler returned %r, not an Outcome; retrying", queue, outcome)
             return Outcome.retry(f"handler returned {type(outcome).__name__}, expected Outcome")
         return outcome
+
+    async def _until(self, awaitable: Awaitable[Any], deadline: float) -> Any:
+        """``await awaitable``, cut at ``deadline`` (loop time) by the consumer's one watchdog
+        (no timer per call): TimeoutError when only the watchdog cancelled it, as
+        ``asyncio.timeout`` does; a stop's cancel still propagates."""
+        task = asyncio.current_task()
+        assert task is not None
+        deadlines = self._deadlines
+        deadlines.begin(task, deadline)
+        try:
+            result = await awaitable
+        except asyncio.CancelledError:
+            if deadlines.end(task) and task.uncancel() == 0:
+                raise TimeoutError from None
+            raise
+        except BaseException:
+            if deadlines.end(task):
+                task.uncancel()  # cut, but the handler raised something else meanwhile
+            raise
+        if deadlines.end(task):
+            task.uncancel()  # cut, but the handler swallowed the cancel and returned
+        return result

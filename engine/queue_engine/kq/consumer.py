@@ -51,6 +51,7 @@ from typing import Any
 from confluent_kafka import KafkaError, Message
 
 from queue_engine import metrics
+from queue_engine.deadlines import Deadlines
 from queue_engine.durations import format_duration
 from queue_engine.errors import ConfigError, QueueError, Unavailable
 from queue_engine.kq.attempt_book import PartitionAttempts
@@ -65,7 +66,6 @@ from queue_engine.kq.config import (
     without_consumer_keys,
 )
 from queue_engine.kq.dead_letter_writer import DeadLetterPusher, DeadLetterWriter, nap
-from queue_engine.kq.deadlines import Deadlines
 from queue_engine.kq.dispatch import Dispatch, Handler, Lane, PartitionState
 from queue_engine.kq.lag import AdminLag
 from queue_engine.kq.message import from_record

@@ -35,11 +35,11 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 from queue_engine import eager, metrics
+from queue_engine.deadlines import Deadlines
 from queue_engine.durations import format_duration
 from queue_engine.kq.attempt_book import RETRY_WRITE, PartitionAttempts
 from queue_engine.kq.call_metrics import RESULTS, UNAVAILABLE, CallMetrics
 from queue_engine.kq.dead_letter_writer import DeadLetterWriter, nap
-from queue_engine.kq.deadlines import Deadlines
 from queue_engine.kq.message import KafkaMessage, message_id
 from queue_engine.kq.offsets import OffsetTracker
 from queue_engine.kq.solo_gate import SoloGate

@@ -1,18 +1,19 @@
 """One deadline watchdog per consumer, in place of an ``asyncio.timeout`` per handler call.
 
-Event loop only. ``asyncio.timeout_at`` per call schedules a timer and cancels it again (a
-heap push, a handle, two coroutines for the context manager): about 9 us, most of what a call
-that awaits costs beyond the handler. Here a call that awaits only notes its task and deadline
-in a dict (:meth:`begin`, :meth:`end`); one timer stands at the earliest deadline known when
-it was set. Every call of a consumer has the same timeout, so a new deadline is almost never
-earlier than the one the timer waits for, and the timer fires about once per timeout, not per
-call. When it fires it cuts every call past its deadline the way ``asyncio.timeout`` does
-(``task.cancel()``; the call sees CancelledError, :meth:`end` says it was cut, and the caller
-turns it into a timeout if ``task.uncancel()`` leaves no other cancel, e.g. a stop's) and
-sets itself at the earliest deadline left.
+Shared by both engines (kq's dispatch, dq's delivery). Event loop only. ``asyncio.timeout_at``
+per call schedules a timer and cancels it again (a heap push, a handle, two coroutines for the
+context manager): about 9 us, most of what a call that awaits costs beyond the handler. Here a
+call that awaits only notes its task and deadline in a dict (:meth:`begin`, :meth:`end`); one
+timer stands at the earliest deadline known when it was set. Every call of a consumer has the
+same timeout, so a new deadline is almost never earlier than the one the timer waits for, and
+the timer fires about once per timeout, not per call. When it fires it cuts every call past its
+deadline the way ``asyncio.timeout`` does (``task.cancel()``; the call sees CancelledError,
+:meth:`end` says it was cut, and the caller turns it into a timeout if ``task.uncancel()``
+leaves no other cancel, e.g. a stop's) and sets itself at the earliest deadline left.
 
-A worker task runs one call at a time, so a task is in the dict at most once, and the dict
-holds at most ``concurrency`` calls: its size is also the number of calls in flight.
+A task (kq's worker, dq's copy holder) runs one call at a time, so a task is in the dict at
+most once, and the dict holds at most ``concurrency`` calls: its size is also the number of
+calls in flight.
 """
 
 from __future__ import annotations
