@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 
 import greenstalk
@@ -233,3 +234,25 @@ async def test_deletes_may_wait_a_little_to_leave_together_and_a_close_answers_t
     finally:
         nodes.close()
         conn.close()
+
+
+@pytest.mark.parametrize("cut", ["close", "expire"])
+async def test_a_pipelined_batch_cut_midway_fails_its_caller_and_logs_no_stray_errors(
+    beanstalk_cluster: BeanstalkdCluster, unique: str, cut: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A batch (deletes, reserves) awaits its replies in order: once the first fails, nobody
+    reads the others' errors. That is no bug, so asyncio must not log "Future exception was
+    never retrieved" for each of them (ERROR lines in a node failure that lost nothing)."""
+    conn = await _open(beanstalk_cluster, unique)
+    batch = asyncio.ensure_future(conn.delete_many([1, 2, 3, 4]))
+    await asyncio.sleep(0)  # the requests are waiting for their replies
+    if cut == "close":
+        conn.close()
+    else:
+        conn.expire("test: no answer")
+    with pytest.raises(ConnectionError if cut == "close" else TimeoutError):
+        await batch
+    del batch
+    gc.collect()
+    await asyncio.sleep(0)
+    assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]

@@ -204,8 +204,7 @@ class Connection(asyncio.Protocol):
             self._lost = Expired(why)
             while self._waiting:
                 fut, _ = self._waiting.popleft()
-                if not fut.done():
-                    fut.set_exception(Expired(why))
+                _fail_quietly(fut, Expired(why))
         if self._transport is not None:
             self._transport.abort()
 
@@ -291,5 +290,13 @@ class Connection(asyncio.Protocol):
         kind = Closed if self._closed_here else ConnectionError
         while self._waiting:
             fut, _ = self._waiting.popleft()
-            if not fut.done():
-                fut.set_exception(kind(str(exc) or type(exc).__name__))
+            _fail_quietly(fut, kind(str(exc) or type(exc).__name__))
+
+
+def _fail_quietly(fut: asyncio.Future[_Reply], exc: BaseException) -> None:
+    """Fail a waiting request. A batch (deletes, reserves) awaits its replies in order and stops
+    at the first failure, so nobody reads the others': marked as read, asyncio logs no
+    "exception was never retrieved" for each (the caller still gets it when it awaits)."""
+    if not fut.done():
+        fut.set_exception(exc)
+        fut.exception()
