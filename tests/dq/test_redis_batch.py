@@ -10,7 +10,6 @@ import pytest
 from redis.asyncio import Redis
 
 from harness.servers import RedisServer
-from queue_engine.dq import redis_batch
 from queue_engine.dq.records import JobRecords
 from queue_engine.dq.redis_client import connect_redis
 
@@ -78,69 +77,5 @@ async def test_a_batched_argument_may_not_carry_the_separators(
             await records.claim("0" * 24, "to\x1fken", 10, time.time())
         assert (await records.claim("0" * 24, "token", 10, time.time())).action == "go"
     finally:
-        await records.aclose()
-        await redis.aclose()
-
-
-async def test_calls_waiting_for_a_batch_leave_in_the_loop_pass_its_answer_came(
-    redis_server: RedisServer, unique: str
-) -> None:
-    """Calls held back by the batches on their way (IN_FLIGHT) leave as soon as one comes back,
-    not some loop iterations later: under load an iteration takes milliseconds, and a claim
-    waiting here holds a handler slot (delayed jobs coming due queue behind it)."""
-    redis = connect_redis(redis_server.url, 2.0)
-    records = JobRecords(redis, unique, batched=True)
-    loop = asyncio.get_running_loop()
-    passes = 0
-    ticking = True
-
-    def tick() -> None:  # counts loop iterations (one call per iteration)
-        nonlocal passes
-        passes += 1
-        if ticking:
-            loop.call_soon(tick)
-
-    sent_at: list[int] = []
-    evalsha = redis.evalsha
-    gate = asyncio.Event()  # holds the batches on their way until the third call waits
-
-    async def counted(*args: Any) -> Any:
-        sent_at.append(passes)
-        await gate.wait()
-        return await evalsha(*args)
-
-    redis.evalsha = counted  # type: ignore[method-assign]
-    try:
-        gate.set()
-        await records.claim("e" * 24, "warm", 10, time.time())  # the script is loaded
-        gate.clear()
-        sent_at.clear()
-        tick()
-
-        async def sent(count: int) -> None:
-            for _ in range(10):
-                if len(sent_at) >= count:
-                    return
-                await asyncio.sleep(0)
-
-        first = asyncio.ensure_future(records.claim(f"{1:024x}", "a", 10, time.time()))
-        await sent(1)
-        second = asyncio.ensure_future(records.claim(f"{2:024x}", "a", 10, time.time()))
-        await sent(2)
-        assert len(sent_at) == redis_batch.IN_FLIGHT  # both on their way
-        third = asyncio.ensure_future(records.claim(f"{3:024x}", "a", 10, time.time()))
-        await sent(3)
-        assert len(sent_at) == redis_batch.IN_FLIGHT  # the third call waits for one of them
-        answered_at: list[int] = []
-        for fut in (first, second):
-            fut.add_done_callback(lambda _: answered_at.append(passes))
-        gate.set()
-        await asyncio.gather(first, second, third)
-        assert len(sent_at) == 3
-        # An answer's callback runs one iteration after the answer was read; the third call
-        # left in that very step, so no later than the first such callback.
-        assert sent_at[2] <= min(answered_at), (sent_at, answered_at)
-    finally:
-        ticking = False
         await records.aclose()
         await redis.aclose()

@@ -12,8 +12,7 @@ callers handle it as for a single call. NOSCRIPT (Redis restarted empty, or firs
 before anything ran: the script is loaded and the batch sent again.
 
 At most ``IN_FLIGHT`` batches are on their way at once: calls made meanwhile wait for one to
-come back and then leave together, sent in the step that read that answer (no loop iteration
-in between). Under load a batch thus carries what piled up during a
+come back and then leave together. Under load a batch thus carries what piled up during a
 round trip (fewer, larger commands: the client's per-command cost dominates); at light load
 nothing is in flight and a call leaves in the next loop iteration as before.
 
@@ -71,23 +70,14 @@ _Call = tuple[int, list[Any], list[Any], "asyncio.Future[Any]"]
 
 
 class ScriptBatcher:
-    """Sends the calls made in one loop iteration as one batch (see the module docs).
-
-    Each batch is sent by a *sender* task, at most ``IN_FLIGHT`` of them at once. A sender
-    takes the calls waiting when it starts (the loop iteration after the first of them was
-    made: calls made in the same iteration leave together), and when its batch comes back it
-    takes the calls that waited meanwhile and sends them at once, in the same step: no task,
-    callback or loop iteration between one batch's answers and the next batch leaving (under
-    load a loop iteration is milliseconds, and the claims waiting here hold handler slots)."""
-
     def __init__(self, redis: Redis, scripts: Sequence[BatchScript]) -> None:
         self._redis = redis
         self._index = {id(script): i + 1 for i, script in enumerate(scripts)}
         body = "".join(_FUNCTION % (i + 1, script.lua) for i, script in enumerate(scripts))
         self._batch = redis.register_script("local fns = {}\n" + body + _RUN)
         self._queue: list[_Call] = []
-        self._senders: set[asyncio.Task[None]] = set()
-        self._starting = False  # a sender is made and will take the queue when it starts
+        self._running: set[asyncio.Task[None]] = set()
+        self._scheduled = False  # a _send is due in the next loop iteration
 
     def call(self, script: BatchScript, keys: list[Any], args: list[Any]) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
@@ -96,32 +86,25 @@ class ScriptBatcher:
             if isinstance(arg, str) and ("\x1e" in arg or "\x1f" in arg):
                 raise ValueError(f"a batched script argument may not contain \\x1e or \\x1f: {arg!r}")
         self._queue.append((self._index[id(script)], keys, args, fut))
-        if not self._starting and len(self._senders) < IN_FLIGHT:
-            self._starting = True
-            sender = loop.create_task(self._send())
-            self._senders.add(sender)
+        if not self._scheduled and len(self._running) < IN_FLIGHT:
+            self._scheduled = True
+            loop.call_soon(self._send)
         return fut
 
-    async def _send(self) -> None:
-        """Send what waits, and again each time a batch comes back with calls waiting."""
-        self._starting = False
-        me = asyncio.current_task()
-        assert me is not None
-        batch: list[_Call] = []
-        try:
-            while self._queue:
-                batch, self._queue = self._queue, []
-                await self._run(batch)
-                batch = []
-        except asyncio.CancelledError:  # the loop is shutting down: nobody waits forever
-            left = batch if self._starting or len(self._senders) > 1 else [*batch, *self._queue]
-            if left is not batch:
-                self._queue = []  # no other sender would send them
-            for *_, fut in left:
-                fut.cancel()
-            raise
-        finally:
-            self._senders.discard(me)
+    def _send(self) -> None:
+        self._scheduled = False
+        if not self._queue:
+            return
+        batch, self._queue = self._queue, []
+        task = asyncio.get_running_loop().create_task(self._run(batch))
+        self._running.add(task)
+        task.add_done_callback(self._sent)
+
+    def _sent(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        if self._queue and not self._scheduled:  # calls that waited for a batch to come back
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._send)
 
     async def _run(self, batch: list[_Call]) -> None:
         keys = [key for call in batch for key in call[1]]
@@ -134,7 +117,9 @@ class ScriptBatcher:
             except NoScriptError:
                 await self._redis.script_load(self._batch.script)
                 answers = await self._redis.evalsha(self._batch.sha, len(keys), *keys, *argv)
-        except asyncio.CancelledError:
+        except asyncio.CancelledError:  # the loop is shutting down
+            for *_, fut in batch:
+                fut.cancel()
             raise
         except Exception as exc:  # handed to every caller, who decides
             for *_, fut in batch:
@@ -147,5 +132,5 @@ class ScriptBatcher:
 
     async def aclose(self) -> None:
         """Wait for batches on their way (their callers may be gone)."""
-        while self._senders:
-            await asyncio.gather(*list(self._senders), return_exceptions=True)
+        if self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
