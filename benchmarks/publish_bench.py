@@ -37,7 +37,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 import greenstalk  # noqa: E402
 import grpc  # noqa: E402
-from aiohttp import ClientSession, web  # noqa: E402
+from aiohttp import ClientSession  # noqa: E402
 from confluent_kafka import Producer  # noqa: E402
 from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
 from google.protobuf.duration_pb2 import Duration  # noqa: E402
@@ -60,16 +60,14 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 async def serve(settings: dict[str, Any]) -> None:
     from queue_sidecar.publish.grpc import start_server  # noqa: PLC0415
-    from queue_sidecar.publish.http import build_app  # noqa: PLC0415
+    from queue_sidecar.publish.http import serve as serve_http  # noqa: PLC0415
     from queue_sidecar.publish.targets import PublishTargets  # noqa: PLC0415
 
     targets = PublishTargets(
         delay={"bench": DelayProducer(settings["nodes"], settings["tube"], settings["redis"], name="bench")},
         kafka={"bench": KafkaPusher([settings["bootstrap"]], settings["topic"], name="bench")},
     )
-    runner = web.AppRunner(build_app(targets), access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", settings["http_port"]).start()
+    await serve_http(targets, "127.0.0.1", settings["http_port"])
     server = await start_server(targets, "127.0.0.1", settings["grpc_port"])
     await server.wait_for_termination()
 

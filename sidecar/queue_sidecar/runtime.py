@@ -33,7 +33,8 @@ from queue_sidecar.publish.broker_watch import BrokerWatch
 from queue_sidecar.publish.delay_jobs import DelayJobs
 from queue_sidecar.publish.group_start import GroupStart
 from queue_sidecar.publish.grpc import start_server as start_publish_grpc
-from queue_sidecar.publish.http import build_app as build_publish_app
+from queue_sidecar.publish.http import serve as serve_publish_http
+from queue_sidecar.publish.http_server import LeanHttpServer
 from queue_sidecar.publish.targets import PublishTargets
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,7 @@ class Sidecar:
         self._serving = False
         self._stop = asyncio.Event()
         self._runners: list[web.AppRunner] = []
+        self._publish_http: LeanHttpServer | None = None
         self._grpc_server: grpc.aio.Server | None = None
         for queue in config.queues:
             if isinstance(queue, DelayQueueConfig):
@@ -335,6 +337,8 @@ class Sidecar:
         await self.delivery.close()
         if self._grpc_server is not None:
             await self._grpc_server.stop(1.0)
+        if self._publish_http is not None:
+            await self._publish_http.close()
         for runner in reversed(self._runners):
             await runner.cleanup()
         with contextlib.suppress(Exception):
@@ -350,7 +354,7 @@ class Sidecar:
 
     async def _serve_publish(self) -> None:
         publish = self.config.publish
-        await self._serve(build_publish_app(self.targets), publish.host, publish.port)
+        self._publish_http = await serve_publish_http(self.targets, publish.host, publish.port)
         if publish.grpc_port is not None:
             self._grpc_server = await start_publish_grpc(self.targets, publish.host, publish.grpc_port)
 

@@ -13,7 +13,7 @@ from typing import Any
 import greenstalk
 import grpc
 import pytest
-from aiohttp import ClientSession, web
+from aiohttp import ClientSession
 
 from harness.servers import BeanstalkdCluster, RedisServer, Tansu, free_port
 from queue_engine.dq import DelayProducer
@@ -21,7 +21,8 @@ from queue_engine.kq import KafkaPusher
 from queue_sidecar.proto import queue_pb2_grpc
 from queue_sidecar.publish.delay_jobs import DelayJobs
 from queue_sidecar.publish.grpc import start_server
-from queue_sidecar.publish.http import build_app
+from queue_sidecar.publish.http import serve
+from queue_sidecar.publish.http_server import LeanHttpServer
 from queue_sidecar.publish.targets import PublishTargets
 
 MAX_JOB_BYTES = 1024
@@ -107,29 +108,27 @@ async def own_queues(
     await targets.close()
 
 
-async def _serve_http(targets: PublishTargets) -> tuple[web.AppRunner, str]:
-    runner = web.AppRunner(build_app(targets))
-    await runner.setup()
+async def _serve_http(targets: PublishTargets) -> tuple[LeanHttpServer, str]:
     port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    return runner, f"http://127.0.0.1:{port}"
+    server = await serve(targets, "127.0.0.1", port)
+    return server, f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture
 async def http(queues: Queues) -> AsyncIterator[tuple[ClientSession, Queues]]:
     """A client session whose base URL is the publish API."""
-    runner, url = await _serve_http(queues.targets)
+    server, url = await _serve_http(queues.targets)
     async with ClientSession(base_url=url) as session:
         yield session, queues
-    await runner.cleanup()
+    await server.close()
 
 
 @pytest.fixture
 async def own_http(own_queues: Queues) -> AsyncIterator[tuple[ClientSession, Queues]]:
-    runner, url = await _serve_http(own_queues.targets)
+    server, url = await _serve_http(own_queues.targets)
     async with ClientSession(base_url=url) as session:
         yield session, own_queues
-    await runner.cleanup()
+    await server.close()
 
 
 async def _serve_grpc(targets: PublishTargets) -> tuple[grpc.aio.Server, grpc.aio.Channel]:

@@ -79,12 +79,12 @@ async def test_the_delay_key_is_kept_in_the_queues_redis_for_every_sidecar(
     assert status == 201
     # A second publish API (another pod's sidecar) over the same Redis and nodes.
     targets = make_targets(queues.cluster, queues.redis, queues.tube, queues.broker, queues.topic)
-    runner, base = await _serve_http(targets)
+    server, base = await _serve_http(targets)
     try:
         async with ClientSession(base_url=base) as other:
             status, again, replayed = await _post(other, url, b"x", **key)
     finally:
-        await runner.cleanup()
+        await server.close()
         await targets.close()
     assert (status, again, replayed) == (201, first, "true")
     assert queues.tube_counts().get("delayed") == 3
