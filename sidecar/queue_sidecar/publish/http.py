@@ -10,7 +10,7 @@ Both POSTs take an ``Idempotency-Key`` header: a retry answers the first result 
 ``Idempotent-Replayed: true``.
 
 Every error is JSON ``{"error": "..."}`` saying what to fix; see docs/publish.md. Served by
-the lean server in :mod:`.http_server` (aiohttp's cost most of the API's CPU per request).
+the lean server in :mod:`.http_server` (aiohttp's server was most of the API's CPU per request).
 """
 
 from __future__ import annotations
