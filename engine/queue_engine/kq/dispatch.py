@@ -3,7 +3,9 @@
 Runs on: the event loop only. ``KafkaConsumer`` mixes this in; the state it uses is declared
 below. The intake (consumer.py) puts each received record in its partition's lane for its key
 (a keyless record gets a lane of its own) and queues the lane for a worker; ``concurrency``
-workers take lanes and deliver up to RUN_LENGTH of a lane's messages in a row.
+workers take lanes and deliver up to RUN_LENGTH of a lane's messages in a row. With a
+``batch_handler``, batch_dispatch.py's workers take their place and keep the rules below per
+message, with one handler call and one deadline per batch.
 
 What it guarantees:
 - one key of one partition is in one lane, and a lane is with at most one worker at a time, so
