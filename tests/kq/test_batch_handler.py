@@ -263,3 +263,26 @@ async def test_a_result_arriving_after_a_revoke_mid_batch_is_never_committed(
             await asyncio.sleep(1)  # time for a wrong commit to go out
             assert committed(bootstrap, unique, unique, 2)[moved] != 1
             never.set()
+
+
+async def test_a_backlog_of_few_keys_goes_in_partial_batches_without_waiting(
+    bootstrap: str, unique: str
+) -> None:
+    create_topics(bootstrap, (unique, 1))
+    produce_raw(bootstrap, unique, [(b"ab"[i % 2 : i % 2 + 1], b"v%d" % i) for i in range(10)])
+    handler = Batches()
+    consumer = KafkaConsumer(
+        [bootstrap],
+        unique,
+        unique,
+        batch_handler=handler,
+        max_batch=100,
+        max_batch_wait=600,  # a partial batch of a trickle would wait this long
+        offset="first",
+        extra=FAST_GROUP,
+    )
+    async with running(consumer):
+        # Two keys, one message of each per batch: with more of theirs waiting, each batch goes
+        # at once (only the last, with nothing behind it, would wait for more).
+        await wait_for(lambda: sum(map(len, handler.batches)) >= 8, 30, "the backlog's batches")
+    assert all(len(batch) <= 2 for batch in handler.batches)

@@ -9,7 +9,9 @@ What ``concurrency`` means here: batches in flight (one per batch worker), so at
 
 How a batch forms: one worker at a time gathers (``_forming``): it waits for the first ready
 lane, takes every lane already ready up to ``max_batch`` (with a backlog a batch fills without
-waiting), and waits for more at most ``max_batch_wait`` from the first one.
+waiting), and waits for more at most ``max_batch_wait`` from the first one, or not at all if a
+lane it took has more messages waiting: a backlog of fewer keys than ``max_batch`` can never
+fill a batch (one message per key), and waiting would only slow it down.
 
 What holds per message, as in single delivery (dispatch.py's rules, the contract):
 - a batch holds at most one message of a lane, so of a key, and a lane is with one worker at a
@@ -100,11 +102,14 @@ class BatchDispatch(Dispatch):
         assert loop is not None
         lanes: list[Lane] = []
         until: float | None = None
+        backlog = False  # a lane of the batch has more messages behind its head
         while len(lanes) < self._max_batch:
             if not lanes:
                 lane = await ready.get()
             elif not ready.empty():
                 lane = ready.get_nowait()
+            elif backlog:
+                break  # the keys ready are all there are for now: waiting would only add delay
             else:
                 if until is None:
                     until = loop.time() + self._max_batch_wait
@@ -121,6 +126,8 @@ class BatchDispatch(Dispatch):
             state = lane.partition
             if not (state.revoking or state.revoked):
                 lanes.append(lane)
+                if len(lane.messages) > 1:
+                    backlog = True
         return lanes
 
     async def _deliver_lanes(self, lanes: list[Lane]) -> None:
