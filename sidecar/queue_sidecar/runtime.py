@@ -51,9 +51,8 @@ GAUGE_REFRESH_SECONDS = 10.0
 RESTART_INITIAL_SECONDS = 1.0
 RESTART_MAX_SECONDS = 30.0
 STABLE_RUN_SECONDS = 60.0  # a consumer that ran this long starts its next backoff afresh
-# Messages in flight at once per queue under bulk delivery, at most. The dq consumer keeps a
-# thread and a Redis connection per call in flight, so it gets fewer than Kafka's async lanes.
-KQ_MAX_BULK_CONCURRENCY = 2000
+# Jobs in flight at once per delay queue under bulk delivery, at most: the dq consumer keeps a
+# thread and a Redis connection per call in flight. (Kafka forms its batches in the engine.)
 DQ_MAX_BULK_CONCURRENCY = 256
 
 
@@ -95,7 +94,7 @@ class Sidecar:
         backstop = policy.timeout * max(1, len(self.config.queues)) + 5.0
         return dataclasses.replace(policy, timeout=backstop)
 
-    def _engine_concurrency(self, queue: DelayQueueConfig | KafkaQueueConfig, cap: int) -> int:
+    def _engine_concurrency(self, queue: DelayQueueConfig, cap: int) -> int:
         """Messages the engine hands out at once: one per app call, or enough to fill every batch.
 
         With bulk delivery the app still sees at most ``maxConcurrency`` calls at a time (one
@@ -164,7 +163,10 @@ class Sidecar:
                 list(queue.brokers), queue.topic, queue.group, security
             )
 
-        handler = self.delivery.kafka_handler(policy.timeout, queue.delivery.bulk)
+        # Bulk: the engine forms the batches, ``maxConcurrency`` of them in flight (one app call each).
+        bulk = queue.delivery.bulk
+        handler = None if bulk is not None else self.delivery.kafka_handler(policy.timeout)
+        batch_handler = None if bulk is None else self.delivery.kafka_batch_handler(policy.timeout)
 
         def new_consumer() -> Consumer:
             consumer = KafkaConsumer(
@@ -172,8 +174,11 @@ class Sidecar:
                 queue.topic,
                 queue.group,
                 handler,
+                batch_handler=batch_handler,
+                max_batch=None if bulk is None else bulk.max_messages,
+                max_batch_wait=None if bulk is None else bulk.max_wait,
                 offset=queue.offset,
-                concurrency=self._engine_concurrency(queue, KQ_MAX_BULK_CONCURRENCY),
+                concurrency=self.config.app.max_concurrency,
                 policy=self._engine_policy(policy),
                 dead_letter_topic=queue.dead_letter_topic,
                 security=security,

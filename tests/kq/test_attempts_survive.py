@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from kq.kq_helpers import (
     FAST_GROUP,
     Recorder,
@@ -26,16 +27,17 @@ from queue_engine.policy import Backoff, DeliveryPolicy, Outcome
 POISON_CONSUMER = Path(__file__).with_name("poison_consumer.py")
 
 
+def _lines(path: Path) -> list[list[str]]:
+    return [line.split() for line in path.read_text().splitlines() if line] if path.exists() else []
+
+
 def _calls(path: Path) -> list[tuple[int, int, str]]:
-    if not path.exists():
-        return []
-    return [
-        (int(o), int(a), v) for o, a, v in (line.split() for line in path.read_text().splitlines() if line)
-    ]
+    return [(int(o), int(a), v) for o, a, v, *_ in _lines(path)]
 
 
+@pytest.mark.parametrize("mode", ["single", "batch"])
 async def test_a_message_that_kills_the_process_is_dead_lettered_after_max_attempts_deaths(
-    bootstrap: str, unique: str, tmp_path: Path
+    bootstrap: str, unique: str, tmp_path: Path, mode: str
 ) -> None:
     create_topics(bootstrap, (unique, 1), (f"{unique}.dlq", 1))
     values = ["a", "b", "poison", "c", "d"]
@@ -43,7 +45,7 @@ async def test_a_message_that_kills_the_process_is_dead_lettered_after_max_attem
         bootstrap, unique, [(f"k{i}".encode(), v.encode()) for i, v in enumerate(values)], partition=0
     )
     outfile = tmp_path / "calls.txt"
-    argv = [sys.executable, str(POISON_CONSUMER), bootstrap, unique, unique, str(outfile)]
+    argv = [sys.executable, str(POISON_CONSUMER), bootstrap, unique, unique, str(outfile), mode]
 
     deaths = 0
     survivor = None
@@ -78,6 +80,10 @@ async def test_a_message_that_kills_the_process_is_dead_lettered_after_max_attem
     )
     handled = {value for _, _, value in calls if value != "poison"}
     assert handled == {"a", "b", "c", "d"}, calls
+    if mode == "batch":
+        # Its bystanders were in its first batch; after that first death it was called alone.
+        sizes = [int(line[3]) for line in _lines(outfile) if line[2] == "poison"]
+        assert sizes[0] > 1 and sizes[1:] == [1, 1], _lines(outfile)
 
     dead = read_raw(bootstrap, f"{unique}.dlq", 1, 1)
     assert [r.value() for r in dead] == [b"poison"]  # bystanders were never dead-lettered

@@ -10,8 +10,9 @@ The histogram is filled the way ``Histogram.observe`` fills it (the sum, and the
 whose upper bound is at least the value; the exposition accumulates), through the child's
 value objects, as ``observe`` has no "n observations of this bucket" form.
 
-``in_flight`` likewise: a call that awaits adds one to ``running`` when it starts awaiting
-and takes it off when it ends; a flush adds the change since the last one to the gauge (an
+``in_flight`` likewise: a call that awaits adds its messages to ``running`` when it starts
+awaiting (:meth:`began`: one, or a batch's) and takes them off when it ends (:meth:`ended`,
+with or without a result); a flush adds the change since the last one to the gauge (an
 ``inc`` by the difference, so consumers sharing a queue name add up as before).
 """
 
@@ -52,33 +53,34 @@ class CallMetrics:
         self._buckets = [0] * len(self._bounds)
         self._sum = 0.0
         self._in_flight: Any = metrics.IN_FLIGHT.labels("kafka", queue)
-        self.running = 0  # calls that awaited and have not ended yet
+        self.running = 0  # messages in calls that awaited and have not ended yet
         self._shown = 0  # what the gauge got of them so far
         self._scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def began(self) -> None:
-        """A call awaits: in flight from now (the caller takes it off ``running`` at its end,
-        then calls :meth:`called`, or :meth:`left` if it ends without a result)."""
-        self.running += 1
-        if not self._scheduled:
-            self._schedule()
+    def began(self, count: int = 1) -> None:
+        """``count`` messages are in a call that awaits (a batch call holds several): in flight
+        from now until :meth:`ended`."""
+        self.running += count
+        self._flush_soon()
 
-    def left(self) -> None:
-        """A call that awaited ended without a result (its worker was cancelled at stop)."""
-        self.running -= 1
-        if not self._scheduled:
-            self._schedule()
+    def ended(self, count: int = 1) -> None:
+        """A call that awaited ended, with a result or without one (its worker was cancelled
+        at stop): its ``count`` messages are no longer in flight."""
+        self.running -= count
+        self._flush_soon()
 
     def called(self, result: int, seconds: float) -> None:
-        """One handler call ended: ``result`` is an index into RESULTS."""
+        """One message's handler call ended: ``result`` is an index into RESULTS."""
         self._counts[result] += 1
         self._buckets[bisect_left(self._bounds, seconds)] += 1
         self._sum += seconds
-        if not self._scheduled:
-            self._schedule()
+        self._flush_soon()
 
-    def _schedule(self) -> None:
+    def _flush_soon(self) -> None:
+        """Something changed: one :meth:`flush` per loop turn writes it (scheduled once)."""
+        if self._scheduled:
+            return
         self._scheduled = True
         loop = self._loop
         if loop is None:

@@ -7,6 +7,7 @@ Where things are (each module states the thread it runs on and what it guarantee
 - poll_thread.py: the one thread that owns librdkafka's Consumer (poll, commit,
   pause/resume, rebalance callbacks), with its commands in poll_commands.py;
 - dispatch.py: per-key lanes, worker tasks, handler calls and what their outcomes do;
+  batch_dispatch.py: the batch workers that take their place with ``batch_handler``;
 - offsets.py (what may be committed), attempt_book.py + attempt_journal.py + solo_gate.py
   (attempt counts that survive crashes), dead_letter_writer.py, call_metrics.py, lag.py,
   deadlines.py (the watchdog that cuts handler calls at their timeout).
@@ -26,7 +27,8 @@ Guarantees:
   also across a rebalance: a call abandoned at a revoke holds back the key when the partition
   comes back to this consumer. Records without a key have no order and run fully
   concurrently, as Kafka gives them none;
-- at most ``concurrency`` handler calls run at once; a partition whose uncommitted backlog
+- at most ``concurrency`` handler calls run at once (with ``batch_handler``: batches, of at
+  most ``max_batch`` messages each, see batch_dispatch.py); a partition whose uncommitted backlog
   reaches ``max_uncommitted`` is paused until it halves, so memory stays flat; every partition
   is resumed when it is assigned (librdkafka keeps a pause across a rebalance);
 - a dead letter that cannot be written is never committed past; waits for the app and
@@ -42,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
 import threading
 import time
 import uuid
@@ -56,6 +59,7 @@ from queue_engine.durations import format_duration
 from queue_engine.errors import ConfigError, QueueError, Unavailable
 from queue_engine.kq.attempt_book import PartitionAttempts
 from queue_engine.kq.attempt_journal import AttemptJournal, PartitionRecord
+from queue_engine.kq.batch_dispatch import BatchDispatch, BatchHandler, one_at_a_time
 from queue_engine.kq.call_metrics import CallMetrics
 from queue_engine.kq.config import (
     check_brokers,
@@ -66,7 +70,7 @@ from queue_engine.kq.config import (
     without_consumer_keys,
 )
 from queue_engine.kq.dead_letter_writer import DeadLetterPusher, DeadLetterWriter, nap
-from queue_engine.kq.dispatch import Dispatch, Handler, Lane, PartitionState
+from queue_engine.kq.dispatch import Handler, Lane, PartitionState
 from queue_engine.kq.lag import AdminLag
 from queue_engine.kq.message import from_record
 from queue_engine.kq.poll_commands import PollCommands
@@ -90,18 +94,31 @@ DEFAULT_POLICY = DeliveryPolicy()
 LEASE_SPAN = 1000
 JOURNAL_TIMEOUT = 5.0
 JOURNAL_RETRY = 2.0  # seconds between tries to read the journal at an assignment
+DEFAULT_MAX_BATCH = 100
+DEFAULT_MAX_BATCH_WAIT = 0.01
 
 
-class KafkaConsumer(PollThread, Dispatch):
-    """Consume ``topic`` in consumer group ``group`` and hand each record to ``handler``."""
+class KafkaConsumer(PollThread, BatchDispatch):
+    """Consume ``topic`` in consumer group ``group`` and hand each record to ``handler``.
+
+    Or, with ``batch_handler`` instead of ``handler``, hand records in batches: up to
+    ``max_batch`` (default 100) messages per call, a partial batch waiting at most
+    ``max_batch_wait`` seconds (default 0.01) for more; the handler answers one Outcome per
+    message, in order. ``concurrency`` then counts batches in flight. Per key order, retries,
+    dead letters and the attempts journal work per message as with ``handler``
+    (batch_dispatch.py says how).
+    """
 
     def __init__(
         self,
         brokers: Sequence[str],
         topic: str,
         group: str,
-        handler: Handler,
+        handler: Handler | None = None,
         *,
+        batch_handler: BatchHandler | None = None,
+        max_batch: int | None = None,
+        max_batch_wait: float | None = None,
         offset: str = "last",
         concurrency: int = 8,
         policy: DeliveryPolicy = DEFAULT_POLICY,
@@ -154,6 +171,28 @@ class KafkaConsumer(PollThread, Dispatch):
             ),
             "dead-letter producer",
         )
+        if (handler is None) == (batch_handler is None):
+            raise ConfigError(
+                "handler, batch_handler: give exactly one (handler: one message per call; "
+                "batch_handler: a sequence of messages per call, one Outcome each)"
+            )
+        if batch_handler is None:
+            if max_batch is not None or max_batch_wait is not None:
+                raise ConfigError("max_batch, max_batch_wait: only with batch_handler; drop them or use one")
+        else:
+            max_batch = DEFAULT_MAX_BATCH if max_batch is None else max_batch
+            max_batch_wait = DEFAULT_MAX_BATCH_WAIT if max_batch_wait is None else max_batch_wait
+            if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
+                raise ConfigError(f"max_batch: {max_batch!r}; use a whole number of 1 or more")
+            if not (isinstance(max_batch_wait, (int, float)) and 0 <= max_batch_wait < math.inf):
+                raise ConfigError(f"max_batch_wait: {max_batch_wait!r}; use seconds, 0 or more")
+            self._batch_handler = batch_handler
+            handler = one_at_a_time(batch_handler, self.name)  # the full path's calls: batches of one
+        self._batched = batch_handler is not None
+        self._max_batch = max_batch or 1
+        self._max_batch_wait = float(max_batch_wait or 0.0)
+        self._forming = asyncio.Lock()
+        assert handler is not None
         self._handler = handler
         # Metric children looked up once: labels() costs more than the increment itself.
         self._received = metrics.RECEIVED.labels("kafka", self.name)
@@ -265,7 +304,8 @@ class KafkaConsumer(PollThread, Dispatch):
             name=self.name,
         )
         self._dlq = DeadLetterWriter(pusher, self.dead_letter_topic, self.name, self._policy)
-        self._workers = [asyncio.create_task(self._worker()) for _ in range(self._concurrency)]
+        worker = self._batch_worker if self._batched else self._worker
+        self._workers = [asyncio.create_task(worker()) for _ in range(self._concurrency)]
         self._thread = threading.Thread(target=self._poll_main, name=f"kq-consume-{self.name}", daemon=True)
         self._thread.start()
         try:

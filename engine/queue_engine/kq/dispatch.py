@@ -3,7 +3,9 @@
 Runs on: the event loop only. ``KafkaConsumer`` mixes this in; the state it uses is declared
 below. The intake (consumer.py) puts each received record in its partition's lane for its key
 (a keyless record gets a lane of its own) and queues the lane for a worker; ``concurrency``
-workers take lanes and deliver up to RUN_LENGTH of a lane's messages in a row.
+workers take lanes and deliver up to RUN_LENGTH of a lane's messages in a row. With a
+``batch_handler``, batch_dispatch.py's workers take their place and keep the rules below per
+message, with one handler call and one deadline per batch.
 
 What it guarantees:
 - one key of one partition is in one lane, and a lane is with at most one worker at a time, so
@@ -137,19 +139,8 @@ class Dispatch:
             await self._wait_for_app()
             if self._stopping:
                 return
-            if state.revoking or state.revoked:
+            if not self._take(lane):
                 continue
-            slot = None if lane.key is None else (state.number, lane.key)
-            if slot is not None:
-                holder = self._key_calls.get(slot)
-                if holder is not None and holder is not lane:
-                    # A call of an earlier assignment, abandoned at its revoke, still runs for
-                    # this key: start the next one only after it ended, never beside it.
-                    self._key_waiting.setdefault(slot, []).append(lane)
-                    continue
-                self._key_calls[slot] = lane
-            state.running += 1
-            state.idle.clear()
             try:
                 await self._drain(lane)
             except Exception:  # a bug must not kill the worker nor wedge the key's lane
@@ -157,16 +148,42 @@ class Dispatch:
                 if not lane.more:
                     self._requeue_later(lane, 1.0)
             finally:
-                state.running -= 1
-                if not state.running:
-                    state.idle.set()
-                if slot is not None:
-                    del self._key_calls[slot]
-                    for waiting in self._key_waiting.pop(slot, []):
-                        self._requeue(waiting)
-                if lane.more:  # the run was cut short: back in line behind the other lanes
-                    lane.more = False
-                    self._requeue(lane)
+                self._let_go(lane)
+
+    def _take(self, lane: Lane) -> bool:
+        """A worker takes the lane for its head's delivery; False: not now (the partition left,
+        or a call of an earlier assignment still runs for this key: the lane waits for it)."""
+        state = lane.partition
+        if state.revoking or state.revoked:
+            return False
+        if lane.key is not None:
+            slot = (state.number, lane.key)
+            holder = self._key_calls.get(slot)
+            if holder is not None and holder is not lane:
+                # A call of an earlier assignment, abandoned at its revoke, still runs for
+                # this key: start the next one only after it ended, never beside it.
+                self._key_waiting.setdefault(slot, []).append(lane)
+                return False
+            self._key_calls[slot] = lane
+        state.running += 1
+        state.idle.clear()
+        return True
+
+    def _let_go(self, lane: Lane) -> None:
+        """The worker is done with the lane (:meth:`_take`): its key is free, and if more of its
+        messages wait, it goes back in line behind the other lanes."""
+        state = lane.partition
+        state.running -= 1
+        if not state.running:
+            state.idle.set()
+        if lane.key is not None:
+            slot = (state.number, lane.key)
+            del self._key_calls[slot]
+            for waiting in self._key_waiting.pop(slot, []):
+                self._requeue(waiting)
+        if lane.more:  # the run was cut short: back in line behind the other lanes
+            lane.more = False
+            self._requeue(lane)
 
     async def _drain(self, lane: Lane) -> None:
         """Event loop: deliver the lane's messages one after another, up to RUN_LENGTH of them,
@@ -437,16 +454,19 @@ class Dispatch:
                     cut = task.uncancel() == 0  # only the watchdog's cancel: a timeout
         except asyncio.CancelledError:
             if cut:
-                outcome = Outcome.retry(f"handler timed out after {format_duration(self._policy.timeout)}")
+                outcome = self._timed_out()
             elif task.cancelling():
-                call_metrics.left()
                 raise  # we are being stopped: not a call that ended
             else:
                 outcome = Outcome.retry("handler was cancelled")  # cancelled from inside, not by us
         except Exception as exc:
             outcome = self._raised(message, exc)
-        call_metrics.running -= 1
+        finally:
+            call_metrics.ended()
         return self._call_end(outcome, started)
+
+    def _timed_out(self) -> Outcome:
+        return Outcome.retry(f"handler timed out after {format_duration(self._policy.timeout)}")
 
     def _raised(self, message: KafkaMessage, exc: Exception) -> Outcome:
         log.warning("consumer %s: handler raised on %s: %r", self.name, message_id(message), exc)

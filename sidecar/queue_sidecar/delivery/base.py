@@ -188,18 +188,29 @@ class AppDelivery:
 
         return handle
 
-    def kafka_handler(
-        self, timeout: float, bulk: BulkConfig | None = None
-    ) -> Callable[[KafkaMessage], Awaitable[Outcome]]:
-        send = self._sender(timeout, bulk)
+    def kafka_handler(self, timeout: float) -> Callable[[KafkaMessage], Awaitable[Outcome]]:
+        """One message per app call (for bulk delivery see :meth:`kafka_batch_handler`)."""
 
         async def handle(message: KafkaMessage) -> Outcome:
-            return await send(Envelope.from_kafka_message(message))
+            return await self.deliver(Envelope.from_kafka_message(message), timeout)
+
+        return handle
+
+    def kafka_batch_handler(
+        self, timeout: float
+    ) -> Callable[[Sequence[KafkaMessage]], Awaitable[Sequence[Outcome]]]:
+        """Bulk delivery of a Kafka queue: the engine forms the batches (its ``batch_handler``:
+        one call and one deadline per batch, per-key order and each message's outcome kept),
+        so no batcher sits between."""
+
+        async def handle(messages: Sequence[KafkaMessage]) -> Sequence[Outcome]:
+            return await self.deliver_batch([Envelope.from_kafka_message(m) for m in messages], timeout)
 
         return handle
 
     def _sender(self, timeout: float, bulk: BulkConfig | None) -> Callable[[Envelope], Awaitable[Outcome]]:
-        """One message per app call, or (bulk) a batcher of the queue's own: batches never mix queues."""
+        """One message per app call, or (bulk, delay queues) a batcher of the queue's own:
+        batches never mix queues."""
         if bulk is None:
             return lambda envelope: self.deliver(envelope, timeout)
 

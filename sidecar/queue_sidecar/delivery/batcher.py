@@ -1,13 +1,13 @@
-"""Gathers one queue's concurrent delivery attempts into batches: bulk delivery's only new state.
+"""Gathers a delay queue's concurrent delivery attempts into batches: bulk delivery for dq.
 
-The engines stay as they are: they call the handler once per message, concurrently, and act
-on each message's own Outcome (retry with backoff, bury, dead-letter) exactly as in single
-delivery. Each call here parks its message until the batch is full (``max_messages``) or the
-first message waited ``max_wait``; one call to the app then answers them all.
+The dq engine stays as it is: it calls the handler once per job, concurrently, and acts on
+each job's own Outcome (retry with backoff, bury) exactly as in single delivery. Each call here
+parks its job until the batch is full (``max_messages``) or the first job waited ``max_wait``;
+one call to the app then answers them all.
 
-Per-key order comes from the Kafka engine for free: it hands a key's next message to the
-handler only after the previous one's outcome is settled, so a batch never holds two messages
-of one key and no two batches in flight share a key.
+Kafka queues do not come here: the Kafka engine forms their batches itself
+(``KafkaConsumer(batch_handler=...)``, one call and one deadline per batch, per-key order
+kept), which costs far less per message than a parked call per message.
 """
 
 from __future__ import annotations
