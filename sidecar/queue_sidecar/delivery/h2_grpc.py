@@ -211,6 +211,8 @@ class H2Connection(asyncio.Protocol):
         assert self._transport is not None
         stream = Stream(self, self._next_id, self._initial_window)
         self._next_id += 2
+        if self._next_id > _MAX_WINDOW:  # stream ids used up (after about a billion streams)
+            self.open_for_streams = False
         self._streams[stream.id] = stream
         self._transport.write(_frame(_HEADERS, _END_HEADERS, stream.id, self._request_headers))
         return stream
