@@ -154,6 +154,9 @@ class H2Connection(asyncio.Protocol):
         self._max_frame = 16384
         self._received = 0
         self._window_opened: asyncio.Future[None] | None = None
+        # Frames written in one turn of the event loop go out in one system call: when acks for
+        # several streams arrive together, their next messages leave together.
+        self._outbox: list[bytes] = []
         self._error: StreamClosed | None = None
         self.open_for_streams = False
         self._request_headers = (
@@ -214,7 +217,7 @@ class H2Connection(asyncio.Protocol):
         if self._next_id > _MAX_WINDOW:  # stream ids used up (after about a billion streams)
             self.open_for_streams = False
         self._streams[stream.id] = stream
-        self._transport.write(_frame(_HEADERS, _END_HEADERS, stream.id, self._request_headers))
+        self._send(_frame(_HEADERS, _END_HEADERS, stream.id, self._request_headers))
         return stream
 
     def write_message(self, stream: Stream, data: bytes) -> asyncio.Future[None] | None:
@@ -226,7 +229,7 @@ class H2Connection(asyncio.Protocol):
         if size <= self._max_frame and size <= self._send_window and size <= stream.send_window:
             self._send_window -= size
             stream.send_window -= size
-            self._transport.write(_frame(_DATA, 0, stream.id, data))
+            self._send(_frame(_DATA, 0, stream.id, data))
             return None
         return asyncio.ensure_future(self._write_when_open(stream, data))
 
@@ -244,17 +247,28 @@ class H2Connection(asyncio.Protocol):
                 continue
             self._send_window -= size
             stream.send_window -= size
-            self._transport.write(_frame(_DATA, 0, stream.id, bytes(view[:size])))
+            self._send(_frame(_DATA, 0, stream.id, bytes(view[:size])))
             view = view[size:]
 
     def reset(self, stream: Stream) -> None:
         if self._streams.pop(stream.id, None) is not None and self._transport is not None:
-            self._transport.write(_frame(_RST_STREAM, 0, stream.id, _CANCEL.to_bytes(4, "big")))
+            self._send(_frame(_RST_STREAM, 0, stream.id, _CANCEL.to_bytes(4, "big")))
 
     def close(self) -> None:
         self.open_for_streams = False
+        self._flush()
         if self._transport is not None:
             self._transport.close()
+
+    def _send(self, frame: bytes) -> None:
+        self._outbox.append(frame)
+        if len(self._outbox) == 1:
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        frames, self._outbox = self._outbox, []
+        if frames and self._transport is not None and not self._transport.is_closing():
+            self._transport.write(b"".join(frames))
 
     # frames
     def _on_frame(self, kind: int, flags: int, stream_id: int, payload: bytes) -> None:
@@ -281,7 +295,7 @@ class H2Connection(asyncio.Protocol):
                 self._on_settings(payload)
         elif kind == _PING:
             if not flags & _ACK and self._transport is not None:
-                self._transport.write(_frame(_PING, _ACK, 0, payload))
+                self._send(_frame(_PING, _ACK, 0, payload))
         elif kind == _WINDOW_UPDATE:
             increment = int.from_bytes(payload[:4], "big") & _MAX_WINDOW
             if stream_id == 0:
@@ -302,14 +316,14 @@ class H2Connection(asyncio.Protocol):
     def _on_data(self, flags: int, stream_id: int, payload: bytes) -> None:
         self._received += len(payload)
         if self._received >= _REFILL_AT and self._transport is not None:
-            self._transport.write(_frame(_WINDOW_UPDATE, 0, 0, self._received.to_bytes(4, "big")))
+            self._send(_frame(_WINDOW_UPDATE, 0, 0, self._received.to_bytes(4, "big")))
             self._received = 0
         stream = self._streams.get(stream_id)
         if stream is None:
             return
         stream.received += len(payload)
         if stream.received >= _REFILL_AT and self._transport is not None:
-            self._transport.write(_frame(_WINDOW_UPDATE, 0, stream_id, stream.received.to_bytes(4, "big")))
+            self._send(_frame(_WINDOW_UPDATE, 0, stream_id, stream.received.to_bytes(4, "big")))
             stream.received = 0
         if flags & _PADDED:
             payload = payload[1 : len(payload) - payload[0]]
@@ -351,7 +365,7 @@ class H2Connection(asyncio.Protocol):
             elif setting == _SETTINGS_MAX_FRAME_SIZE:
                 self._max_frame = value
         if self._transport is not None:
-            self._transport.write(_frame(_SETTINGS, _ACK, 0))
+            self._send(_frame(_SETTINGS, _ACK, 0))
         self._wake_writers()
 
     def _on_goaway(self, payload: bytes) -> None:
