@@ -35,6 +35,7 @@ class Handler(queue_pb2_grpc.MessageHandlerServicer):
         self.answer = answer
         self.methods: list[str] = []
         self.bodies: list[bytes] = []
+        self.streams_cancelled = 0
 
     async def Handle(self, request: queue_pb2.Message, context: Any) -> queue_pb2.Ack:
         self.methods.append("Handle")
@@ -42,12 +43,18 @@ class Handler(queue_pb2_grpc.MessageHandlerServicer):
         return await self.answer(request, context)
 
     async def HandleStream(self, requests: AsyncIterator[queue_pb2.Message], context: Any) -> Any:
-        async for request in requests:
-            self.methods.append("HandleStream")
-            self.bodies.append(request.body)
-            ack = await self.answer(request, context)
-            ack.id = request.id
-            yield ack
+        try:
+            async for request in requests:
+                self.methods.append("HandleStream")
+                self.bodies.append(request.body)
+                ack = await self.answer(request, context)
+                ack.id = request.id
+                yield ack
+                if request.body == b"twice":  # a broken app: a second answer to one message
+                    yield ack
+        except asyncio.CancelledError:
+            self.streams_cancelled += 1
+            raise
 
 
 async def succeed(request: queue_pb2.Message, context: Any) -> queue_pb2.Ack:
@@ -135,6 +142,25 @@ async def test_a_timed_out_message_is_retried_and_the_next_one_gets_a_fresh_stre
         assert (late.verdict, late.error) == (Verdict.RETRY, "app did not answer within 0.3s")
         assert (await transport.send(envelope(b"next"), 5)).verdict is Verdict.SUCCESS
         assert handler.bodies == [b"slow", b"next"]
+    finally:
+        await transport.close()
+
+
+async def test_a_second_answer_to_one_message_ends_that_stream(
+    serve: Callable[..., Awaitable[tuple[grpc.aio.Server, Handler]]],
+) -> None:
+    port = free_port()
+    _, handler = await serve(port=port)
+    transport = GrpcTransport("127.0.0.1", port)
+    try:
+        assert (await transport.send(envelope(b"twice"), 5)).verdict is Verdict.SUCCESS
+        for _ in range(100):  # the stray answer arrives after the first one: the stream is reset
+            if handler.streams_cancelled:
+                break
+            await asyncio.sleep(0.02)
+        assert handler.streams_cancelled == 1
+        assert (await transport.send(envelope(b"next"), 5)).verdict is Verdict.SUCCESS
+        assert handler.bodies == [b"twice", b"next"]
     finally:
         await transport.close()
 

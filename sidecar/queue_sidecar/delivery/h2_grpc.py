@@ -103,9 +103,10 @@ class Stream:
         self.reset()
 
     def reset(self) -> None:
+        """End the stream from the sidecar's side (RST_STREAM, unless it has ended already)."""
         if self.closed is None:
             self.closed = StreamClosed(grpc.StatusCode.CANCELLED, "cancelled by the sidecar")
-            self.connection.reset(self)
+        self.connection.reset(self)
 
     def on_data(self, data: bytes) -> None:
         inbox = self._inbox
