@@ -1,0 +1,245 @@
+"""The sidecar's own HTTP/2 client for ``HandleStream`` (delivery/h2_grpc.py), against grpc's server.
+
+The sidecar's transport is driven directly (no engine) against a real ``grpc.aio`` server
+in this process, for what the delivery tests through the sidecar do not reach: messages larger
+than a frame and than the server's flow-control window, status details that must be decoded,
+a timed-out message followed by more on a fresh stream, a server that stops (GOAWAY) and one
+that comes back on the same port. HPACK is checked against RFC 7541's own examples.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+import pytest
+
+from harness.servers import free_port
+from queue_engine.policy import Verdict
+from queue_sidecar.delivery.envelope import Envelope
+from queue_sidecar.delivery.grpc import GrpcTransport
+from queue_sidecar.delivery.hpack import Decoder, HpackError, huffman_decode
+from queue_sidecar.proto import queue_pb2, queue_pb2_grpc
+
+Answer = Callable[[queue_pb2.Message, Any], Awaitable[queue_pb2.Ack]]
+
+
+def envelope(body: bytes = b"hello", message_id: str = "orders/0/1") -> Envelope:
+    return Envelope(kind="kafka", queue="orders", id=message_id, attempt=1, body=body, partition=0, offset=1)
+
+
+class Handler(queue_pb2_grpc.MessageHandlerServicer):
+    def __init__(self, answer: Answer) -> None:
+        self.answer = answer
+        self.methods: list[str] = []
+        self.bodies: list[bytes] = []
+        self.streams_cancelled = 0
+
+    async def Handle(self, request: queue_pb2.Message, context: Any) -> queue_pb2.Ack:
+        self.methods.append("Handle")
+        self.bodies.append(request.body)
+        return await self.answer(request, context)
+
+    async def HandleStream(self, requests: AsyncIterator[queue_pb2.Message], context: Any) -> Any:
+        try:
+            async for request in requests:
+                self.methods.append("HandleStream")
+                self.bodies.append(request.body)
+                ack = await self.answer(request, context)
+                ack.id = request.id
+                yield ack
+                if request.body == b"twice":  # a broken app: a second answer to one message
+                    yield ack
+        except asyncio.CancelledError:
+            self.streams_cancelled += 1
+            raise
+
+
+async def succeed(request: queue_pb2.Message, context: Any) -> queue_pb2.Ack:
+    return queue_pb2.Ack(status=queue_pb2.Ack.SUCCESS)
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Callable[..., Awaitable[tuple[grpc.aio.Server, Handler]]]]:
+    servers: list[grpc.aio.Server] = []
+
+    async def start(answer: Answer = succeed, port: int | None = None) -> tuple[grpc.aio.Server, Handler]:
+        handler = Handler(answer)
+        server = grpc.aio.server()
+        queue_pb2_grpc.add_MessageHandlerServicer_to_server(handler, server)  # type: ignore[no-untyped-call]
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        await server.start()
+        servers.append(server)
+        return server, handler
+
+    yield start
+    for server in servers:
+        await server.stop(None)
+
+
+async def test_large_messages_go_out_in_frames_within_the_servers_window(
+    serve: Callable[..., Awaitable[tuple[grpc.aio.Server, Handler]]],
+) -> None:
+    port = free_port()
+    _, handler = await serve(port=port)
+    transport = GrpcTransport("127.0.0.1", port)
+    try:
+        # 16 KiB frames by default, a 64 KiB window until the server's SETTINGS raise it.
+        bodies = [bytes([i]) * size for i, size in enumerate((100, 70_000, 1_500_000, 16_384, 200_000))]
+        outcomes = await asyncio.gather(
+            *(transport.send(envelope(body, f"o/0/{i}"), 10) for i, body in enumerate(bodies))
+        )
+        assert [outcome.verdict for outcome in outcomes] == [Verdict.SUCCESS] * len(bodies)
+        assert sorted(handler.bodies) == sorted(bodies)
+        assert set(handler.methods) == {"HandleStream"}
+    finally:
+        await transport.close()
+
+
+async def test_the_apps_status_and_its_details_come_through(
+    serve: Callable[..., Awaitable[tuple[grpc.aio.Server, Handler]]],
+) -> None:
+    async def answer(request: queue_pb2.Message, context: Any) -> queue_pb2.Ack:
+        if request.body == b"abort":
+            await context.abort(grpc.StatusCode.INTERNAL, "boom: 100% ünïcode, twice boom: 100% ünïcode")
+        if request.body == b"later":
+            ack = queue_pb2.Ack(status=queue_pb2.Ack.RETRY, error="busy")
+            ack.retry_after.FromMilliseconds(1500)
+            return ack
+        return queue_pb2.Ack(status=queue_pb2.Ack.DROP, error="not for us")
+
+    port = free_port()
+    await serve(answer, port=port)
+    transport = GrpcTransport("127.0.0.1", port)
+    try:
+        for _ in range(2):  # the second time the server's HPACK table holds the headers
+            failed = await transport.send(envelope(b"abort"), 5)
+            assert failed.verdict is Verdict.RETRY and failed.attempted
+            assert failed.error == "app failed: INTERNAL: boom: 100% ünïcode, twice boom: 100% ünïcode"
+        later = await transport.send(envelope(b"later"), 5)
+        assert (later.verdict, later.error, later.retry_after) == (Verdict.RETRY, "busy", 1.5)
+        dropped = await transport.send(envelope(b"drop"), 5)
+        assert (dropped.verdict, dropped.error) == (Verdict.DROP, "not for us")
+    finally:
+        await transport.close()
+
+
+async def test_a_timed_out_message_is_retried_and_the_next_one_gets_a_fresh_stream(
+    serve: Callable[..., Awaitable[tuple[grpc.aio.Server, Handler]]],
+) -> None:
+    async def answer(request: queue_pb2.Message, context: Any) -> queue_pb2.Ack:
+        if request.body == b"slow":
+            await asyncio.sleep(3)
+        return queue_pb2.Ack(status=queue_pb2.Ack.SUCCESS)
+
+    port = free_port()
+    _, handler = await serve(answer, port=port)
+    transport = GrpcTransport("127.0.0.1", port)
+    try:
+        late = await transport.send(envelope(b"slow"), 0.3)
+        assert (late.verdict, late.error) == (Verdict.RETRY, "app did not answer within 0.3s")
+        assert (await transport.send(envelope(b"next"), 5)).verdict is Verdict.SUCCESS
+        assert handler.bodies == [b"slow", b"next"]
+    finally:
+        await transport.close()
+
+
+async def test_a_second_answer_to_one_message_ends_that_stream(
+    serve: Callable[..., Awaitable[tuple[grpc.aio.Server, Handler]]],
+) -> None:
+    port = free_port()
+    _, handler = await serve(port=port)
+    transport = GrpcTransport("127.0.0.1", port)
+    try:
+        assert (await transport.send(envelope(b"twice"), 5)).verdict is Verdict.SUCCESS
+        for _ in range(100):  # the stray answer arrives after the first one: the stream is reset
+            if handler.streams_cancelled:
+                break
+            await asyncio.sleep(0.02)
+        assert handler.streams_cancelled == 1
+        assert (await transport.send(envelope(b"next"), 5)).verdict is Verdict.SUCCESS
+        assert handler.bodies == [b"twice", b"next"]
+    finally:
+        await transport.close()
+
+
+async def test_a_stopped_server_means_unavailable_and_its_return_is_noticed(
+    serve: Callable[..., Awaitable[tuple[grpc.aio.Server, Handler]]],
+) -> None:
+    port = free_port()
+    server, _ = await serve(port=port)
+    transport = GrpcTransport("127.0.0.1", port)
+    try:
+        assert (await transport.send(envelope(b"first"), 5)).verdict is Verdict.SUCCESS
+        await server.stop(None)  # GOAWAY, then the connection closes
+        down = await transport.send(envelope(b"while-down"), 5)
+        assert down.verdict is Verdict.RETRY and not down.attempted  # not counted as an attempt
+        _, handler = await serve(port=port)
+        back = await transport.send(envelope(b"back"), 5)
+        assert back.verdict is Verdict.SUCCESS
+        assert handler.bodies == [b"back"] and handler.methods == ["HandleStream"]
+    finally:
+        await transport.close()
+
+
+async def test_a_server_without_handle_stream_gets_the_message_through_handle(
+    serve: Callable[..., Awaitable[tuple[grpc.aio.Server, Handler]]],
+) -> None:
+    port = free_port()
+    server = grpc.aio.server()
+    handler = Handler(succeed)
+    # Handle only: HandleStream answers UNIMPLEMENTED (a trailers-only answer).
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "queueoperator.v1.MessageHandler",
+                {
+                    "Handle": grpc.unary_unary_rpc_method_handler(
+                        handler.Handle,
+                        request_deserializer=queue_pb2.Message.FromString,
+                        response_serializer=queue_pb2.Ack.SerializeToString,
+                    )
+                },
+            ),
+        )
+    )
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    transport = GrpcTransport("127.0.0.1", port)
+    try:
+        assert (await transport.send(envelope(b"one"), 5)).verdict is Verdict.SUCCESS
+        assert (await transport.send(envelope(b"two"), 5)).verdict is Verdict.SUCCESS
+        assert handler.methods == ["Handle", "Handle"] and handler.bodies == [b"one", b"two"]
+    finally:
+        await transport.close()
+        await server.stop(None)
+
+
+def test_hpack_decodes_rfc_7541s_examples() -> None:
+    # RFC 7541 C.4: requests with Huffman coding, sharing one dynamic table.
+    decoder = Decoder()
+    assert decoder.decode(bytes.fromhex("828684418cf1e3c2e5f23a6ba0ab90f4ff")) == [
+        (":method", "GET"),
+        (":scheme", "http"),
+        (":path", "/"),
+        (":authority", "www.example.com"),
+    ]
+    assert decoder.decode(bytes.fromhex("828684be5886a8eb10649cbf"))[-2:] == [
+        (":authority", "www.example.com"),
+        ("cache-control", "no-cache"),
+    ]
+    assert decoder.decode(bytes.fromhex("828785bf408825a849e95ba97d7f8925a849e95bb8e8b4bf"))[-1] == (
+        "custom-key",
+        "custom-value",
+    )
+    # RFC 7541 C.3.1: the same without Huffman coding.
+    assert Decoder().decode(bytes.fromhex("828684410f7777772e6578616d706c652e636f6d"))[-1] == (
+        ":authority",
+        "www.example.com",
+    )
+    with pytest.raises(HpackError):
+        Decoder().decode(b"\xbe")  # index 62: the dynamic table is empty
+    with pytest.raises(HpackError):
+        huffman_decode(b"\xf1\x00")  # padding that is not a prefix of EOS
