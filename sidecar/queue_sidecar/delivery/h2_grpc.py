@@ -12,8 +12,8 @@ connection, so their reads and writes coalesce.
 What it implements of HTTP/2 (RFC 9113) is what a gRPC client needs against any server: the
 connection preface and SETTINGS, flow control both ways, frames split at the peer's maximum
 size, PING and SETTINGS acknowledgements, HEADERS with CONTINUATION and padding, RST_STREAM and
-GOAWAY. Headers are decoded with :mod:`.hpack`. Unary ``Handle`` and ``HandleBatch`` stay on
-``grpc.aio`` (see :mod:`.grpc`).
+GOAWAY. Header blocks are decoded with the ``hpack`` library (python-hyper's, the one h2
+uses). Unary ``Handle`` and ``HandleBatch`` stay on ``grpc.aio`` (see :mod:`.grpc`).
 """
 
 from __future__ import annotations
@@ -24,8 +24,7 @@ import urllib.parse
 from typing import cast
 
 import grpc
-
-from queue_sidecar.delivery.hpack import Decoder, HpackError, literal
+from hpack import Decoder, HPACKError
 
 _PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 # Frame kinds and flags (RFC 9113 section 6).
@@ -48,6 +47,33 @@ _HTTP_CODES = {
     503: grpc.StatusCode.UNAVAILABLE,
     504: grpc.StatusCode.UNAVAILABLE,
 }
+
+
+def _encode_integer(value: int, prefix_bits: int) -> bytes:
+    """An HPACK integer (RFC 7541 section 5.1) with a prefix of ``prefix_bits`` bits."""
+    limit = (1 << prefix_bits) - 1
+    if value < limit:
+        return bytes((value,))
+    out = bytearray((limit,))
+    value -= limit
+    while value >= 128:
+        out.append((value & 127) | 128)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def literal(name: str, value: str) -> bytes:
+    """A header as HPACK "literal without indexing", name and value as plain strings: the
+    sidecar's one header block is built once per connection and needs no table."""
+    encoded_name, encoded_value = name.encode(), value.encode()
+    return (
+        b"\x00"
+        + _encode_integer(len(encoded_name), 7)
+        + encoded_name
+        + _encode_integer(len(encoded_value), 7)
+        + encoded_value
+    )
 
 
 class StreamClosed(Exception):
@@ -205,7 +231,7 @@ class H2Connection(asyncio.Protocol):
                 payload = bytes(buffer[position + 9 : position + 9 + length])
                 position += 9 + length
                 self._on_frame(kind, flags, stream_id, payload)
-        except (HpackError, ValueError, IndexError, struct.error) as exc:
+        except (HPACKError, ValueError, IndexError, struct.error) as exc:
             self._abort(f"the app's HTTP/2 is not understood: {exc}")
             return
         del buffer[:position]
@@ -337,7 +363,8 @@ class H2Connection(asyncio.Protocol):
         assert self._header_block is not None
         stream_id, flags, block = self._header_block
         self._header_block = None
-        headers = dict(self._decoder.decode(bytes(block)))  # always: the table must stay in step
+        # Decoded always, even for a stream gone: the table must stay in step with the app's.
+        headers = cast("dict[str, str]", dict(self._decoder.decode(bytes(block))))
         stream = self._streams.get(stream_id)
         if stream is None:
             return
