@@ -7,9 +7,9 @@ call that awaits only notes its task and deadline in a dict (:meth:`begin`, :met
 timer stands at the earliest deadline known when it was set. Every call of a consumer has the
 same timeout, so a new deadline is almost never earlier than the one the timer waits for, and
 the timer fires about once per timeout, not per call. When it fires it cuts every call past its
-deadline the way ``asyncio.timeout`` does (``task.cancel()``; the call sees CancelledError,
-:meth:`end` says it was cut, and the caller turns it into a timeout if ``task.uncancel()``
-leaves no other cancel, e.g. a stop's) and sets itself at the earliest deadline left.
+deadline the way ``asyncio.timeout`` does (``task.cancel()``) and sets itself at the earliest
+deadline left. :meth:`run` turns the cut into :class:`CallTimedOut` when ``task.uncancel()``
+leaves no other cancel (a stop's cancel still propagates).
 
 A task (kq's worker, dq's copy holder) runs one call at a time, so a task is in the dict at
 most once, and the dict holds at most ``concurrency`` calls: its size is also the number of
@@ -21,7 +21,14 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class CallTimedOut(TimeoutError):
+    """The watchdog cut a call at its deadline (not a TimeoutError the handler raised itself)."""
 
 
 class Deadlines:
@@ -40,6 +47,31 @@ class Deadlines:
 
     def __len__(self) -> int:
         return len(self._calls)
+
+    async def run(self, awaitable: Awaitable[T], deadline: float) -> T:
+        """``await awaitable`` in the current task, cut at ``deadline`` (``loop.time()``).
+
+        Raises :class:`CallTimedOut` when only the watchdog cancelled it, as ``asyncio.timeout``
+        would; any other cancel (a stop's, or one from inside the call) propagates as
+        CancelledError. A cut that the awaitable swallowed (it returned or raised something
+        else) leaves no pending cancel behind.
+        """
+        task = asyncio.current_task()
+        assert task is not None
+        self.begin(task, deadline)
+        try:
+            result = await awaitable
+        except asyncio.CancelledError:
+            if self.end(task) and task.uncancel() == 0:
+                raise CallTimedOut from None
+            raise
+        except BaseException:
+            if self.end(task):
+                task.uncancel()  # cut, but the call raised something else meanwhile
+            raise
+        if self.end(task):
+            task.uncancel()  # cut, but the call swallowed the cancel and returned
+        return result
 
     def begin(self, task: asyncio.Task[Any], deadline: float) -> None:
         """``task`` runs a call that must end by ``deadline`` (``loop.time()``)."""

@@ -32,7 +32,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from queue_engine import eager, metrics
-from queue_engine.deadlines import Deadlines
+from queue_engine.deadlines import CallTimedOut, Deadlines
 from queue_engine.dq.beanstalk import Connection, Job
 from queue_engine.dq.consumer_context import KIND, ConsumerContext
 from queue_engine.dq.envelope import Envelope
@@ -321,12 +321,12 @@ class Delivery:
                 # cut anyway; the rest, from its first real wait on, is cut at the deadline.
                 first = eager.start(called)
                 if isinstance(first, eager.Started):
-                    outcome = await self._until(eager.resume(first), deadline)
+                    outcome = await self._deadlines.run(eager.resume(first), deadline)
                 else:
                     outcome = first
             else:
-                outcome = await self._until(called, deadline)
-        except TimeoutError:
+                outcome = await self._deadlines.run(called, deadline)
+        except CallTimedOut:
             return Outcome.retry(f"handler took longer than {self._policy.timeout:g}s")
         except asyncio.CancelledError:
             task = asyncio.current_task()
@@ -343,25 +343,3 @@ class Delivery:
             log.error("dq %s: handler returned %r, not an Outcome; retrying", queue, outcome)
             return Outcome.retry(f"handler returned {type(outcome).__name__}, expected Outcome")
         return outcome
-
-    async def _until(self, awaitable: Awaitable[Any], deadline: float) -> Any:
-        """``await awaitable``, cut at ``deadline`` (loop time) by the consumer's one watchdog
-        (no timer per call): TimeoutError when only the watchdog cancelled it, as
-        ``asyncio.timeout`` does; a stop's cancel still propagates."""
-        task = asyncio.current_task()
-        assert task is not None
-        deadlines = self._deadlines
-        deadlines.begin(task, deadline)
-        try:
-            result = await awaitable
-        except asyncio.CancelledError:
-            if deadlines.end(task) and task.uncancel() == 0:
-                raise TimeoutError from None
-            raise
-        except BaseException:
-            if deadlines.end(task):
-                task.uncancel()  # cut, but the handler raised something else meanwhile
-            raise
-        if deadlines.end(task):
-            task.uncancel()  # cut, but the handler swallowed the cancel and returned
-        return result

@@ -42,6 +42,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from queue_engine.deadlines import CallTimedOut
 from queue_engine.kq.dispatch import Dispatch, Handler, Lane
 from queue_engine.kq.message import KafkaMessage, message_id
 from queue_engine.policy import Outcome
@@ -207,7 +208,7 @@ class BatchDispatch(Dispatch):
             else:
                 rests.append(self._then_let_go(lane, rest))
         if unreached:
-            delay = max(0.0, self._app_down_until - time.monotonic())
+            delay = self._until_app_back()
             for lane in unreached:
                 self._requeue_later(lane, delay)
                 held.discard(lane)
@@ -223,39 +224,25 @@ class BatchDispatch(Dispatch):
         finally:
             self._let_go(lane)
 
-    def _delivery_failed(self, lane: Lane) -> None:
-        # A bug must not kill the worker nor wedge the key's lane.
-        log.exception("consumer %s: delivering from partition %d failed", self.name, lane.partition.number)
-        if not lane.more:
-            self._requeue_later(lane, 1.0)
-
     async def _call_batch(self, messages: list[KafkaMessage]) -> list[Outcome]:
         """Event loop, in a worker task: one batch handler call under one deadline, its metrics."""
         loop = self._loop
         assert loop is not None
-        task = asyncio.current_task()
-        assert task is not None
         count = len(messages)
         started = time.perf_counter()
-        deadlines = self._deadlines
-        deadlines.begin(task, loop.time() + self._policy.timeout)
         call_metrics = self._call_metrics
         call_metrics.began(count)
         results: Sequence[Any]
-        cut = False
+        deadline = loop.time() + self._policy.timeout
         try:
-            try:
-                answer: Any = await self._batch_handler(messages)
-            finally:
-                if deadlines.end(task):
-                    cut = task.uncancel() == 0  # only the watchdog's cancel: a timeout
+            answer: Any = await self._deadlines.run(self._batch_handler(messages), deadline)
+        except CallTimedOut:
+            results = [self._timed_out()] * count
         except asyncio.CancelledError:
-            if cut:
-                results = [self._timed_out()] * count
-            elif task.cancelling():
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
                 raise  # we are being stopped: not a call that ended
-            else:
-                results = [Outcome.retry("handler was cancelled")] * count
+            results = [Outcome.retry("handler was cancelled")] * count
         except Exception as exc:
             log.warning("consumer %s: batch handler raised on %d message(s): %r", self.name, count, exc)
             results = [Outcome.retry(f"{type(exc).__name__}: {exc}")] * count

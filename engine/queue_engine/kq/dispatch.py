@@ -37,7 +37,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 from queue_engine import eager, metrics
-from queue_engine.deadlines import Deadlines
+from queue_engine.deadlines import CallTimedOut, Deadlines
 from queue_engine.durations import format_duration
 from queue_engine.kq.attempt_book import RETRY_WRITE, PartitionAttempts
 from queue_engine.kq.call_metrics import RESULTS, UNAVAILABLE, CallMetrics
@@ -143,12 +143,16 @@ class Dispatch:
                 continue
             try:
                 await self._drain(lane)
-            except Exception:  # a bug must not kill the worker nor wedge the key's lane
-                log.exception("consumer %s: delivering from partition %d failed", self.name, state.number)
-                if not lane.more:
-                    self._requeue_later(lane, 1.0)
+            except Exception:
+                self._delivery_failed(lane)
             finally:
                 self._let_go(lane)
+
+    def _delivery_failed(self, lane: Lane) -> None:
+        """Called in an ``except`` block: a bug must not kill the worker nor wedge the key's lane."""
+        log.exception("consumer %s: delivering from partition %d failed", self.name, lane.partition.number)
+        if not lane.more:
+            self._requeue_later(lane, 1.0)
 
     def _take(self, lane: Lane) -> bool:
         """A worker takes the lane for its head's delivery; False: not now (the partition left,
@@ -317,7 +321,7 @@ class Dispatch:
             return None  # the partition moved on: the next owner delivers it again
         if not outcome.attempted:
             self._app_down(outcome)
-            self._requeue_later(lane, max(0.0, self._app_down_until - time.monotonic()))
+            self._requeue_later(lane, self._until_app_back())
             return None
         self._app_down_streak = 0
         if outcome.verdict is Verdict.SUCCESS:
@@ -438,27 +442,19 @@ class Dispatch:
         """
         loop = self._loop
         assert loop is not None
-        task = asyncio.current_task()
-        assert task is not None
-        deadlines = self._deadlines
-        deadlines.begin(task, loop.time() + self._policy.timeout - (time.perf_counter() - started))
+        deadline = loop.time() + self._policy.timeout - (time.perf_counter() - started)
         call_metrics = self._call_metrics
         call_metrics.began()
         outcome: Any
-        cut = False
         try:
-            try:
-                outcome = await eager.resume(result)
-            finally:
-                if deadlines.end(task):
-                    cut = task.uncancel() == 0  # only the watchdog's cancel: a timeout
+            outcome = await self._deadlines.run(eager.resume(result), deadline)
+        except CallTimedOut:
+            outcome = self._timed_out()
         except asyncio.CancelledError:
-            if cut:
-                outcome = self._timed_out()
-            elif task.cancelling():
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
                 raise  # we are being stopped: not a call that ended
-            else:
-                outcome = Outcome.retry("handler was cancelled")  # cancelled from inside, not by us
+            outcome = Outcome.retry("handler was cancelled")  # cancelled from inside, not by us
         except Exception as exc:
             outcome = self._raised(message, exc)
         finally:
@@ -501,6 +497,10 @@ class Dispatch:
                     "consumer %s: handler unavailable (%s); holding messages", self.name, outcome.error
                 )
             self._app_down_until = until
+
+    def _until_app_back(self) -> float:
+        """Seconds until the next probe of an unreachable handler target (0: none pending)."""
+        return max(0.0, self._app_down_until - time.monotonic())
 
     def _requeue_later(self, lane: Lane, delay: float) -> None:
         assert self._loop is not None
