@@ -4,7 +4,7 @@ The sidecar's transport is driven directly (no engine) against a real ``grpc.aio
 in this process, for what the delivery tests through the sidecar do not reach: messages larger
 than a frame and than the server's flow-control window, status details that must be decoded,
 a timed-out message followed by more on a fresh stream, a server that stops (GOAWAY) and one
-that comes back on the same port. HPACK is checked against RFC 7541's own examples.
+that comes back on the same port. The request header block is checked with an HPACK decoder.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from harness.servers import free_port
 from queue_engine.policy import Verdict
 from queue_sidecar.delivery.envelope import Envelope
 from queue_sidecar.delivery.grpc import GrpcTransport
-from queue_sidecar.delivery.h2_grpc import literal
+from queue_sidecar.delivery.h2_grpc import request_headers
 from queue_sidecar.proto import queue_pb2, queue_pb2_grpc
 
 Answer = Callable[[queue_pb2.Message, Any], Awaitable[queue_pb2.Ack]]
@@ -220,8 +220,21 @@ async def test_a_server_without_handle_stream_gets_the_message_through_handle(
 
 
 def test_the_request_header_block_decodes_as_written_with_long_values_too() -> None:
-    # The sidecar writes its header block itself (literals, no table); the app's HPACK decoder
-    # must read back exactly those headers, lengths of 127 and more included (multi-byte integers).
+    # The block is encoded once per connection and sent on every stream: the app's HPACK decoder
+    # must read back exactly those headers, lengths of 127 and more included (multi-byte
+    # integers), and the same bytes again on the next stream (no dynamic table entries).
     long_path = "/queueoperator.v1.MessageHandler/" + "x" * 300
-    block = literal(":path", long_path) + literal("te", "trailers") + literal("a" * 127, "")
-    assert Decoder().decode(block) == [(":path", long_path), ("te", "trailers"), ("a" * 127, "")]
+    block = request_headers(long_path, "app.example:50051")
+    expected = [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", long_path),
+        (":authority", "app.example:50051"),
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+        ("user-agent", "queue-sidecar"),
+    ]
+    decoder = Decoder()
+    assert decoder.decode(block) == expected
+    assert decoder.decode(block) == expected
+    assert len(decoder.header_table.dynamic_entries) == 0
