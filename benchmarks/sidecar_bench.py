@@ -513,6 +513,7 @@ async def run_sidecar(  # noqa: PLR0917
     result = Result(f"sidecar+{mode}" + (" (lean app)" if app_server == "lean-http" else ""), kind)
     calls: list[tuple[float, float]] = []
     app_cpus: list[float] = []
+    collections: list[list[float]] = []  # the sidecar's cyclic-GC runs per generation, paced run
 
     async def phase(pace: float, expect: int, concurrency: int) -> tuple[list[tuple[float, float]], float]:
         target = new_target(kind, servers, f"sidecar+{mode}")
@@ -554,11 +555,14 @@ async def run_sidecar(  # noqa: PLR0917
                 await wait_rows(rows, 1, 60)
                 warm_up = 1
                 cpu0, app_cpu0 = proc_cpu(sidecar.pid), proc_cpu(app.pid)
+                gc0 = gc_collections(await get_text(f"http://127.0.0.1:{health_port}/metrics"))
                 await target.send_from_child(expect, pace)
             await wait_rows(rows, expect + warm_up, 120)
             cpu = proc_cpu(sidecar.pid) - cpu0
             app_cpus.append(proc_cpu(app.pid) - app_cpu0)
             text = await get_text(f"http://127.0.0.1:{health_port}/metrics")
+            if pace:
+                collections.append([b - a for a, b in zip(gc0, gc_collections(text), strict=True)])
             calls.append(
                 (
                     histogram_quantile(text, APP_CALL, target.name, 0.5) * 1000,
@@ -591,7 +595,21 @@ async def run_sidecar(  # noqa: PLR0917
     latencies = [r[1] * 1000 for r in rows]
     result.p50_ms, result.p99_ms = percentile(latencies, 0.5), percentile(latencies, 0.99)
     result.call_p50_ms, result.call_p99_ms = calls[-1]
+    if collections:
+        result.notes.append(
+            "GC runs in the paced run, generations 0/1/2: {:.0f}/{:.0f}/{:.0f}".format(*collections[0])
+        )
     return result
+
+
+def gc_collections(metrics_text: str) -> list[float]:
+    """The process's cyclic-GC runs so far, per generation (prometheus_client's GC collector)."""
+    counts = [0.0, 0.0, 0.0]
+    for line in metrics_text.splitlines():
+        if line.startswith('python_gc_collections_total{generation="'):
+            labels, value = line.rsplit(" ", 1)
+            counts[int(labels.split('"')[1])] = float(value)
+    return counts
 
 
 async def get_text(url: str) -> str:
@@ -668,6 +686,9 @@ async def main(args: argparse.Namespace) -> None:
         f"+bulk: bulk delivery {BULK}; {os.cpu_count()} CPUs\n"
     )
     print(table(results))
+    for r in results:
+        for note in r.notes:
+            print(f"{r.kind} {r.mode}: {note}")
     print(
         "\nmsgs/s: backlog run, first to last arrival; ratio = over in-process.\n"
         "e2e: paced run; Kafka: producer send -> handler (mostly the broker's fetch cycle, noisy); "
