@@ -704,6 +704,60 @@ async def main(args: argparse.Namespace) -> None:
     )
 
 
+async def transport_only(protocols: list[str], count: int, concurrency: int) -> None:
+    """The sidecar's delivery transport alone (``HttpTransport`` / ``GrpcTransport.send``, no engine,
+    no broker) against the bench's app in a child process, ``concurrency`` calls in flight, on
+    the sidecar's event loop: its CPU per message resolves changes too small for the full runs."""
+    from queue_sidecar.delivery.envelope import Envelope  # noqa: PLC0415
+    from queue_sidecar.delivery.grpc import GrpcTransport  # noqa: PLC0415
+    from queue_sidecar.delivery.http import HttpTransport  # noqa: PLC0415
+
+    print("| app | msgs/s | sidecar CPU ms / msg | app CPU ms / msg |\n|---|---:|---:|---:|")
+    for protocol in protocols:
+        port = free_port()
+        with tempfile.TemporaryDirectory(prefix="transport-bench-") as tmp:
+            app = subprocess.Popen(  # noqa: ASYNC220
+                [sys.executable, __file__, "--serve", protocol, "--port", str(port), "--out", f"{tmp}/rows"]
+            )
+            try:
+                await asyncio.to_thread(wait_for_port, port, 30, app)
+                transport: Any = (
+                    GrpcTransport("127.0.0.1", port)
+                    if protocol == "grpc"
+                    else HttpTransport("127.0.0.1", port, "/messages", concurrency)
+                )
+                body = b"%f|" % time.time() + PAD
+                envelopes = [
+                    Envelope(
+                        kind="kafka", queue="q", id=f"q/0/{i}", attempt=1, body=body, partition=0, offset=i
+                    )
+                    for i in range(count)
+                ]
+
+                async def deliver(transport: Any, left: list[Envelope]) -> None:
+                    while left:
+                        await transport.send(left.pop(), 5.0)
+
+                warm_up = envelopes[: count // 4]
+                await asyncio.gather(*(deliver(transport, warm_up) for _ in range(concurrency)))
+                left = list(envelopes)
+                cpu0, app_cpu0, start = self_cpu(), proc_cpu(app.pid), time.perf_counter()
+                await asyncio.gather(*(deliver(transport, left) for _ in range(concurrency)))
+                elapsed, cpu, app_cpu = (
+                    time.perf_counter() - start,
+                    self_cpu() - cpu0,
+                    proc_cpu(app.pid) - app_cpu0,
+                )
+                await transport.close()
+            finally:
+                app.kill()
+                app.wait()
+        print(
+            f"| {protocol} | {count / elapsed:,.0f} | {cpu / count * 1000:.4f} "
+            f"| {app_cpu / count * 1000:.4f} |"
+        )
+
+
 async def produce(spec: dict[str, Any]) -> None:
     class Given:  # just what the targets' send() reads
         cluster = type("C", (), {"addresses": spec["nodes"]})()
@@ -741,6 +795,12 @@ def cli() -> None:
         action="store_true",
         help="HTTP modes: a bare httptools app instead of aiohttp's server (the app shares the cores)",
     )
+    parser.add_argument(
+        "--transport-only",
+        metavar="APPS",
+        help="instead: the delivery transport alone against these apps (e.g. http,grpc), "
+        "--kafka-messages messages, --concurrency in flight",
+    )
     parser.add_argument("--serve", choices=["http", "lean-http", "grpc"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -750,6 +810,12 @@ def cli() -> None:
         asyncio.run(produce(json.loads(args.produce)))
     elif args.serve:
         asyncio.run(serve_app(args.serve, args.port, args.out))
+    elif args.transport_only:
+        from queue_sidecar.main import new_event_loop  # noqa: PLC0415
+
+        # The sidecar's own event loop (uvloop where installed), as the sidecar runs.
+        with asyncio.Runner(loop_factory=new_event_loop) as runner:
+            runner.run(transport_only(args.transport_only.split(","), args.kafka_messages, args.concurrency))
     else:
         global CONCURRENCY  # noqa: PLW0603
         CONCURRENCY = args.concurrency
