@@ -513,6 +513,7 @@ async def run_sidecar(  # noqa: PLR0917
     result = Result(f"sidecar+{mode}" + (" (lean app)" if app_server == "lean-http" else ""), kind)
     calls: list[tuple[float, float]] = []
     app_cpus: list[float] = []
+    collections: list[list[float]] = []  # the sidecar's cyclic-GC runs per generation, paced run
 
     async def phase(pace: float, expect: int, concurrency: int) -> tuple[list[tuple[float, float]], float]:
         target = new_target(kind, servers, f"sidecar+{mode}")
@@ -554,11 +555,14 @@ async def run_sidecar(  # noqa: PLR0917
                 await wait_rows(rows, 1, 60)
                 warm_up = 1
                 cpu0, app_cpu0 = proc_cpu(sidecar.pid), proc_cpu(app.pid)
+                gc0 = gc_collections(await get_text(f"http://127.0.0.1:{health_port}/metrics"))
                 await target.send_from_child(expect, pace)
             await wait_rows(rows, expect + warm_up, 120)
             cpu = proc_cpu(sidecar.pid) - cpu0
             app_cpus.append(proc_cpu(app.pid) - app_cpu0)
             text = await get_text(f"http://127.0.0.1:{health_port}/metrics")
+            if pace:
+                collections.append([b - a for a, b in zip(gc0, gc_collections(text), strict=True)])
             calls.append(
                 (
                     histogram_quantile(text, APP_CALL, target.name, 0.5) * 1000,
@@ -591,7 +595,21 @@ async def run_sidecar(  # noqa: PLR0917
     latencies = [r[1] * 1000 for r in rows]
     result.p50_ms, result.p99_ms = percentile(latencies, 0.5), percentile(latencies, 0.99)
     result.call_p50_ms, result.call_p99_ms = calls[-1]
+    if collections:
+        result.notes.append(
+            "GC runs in the paced run, generations 0/1/2: {:.0f}/{:.0f}/{:.0f}".format(*collections[0])
+        )
     return result
+
+
+def gc_collections(metrics_text: str) -> list[float]:
+    """The process's cyclic-GC runs so far, per generation (prometheus_client's GC collector)."""
+    counts = [0.0, 0.0, 0.0]
+    for line in metrics_text.splitlines():
+        if line.startswith('python_gc_collections_total{generation="'):
+            labels, value = line.rsplit(" ", 1)
+            counts[int(labels.split('"')[1])] = float(value)
+    return counts
 
 
 async def get_text(url: str) -> str:
@@ -668,6 +686,9 @@ async def main(args: argparse.Namespace) -> None:
         f"+bulk: bulk delivery {BULK}; {os.cpu_count()} CPUs\n"
     )
     print(table(results))
+    for r in results:
+        for note in r.notes:
+            print(f"{r.kind} {r.mode}: {note}")
     print(
         "\nmsgs/s: backlog run, first to last arrival; ratio = over in-process.\n"
         "e2e: paced run; Kafka: producer send -> handler (mostly the broker's fetch cycle, noisy); "
@@ -681,6 +702,60 @@ async def main(args: argparse.Namespace) -> None:
         "cores as the sidecar and the broker).\n"
         "Dapr's published sidecar figures: +1.2-1.9 ms at p99, 0.2-0.5 vCPU per 1000 msgs/s."
     )
+
+
+async def transport_only(protocols: list[str], count: int, concurrency: int) -> None:
+    """The sidecar's delivery transport alone (``HttpTransport`` / ``GrpcTransport.send``, no engine,
+    no broker) against the bench's app in a child process, ``concurrency`` calls in flight, on
+    the sidecar's event loop: its CPU per message resolves changes too small for the full runs."""
+    from queue_sidecar.delivery.envelope import Envelope  # noqa: PLC0415
+    from queue_sidecar.delivery.grpc import GrpcTransport  # noqa: PLC0415
+    from queue_sidecar.delivery.http import HttpTransport  # noqa: PLC0415
+
+    print("| app | msgs/s | sidecar CPU ms / msg | app CPU ms / msg |\n|---|---:|---:|---:|")
+    for protocol in protocols:
+        port = free_port()
+        with tempfile.TemporaryDirectory(prefix="transport-bench-") as tmp:
+            app = subprocess.Popen(  # noqa: ASYNC220
+                [sys.executable, __file__, "--serve", protocol, "--port", str(port), "--out", f"{tmp}/rows"]
+            )
+            try:
+                await asyncio.to_thread(wait_for_port, port, 30, app)
+                transport: Any = (
+                    GrpcTransport("127.0.0.1", port)
+                    if protocol == "grpc"
+                    else HttpTransport("127.0.0.1", port, "/messages", concurrency)
+                )
+                body = b"%f|" % time.time() + PAD
+                envelopes = [
+                    Envelope(
+                        kind="kafka", queue="q", id=f"q/0/{i}", attempt=1, body=body, partition=0, offset=i
+                    )
+                    for i in range(count)
+                ]
+
+                async def deliver(transport: Any, left: list[Envelope]) -> None:
+                    while left:
+                        await transport.send(left.pop(), 5.0)
+
+                warm_up = envelopes[: count // 4]
+                await asyncio.gather(*(deliver(transport, warm_up) for _ in range(concurrency)))
+                left = list(envelopes)
+                cpu0, app_cpu0, start = self_cpu(), proc_cpu(app.pid), time.perf_counter()
+                await asyncio.gather(*(deliver(transport, left) for _ in range(concurrency)))
+                elapsed, cpu, app_cpu = (
+                    time.perf_counter() - start,
+                    self_cpu() - cpu0,
+                    proc_cpu(app.pid) - app_cpu0,
+                )
+                await transport.close()
+            finally:
+                app.kill()
+                app.wait()
+        print(
+            f"| {protocol} | {count / elapsed:,.0f} | {cpu / count * 1000:.4f} "
+            f"| {app_cpu / count * 1000:.4f} |"
+        )
 
 
 async def produce(spec: dict[str, Any]) -> None:
@@ -720,6 +795,12 @@ def cli() -> None:
         action="store_true",
         help="HTTP modes: a bare httptools app instead of aiohttp's server (the app shares the cores)",
     )
+    parser.add_argument(
+        "--transport-only",
+        metavar="APPS",
+        help="instead: the delivery transport alone against these apps (e.g. http,grpc), "
+        "--kafka-messages messages, --concurrency in flight",
+    )
     parser.add_argument("--serve", choices=["http", "lean-http", "grpc"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -729,6 +810,12 @@ def cli() -> None:
         asyncio.run(produce(json.loads(args.produce)))
     elif args.serve:
         asyncio.run(serve_app(args.serve, args.port, args.out))
+    elif args.transport_only:
+        from queue_sidecar.main import new_event_loop  # noqa: PLC0415
+
+        # The sidecar's own event loop (uvloop where installed), as the sidecar runs.
+        with asyncio.Runner(loop_factory=new_event_loop) as runner:
+            runner.run(transport_only(args.transport_only.split(","), args.kafka_messages, args.concurrency))
     else:
         global CONCURRENCY  # noqa: PLW0603
         CONCURRENCY = args.concurrency

@@ -13,7 +13,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,8 @@ import pytest
 import yaml
 
 from harness.servers import ManagedProcess, free_port
+
+from .in_process import Servers
 
 REPO = Path(__file__).resolve().parents[2]
 APPS = REPO / "tests" / "apps"
@@ -226,3 +228,11 @@ def kafka_queue(name: str, bootstrap: str, **delivery: Any) -> dict[str, Any]:
 
 def app_config(app: App, **extra: Any) -> dict[str, Any]:
     return {"protocol": app.protocol, "port": app.port, "timeout": "5s", **extra}
+
+
+@pytest.fixture
+async def servers() -> AsyncIterator[Servers]:
+    """Servers a test starts in this process (see in_process.py), stopped after it."""
+    started = Servers()
+    yield started
+    await started.stop()

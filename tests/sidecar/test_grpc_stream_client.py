@@ -4,7 +4,7 @@ The sidecar's transport is driven directly (no engine) against a real ``grpc.aio
 in this process, for what the delivery tests through the sidecar do not reach: messages larger
 than a frame and than the server's flow-control window, status details that must be decoded,
 a timed-out message followed by more on a fresh stream, a server that stops (GOAWAY) and one
-that comes back on the same port. HPACK is checked against RFC 7541's own examples.
+that comes back on the same port. The request header block is checked with an HPACK decoder.
 """
 
 from __future__ import annotations
@@ -19,16 +19,13 @@ from hpack import Decoder
 
 from harness.servers import free_port
 from queue_engine.policy import Verdict
-from queue_sidecar.delivery.envelope import Envelope
 from queue_sidecar.delivery.grpc import GrpcTransport
-from queue_sidecar.delivery.h2_grpc import literal
+from queue_sidecar.delivery.h2_grpc import request_headers
 from queue_sidecar.proto import queue_pb2, queue_pb2_grpc
 
+from .in_process import Servers, envelope
+
 Answer = Callable[[queue_pb2.Message, Any], Awaitable[queue_pb2.Ack]]
-
-
-def envelope(body: bytes = b"hello", message_id: str = "orders/0/1") -> Envelope:
-    return Envelope(kind="kafka", queue="orders", id=message_id, attempt=1, body=body, partition=0, offset=1)
 
 
 class Handler(queue_pb2_grpc.MessageHandlerServicer):
@@ -64,21 +61,16 @@ async def succeed(request: queue_pb2.Message, context: Any) -> queue_pb2.Ack:
 
 
 @pytest.fixture
-async def serve() -> AsyncIterator[Callable[..., Awaitable[tuple[grpc.aio.Server, Handler]]]]:
-    servers: list[grpc.aio.Server] = []
-
-    async def start(answer: Answer = succeed, port: int | None = None) -> tuple[grpc.aio.Server, Handler]:
+def serve(servers: Servers) -> Callable[..., Awaitable[tuple[grpc.aio.Server, Handler]]]:
+    async def start(answer: Answer = succeed, *, port: int) -> tuple[grpc.aio.Server, Handler]:
         handler = Handler(answer)
-        server = grpc.aio.server()
-        queue_pb2_grpc.add_MessageHandlerServicer_to_server(handler, server)  # type: ignore[no-untyped-call]
-        server.add_insecure_port(f"127.0.0.1:{port}")
-        await server.start()
-        servers.append(server)
+        server = await servers.grpc(
+            port,
+            lambda server: queue_pb2_grpc.add_MessageHandlerServicer_to_server(handler, server),  # type: ignore[no-untyped-call]
+        )
         return server, handler
 
-    yield start
-    for server in servers:
-        await server.stop(None)
+    return start
 
 
 async def test_large_messages_go_out_in_frames_within_the_servers_window(
@@ -186,29 +178,21 @@ async def test_a_stopped_server_means_unavailable_and_its_return_is_noticed(
         await transport.close()
 
 
-async def test_a_server_without_handle_stream_gets_the_message_through_handle(
-    serve: Callable[..., Awaitable[tuple[grpc.aio.Server, Handler]]],
-) -> None:
+async def test_a_server_without_handle_stream_gets_the_message_through_handle(servers: Servers) -> None:
     port = free_port()
-    server = grpc.aio.server()
     handler = Handler(succeed)
     # Handle only: HandleStream answers UNIMPLEMENTED (a trailers-only answer).
-    server.add_generic_rpc_handlers(
-        (
-            grpc.method_handlers_generic_handler(
-                "queueoperator.v1.MessageHandler",
-                {
-                    "Handle": grpc.unary_unary_rpc_method_handler(
-                        handler.Handle,
-                        request_deserializer=queue_pb2.Message.FromString,
-                        response_serializer=queue_pb2.Ack.SerializeToString,
-                    )
-                },
-            ),
-        )
+    handle_only = grpc.method_handlers_generic_handler(
+        "queueoperator.v1.MessageHandler",
+        {
+            "Handle": grpc.unary_unary_rpc_method_handler(
+                handler.Handle,
+                request_deserializer=queue_pb2.Message.FromString,
+                response_serializer=queue_pb2.Ack.SerializeToString,
+            )
+        },
     )
-    server.add_insecure_port(f"127.0.0.1:{port}")
-    await server.start()
+    await servers.grpc(port, lambda server: server.add_generic_rpc_handlers((handle_only,)))
     transport = GrpcTransport("127.0.0.1", port)
     try:
         assert (await transport.send(envelope(b"one"), 5)).verdict is Verdict.SUCCESS
@@ -216,12 +200,24 @@ async def test_a_server_without_handle_stream_gets_the_message_through_handle(
         assert handler.methods == ["Handle", "Handle"] and handler.bodies == [b"one", b"two"]
     finally:
         await transport.close()
-        await server.stop(None)
 
 
 def test_the_request_header_block_decodes_as_written_with_long_values_too() -> None:
-    # The sidecar writes its header block itself (literals, no table); the app's HPACK decoder
-    # must read back exactly those headers, lengths of 127 and more included (multi-byte integers).
+    # The block is encoded once per connection and sent on every stream: the app's HPACK decoder
+    # must read back exactly those headers, lengths of 127 and more included (multi-byte
+    # integers), and the same bytes again on the next stream (no dynamic table entries).
     long_path = "/queueoperator.v1.MessageHandler/" + "x" * 300
-    block = literal(":path", long_path) + literal("te", "trailers") + literal("a" * 127, "")
-    assert Decoder().decode(block) == [(":path", long_path), ("te", "trailers"), ("a" * 127, "")]
+    block = request_headers(long_path, "app.example:50051")
+    expected = [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", long_path),
+        (":authority", "app.example:50051"),
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+        ("user-agent", "queue-sidecar"),
+    ]
+    decoder = Decoder()
+    assert decoder.decode(block) == expected
+    assert decoder.decode(block) == expected
+    assert len(decoder.header_table.dynamic_entries) == 0

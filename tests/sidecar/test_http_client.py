@@ -8,7 +8,7 @@ the server closes, an interim ``100 Continue``, and garbage.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 import pytest
@@ -19,11 +19,9 @@ from queue_engine.policy import Outcome, Verdict
 from queue_sidecar.delivery.envelope import Envelope
 from queue_sidecar.delivery.http import HttpTransport, headers_for
 
+from .in_process import Servers, envelope
+
 Reply = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-
-
-def envelope(body: bytes = b"hello", message_id: str = "orders/0/1") -> Envelope:
-    return Envelope(kind="kafka", queue="orders", id=message_id, attempt=1, body=body, partition=0, offset=1)
 
 
 async def read_request(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
@@ -37,9 +35,7 @@ async def read_request(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
 
 
 @pytest.fixture
-async def raw_server() -> AsyncIterator[Callable[[Reply], Awaitable[tuple[int, list[bytes]]]]]:
-    servers: list[asyncio.Server] = []
-
+def raw_server(servers: Servers) -> Callable[[Reply], Awaitable[tuple[int, list[bytes]]]]:
     async def start(reply: Reply) -> tuple[int, list[bytes]]:
         connections: list[bytes] = []
 
@@ -52,14 +48,9 @@ async def raw_server() -> AsyncIterator[Callable[[Reply], Awaitable[tuple[int, l
             finally:
                 writer.close()
 
-        port = free_port()
-        servers.append(await asyncio.start_server(on_connect, "127.0.0.1", port))
-        return port, connections
+        return await servers.tcp(on_connect), connections
 
-    yield start
-    for server in servers:
-        server.close()
-        await server.wait_closed()
+    return start
 
 
 async def test_keep_alive_chunked_answers_and_headers_against_aiohttp() -> None:

@@ -180,21 +180,31 @@ class GrpcTransport:
 
 
 def message_for(envelope: Envelope) -> queue_pb2.Message:
-    message = queue_pb2.Message(
-        kind=envelope.kind,
-        queue=envelope.queue,
-        id=envelope.id,
-        attempt=envelope.attempt,
-        body=envelope.body,
-    )
+    if envelope.kind == "kafka":
+        # Every field in the constructor, and headers only when there are any: an empty
+        # ``extend`` and separate assignments cost as much as the rest of the message.
+        message = queue_pb2.Message(
+            kind=envelope.kind,
+            queue=envelope.queue,
+            id=envelope.id,
+            attempt=envelope.attempt,
+            body=envelope.body,
+            key=envelope.key,
+            partition=envelope.partition or 0,
+            offset=envelope.offset or 0,
+        )
+        if envelope.headers:
+            message.headers.extend(queue_pb2.Header(key=k, value=v or b"") for k, v in envelope.headers)
+    else:
+        message = queue_pb2.Message(
+            kind=envelope.kind,
+            queue=envelope.queue,
+            id=envelope.id,
+            attempt=envelope.attempt,
+            body=envelope.body,
+        )
     if envelope.due_at is not None:
         message.due_at.FromDatetime(envelope.due_at)
-    if envelope.kind == "kafka":
-        if envelope.key is not None:
-            message.key = envelope.key
-        message.partition = envelope.partition or 0
-        message.offset = envelope.offset or 0
-        message.headers.extend(queue_pb2.Header(key=k, value=v or b"") for k, v in envelope.headers)
     return message
 
 
