@@ -239,21 +239,23 @@ class Delivery:
     async def _claim_and_deliver(self, held: Held, due: float) -> Claim | None:
         """Claim the job's lease, take a handler slot and deliver; the claim if refused.
 
-        While slots are turning over (one free, or one freed within ``AHEAD_LAPSE``), a due copy
-        is claimed ahead of a free slot: claims leave in batches as copies come due, and a slot
-        that frees starts a claimed job at once, so handler starts per second are not bounded by
-        ``concurrency`` / claim round trip. At most ``CLAIMS_AHEAD`` x ``concurrency`` copies
-        are claimed (or being claimed) and waiting for a slot; one that gets no slot within
-        ``AHEAD_LAPSE`` gives its attempt back and waits as below. Otherwise (all slots held
-        by handlers that run on) the slot comes first and then the claim, so a consumer that
-        crashes has counted attempts for the jobs it was running, plus at most those claimed
-        ahead in its last moments (a poison job is buried after its crashes; the jobs beside
-        it keep their attempts, unless it crashes within ``AHEAD_LAPSE`` of their claims).
-        A clean stop gives back the attempts of claimed copies that did not start.
+        While slots are turning over (one free, or one freed within ``AHEAD_LAPSE``) and no copy
+        that still has to claim waits for one, a due copy is claimed ahead of a free slot: claims
+        leave in batches as copies come due, and a slot that frees starts a claimed job at once,
+        so handler starts per second are not bounded by ``concurrency`` / claim round trip. At
+        most ``CLAIMS_AHEAD`` x ``concurrency`` copies are claimed (or being claimed) and
+        waiting for a slot; one that gets no slot within ``AHEAD_LAPSE`` gives its attempt back
+        and waits as below. Otherwise (all slots held by handlers that run on) the slot comes
+        first and then the claim. So a consumer that crashes has counted attempts for the jobs
+        it was running, plus those it claimed ahead in its last ``AHEAD_LAPSE`` seconds (the
+        jobs waiting beside a crash-looping poison job keep their attempts, unless claimed just
+        before a crash). A clean stop gives back the attempts of claimed copies that did not start.
         """
         if self._ahead < self._ahead_limit and not held.lapsed:
             slots = self._slots
-            if not slots.busy() or self._loop.time() - slots.freed_at < AHEAD_LAPSE:
+            # Not past copies already waiting for a slot (they would wait ever longer).
+            turning = not slots.busy() or self._loop.time() - slots.freed_at < AHEAD_LAPSE
+            if turning and not slots.queued_unclaimed():
                 self._ahead += 1
                 try:
                     claim = await self._claim(held, due)

@@ -25,6 +25,10 @@ class HandlerSlots:
         """No slot free now."""
         return self._free == 0
 
+    def queued_unclaimed(self) -> bool:
+        """Copies that still have to claim are waiting for a slot (perhaps already gone)."""
+        return bool(self._unclaimed)
+
     async def take(self, *, claimed: bool, within: float | None = None) -> bool:
         """Take a slot (waiting at most ``within`` seconds); False if none came in time."""
         if self._free:
