@@ -2,7 +2,8 @@
 
 While handler slots turn over, a consumer claims due copies before a slot is free (so a slot
 that frees starts a claimed job at once). A claimed copy that gets no slot in time gives its
-attempt and lease back; a clean stop gives back the attempts of claimed copies not started.
+attempt and lease back (and the copy to its node); a clean stop gives back the attempts of
+claimed copies not started.
 (That a crash counts attempts only for the jobs whose handlers ran, not for copies claimed
 ahead behind them, is ``test_crash.py::test_a_crash_counts_attempts_only_for_the_jobs_whose_handler_ran``.)
 """

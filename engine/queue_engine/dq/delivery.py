@@ -13,13 +13,13 @@ For each copy held (a task of its own; calls on it go to the socket that reserve
 5. settle (:mod:`~queue_engine.dq.settling`).
 
 Guarantees: at most ``concurrency`` handlers run at once. While slots turn over, copies are
-claimed ahead of a free slot (at most ``CLAIMS_AHEAD`` x ``concurrency`` at once, each waiting at
-most ``AHEAD_LAPSE`` for a slot, then giving its attempt back); otherwise the slot comes before
-the claim. So a consumer that crashes has counted attempts for the jobs it was running, plus
-at most the copies it claimed ahead in its last ``AHEAD_LAPSE`` seconds. Never early: a copy
-runs only once Redis's clock reached its due time. At stop, copies not started are handed back
-for their due time (claimed ones with their attempts given back), and a handler still running
-when the grace runs out is cancelled and its attempt given back.
+claimed ahead of a free slot (at most ``CLAIMS_AHEAD`` x ``concurrency`` at once, each waiting
+at most ``AHEAD_LAPSE`` for a slot, then giving its attempt and its copy back); otherwise the
+slot comes before the claim. So a consumer that crashes has counted attempts for the jobs it
+was running, plus at most the copies it claimed ahead in its last ``AHEAD_LAPSE`` seconds.
+Never early: a copy runs only once Redis's clock reached its due time. At stop, copies not
+started are handed back for their due time (claimed ones with their attempts given back), and
+a handler still running when the grace runs out is cancelled and its attempt given back.
 A bug in this path hands the copy back (its connection is dropped), never stops the consumer.
 """
 
@@ -244,19 +244,24 @@ class Delivery:
         leave in batches as copies come due, and a slot that frees starts a claimed job at once,
         so handler starts per second are not bounded by ``concurrency`` / claim round trip. At
         most ``CLAIMS_AHEAD`` x ``concurrency`` copies are claimed (or being claimed) and
-        waiting for a slot; one that gets no slot within ``AHEAD_LAPSE`` gives its attempt back
-        and waits as below. Otherwise (all slots held by handlers that run on) the slot comes
-        first and then the claim. So a consumer that crashes has counted attempts for the jobs
-        it was running, plus those it claimed ahead in its last ``AHEAD_LAPSE`` seconds (the
-        jobs waiting beside a crash-looping poison job keep their attempts, unless claimed just
-        before a crash). A clean stop gives back the attempts of claimed copies that did not start.
+        waiting for a slot (counted apart from the node's prefetch, so reserving goes on
+        meanwhile); one that gets no slot within ``AHEAD_LAPSE`` gives its attempt back and its
+        copy back to the node (ready at once, for any consumer). Otherwise (all slots held by
+        handlers that run on) the slot comes first and then the claim. So a consumer that
+        crashes has counted attempts for the jobs it was running, plus those it claimed ahead
+        in its last ``AHEAD_LAPSE`` seconds (the jobs waiting beside a crash-looping poison job
+        keep their attempts, unless claimed just before a crash). A clean stop gives back the
+        attempts of claimed copies that did not start.
         """
-        if self._ahead < self._ahead_limit and not held.lapsed:
+        if self._ahead < self._ahead_limit:
             slots = self._slots
             # Not past copies already waiting for a slot (they would wait ever longer).
             turning = not slots.busy() or self._loop.time() - slots.freed_at < AHEAD_LAPSE
             if turning and not slots.queued_unclaimed():
                 self._ahead += 1
+                # Counted among the copies claimed ahead now (bounded), not the prefetch: the
+                # node's next copies are reserved meanwhile instead of waiting for this claim.
+                held.ticket.waiting()
                 try:
                     claim = await self._claim(held, due)
                     if claim is None or claim.action != "go":
@@ -267,8 +272,13 @@ class Delivery:
                 if got_slot:
                     await self._deliver(held, claim, due)
                     return None
-                if not await self._unclaim(held, due):
-                    return None
+                # No slot in time: the attempt goes back, and the copy to its node, ready at once
+                # for any consumer (waiting here, it would be hoarded beyond the prefetch).
+                await self._keeper.stop(held)  # no renewal may take the lease again
+                held.claimed = False
+                self.claimed.pop(held.token, None)
+                await self._settler.give_back(held)
+                return None
         if not await self._slots.take(claimed=False):
             raise AssertionError("an unbounded wait for a slot ended without one")
         try:
@@ -300,25 +310,6 @@ class Delivery:
             held.claimed = True
             self.claimed[held.token] = held
         return claim
-
-    async def _unclaim(self, held: Held, due: float) -> bool:
-        """A copy claimed ahead got no slot in time: give its attempt and lease back (the
-        handlers run on; the copy waits for a slot first from now on). False if Redis failed
-        and the copy was handed back instead (its lease expires, the attempt counts)."""
-        held.lapsed = True
-        ctx = self._ctx
-        try:
-            await self._records.schedule_retry(
-                held.envelope.job_id, held.token, next_at=None, attempted=False
-            )
-        except RedisError as exc:
-            ctx.note_redis_error(exc)
-            await self._settler.release(held, max(1.0, due - ctx.now()))
-            self.claimed.pop(held.token, None)
-            return False
-        held.claimed = False
-        self.claimed.pop(held.token, None)
-        return True
 
     async def _deliver(self, held: Held, claim: Claim, due: float) -> None:
         """Run the handler of the attempt ``claim`` in the slot taken, then settle."""

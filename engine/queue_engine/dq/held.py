@@ -81,7 +81,6 @@ class Held:
     token: str
     ticket: Ticket
     claimed: bool = False
-    lapsed: bool = False  # claimed ahead of a slot once and gave the claim back: slot first now
     keeper: asyncio.Task[None] | None = None  # started only if the copy is held long enough
     local: Local | None = None  # set on the first copy of a job this consumer holds
     done_keeping: asyncio.Event = field(default_factory=asyncio.Event)
