@@ -259,9 +259,12 @@ class Delivery:
             turning = not slots.busy() or self._loop.time() - slots.freed_at < AHEAD_LAPSE
             if turning and not slots.queued_unclaimed():
                 self._ahead += 1
-                # Counted among the copies claimed ahead now (bounded), not the prefetch: the
-                # node's next copies are reserved meanwhile instead of waiting for this claim.
-                held.ticket.waiting()
+                # Copies coming due one by one: counted among the copies claimed ahead now
+                # (bounded), not the prefetch, so the node's next copies are reserved meanwhile
+                # instead of after this claim. Not with a backlog: there the permits freed
+                # together by handlers starting make one batch of reserves, not one each.
+                if not held.ticket.line.backlog:
+                    held.ticket.waiting()
                 try:
                     claim = await self._claim(held, due)
                     if claim is None or claim.action != "go":
