@@ -597,6 +597,31 @@ def _pct(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
 
 
+async def consume_only(n: int) -> None:
+    """The consume row of the full bench alone: raw reserve+delete, then the engine, same run."""
+    with tempfile.TemporaryDirectory(prefix="dq-bench-") as tmp:
+        cluster = BeanstalkdCluster(Path(tmp) / "beanstalkd", size=3)
+        redis = RedisServer(Path(tmp) / "redis")
+        cluster.start()
+        redis.start()
+        try:
+            nodes, url = cluster.addresses, redis.url
+            raw_publish(nodes, "raw", n)
+            raw_con = raw_consume(nodes, "raw", n)
+            await engine_publish(nodes, "engine", url, n, parallel=64)
+            cpu_started = time.process_time()
+            eng_con, duplicates = await engine_consume(nodes, "engine", url, n)
+            cpu_per_job = (time.process_time() - cpu_started) / n
+        finally:
+            cluster.stop()
+            redis.stop()
+    print(
+        f"consume {n} jobs: raw reserve+delete {raw_con:.0f}/s, engine {eng_con:.0f}/s, "
+        f"engine/raw {eng_con / raw_con:.2f}; consumer CPU per job {cpu_per_job * 1e6:.0f} us; "
+        f"duplicates {duplicates}"
+    )
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=2000, help="jobs per throughput phase")
@@ -624,11 +649,19 @@ async def main() -> None:
     parser.add_argument(
         "--no-search", action="store_true", help="the full bench without the sustained search"
     )
+    parser.add_argument(
+        "--consume",
+        action="store_true",
+        help="only the consume phase (a backlog of --jobs) and raw reserve+delete, same run",
+    )
     args = parser.parse_args()
     CONCURRENCY[0] = args.concurrency
     logging.basicConfig(level=logging.WARNING)
     if args.rate:
         await fixed_rate(args.rate, args.load_seconds, trace=args.trace, node_down=args.node_down)
+        return
+    if args.consume:
+        await consume_only(args.jobs)
         return
     if args.sustained:
         with tempfile.TemporaryDirectory(prefix="dq-bench-") as tmp:

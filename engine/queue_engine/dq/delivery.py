@@ -4,18 +4,22 @@ For each copy held (a task of its own; calls on it go to the socket that reserve
 
 1. wait until the exact due time (beanstalkd delays are whole seconds, rounded down);
 2. if this consumer already holds another copy of the job, wait for that one's outcome;
-3. take a handler slot, then claim the job in Redis (tombstone, done/buried markers, retry
-   time, lease, attempt count: one atomic script, see :mod:`~queue_engine.dq.records`); a copy
-   whose job is in progress elsewhere waits, held, for the outcome;
+3. claim the job in Redis (tombstone, done/buried markers, retry time, lease, attempt count:
+   one atomic script, see :mod:`~queue_engine.dq.records`) and take a handler slot, the claim
+   first while slots turn over, else the slot first; a copy whose job is in progress elsewhere
+   waits, held, for the outcome;
 4. run the handler while the lease is renewed and the reservation touched
    (:mod:`~queue_engine.dq.leases`);
 5. settle (:mod:`~queue_engine.dq.settling`).
 
-Guarantees: at most ``concurrency`` handlers run at once. An attempt is counted only for a
-handler about to start (the slot comes before the claim): a consumer that crashes has counted
-attempts for the jobs it was running and no others. Never early: a copy runs only once Redis's
-clock reached its due time. At stop, copies not started are handed back for their due time,
-and a handler still running when the grace runs out is cancelled and its attempt given back.
+Guarantees: at most ``concurrency`` handlers run at once. While slots turn over, copies are
+claimed ahead of a free slot (at most ``CLAIMS_AHEAD`` x ``concurrency`` at once, each waiting
+at most ``AHEAD_LAPSE`` for a slot, then giving its attempt and its copy back); otherwise the
+slot comes before the claim. So a consumer that crashes has counted attempts for the jobs it
+was running, plus at most the copies it claimed ahead in its last ``AHEAD_LAPSE`` seconds.
+Never early: a copy runs only once Redis's clock reached its due time. At stop, copies not
+started are handed back for their due time (claimed ones with their attempts given back), and
+a handler still running when the grace runs out is cancelled and its attempt given back.
 A bug in this path hands the copy back (its connection is dropped), never stops the consumer.
 """
 
@@ -42,12 +46,15 @@ from queue_engine.dq.leases import LeaseKeeper
 from queue_engine.dq.node_io import AsyncNodeConnection
 from queue_engine.dq.records import Claim, JobRecords
 from queue_engine.dq.settling import Settler
+from queue_engine.dq.slots import HandlerSlots
 from queue_engine.policy import DeliveryPolicy, Outcome
 
 log = logging.getLogger(__name__)
 
 HOLD_LIMIT = 2.0  # a retry due within this many seconds is waited for while holding the copy
 BUSY_HOLD = 5.0  # seconds a copy waits, held, for another copy's attempt to end
+CLAIMS_AHEAD = 4  # per handler slot: copies claimed (or being claimed) and waiting for a slot
+AHEAD_LAPSE = 0.2  # seconds a copy claimed ahead waits for a slot before giving its claim back
 
 Handler = Callable[[DelayJob], Awaitable[Outcome]]
 
@@ -72,7 +79,9 @@ class Delivery:
         self._records = records
         self._keeper = keeper
         self._settler = settler
-        self._slots = asyncio.Semaphore(concurrency)
+        self._slots = HandlerSlots(concurrency)
+        self._ahead = 0  # copies claimed (or being claimed) ahead of a slot, waiting for one
+        self._ahead_limit = CLAIMS_AHEAD * concurrency
         self._loop = asyncio.get_running_loop()
         # Handlers that await are cut at policy.timeout by one watchdog, not a timer per call.
         self._deadlines = Deadlines(self._loop)
@@ -194,7 +203,7 @@ class Delivery:
             if not await ctx.sleep_until(due):
                 await self._settler.hand_back(held, due)
                 return
-            if self._slots.locked() and busy_since is not None:
+            if self._slots.busy() and busy_since is not None:
                 try:
                     # Polling a job another copy is handling, and all slots busy: a look (no
                     # lease, no slot) is enough to learn that it is still handled, done or
@@ -228,34 +237,88 @@ class Delivery:
             return
 
     async def _claim_and_deliver(self, held: Held, due: float) -> Claim | None:
-        """Take a handler slot, then the job's lease, and deliver; the claim if not delivered.
+        """Claim the job's lease, take a handler slot and deliver; the claim if refused.
 
-        The slot comes first so that an attempt is counted only for a handler about to start: a
-        consumer that crashes has counted attempts for the jobs it was running and no others
-        (a poison job is buried after its crashes; the jobs beside it keep their attempts).
-        Claims of slots freed in the same loop pass still share one Redis round trip.
+        While slots are turning over (one free, or one freed within ``AHEAD_LAPSE``) and no copy
+        that still has to claim waits for one, a due copy is claimed ahead of a free slot: claims
+        leave in batches as copies come due, and a slot that frees starts a claimed job at once,
+        so handler starts per second are not bounded by ``concurrency`` / claim round trip. At
+        most ``CLAIMS_AHEAD`` x ``concurrency`` copies are claimed (or being claimed) and
+        waiting for a slot (counted apart from the node's prefetch, so reserving goes on
+        meanwhile); one that gets no slot within ``AHEAD_LAPSE`` gives its attempt back and its
+        copy back to the node (ready at once, for any consumer). Otherwise (all slots held by
+        handlers that run on) the slot comes first and then the claim. So a consumer that
+        crashes has counted attempts for the jobs it was running, plus those it claimed ahead
+        in its last ``AHEAD_LAPSE`` seconds (the jobs waiting beside a crash-looping poison job
+        keep their attempts, unless claimed just before a crash). A clean stop gives back the
+        attempts of claimed copies that did not start.
         """
-        ctx = self._ctx
-        await self._slots.acquire()
-        started = False
+        if self._ahead < self._ahead_limit:
+            slots = self._slots
+            # Not past copies already waiting for a slot (they would wait ever longer).
+            turning = not slots.busy() or self._loop.time() - slots.freed_at < AHEAD_LAPSE
+            if turning and not slots.queued_unclaimed():
+                self._ahead += 1
+                # Copies coming due one by one: counted among the copies claimed ahead now
+                # (bounded), not the prefetch, so the node's next copies are reserved meanwhile
+                # instead of after this claim. Not with a backlog: there the permits freed
+                # together by handlers starting make one batch of reserves, not one each.
+                if not held.ticket.line.backlog:
+                    held.ticket.waiting()
+                try:
+                    claim = await self._claim(held, due)
+                    if claim is None or claim.action != "go":
+                        return claim
+                    got_slot = await slots.take(claimed=True, within=AHEAD_LAPSE)
+                finally:
+                    self._ahead -= 1
+                if got_slot:
+                    await self._deliver(held, claim, due)
+                    return None
+                # No slot in time: the attempt goes back, and the copy to its node, ready at once
+                # for any consumer (waiting here, it would be hoarded beyond the prefetch).
+                await self._keeper.stop(held)  # no renewal may take the lease again
+                held.claimed = False
+                self.claimed.pop(held.token, None)
+                await self._settler.give_back(held)
+                return None
+        if not await self._slots.take(claimed=False):
+            raise AssertionError("an unbounded wait for a slot ended without one")
         try:
-            if ctx.stopping.is_set():
-                await self._settler.hand_back(held, due)
-                return None
-            try:
-                claim = await self._records.claim(
-                    held.envelope.job_id, held.token, self._keeper.lease_ttl, ctx.now()
-                )
-            except RedisError as exc:
-                ctx.note_redis_error(exc)
-                await self._settler.release(held, max(1.0, due - ctx.now()))
-                return None
-            if claim.action != "go":
-                return claim
+            claim = await self._claim(held, due)
+        except BaseException:
+            self._slots.release()
+            raise
+        if claim is None or claim.action != "go":
+            self._slots.release()
+            return claim
+        await self._deliver(held, claim, due)
+        return None
+
+    async def _claim(self, held: Held, due: float) -> Claim | None:
+        """The claim's answer (a go marks ``held`` claimed); None if the copy was handed back."""
+        ctx = self._ctx
+        if ctx.stopping.is_set():
+            await self._settler.hand_back(held, due)
+            return None
+        try:
+            claim = await self._records.claim(
+                held.envelope.job_id, held.token, self._keeper.lease_ttl, ctx.now()
+            )
+        except RedisError as exc:
+            ctx.note_redis_error(exc)
+            await self._settler.release(held, max(1.0, due - ctx.now()))
+            return None
+        if claim.action == "go":
             held.claimed = True
             self.claimed[held.token] = held
+        return claim
+
+    async def _deliver(self, held: Held, claim: Claim, due: float) -> None:
+        """Run the handler of the attempt ``claim`` in the slot taken, then settle."""
+        ctx = self._ctx
+        try:
             held.ticket.let_go()  # in the handler: no longer prefetched
-            started = True
             try:
                 # Stopping meanwhile: the attempt is given back below, never started.
                 outcome = None if ctx.stopping.is_set() else await self._run_handler(held, claim.attempt)
@@ -267,10 +330,7 @@ class Delivery:
             else:
                 await self._settler.settle(held, claim, outcome)
         finally:
-            if not started:
-                self._slots.release()
             self.claimed.pop(held.token, None)
-        return None
 
     # -- the handler -----------------------------------------------------------------------
 
