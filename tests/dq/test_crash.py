@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import signal
 import sys
 import textwrap
 
-from dq.dqkit import DqEnv, Recorder
+from dq.dqkit import FAST, DqEnv, Recorder
+
+from queue_engine.dq import DelayAdmin
 
 # A consumer whose handler announces the job and then hangs, as a crashed app would.
 _CRASHING_CONSUMER = textwrap.dedent(
@@ -91,3 +94,68 @@ async def test_a_crash_counts_attempts_only_for_the_jobs_whose_handler_ran(dq: D
     assert {job_id: n for job_id, n in attempts.items() if job_id not in started} == {
         job_id: 1 for job_id in job_ids if job_id not in started
     }
+
+
+# A consumer whose handler takes its process down on a poison job, as a segfault or OOM would.
+_DYING_CONSUMER = textwrap.dedent(
+    """
+    import asyncio, json, os, sys
+    from queue_engine.dq import DelayConsumer, DeliveryPolicy, Outcome
+
+    nodes, tube, redis_url = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
+
+    async def handler(job):
+        print(json.dumps({"id": job.id, "attempt": job.attempt}), flush=True)
+        if job.body == b"poison":
+            os._exit(3)
+        return Outcome.success()
+
+    policy = DeliveryPolicy(max_attempts=int(sys.argv[4]))
+    consumer = DelayConsumer(nodes, tube, redis_url, handler, policy=policy, lease_ttl=1.0)
+    asyncio.run(consumer.run())
+    """
+)
+
+
+async def test_a_job_that_kills_its_consumer_every_time_is_buried_after_max_attempts(dq: DqEnv) -> None:
+    """SPEC: a poison job is buried after maxAttempts crashes, not retried forever."""
+    max_attempts = 2
+    async with dq.producer() as producer:
+        poison = await producer.delay(b"poison", 0)
+    for attempt in range(1, max_attempts + 1):
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            _DYING_CONSUMER,
+            json.dumps(dq.nodes),
+            dq.tube,
+            dq.redis.url,
+            str(max_attempts),
+            stdout=asyncio.subprocess.PIPE,
+        )
+        try:
+            assert proc.stdout is not None
+            line = await asyncio.wait_for(proc.stdout.readline(), 30)
+            assert json.loads(line) == {"id": poison, "attempt": attempt}
+            assert await asyncio.wait_for(proc.wait(), 10) == 3
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+
+    # The next consumer buries it without running it; the jobs beside it still run.
+    recorder = Recorder()
+    admin = DelayAdmin(dq.nodes, dq.tube, dq.redis.url)
+    async with dq.producer() as producer:
+        healthy = await producer.delay(b"healthy", 0)
+    async with dq.consumer(recorder, policy=dataclasses.replace(FAST, max_attempts=max_attempts)):
+        await recorder.wait_for(lambda: healthy in recorder.ids(), within=30)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 15
+        while not (buried := await admin.buried()):
+            assert loop.time() < deadline, "the poison job was never buried"
+            await asyncio.sleep(0.1)
+    assert poison not in recorder.ids()
+    (record,) = buried
+    assert (record.id, record.attempts) == (poison, max_attempts)
+    assert "without an outcome" in record.error

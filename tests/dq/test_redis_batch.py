@@ -21,19 +21,19 @@ async def test_batched_claims_answer_each_caller_and_survive_a_script_flush(
     records = JobRecords(redis, unique, batched=True)
     try:
         ids = [f"{i:024x}" for i in range(50)]
-        first = await asyncio.gather(*(records.claim(j, "a", 10, time.time()) for j in ids))
+        first = await asyncio.gather(*(records.claim(j, "a", 10, time.time(), 5) for j in ids))
         assert [c.action for c in first] == ["go"] * 50
         await redis.script_flush()  # as after a Redis restart: every script unknown
         # One batch mixing scripts: a claim that already ran must not be run twice (it would
         # answer "busy" to its own holder), nor a done marker lost.
         again = await asyncio.gather(
-            records.claim(ids[0], "b", 10, time.time()),
+            records.claim(ids[0], "b", 10, time.time(), 5),
             records.mark_done(ids[1], "a"),
-            records.claim("f" * 24, "c", 10, time.time()),
+            records.claim("f" * 24, "c", 10, time.time(), 5),
         )
         assert again[0].action == "busy" and again[2].action == "go"
         assert (await records.record(ids[1]))["state"] == "done"
-        assert (await records.claim(ids[1], "d", 10, time.time())).action == "done"
+        assert (await records.claim(ids[1], "d", 10, time.time(), 5)).action == "done"
         assert (await records.record("f" * 24))["attempts"] == "1"
     finally:
         await records.aclose()
@@ -56,7 +56,7 @@ async def test_calls_made_while_batches_are_on_their_way_leave_together(
         before = await _evalsha_calls(redis)
         claims = []
         for i in range(100):
-            claims.append(asyncio.ensure_future(records.claim(f"{i:024x}", "a", 10, time.time())))
+            claims.append(asyncio.ensure_future(records.claim(f"{i:024x}", "a", 10, time.time(), 5)))
             await asyncio.sleep(0)
         answers = await asyncio.gather(*claims)
         assert [(c.action, c.attempt) for c in answers] == [("go", 1)] * 100  # each its own answer
@@ -74,8 +74,8 @@ async def test_a_batched_argument_may_not_carry_the_separators(
     records = JobRecords(redis, unique, batched=True)
     try:
         with pytest.raises(ValueError, match="may not contain"):
-            await records.claim("0" * 24, "to\x1fken", 10, time.time())
-        assert (await records.claim("0" * 24, "token", 10, time.time())).action == "go"
+            await records.claim("0" * 24, "to\x1fken", 10, time.time(), 5)
+        assert (await records.claim("0" * 24, "token", 10, time.time(), 5)).action == "go"
     finally:
         await records.aclose()
         await redis.aclose()

@@ -250,7 +250,8 @@ class Delivery:
         handlers that run on) the slot comes first and then the claim. So a consumer that
         crashes has counted attempts for the jobs it was running, plus those it claimed ahead
         in its last ``AHEAD_LAPSE`` seconds (the jobs waiting beside a crash-looping poison job
-        keep their attempts, unless claimed just before a crash). A clean stop gives back the
+        keep their attempts, unless claimed just before a crash; a job whose ``max_attempts``
+        all ended without an outcome is buried unrun, see settling.not_now). A clean stop gives back the
         attempts of claimed copies that did not start.
         """
         if self._ahead < self._ahead_limit:
@@ -303,7 +304,7 @@ class Delivery:
             return None
         try:
             claim = await self._records.claim(
-                held.envelope.job_id, held.token, self._keeper.lease_ttl, ctx.now()
+                held.envelope.job_id, held.token, self._keeper.lease_ttl, ctx.now(), self._policy.max_attempts
             )
         except RedisError as exc:
             ctx.note_redis_error(exc)

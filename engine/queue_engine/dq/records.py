@@ -51,7 +51,11 @@ if nxt > tonumber(ARGV[3]) then return {'wait', tostring(nxt)} end
 if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
   return {'busy', tostring(redis.call('PTTL', KEYS[2]))}
 end
-local n = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+local n = tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0')
+-- Every attempt counted so far ended without an outcome (a settled failure at the last one
+-- buries the job): they crashed their consumers. The lease is taken, to bury it unrun.
+if n >= tonumber(ARGV[5]) then return {'exhausted', tostring(n)} end
+n = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 keep(KEYS[1], tonumber(ARGV[4]))
 return {'go', tostring(n), redis.call('HGET', KEYS[1], 'unavailable') or '0'}
 """
@@ -159,8 +163,8 @@ return 1
 class Claim:
     """What a consumer may do with the copy it holds."""
 
-    action: str  # go | free (peek only) | busy | wait | done | buried | revoked
-    attempt: int = 0  # for go: this attempt's number, 1-based
+    action: str  # go | free (peek only) | busy | wait | done | buried | revoked | exhausted
+    attempt: int = 0  # for go: this attempt's number, 1-based; for exhausted: attempts counted
     until: float = 0.0  # for busy: seconds the lease still runs; for wait: epoch seconds
     kept: str = ""  # for buried: node/beanstalkd-id of the copy kept buried ("" if unknown)
     unavailable: int = 0  # for go: hand-backs in a row so far because the app was unavailable
@@ -239,10 +243,12 @@ class JobRecords:
         args: list[str | int] = [format_copies(copies), int(keep_s) + RETENTION_S]
         await self._run(self._record, [self._job(job_id)], args)
 
-    async def claim(self, job_id: str, token: str, lease_s: float, now: float) -> Claim:
-        """Take the job's lease and count an attempt, unless the record says otherwise."""
+    async def claim(self, job_id: str, token: str, lease_s: float, now: float, max_attempts: int) -> Claim:
+        """Take the job's lease and count an attempt, unless the record says otherwise
+        (``exhausted``, with the lease taken: ``max_attempts`` were counted and none settled)."""
         keys = [self._job(job_id), self._lease(job_id)]
-        reply: list[Any] = await self._run(self._claim, keys, [token, int(lease_s * 1000), now, RETENTION_S])
+        args = [token, int(lease_s * 1000), now, RETENTION_S, max_attempts]
+        reply: list[Any] = await self._run(self._claim, keys, args)
         return _to_claim(reply)
 
     async def peek(self, job_id: str, now: float) -> Claim:
@@ -329,6 +335,8 @@ def _to_claim(reply: list[Any]) -> Claim:
         return Claim("wait", until=float(reply[1]))
     if action == "buried":
         return Claim("buried", kept=_text(reply[1]))
+    if action == "exhausted":
+        return Claim("exhausted", attempt=int(reply[1]))
     return Claim(action)
 
 

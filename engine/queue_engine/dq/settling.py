@@ -140,6 +140,11 @@ class Settler:
         elif claim.action == "revoked":
             await held.conn.delete_soon(held.job.id, socket=held.socket)
             log.info("dq %s: job %s was revoked; copy %s deleted", queue, job_id, held.where)
+        elif claim.action == "exhausted":
+            # A poison job: each of its attempts took its consumer down (crash, OOM kill) or
+            # ended unrecorded. Buried unrun, as a failure at the last attempt would be.
+            error = f"{claim.attempt} attempts ended without an outcome (the consumer crashed or was killed)"
+            await self._bury(held, "max_attempts", error, claim.attempt)
         elif claim.action == "buried":
             if claim.kept and claim.kept != held.where:
                 await held.conn.delete_soon(held.job.id, socket=held.socket)  # one buried copy is enough
