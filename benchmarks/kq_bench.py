@@ -4,8 +4,9 @@ Run: .venv/bin/python benchmarks/kq_bench.py [MESSAGES]
 
 Measures push rate (acked one by one, and pipelined with futures) and consume rate (no-op
 handler, offsets committed; and a handler that awaits once, as the sidecar's always does) and
-prints a table with the engine/raw ratio. Group-join time is left out of the consume numbers:
-the clock starts at the first message.
+prints a table with the engine/raw ratio; then the process CPU time per pipelined push, raw
+and engine (the push rates are bound by the broker, this is the client's own cost). Group-join
+time is left out of the consume numbers: the clock starts at the first message.
 """
 
 from __future__ import annotations
@@ -210,6 +211,11 @@ def row(label: str, n: int, raw: float, engine: float) -> str:
     return f"| {label:<34} | {n:>7} | {raw_rate:>12,.0f} | {engine_rate:>12,.0f} | {ratio:>5.2f} |"
 
 
+def cpu_row(label: str, n: int, raw: float, engine: float) -> str:
+    raw_us, engine_us = raw / n * 1e6, engine / n * 1e6
+    return f"| {label:<34} | {n:>7} | {raw_us:>11.1f} | {engine_us:>13.1f} | {raw_us / engine_us:>5.2f} |"
+
+
 def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 20_000
@@ -221,12 +227,25 @@ def main() -> None:
             bootstrap = broker.bootstrap
             admin = AdminClient({"bootstrap.servers": bootstrap})
             rows = []
+            cpu_rows = []
 
             def compare(
-                label: str, count: int, raw: Callable[[], float], engine: Callable[[], float]
+                label: str,
+                count: int,
+                raw: Callable[[], float],
+                engine: Callable[[], float],
+                cpu: bool = False,
             ) -> None:
                 raw(), engine()  # warm-up: connections, producer ids
-                rows.append(row(label, count, raw(), engine()))
+                raw_cpu = time.process_time()
+                raw_time = raw()
+                raw_cpu = time.process_time() - raw_cpu
+                engine_cpu = time.process_time()
+                engine_time = engine()
+                engine_cpu = time.process_time() - engine_cpu
+                rows.append(row(label, count, raw_time, engine_time))
+                if cpu:
+                    cpu_rows.append(cpu_row(label, count, raw_cpu, engine_cpu))
 
             t = topic(admin)
             compare(
@@ -246,6 +265,7 @@ def main() -> None:
                 n,
                 lambda: raw_push_pipelined(bootstrap, t, n),
                 lambda: asyncio.run(engine_push_pipelined(bootstrap, t, n)),
+                cpu=True,
             )
             # The raw producer keeps librdkafka's default linger.ms=5; the engine's default is 0
             # (push() waits for each ack). The same setting on both sides, for the cost alone:
@@ -260,6 +280,7 @@ def main() -> None:
                 n,
                 lambda: raw_push_pipelined(bootstrap, t, n),
                 lambda: sync_push_pipelined(bootstrap, t, n),
+                cpu=True,
             )
             source = topic(admin)
             raw_push_pipelined(bootstrap, source, n)
@@ -305,6 +326,15 @@ def main() -> None:
     print("| operation                          |    msgs |   raw msg/s |  engine msg/s | ratio |")
     print("|------------------------------------|---------|--------------|--------------|-------|")
     for line in rows:
+        print(line)
+    # The pushes' rates are bound by the broker (tansu: the raw producer uses a fraction of a
+    # core, and both sides sometimes fall to about half in the same run): this is the client's
+    # own cost, process CPU time (every thread, librdkafka's too) per push, the same runs.
+    print()
+    print("CPU per pipelined push (process CPU time / pushes, all threads; ratio = raw / engine)")
+    print("| operation                          |    msgs |  raw us/msg | engine us/msg | ratio |")
+    print("|------------------------------------|---------|-------------|---------------|-------|")
+    for line in cpu_rows:
         print(line)
 
 

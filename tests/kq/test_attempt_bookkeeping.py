@@ -3,11 +3,31 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 
-from queue_engine.kq.attempt_book import PartitionAttempts
+from queue_engine.errors import Unavailable
+from queue_engine.kq.attempt_book import RETRY_WRITE, PartitionAttempts
 from queue_engine.kq.attempt_journal import PartitionRecord
 from queue_engine.kq.solo_gate import SoloGate
 from queue_engine.policy import Outcome
+
+
+class _Journal:
+    """A journal that acknowledges every record at once."""
+
+    def __init__(self, written: list[PartitionRecord]) -> None:
+        self.written = written
+
+    def queue(self, record: PartitionRecord) -> Awaitable[None]:
+        self.written.append(record)
+        return _acked()
+
+    async def prepare(self) -> None:
+        """Always ready."""
+
+
+async def _acked() -> None:
+    """A journal write's acknowledgement that has come."""
 
 
 def test_a_journal_record_round_trips_and_an_unreadable_one_is_ignored() -> None:
@@ -20,9 +40,7 @@ def test_a_journal_record_round_trips_and_an_unreadable_one_is_ignored() -> None
 
 async def test_counting_after_a_crash_pins_deaths_on_the_message_called_alone() -> None:
     written: list[PartitionRecord] = []
-
-    async def write(record: PartitionRecord) -> None:
-        written.append(record)
+    write = _Journal(written)
 
     # The dead owner's lease covered offsets below 100; offset 5 died alone twice already.
     book = PartitionAttempts(0, "me", write, PartitionRecord("dead", 100, {5: 2}), span=10)
@@ -44,9 +62,7 @@ async def test_counting_after_a_crash_pins_deaths_on_the_message_called_alone() 
 
 async def test_a_clean_hand_over_counts_the_calls_in_progress_and_leaves_no_lease() -> None:
     written: list[PartitionRecord] = []
-
-    async def write(record: PartitionRecord) -> None:
-        written.append(record)
+    write = _Journal(written)
 
     book = PartitionAttempts(0, "me", write, None, span=10)
     assert await book.cover(0, 3, asyncio.Event())
@@ -77,3 +93,60 @@ async def test_a_solo_call_waits_for_the_others_and_holds_new_ones_back() -> Non
     await asyncio.wait_for(ordinary, 1)
     gate.leave()
     assert gate.running == 0 and not gate.held
+
+
+class _HeldJournal:
+    """A journal whose acknowledgements the test gives, one by one."""
+
+    def __init__(self) -> None:
+        self.written: list[PartitionRecord] = []
+        self.acks: list[asyncio.Future[None]] = []
+
+    def queue(self, record: PartitionRecord) -> Awaitable[None]:
+        self.written.append(record)
+        self.acks.append(asyncio.get_running_loop().create_future())
+        return self.acks[-1]
+
+    async def prepare(self) -> None:
+        """Always ready."""
+
+
+async def test_lease_writes_are_queued_by_the_intake_at_once_and_do_not_wait_for_each_other() -> None:
+    journal = _HeldJournal()
+    book = PartitionAttempts(0, "me", journal, None, span=100)
+    leaving = asyncio.Event()
+    book.received(10, leaving)
+    # Queued in the intake's own step: a task would run after the workers the batch woke.
+    assert [r.lease for r in journal.written] == [110]
+    book.received(40, leaving)  # a quarter of the span more arrived, the first ack not back yet
+    assert [r.lease for r in journal.written] == [110, 140]
+    assert not book.covered(0)  # nothing acknowledged: no call may start
+    journal.acks[0].set_result(None)
+    await _turns()
+    assert book.covered(109) and not book.covered(110)
+    journal.acks[1].set_result(None)
+    await _turns()
+    assert book.covered(139) and not book.covered(140)
+
+
+async def test_a_failed_lease_write_is_retried_by_the_newest_one_only() -> None:
+    journal = _HeldJournal()
+    book = PartitionAttempts(0, "me", journal, None, span=100)
+    leaving = asyncio.Event()
+    book.received(10, leaving)
+    book.received(40, leaving)
+    journal.acks[0].set_exception(Unavailable("broker down"))
+    journal.acks[1].set_exception(Unavailable("broker down"))
+    await _turns()
+    assert book.problem is not None and not book.covered(0)
+    covered = asyncio.create_task(book.cover(5, 40, leaving))
+    await asyncio.sleep(RETRY_WRITE + 0.2)  # one retry, by the newest write alone
+    assert [r.lease for r in journal.written] == [110, 140, 140]
+    journal.acks[2].set_result(None)
+    assert await asyncio.wait_for(covered, 1)
+    assert book.problem is None and book.covered(139)
+
+
+async def _turns() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)

@@ -13,6 +13,12 @@ Event loop only. What it guarantees (with :mod:`attempt_journal` and :mod:`solo_
   ``maxAttempts`` 1 it needs one death alone, so 2), and is then dead-lettered without another
   call. A failed attempt (RETRY, timeout) is recorded as it happens, a clean revoke or stop
   records the calls in progress: counts survive rebalances too.
+- Every record carries the partition's whole state and is queued in the same step that takes
+  it (no await between), so records are queued in the order of their states; the journal's
+  producer (idempotent) keeps that order, so the last record that lands is the newest state.
+  Writes do not wait for each other's acks (pipelined), and a lease write is queued at once
+  by the intake (not by a task, which would run after the workers the same batch woke):
+  renewed each time a quarter of the span arrived, the lease keeps ahead of a fast partition.
 """
 
 from __future__ import annotations
@@ -20,35 +26,50 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
+from typing import Any, Protocol
 
-from queue_engine.errors import QueueError
+from queue_engine.errors import QueueError, Unavailable
 from queue_engine.kq.attempt_journal import PartitionRecord
 from queue_engine.policy import Outcome, Verdict
 
 log = logging.getLogger("queue_engine.kq.attempts")
 
-Write = Callable[[PartitionRecord], Awaitable[None]]
+
+class JournalLink(Protocol):
+    """One partition's way into the attempts journal, from the event loop (journal_link.py)."""
+
+    def queue(self, record: PartitionRecord) -> Awaitable[None] | None:
+        """Queue ``record`` now, behind every record queued before it; its acknowledgement, to
+        await (it raises QueueError if the write failed). None: the journal is not ready to
+        queue (its topic is not known to exist): :meth:`prepare` it first."""
+
+    async def prepare(self) -> None:
+        """Check (and make) the journal topic, off the loop; raises QueueError if it cannot."""
+
+
+Queued = tuple[int, Awaitable[None]]  # a record on its way: the lease it carries, its ack
 RETRY_WRITE = 1.0  # seconds between tries of a journal write the broker refused
 
 
 class PartitionAttempts:
     def __init__(
-        self, number: int, owner: str, write: Write, record: PartitionRecord | None, span: int
+        self, number: int, owner: str, link: JournalLink, record: PartitionRecord | None, span: int
     ) -> None:
         self.number = number
         self.owner = owner
-        self._write_record = write
+        self._link = link
         self._span = span
         self.known: dict[int, int] = dict(record.attempts) if record is not None else {}
         # A lease still set means its owner never handed the partition over cleanly.
         self.suspect_below: int | None = record.lease if record is not None else None
         self.calling: dict[int, int] = {}  # offset -> attempt of the calls in progress
         self.lease = 0  # offsets below are covered by an acknowledged record (read it, never set it)
-        self._lease_wanted = 0
-        self._extending: asyncio.Task[None] | None = None
-        self._write_lock = asyncio.Lock()
-        self._pending_writes: set[asyncio.Task[bool]] = set()
+        self._lease_wanted = 0  # the lease the next record carries
+        self._lease_asked = 0  # the highest lease a lease write on its way will carry (at least)
+        self._lease_writes = 0  # lease writes on their way (queued or about to be)
+        self._lease_moved: asyncio.Future[None] | None = None  # woken whenever a lease write ends
+        self._pending_writes: set[asyncio.Task[Any]] = set()
         self.problem: str | None = None
         self._closed = False  # handed over: a late write must not leave a lease behind
 
@@ -73,24 +94,26 @@ class PartitionAttempts:
     async def cover(self, offset: int, ahead: int, leaving: asyncio.Event) -> bool:
         """Wait until ``offset`` is covered by the lease; False if the partition is leaving first.
 
-        Extends the lease to ``max(offset, ahead) + span`` (``ahead``: the last offset received),
-        in the background once half of it is used, so the healthy path rarely waits.
+        Asks for a lease of ``max(offset, ahead) + span`` (``ahead``: the last offset received)
+        once half of what was asked for is used, so the healthy path rarely waits.
         """
-        if offset >= self.lease - self._span // 2 and self._extending is None:
-            self._lease_wanted = max(offset, ahead) + self._span
-            self._extending = asyncio.create_task(self._extend(leaving))
+        if offset >= self._lease_asked - self._span // 2:
+            self._extend(max(offset, ahead) + self._span, leaving)
         while offset >= self.lease:
-            extending = self._extending
-            if extending is None:
-                self._lease_wanted = max(offset, ahead) + self._span
-                extending = self._extending = asyncio.create_task(self._extend(leaving))
+            if leaving.is_set() or self._closed:
+                return False
+            if offset >= self._lease_asked or not self._lease_writes:
+                # Nothing on its way covers it (the write that would have ended without an ack).
+                self._extend(max(offset, ahead) + self._span, leaving)
+            moved = self._lease_moved
+            if moved is None:
+                moved = self._lease_moved = asyncio.get_running_loop().create_future()
             left = asyncio.ensure_future(leaving.wait())
+            either: list[asyncio.Future[Any]] = [moved, left]
             try:
-                await asyncio.wait([extending, left], return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 left.cancel()
-            if leaving.is_set():
-                return False
         return True
 
     def received(self, last: int, leaving: asyncio.Event) -> None:
@@ -99,30 +122,48 @@ class PartitionAttempts:
         write is acknowledged before a handler call needs it and no call waits for it."""
         # Renewed after a quarter of the span arrived, so a whole fetched batch (POLL_BATCH, half
         # the span) landing on one partition at once still finds the lease ahead of it.
-        if last >= self._lease_wanted - self._span * 3 // 4 and not self._closed:
-            self._lease_wanted = last + self._span
-            if self._extending is None:
-                self._extending = asyncio.create_task(self._extend(leaving))
+        if last >= self._lease_wanted - self._span * 3 // 4:
+            self._extend(last + self._span, leaving)
 
-    async def _extend(self, leaving: asyncio.Event) -> None:
+    def _extend(self, lease: int, leaving: asyncio.Event) -> None:
+        """Queue a lease write carrying at least ``lease`` now; its ack is awaited in a task of
+        its own (nothing waits for it here, and it does not wait for the writes before it)."""
+        self._lease_wanted = max(self._lease_wanted, lease)
+        if self._closed or leaving.is_set():
+            return
+        self._lease_asked = max(self._lease_asked, self._lease_wanted)
+        self._lease_writes += 1
+        self._background(self._lease_write(leaving, self._lease_asked, self._queue_now()))
+
+    async def _lease_write(self, leaving: asyncio.Event, asked: int, queued: Queued | None) -> None:
+        """Wait for a lease write's ack; retry a failed one, unless a later one was asked for
+        (it carries a newer state and retries itself): one retry at a time, not one per write."""
         try:
             while not (leaving.is_set() or self._closed):
-                wanted = self._lease_wanted
-                if await self._write(leaving):
-                    self.lease = max(self.lease, wanted)
-                    break
+                acked = await self._write(leaving, queued)
+                queued = None
+                if acked is not None:
+                    self.lease = max(self.lease, acked)
+                    return
+                if self._lease_asked > asked:
+                    return
+                asked = self._lease_asked
         finally:
-            self._extending = None
-        # More arrived during the write: the next one goes out now, as a new task, so a call
-        # waiting in cover() (for this task) wakes up with this write's lease in place.
-        if self._lease_wanted > self.lease and not (leaving.is_set() or self._closed):
-            self._extending = asyncio.create_task(self._extend(leaving))
+            self._lease_writes -= 1
+            moved, self._lease_moved = self._lease_moved, None
+            if moved is not None and not moved.done():
+                moved.set_result(None)
+
+    def _background(self, write: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(write)
+        self._pending_writes.add(task)
+        task.add_done_callback(self._pending_writes.discard)
 
     async def before_solo_call(self, offset: int, attempt: int) -> bool:
         """Record "offset starts attempt n" and wait for the ack; False if that failed (one try:
         the caller holds every other call of the process back meanwhile, so it retries later)."""
         self.known[offset] = attempt
-        return await self._write(None)
+        return await self._write(None) is not None
 
     async def after_solo_call(self, offset: int, attempt: int, outcome: Outcome) -> None:
         """Record how a suspect's call ended before anything else runs: a success is forgotten
@@ -139,9 +180,8 @@ class PartitionAttempts:
     def failed(self, offset: int, attempt: int) -> None:
         """An attempt ended in RETRY: record it without waiting (the retry waits a backoff anyway)."""
         self.known[offset] = attempt
-        task = asyncio.create_task(self._write(None))
-        self._pending_writes.add(task)
-        task.add_done_callback(self._pending_writes.discard)
+        if not self._closed:
+            self._background(self._write(None, self._queue_now()))
 
     def abandon(self) -> None:
         """The partition is lost (another member may own it): never write for it again."""
@@ -170,31 +210,66 @@ class PartitionAttempts:
             lease = max(self.lease, self._lease_wanted, self.suspect_below or 0)
         return PartitionRecord(self.owner, lease, attempts)
 
-    async def _write(self, leaving: asyncio.Event | None) -> bool:
-        """Write the current state (serialised: the newest write always carries the newest state)."""
-        async with self._write_lock:
+    def _queue_now(self, closing: bool = False) -> Queued | None:
+        """Queue the current state now (its state taken and queued in one step: records are
+        queued in the order of their states); None if the journal is not ready for it."""
+        lease = max(self.lease, self._lease_wanted)
+        ack = self._link.queue(self.record(closing))
+        return None if ack is None else (lease, ack)
+
+    async def _queue(self, closing: bool = False) -> Queued | None:
+        """Queue the current state, preparing the journal first if it is not ready; None if
+        the partition was handed over meanwhile (the hand-over record must be the last)."""
+        queued = self._queue_now(closing)
+        if queued is None:
+            await self._link.prepare()
+            if self._closed and not closing:
+                return None
+            queued = self._queue_now(closing)  # (the state as it is now, after the wait)
+            if queued is None:
+                raise Unavailable("attempts journal: not ready to write after its topic was checked")
+        return queued
+
+    async def _write(self, leaving: asyncio.Event | None, queued: Queued | None = None) -> int | None:
+        """Write the current state (or wait for ``queued``, a record queued already) and wait for
+        its ack: the lease it carried, or None if it failed (then, with ``leaving``, after a pause
+        of RETRY_WRITE, for the caller's retry)."""
+        error: QueueError | None = None
+        if queued is None:
             if self._closed:
-                return False
+                return None
             try:
-                await self._write_record(self.record())
+                queued = await self._queue()
             except QueueError as exc:
-                if self.problem is None:
-                    log.warning("partition %d: attempts journal write failed: %s", self.number, exc)
-                self.problem = f"attempts journal: {exc}"
-                if leaving is not None:
-                    await _nap(RETRY_WRITE, leaving)
-                return False
-        self.problem = None
-        return True
+                error = exc
+        if queued is not None:
+            lease, ack = queued
+            try:
+                await ack
+            except QueueError as exc:
+                error = exc
+            else:
+                self.problem = None
+                return lease
+        if error is None:  # handed over while the journal was prepared: nothing to write any more
+            return None
+        if self.problem is None:
+            log.warning("partition %d: attempts journal write failed: %s", self.number, error)
+        self.problem = f"attempts journal: {error}"
+        if leaving is not None:
+            await _nap(RETRY_WRITE, leaving)
+        return None
 
     async def close(self) -> None:
-        """A clean hand-over: no lease left behind, the calls in progress counted."""
+        """A clean hand-over: no lease left behind, the calls in progress counted. Queued after
+        every earlier record (nothing is queued once closed), so it is the last one to land."""
         self._closed = True
-        async with self._write_lock:  # after the writes in progress, so this one is the last
-            try:
-                await self._write_record(self.record(closing=True))
-            except QueueError as exc:
-                log.warning("partition %d: attempts journal hand-over failed: %s", self.number, exc)
+        try:
+            queued = await self._queue(closing=True)
+            assert queued is not None
+            await queued[1]
+        except QueueError as exc:
+            log.warning("partition %d: attempts journal hand-over failed: %s", self.number, exc)
 
 
 async def _nap(seconds: float, wake: asyncio.Event) -> None:

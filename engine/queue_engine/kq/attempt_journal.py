@@ -106,6 +106,7 @@ class AttemptJournal:
         """Create the journal topic when missing; its partition count."""
         with self._lock:
             if self._partitions:
+                self._producer_now()
                 return self._partitions
             admin = AdminClient(self._admin_config())
             try:
@@ -158,7 +159,9 @@ class AttemptJournal:
     def write_soon(self, partition: int, record: PartitionRecord, done: Callable[[str | None], None]) -> bool:
         """Queue a write without waiting; ``done(None)`` once acknowledged (acks=all), else
         ``done(why)``, called from the journal's poll thread. False (nothing queued) until the
-        journal topic is known to exist: then use :meth:`write`, which checks and creates it."""
+        journal topic is known to exist: then call :meth:`ensure` (it checks and creates it)
+        and queue again. Records of one partition land in the order they were queued (the
+        producer is idempotent)."""
         count = self._partitions
         producer = self._producer
         if not count or producer is None:
@@ -192,13 +195,6 @@ class AttemptJournal:
             on_delivery=report,
         )
 
-    def write(self, partition: int, record: PartitionRecord) -> None:
-        try:
-            self._write(partition, record)
-        except Exception:
-            self._partitions = 0  # check (and create) the topic again next time: it may be gone
-            raise
-
     def load(self, partitions: Iterable[int]) -> dict[int, PartitionRecord]:
         """The latest record of each of ``partitions`` that has one.
 
@@ -214,27 +210,6 @@ class AttemptJournal:
         with self._lock:
             self._producer_now()
         return found
-
-    def _write(self, partition: int, record: PartitionRecord) -> None:
-        """Write and wait for the broker's ack (acks=all); raises Unavailable on failure."""
-        count = self.ensure()
-        with self._lock:
-            producer = self._producer_now()
-        errors: list[KafkaError] = []
-        try:
-            self._produce(
-                producer,
-                partition,
-                count,
-                record,
-                lambda err, _msg: errors.append(err) if err is not None else None,
-            )
-            left = producer.flush(self._timeout)
-        except (KafkaException, BufferError) as exc:
-            raise Unavailable(f"attempts journal {self.journal_topic}: {exc}") from exc
-        if errors or left:
-            why = errors[0].str() if errors else f"no ack within {self._timeout}s"
-            raise Unavailable(f"attempts journal {self.journal_topic}: write failed: {why}")
 
     def _load(self, partitions: Iterable[int]) -> dict[int, PartitionRecord]:
         count = self.ensure()

@@ -71,6 +71,7 @@ from queue_engine.kq.config import (
 )
 from queue_engine.kq.dead_letter_writer import DeadLetterPusher, DeadLetterWriter, nap
 from queue_engine.kq.dispatch import Handler, Lane, PartitionState
+from queue_engine.kq.journal_link import LoopJournalLink
 from queue_engine.kq.lag import AdminLag
 from queue_engine.kq.message import from_record
 from queue_engine.kq.poll_commands import PollCommands
@@ -481,32 +482,6 @@ class KafkaConsumer(PollThread, BatchDispatch):
 
     def _new_book(self, number: int, record: PartitionRecord | None) -> PartitionAttempts:
         assert self._journal is not None
-        journal = self._journal
-
-        loop = asyncio.get_running_loop()
-
-        async def write(record: PartitionRecord) -> None:
-            # Straight from the loop (no worker thread, no flush): a lease write costs one broker
-            # round trip, so it keeps ahead of a fast partition. Until the journal topic is known
-            # to exist, the blocking write checks (and creates) it in a thread.
-            acked: asyncio.Future[str | None] = loop.create_future()
-
-            def done(why: str | None) -> None:
-                loop.call_soon_threadsafe(_resolve_ack, acked, why)
-
-            if not journal.write_soon(number, record, done):
-                await asyncio.to_thread(journal.write, number, record)
-                return
-            try:
-                async with asyncio.timeout(JOURNAL_TIMEOUT):
-                    why = await asyncio.shield(acked)
-            except TimeoutError:
-                raise Unavailable(
-                    f"attempts journal {self.attempts_topic}: no ack within {JOURNAL_TIMEOUT}s"
-                ) from None
-            if why is not None:
-                raise Unavailable(why)
-
         if record is not None and record.lease is not None:
             log.warning(
                 "consumer %s: partition %d was not handed over cleanly (member %s); offsets below %d "
@@ -516,7 +491,8 @@ class KafkaConsumer(PollThread, BatchDispatch):
                 record.owner,
                 record.lease,
             )
-        return PartitionAttempts(number, self._session, write, record, LEASE_SPAN)
+        link = LoopJournalLink(self._journal, number, JOURNAL_TIMEOUT)
+        return PartitionAttempts(number, self._session, link, record, LEASE_SPAN)
 
     async def _revoke(self, numbers: list[int], hand_over: bool = True) -> dict[int, tuple[int, int]]:
         """Stop dispatching the partitions, let in-flight work finish briefly, return what to commit.
@@ -609,8 +585,3 @@ class KafkaConsumer(PollThread, BatchDispatch):
         if count and not state.revoked:
             with self._commit_lock:
                 self._backlog[state.number] = self._backlog.get(state.number, 0) - count
-
-
-def _resolve_ack(future: asyncio.Future[str | None], why: str | None) -> None:
-    if not future.done():
-        future.set_result(why)

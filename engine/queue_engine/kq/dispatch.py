@@ -12,7 +12,8 @@ What it guarantees:
   same-key messages reach the handler one at a time in offset order, across retries (the head
   waits out its backoff and holds the rest back) and rebalances (``_key_calls``: a call
   abandoned at a revoke holds its key back when the partition returns);
-- at most ``concurrency`` handler calls at once (one per worker); a backoff holds no worker;
+- at most ``concurrency`` handler calls at once (one per worker); a backoff, or a wait for
+  the attempts journal's lease, holds no worker;
 - a handler's first step runs at once (eager.py); a call that awaits runs under
   ``policy.timeout`` counted from its start (cut by the consumer's watchdog, deadlines.py);
   the healthy path builds no coroutine of its own (``_deliver_now``), anything else takes
@@ -106,6 +107,7 @@ class Dispatch:
     _key_waiting: dict[tuple[int, bytes], list[Lane]]
     _stopping: bool
     _stop_event: asyncio.Event
+    _background: set[asyncio.Future[None]]  # tasks of the consumer's own, kept until done
     _app_down_until: float  # time.monotonic() until which no handler call starts
     _app_down_streak: int
     # Shared with the poll thread (under the commit lock): see poll_thread.py.
@@ -303,14 +305,27 @@ class Dispatch:
                     return
                 outcome = maybe
             else:
-                if offset >= book.lease and not await book.cover(
-                    offset, state.tracker.last_received, state.leaving
-                ):
+                if offset >= book.lease:
+                    # The lease write is on its way (one broker round trip): the lane waits for
+                    # it without a worker, so the other partitions' lanes go on meanwhile.
+                    self._background_task(self._requeue_when_covered(lane, book, offset))
                     return
                 outcome = await self._attempt(book, message)
         rest = self._settle(lane, message, outcome, solo)
         if rest is not None:
             await rest
+
+    async def _requeue_when_covered(self, lane: Lane, book: PartitionAttempts, offset: int) -> None:
+        """Back in line once the lease covers the lane's head (the lane stays busy meanwhile, so
+        its key's later messages wait behind it); never if the partition leaves first."""
+        state = lane.partition
+        if await book.cover(offset, state.tracker.last_received, state.leaving):
+            self._requeue(lane)
+
+    def _background_task(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _settle(
         self, lane: Lane, message: KafkaMessage, outcome: Outcome, solo: bool

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import functools
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -92,6 +91,22 @@ def check_key_and_value(value: Any, key: Any) -> None:
         raise InvalidRequest(f"message key must be bytes, str or None, not {type(key).__name__}")
 
 
+class _Report:
+    """The delivery callback of one message: its token, for :meth:`ProducerCore.report`.
+
+    One small object per push (a ``functools.partial`` of a bound method is three, each of
+    them for the garbage collector to track while the message is in flight)."""
+
+    __slots__ = ("core", "token")
+
+    def __init__(self, core: ProducerCore, token: Any) -> None:
+        self.core = core
+        self.token = token
+
+    def __call__(self, err: KafkaError | None, msg: Any) -> None:
+        self.core.report(self.token, err, msg)
+
+
 class ProducerCore:
     """Produce with a token per message; ``sink`` receives ``[(token, Delivered | error), ...]``."""
 
@@ -159,7 +174,7 @@ class ProducerCore:
                     value=value,
                     key=key,
                     headers=encoded_headers,
-                    on_delivery=functools.partial(self._report, token),
+                    on_delivery=_Report(self, token),
                 )
         except BufferError:
             return Unavailable(
@@ -172,8 +187,8 @@ class ProducerCore:
             return InvalidRequest(f"push to {topic}: {exc}")
         return None
 
-    def _report(self, token: Any, err: KafkaError | None, msg: Any) -> None:
-        """A delivery report, on whichever thread polls (the poll thread, or a flush)."""
+    def report(self, token: Any, err: KafkaError | None, msg: Any) -> None:
+        """A delivery report, on whichever thread polls (the poll thread, a flush, a pusher)."""
         result: Result
         if err is None:
             # tuple.__new__ directly: a named tuple's own __new__ is a Python function (a frame per ack)
@@ -186,6 +201,17 @@ class ProducerCore:
                 # "timed out" alone hides why: add what the client last saw (auth refused, ...).
                 result.args = (f"{result}; last broker error: {self.last_client_error}",)
         self._reports.append((token, result))  # deque.append: atomic, no lock needed
+
+    def serve(self) -> None:
+        """Serve the delivery reports that are ready, in the calling thread, without waiting.
+
+        A thread that pushes in a loop calls this after each push (as a plain confluent-kafka
+        loop calls ``poll(0)``): its reports are then served where the GIL already is, where
+        the poll thread would take the GIL from it for every report.
+        """
+        self._producer.poll(0)
+        if self._reports:
+            self._drain()
 
     def _on_client_error(self, err: KafkaError) -> None:
         self.last_client_error = err.str()

@@ -169,6 +169,7 @@ class SyncKafkaPusher:
         if refused is not None:
             self._published.count(0, 1)
             future.set_exception(refused)
+        self._core.serve()
         return future
 
     def _on_batch(self, batch: Batch) -> None:
@@ -177,14 +178,15 @@ class SyncKafkaPusher:
         for future, result in batch:
             delivered = type(result) is Delivered
             ok += delivered
-            # False for a future the caller cancelled (it still counts); this also wakes
-            # concurrent.futures.wait() and as_completed() on it.
-            if not future.set_running_or_notify_cancel():
-                continue
-            if delivered:
-                future.set_result(result)
-            else:
-                future.set_exception(result)
+            try:  # (a pending future takes a result as well as a running one)
+                if delivered:
+                    future.set_result(result)
+                else:
+                    future.set_exception(result)
+            except concurrent.futures.InvalidStateError:
+                # The caller cancelled it (it still counts): this wakes concurrent.futures.wait()
+                # and as_completed() on it, as an executor does for a cancelled job.
+                future.set_running_or_notify_cancel()
         self._published.count(ok, len(batch) - ok)
 
     def flush(self, timeout: float = 30.0) -> None:
