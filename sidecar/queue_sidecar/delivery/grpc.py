@@ -180,29 +180,21 @@ class GrpcTransport:
 
 
 def message_for(envelope: Envelope) -> queue_pb2.Message:
-    if envelope.kind == "kafka":
-        # Every field in the constructor, and headers only when there are any: an empty
-        # ``extend`` and separate assignments cost as much as the rest of the message.
-        message = queue_pb2.Message(
-            kind=envelope.kind,
-            queue=envelope.queue,
-            id=envelope.id,
-            attempt=envelope.attempt,
-            body=envelope.body,
-            key=envelope.key,
-            partition=envelope.partition or 0,
-            offset=envelope.offset or 0,
-        )
-        if envelope.headers:
-            message.headers.extend(queue_pb2.Header(key=k, value=v or b"") for k, v in envelope.headers)
-    else:
-        message = queue_pb2.Message(
-            kind=envelope.kind,
-            queue=envelope.queue,
-            id=envelope.id,
-            attempt=envelope.attempt,
-            body=envelope.body,
-        )
+    # Every field in the constructor, and headers only when there are any: an empty ``extend``
+    # and separate assignments cost as much as the rest of the message. The Kafka-only fields
+    # of a dq envelope are None, which leaves them unset (proto3 defaults, nothing on the wire).
+    message = queue_pb2.Message(
+        kind=envelope.kind,
+        queue=envelope.queue,
+        id=envelope.id,
+        attempt=envelope.attempt,
+        body=envelope.body,
+        key=envelope.key,
+        partition=envelope.partition or 0,
+        offset=envelope.offset or 0,
+    )
+    if envelope.headers:
+        message.headers.extend(queue_pb2.Header(key=k, value=v or b"") for k, v in envelope.headers)
     if envelope.due_at is not None:
         message.due_at.FromDatetime(envelope.due_at)
     return message
