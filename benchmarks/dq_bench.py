@@ -53,7 +53,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from multiprocessing import Queue
 from pathlib import Path
 
@@ -507,11 +507,7 @@ async def fixed_rate(rate: float, seconds: float, *, trace: bool, node_down: str
 
     if trace:
         _trace_reservations()
-    with tempfile.TemporaryDirectory(prefix="dq-bench-") as tmp:
-        cluster = BeanstalkdCluster(Path(tmp) / "beanstalkd", size=3)
-        redis = RedisServer(Path(tmp) / "redis")
-        cluster.start()
-        redis.start()
+    with bench_servers() as (cluster, redis):
         failing = cluster[0]
         midway = None
         if node_down is not None:
@@ -531,8 +527,6 @@ async def fixed_rate(rate: float, seconds: float, *, trace: bool, node_down: str
             prober.cancel()
             if node_down == "pause":
                 failing.resume()
-            cluster.stop()
-            redis.stop()
     loaded = seen.values()
     print(
         f"lateness at {rate:.0f}/s ({len(loaded)} jobs, published {reached:.0f}/s"
@@ -593,28 +587,35 @@ def _print_trace() -> None:
         )
 
 
-def _pct(values: list[float], q: float) -> float:
-    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
-
-
-async def consume_only(n: int) -> None:
-    """The consume row of the full bench alone: raw reserve+delete, then the engine, same run."""
+@contextlib.contextmanager
+def bench_servers() -> Iterator[tuple[BeanstalkdCluster, RedisServer]]:
+    """Three beanstalkd nodes and a Redis in a temporary directory, stopped on the way out."""
     with tempfile.TemporaryDirectory(prefix="dq-bench-") as tmp:
         cluster = BeanstalkdCluster(Path(tmp) / "beanstalkd", size=3)
         redis = RedisServer(Path(tmp) / "redis")
         cluster.start()
         redis.start()
         try:
-            nodes, url = cluster.addresses, redis.url
-            raw_publish(nodes, "raw", n)
-            raw_con = raw_consume(nodes, "raw", n)
-            await engine_publish(nodes, "engine", url, n, parallel=64)
-            cpu_started = time.process_time()
-            eng_con, duplicates = await engine_consume(nodes, "engine", url, n)
-            cpu_per_job = (time.process_time() - cpu_started) / n
+            yield cluster, redis
         finally:
             cluster.stop()
             redis.stop()
+
+
+def _pct(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
+
+
+async def consume_only(n: int) -> None:
+    """The consume row of the full bench alone: raw reserve+delete, then the engine, same run."""
+    with bench_servers() as (cluster, redis):
+        nodes, url = cluster.addresses, redis.url
+        raw_publish(nodes, "raw", n)
+        raw_con = raw_consume(nodes, "raw", n)
+        await engine_publish(nodes, "engine", url, n, parallel=64)
+        cpu_started = time.process_time()
+        eng_con, duplicates = await engine_consume(nodes, "engine", url, n)
+        cpu_per_job = (time.process_time() - cpu_started) / n
     print(
         f"consume {n} jobs: raw reserve+delete {raw_con:.0f}/s, engine {eng_con:.0f}/s, "
         f"engine/raw {eng_con / raw_con:.2f}; consumer CPU per job {cpu_per_job * 1e6:.0f} us; "
@@ -664,52 +665,34 @@ async def main() -> None:
         await consume_only(args.jobs)
         return
     if args.sustained:
-        with tempfile.TemporaryDirectory(prefix="dq-bench-") as tmp:
-            cluster = BeanstalkdCluster(Path(tmp) / "beanstalkd", size=3)
-            redis = RedisServer(Path(tmp) / "redis")
-            cluster.start()
-            redis.start()
+        with bench_servers() as (cluster, redis):
             SERVER_PIDS[:] = [server.proc.pid for server in [*cluster, redis] if server.proc]
-            try:
-                result = await sustained(
-                    cluster.addresses, redis.url, args.search_seconds, args.load_seconds, args.search_steps
-                )
-            finally:
-                cluster.stop()
-                redis.stop()
+            result = await sustained(
+                cluster.addresses, redis.url, args.search_seconds, args.load_seconds, args.search_steps
+            )
         _print_sustained(result)
         return
 
-    with tempfile.TemporaryDirectory(prefix="dq-bench-") as tmp:
-        cluster = BeanstalkdCluster(Path(tmp) / "beanstalkd", size=3)
-        redis = RedisServer(Path(tmp) / "redis")
-        cluster.start()
-        redis.start()
-        try:
-            nodes, url, n = cluster.addresses, redis.url, args.jobs
-            raw_pub = raw_publish(nodes, "raw", n)
-            raw_con = raw_consume(nodes, "raw", n)
-            eng_pub_1 = await engine_publish(nodes, "engine", url, n, parallel=1)
-            cpu_started = time.process_time()
-            eng_con, duplicates = await engine_consume(nodes, "engine", url, n)
-            cpu_per_job = (time.process_time() - cpu_started) / n
-            eng_pub_64 = await engine_publish(nodes, "engine64", url, n, parallel=64)
-            late = await lateness(nodes, "late", url, args.late_jobs)
-            target = 0.8 * eng_con
-            cpu_started = time.process_time()  # the publisher is another process: not counted
-            run = await lateness_under_load(nodes, "loaded", url, target, args.load_seconds)
-            seen, reached = run.seen, run.reached
-            loaded = seen.values()
-            cpu_per_late_job = (time.process_time() - cpu_started) / len(loaded)
-            search = None
-            SERVER_PIDS[:] = [server.proc.pid for server in [*cluster, redis] if server.proc]
-            if not args.no_search:
-                search = await sustained(
-                    nodes, url, args.search_seconds, args.load_seconds, args.search_steps
-                )
-        finally:
-            cluster.stop()
-            redis.stop()
+    with bench_servers() as (cluster, redis):
+        nodes, url, n = cluster.addresses, redis.url, args.jobs
+        raw_pub = raw_publish(nodes, "raw", n)
+        raw_con = raw_consume(nodes, "raw", n)
+        eng_pub_1 = await engine_publish(nodes, "engine", url, n, parallel=1)
+        cpu_started = time.process_time()
+        eng_con, duplicates = await engine_consume(nodes, "engine", url, n)
+        cpu_per_job = (time.process_time() - cpu_started) / n
+        eng_pub_64 = await engine_publish(nodes, "engine64", url, n, parallel=64)
+        late = await lateness(nodes, "late", url, args.late_jobs)
+        target = 0.8 * eng_con
+        cpu_started = time.process_time()  # the publisher is another process: not counted
+        run = await lateness_under_load(nodes, "loaded", url, target, args.load_seconds)
+        seen, reached = run.seen, run.reached
+        loaded = seen.values()
+        cpu_per_late_job = (time.process_time() - cpu_started) / len(loaded)
+        search = None
+        SERVER_PIDS[:] = [server.proc.pid for server in [*cluster, redis] if server.proc]
+        if not args.no_search:
+            search = await sustained(nodes, url, args.search_seconds, args.load_seconds, args.search_steps)
 
     rows = [
         ("publish, sequential (jobs/s)", raw_pub, eng_pub_1),

@@ -33,18 +33,24 @@ _CRASHING_CONSUMER = textwrap.dedent(
 )
 
 
-async def test_consumer_killed_mid_handler_job_is_delivered_again(dq: DqEnv) -> None:
-    async with dq.producer() as producer:
-        job_id = await producer.delay(b"survives a crash", 0)
-    proc = await asyncio.create_subprocess_exec(
+async def _start(dq: DqEnv, script: str, *extra: str) -> asyncio.subprocess.Process:
+    """A consumer process running ``script`` with ``dq``'s nodes, tube and Redis, then ``extra``."""
+    return await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",
-        _CRASHING_CONSUMER,
+        script,
         json.dumps(dq.nodes),
         dq.tube,
         dq.redis.url,
+        *extra,
         stdout=asyncio.subprocess.PIPE,
     )
+
+
+async def test_consumer_killed_mid_handler_job_is_delivered_again(dq: DqEnv) -> None:
+    async with dq.producer() as producer:
+        job_id = await producer.delay(b"survives a crash", 0)
+    proc = await _start(dq, _CRASHING_CONSUMER)
     try:
         assert proc.stdout is not None
         line = await asyncio.wait_for(proc.stdout.readline(), 20)
@@ -66,16 +72,7 @@ async def test_a_crash_counts_attempts_only_for_the_jobs_whose_handler_ran(dq: D
     """Jobs waiting beside a crashing handler keep attempt 1: a crash loop buries only its cause."""
     async with dq.producer() as producer:
         job_ids = [await producer.delay(f"job {n}".encode(), 0) for n in range(12)]
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        _CRASHING_CONSUMER,
-        json.dumps(dq.nodes),
-        dq.tube,
-        dq.redis.url,
-        "2",
-        stdout=asyncio.subprocess.PIPE,
-    )
+    proc = await _start(dq, _CRASHING_CONSUMER, "2")
     started: set[str] = set()
     try:
         assert proc.stdout is not None
@@ -123,16 +120,7 @@ async def test_a_job_that_kills_its_consumer_every_time_is_buried_after_max_atte
     async with dq.producer() as producer:
         poison = await producer.delay(b"poison", 0)
     for attempt in range(1, max_attempts + 1):
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-c",
-            _DYING_CONSUMER,
-            json.dumps(dq.nodes),
-            dq.tube,
-            dq.redis.url,
-            str(max_attempts),
-            stdout=asyncio.subprocess.PIPE,
-        )
+        proc = await _start(dq, _DYING_CONSUMER, str(max_attempts))
         try:
             assert proc.stdout is not None
             line = await asyncio.wait_for(proc.stdout.readline(), 30)
